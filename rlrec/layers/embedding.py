@@ -1,0 +1,98 @@
+"""One embedding module owns every field lookup, behaviour-history embeddings and the
+knowledge field(s), so backbones only see tensors of shape (B, F, D) / (B, L, Fi, D)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from rlrec.data.features import FeatureSpec
+
+
+class FeatureEmbedding(nn.Module):
+    """Field embeddings from catalogue indices.
+
+    One table holds every field's rows (offsets per field), so a whole batch is one lookup.
+    Knowledge: per-user / per-item dense vectors (buffers `user_knowledge`, `item_knowledge`,
+    set with `set_knowledge`, or given per sample in the batch) go through `adapter` into K more
+    D-dim fields. With `features.knowledge_dims == ()` there is no adapter and no extra field:
+    exactly the base model.
+    """
+
+    def __init__(
+        self,
+        features: FeatureSpec,
+        embed_dim: int = 16,
+        adapter: Callable[..., nn.Module] | None = None,
+        init_std: float = 1e-4,
+    ):
+        """`adapter`: a factory `(in_dims, embed_dim) -> nn.Module` (a `_partial_` config), built
+        only when the FeatureSpec carries knowledge dims."""
+        super().__init__()
+        self.features, self.embed_dim = features, embed_dim
+        vocab = torch.tensor([f.vocab_size for f in features.fields])
+        offsets = torch.cumsum(vocab, 0) - vocab
+        n_user = len(features.user_fields)
+        assert [f.side for f in features.fields] == ["user"] * n_user + ["item"] * len(features.item_fields), (
+            "FeatureSpec fields must list user fields first, then item fields"
+        )
+        self.register_buffer("user_table", torch.as_tensor(features.user_table) + offsets[:n_user], persistent=False)
+        self.register_buffer("item_table", torch.as_tensor(features.item_table) + offsets[n_user:], persistent=False)
+        self.embedding = nn.Embedding(int(vocab.sum()), embed_dim)
+        nn.init.normal_(self.embedding.weight, std=init_std)
+        self.num_user_fields, self.num_item_fields = n_user, len(features.item_fields)
+
+        dims = tuple(d for d in features.knowledge_dims if d)
+        if dims:
+            assert adapter is not None, "features.knowledge_dims are set but no knowledge adapter was given"
+            self.adapter = adapter(in_dims=tuple(features.knowledge_dims), embed_dim=embed_dim)
+            self.num_knowledge_fields = self.adapter.num_fields
+            kd = list(features.knowledge_dims) + [0, 0]
+            self.register_buffer("user_knowledge", torch.zeros(features.num_users + 1, kd[0]) if kd[0] else None)
+            self.register_buffer("item_knowledge", torch.zeros(features.num_items + 1, kd[1]) if kd[1] else None)
+        else:
+            self.adapter = None
+            self.num_knowledge_fields = 0
+
+    def num_fields(self, pool_history: bool = False) -> int:
+        """Fields `forward` returns: user + item (+ pooled history per item field) + knowledge."""
+        return self.num_user_fields + self.num_item_fields * (2 if pool_history else 1) + self.num_knowledge_fields
+
+    @torch.no_grad()
+    def set_knowledge(self, user: torch.Tensor | None = None, item: torch.Tensor | None = None) -> None:
+        """Load knowledge vectors: user (num_users + 1, Du), item (num_items + 1, Di); row 0 = padding."""
+        for name, value in (("user_knowledge", user), ("item_knowledge", item)):
+            if value is None:
+                continue
+            buf = getattr(self, name, None)
+            assert buf is not None, f"this model has no {name} (features.knowledge_dims={self.features.knowledge_dims})"
+            assert value.shape == buf.shape, f"{name}: expected {tuple(buf.shape)}, got {tuple(value.shape)}"
+            buf.copy_(value)
+
+    def knowledge_fields(self, batch: dict) -> torch.Tensor:
+        """(B, K, D) adapted knowledge fields."""
+        vectors = []
+        if getattr(self, "user_knowledge", None) is not None:
+            vectors.append(batch["user_knowledge"] if "user_knowledge" in batch else self.user_knowledge[batch["user"]])
+        if getattr(self, "item_knowledge", None) is not None:
+            vectors.append(batch["item_knowledge"] if "item_knowledge" in batch else self.item_knowledge[batch["item"]])
+        return self.adapter(vectors)
+
+    def history(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Behaviour history: (B, L, Fi, D) item-field embeddings and (B, L) bool mask of real items."""
+        hist = batch["history"]  # (B, L) catalogue indices, 0 = padding
+        return self.embedding(self.item_table[hist]), hist > 0
+
+    def forward(self, batch: dict, pool_history: bool = False) -> torch.Tensor:
+        """(B, F, D): user fields, target-item fields, [mean-pooled history per item field], [knowledge]."""
+        idx = torch.cat([self.user_table[batch["user"]], self.item_table[batch["item"]]], dim=1)  # (B, Fu + Fi)
+        parts = [self.embedding(idx)]
+        if pool_history:
+            h, mask = self.history(batch)  # (B, L, Fi, D), (B, L)
+            m = mask.unsqueeze(-1).unsqueeze(-1).to(h.dtype)
+            parts.append((h * m).sum(1) / m.sum(1).clamp(min=1))  # (B, Fi, D)
+        if self.adapter is not None:
+            parts.append(self.knowledge_fields(batch))
+        return torch.cat(parts, dim=1)

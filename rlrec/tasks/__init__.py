@@ -1,0 +1,1 @@
+"""LightningModules: loss, metrics and optimisers only; models are plain nn.Modules."""
