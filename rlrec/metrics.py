@@ -13,7 +13,9 @@ def user_auc(users, scores, labels) -> float:
     >>> user_auc([1, 1, 1, 2, 2], [0.9, 0.1, 0.5, 0.3, 0.3], [1, 0, 0, 1, 1])
     1.0
     """
-    df = pd.DataFrame({"u": np.asarray(users), "s": np.asarray(scores, float), "y": np.asarray(labels, float)})
+    df = pd.DataFrame(
+        {"u": np.asarray(users), "s": np.asarray(scores, float), "y": np.asarray(labels, float)}
+    )
     df["r"] = df.groupby("u")["s"].rank(method="average")
     g = df.groupby("u").agg(n=("y", "size"), pos=("y", "sum"))
     g["rank_pos"] = df[df["y"] > 0].groupby("u")["r"].sum()

@@ -75,7 +75,11 @@ class Pipeline:
         if final.exists():  # use_cache=false: replace the old artifact
             shutil.rmtree(final)
         work.rename(final)
-        self.results["stages"][stage] = {"cached": False, "dir": str(final), "seconds": round(time.perf_counter() - t0, 2)}
+        self.results["stages"][stage] = {
+            "cached": False,
+            "dir": str(final),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         return result
 
     # ---- shared objects ----------------------------------------------------------------
@@ -103,7 +107,9 @@ class Pipeline:
             "split": cfg.split,
             "backbone": cfg.backbone,
             "optimizer": cfg.optimizer,
-            "trainer": {k: cfg.trainer.get(k) for k in ("max_epochs", "limit_train_batches", "limit_val_batches")},
+            "trainer": {
+                k: cfg.trainer.get(k) for k in ("max_epochs", "limit_train_batches", "limit_val_batches")
+            },
             "patience": cfg.early_stopping_patience,
             "seed": cfg.seed,
         }
@@ -119,13 +125,19 @@ class Pipeline:
             ckpt = pl.callbacks.ModelCheckpoint(
                 dirpath=work / "checkpoints", monitor="val/auc", mode="max", save_top_k=1, filename="best"
             )
-            stop = pl.callbacks.EarlyStopping(monitor="val/auc", mode="max", patience=cfg.early_stopping_patience)
+            stop = pl.callbacks.EarlyStopping(
+                monitor="val/auc", mode="max", patience=cfg.early_stopping_patience
+            )
             speed = Throughput()
             trainer = instantiate(cfg.trainer, callbacks=[ckpt, stop, speed], logger=self.loggers() or False)
             trainer.fit(task, datamodule=dm)
             # model selection used validation only; test is evaluated once, on the best checkpoint
-            test = trainer.test(task, datamodule=dm, ckpt_path="best" if ckpt.best_model_path else None, verbose=False)
-            val = trainer.validate(task, datamodule=dm, ckpt_path="best" if ckpt.best_model_path else None, verbose=False)
+            test = trainer.test(
+                task, datamodule=dm, ckpt_path="best" if ckpt.best_model_path else None, verbose=False
+            )
+            val = trainer.validate(
+                task, datamodule=dm, ckpt_path="best" if ckpt.best_model_path else None, verbose=False
+            )
             metrics = {k: float(v) for k, v in {**val[0], **test[0]}.items()}
             metrics["train/samples_per_s"] = round(speed.rate, 1)
             metrics["train/epochs"] = trainer.current_epoch

@@ -29,7 +29,10 @@ def _fmt(x) -> str:
 def run_markdown(results: dict) -> str:
     """One run: its identity and every metric."""
     run = results.get("run", {})
-    lines = [f"## {run.get('experiment', 'run')} — " + ", ".join(f"{k}={v}" for k, v in run.items() if k != "experiment")]
+    lines = [
+        f"## {run.get('experiment', 'run')} — "
+        + ", ".join(f"{k}={v}" for k, v in run.items() if k != "experiment")
+    ]
     lines += ["", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(results.get("metrics", {}).items())]
     return "\n".join(lines) + "\n"
@@ -75,7 +78,9 @@ def aggregate(runs: list[dict], metrics=DEFAULT_METRICS) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rlrec.report", description=__doc__)
-    ap.add_argument("root", nargs="?", default="multirun", help="folder searched recursively for results.json")
+    ap.add_argument(
+        "root", nargs="?", default="multirun", help="folder searched recursively for results.json"
+    )
     ap.add_argument("--out", default=None, help="write the table here too (default: <root>/report.md)")
     ap.add_argument("--metrics", nargs="*", default=list(DEFAULT_METRICS))
     a = ap.parse_args(argv)

@@ -27,7 +27,9 @@ def describe(overrides: list[str]) -> dict:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("describe",):
-        print("usage: python -m rlrec.data describe dataset=<name> [dataset.path=...] [split=temporal|user|reference] [--json]")
+        print(
+            "usage: python -m rlrec.data describe dataset=<name> [dataset.path=...] [split=temporal|user|reference] [--json]"
+        )
         return 2
     as_json = "--json" in argv
     overrides = [a for a in argv[1:] if a != "--json"]
@@ -50,7 +52,12 @@ def main(argv: list[str]) -> int:
     for col in ("split", "rows", "users", "positive rate"):
         t.add_column(col, justify="right")
     for name, v in info["split_sizes"].items():
-        t.add_row(name, f"{v['rows']:,}", f"{v['users']:,}", "-" if v["positive_rate"] is None else f"{v['positive_rate']:.4f}")
+        t.add_row(
+            name,
+            f"{v['rows']:,}",
+            f"{v['users']:,}",
+            "-" if v["positive_rate"] is None else f"{v['positive_rate']:.4f}",
+        )
     con.print(t)
     con.print("fields (vocab incl. pad+OOV): " + ", ".join(f"{k}={v}" for k, v in info["fields"].items()))
     return 0

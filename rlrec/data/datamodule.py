@@ -39,7 +39,9 @@ class RecDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         if not callable(loader):
-            raise DataError(f"dataset.loader must be a callable (a `_partial_: true` target), got {type(loader)}")
+            raise DataError(
+                f"dataset.loader must be a callable (a `_partial_: true` target), got {type(loader)}"
+            )
         if loader_kwargs:
             raise DataError(f"dataset {name!r}: unknown option(s) {sorted(loader_kwargs)}")
         self.name = name
@@ -63,7 +65,9 @@ class RecDataModule(pl.LightningDataModule):
             return
         t0 = time.perf_counter()
         data = self.loader()
-        self.prep = prepare(data, self.label_threshold, self.split_cfg, self.history_len, self.history_positive_only)
+        self.prep = prepare(
+            data, self.label_threshold, self.split_cfg, self.history_len, self.history_positive_only
+        )
         self.setup_seconds = time.perf_counter() - t0
 
     @property

@@ -13,7 +13,9 @@ from rlrec.data.schema import DataError, RecData, require_columns, require_file
 ESCI_GAIN = {"E": 3, "S": 2, "C": 1, "I": 0}
 
 
-def load_esci(path: str | None = None, locale: str | None = "us", version: str | None = "small_version") -> RecData:
+def load_esci(
+    path: str | None = None, locale: str | None = "us", version: str | None = "small_version"
+) -> RecData:
     folder = require_file(path, "the ESCI folder (shopping_queries_dataset_*.parquet)", "esci")
     f_ex = require_file(folder / "shopping_queries_dataset_examples.parquet", "the examples parquet", "esci")
     f_pr = require_file(folder / "shopping_queries_dataset_products.parquet", "the products parquet", "esci")
@@ -27,7 +29,9 @@ def load_esci(path: str | None = None, locale: str | None = "us", version: str |
         ex, pr = ex[ex["product_locale"] == locale], pr[pr["product_locale"] == locale]
     if version:
         if version not in ex.columns:
-            raise DataError(f"{f_ex}: no column '{version}' (dataset.version must be small_version, large_version or null)")
+            raise DataError(
+                f"{f_ex}: no column '{version}' (dataset.version must be small_version, large_version or null)"
+            )
         ex = ex[ex[version] == 1]
     bad = ~ex["esci_label"].isin(list(ESCI_GAIN))
     if bad.any():

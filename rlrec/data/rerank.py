@@ -94,7 +94,9 @@ def kar_lists(
     )
 
 
-def ranked_lists(prep: PreparedData, split: str, scores: np.ndarray, list_len: int = 10, min_len: int = 2) -> RerankLists:
+def ranked_lists(
+    prep: PreparedData, split: str, scores: np.ndarray, list_len: int = 10, min_len: int = 2
+) -> RerankLists:
     """LibRerank-style lists from `split`'s rows; `scores` (len(prep.rows(split)),) are the
     initial ranker's scores for those rows. Lists shorter than `min_len` are dropped."""
     rows = prep.rows(split)

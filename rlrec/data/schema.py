@@ -40,7 +40,9 @@ class RecData:
         """Check the schema invariants; raise DataError naming the frame and column."""
         for col in INTERACTION_COLUMNS:
             if col not in self.interactions.columns:
-                raise DataError(f"{self.name}: interactions lack column '{col}' (have {list(self.interactions.columns)})")
+                raise DataError(
+                    f"{self.name}: interactions lack column '{col}' (have {list(self.interactions.columns)})"
+                )
         if "user_id" not in self.users.columns:
             raise DataError(f"{self.name}: users frame lacks column 'user_id'")
         for col in ("item_id", "title"):
@@ -53,7 +55,9 @@ class RecData:
             if col not in self.items.columns:
                 raise DataError(f"{self.name}: item feature '{col}' is not a column of items")
         if not np.issubdtype(self.interactions["rating"].dtype, np.number):
-            raise DataError(f"{self.name}: interactions.rating must be numeric, got {self.interactions['rating'].dtype}")
+            raise DataError(
+                f"{self.name}: interactions.rating must be numeric, got {self.interactions['rating'].dtype}"
+            )
         if not np.issubdtype(self.interactions["timestamp"].dtype, np.number):
             raise DataError(
                 f"{self.name}: interactions.timestamp must be numeric (seconds), got {self.interactions['timestamp'].dtype}"

@@ -13,13 +13,17 @@ class MLPConnector(nn.Module):
     """TrackRec's connector: one MLP per knowledge vector, each → one D-dim field.
     Input: list of (B, Dk_j); output (B, K, D)."""
 
-    def __init__(self, in_dims: tuple[int, ...], embed_dim: int, hidden: tuple[int, ...] = (128,), dropout: float = 0.0):
+    def __init__(
+        self, in_dims: tuple[int, ...], embed_dim: int, hidden: tuple[int, ...] = (128,), dropout: float = 0.0
+    ):
         super().__init__()
         self.nets = nn.ModuleList(MLP(d, hidden, embed_dim, dropout) for d in in_dims if d)
         self.num_fields = len(self.nets)
 
     def forward(self, vectors: list[torch.Tensor]) -> torch.Tensor:
-        assert len(vectors) == len(self.nets), f"expected {len(self.nets)} knowledge vectors, got {len(vectors)}"
+        assert len(vectors) == len(self.nets), (
+            f"expected {len(self.nets)} knowledge vectors, got {len(vectors)}"
+        )
         return torch.stack([net(v) for net, v in zip(self.nets, vectors)], dim=1)  # (B, K, D)
 
 
@@ -51,10 +55,14 @@ class HybridExpertAdaptor(nn.Module):
         self.gates = nn.ModuleList(nn.Linear(d, num_shared + num_specific) for _ in dims)
 
     def forward(self, vectors: list[torch.Tensor]) -> torch.Tensor:
-        assert len(vectors) == self.num_fields, f"expected {self.num_fields} knowledge vectors, got {len(vectors)}"
+        assert len(vectors) == self.num_fields, (
+            f"expected {self.num_fields} knowledge vectors, got {len(vectors)}"
+        )
         out = []
         for j, x in enumerate(vectors):
-            experts = torch.stack([e(x) for e in self.shared] + [e(x) for e in self.specific[j]], dim=1)  # (B, E, D)
+            experts = torch.stack(
+                [e(x) for e in self.shared] + [e(x) for e in self.specific[j]], dim=1
+            )  # (B, E, D)
             gate = self.gates[j](x).softmax(-1).unsqueeze(-1)  # (B, E, 1)
             out.append((gate * experts).sum(1))  # (B, D)
         return torch.stack(out, dim=1)  # (B, K, D)

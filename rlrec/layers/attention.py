@@ -13,7 +13,9 @@ class TargetAttention(nn.Module):
     pooled interest = Σ_j weight_j · k_j over real (unmasked) behaviours. No softmax (the paper keeps
     the intensity of interest), unless `softmax=True`."""
 
-    def __init__(self, dim: int, hidden: tuple[int, ...] = (80, 40), activation_fn: str = "dice", softmax: bool = False):
+    def __init__(
+        self, dim: int, hidden: tuple[int, ...] = (80, 40), activation_fn: str = "dice", softmax: bool = False
+    ):
         super().__init__()
         self.unit = MLP(4 * dim, hidden, 1, activation_fn=activation_fn)
         self.softmax = softmax
@@ -34,7 +36,9 @@ class FieldSelfAttention(nn.Module):
     """AutoInt's interacting layer (Song et al. 2019, eqs. 5–8): multi-head scaled dot-product
     attention over fields, with a residual projection and ReLU. (B, F, D_in) → (B, F, H·d)."""
 
-    def __init__(self, in_dim: int, head_dim: int = 16, num_heads: int = 2, residual: bool = True, scale: bool = True):
+    def __init__(
+        self, in_dim: int, head_dim: int = 16, num_heads: int = 2, residual: bool = True, scale: bool = True
+    ):
         super().__init__()
         self.num_heads, self.head_dim, self.scale = num_heads, head_dim, scale
         out = head_dim * num_heads
@@ -43,7 +47,9 @@ class FieldSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, F, _ = x.shape
-        q, k, v = self.qkv(x).view(B, F, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # each (B, H, F, d)
+        q, k, v = (
+            self.qkv(x).view(B, F, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        )  # each (B, H, F, d)
         att = q @ k.transpose(-1, -2)  # (B, H, F, F)
         if self.scale:
             att = att / self.head_dim**0.5

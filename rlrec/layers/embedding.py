@@ -35,11 +35,15 @@ class FeatureEmbedding(nn.Module):
         vocab = torch.tensor([f.vocab_size for f in features.fields])
         offsets = torch.cumsum(vocab, 0) - vocab
         n_user = len(features.user_fields)
-        assert [f.side for f in features.fields] == ["user"] * n_user + ["item"] * len(features.item_fields), (
-            "FeatureSpec fields must list user fields first, then item fields"
+        assert [f.side for f in features.fields] == ["user"] * n_user + ["item"] * len(
+            features.item_fields
+        ), "FeatureSpec fields must list user fields first, then item fields"
+        self.register_buffer(
+            "user_table", torch.as_tensor(features.user_table) + offsets[:n_user], persistent=False
         )
-        self.register_buffer("user_table", torch.as_tensor(features.user_table) + offsets[:n_user], persistent=False)
-        self.register_buffer("item_table", torch.as_tensor(features.item_table) + offsets[n_user:], persistent=False)
+        self.register_buffer(
+            "item_table", torch.as_tensor(features.item_table) + offsets[n_user:], persistent=False
+        )
         self.embedding = nn.Embedding(int(vocab.sum()), embed_dim)
         nn.init.normal_(self.embedding.weight, std=init_std)
         self.num_user_fields, self.num_item_fields = n_user, len(features.item_fields)
@@ -50,15 +54,23 @@ class FeatureEmbedding(nn.Module):
             self.adapter = adapter(in_dims=tuple(features.knowledge_dims), embed_dim=embed_dim)
             self.num_knowledge_fields = self.adapter.num_fields
             kd = list(features.knowledge_dims) + [0, 0]
-            self.register_buffer("user_knowledge", torch.zeros(features.num_users + 1, kd[0]) if kd[0] else None)
-            self.register_buffer("item_knowledge", torch.zeros(features.num_items + 1, kd[1]) if kd[1] else None)
+            self.register_buffer(
+                "user_knowledge", torch.zeros(features.num_users + 1, kd[0]) if kd[0] else None
+            )
+            self.register_buffer(
+                "item_knowledge", torch.zeros(features.num_items + 1, kd[1]) if kd[1] else None
+            )
         else:
             self.adapter = None
             self.num_knowledge_fields = 0
 
     def num_fields(self, pool_history: bool = False) -> int:
         """Fields `forward` returns: user + item (+ pooled history per item field) + knowledge."""
-        return self.num_user_fields + self.num_item_fields * (2 if pool_history else 1) + self.num_knowledge_fields
+        return (
+            self.num_user_fields
+            + self.num_item_fields * (2 if pool_history else 1)
+            + self.num_knowledge_fields
+        )
 
     @torch.no_grad()
     def set_knowledge(self, user: torch.Tensor | None = None, item: torch.Tensor | None = None) -> None:
@@ -67,7 +79,9 @@ class FeatureEmbedding(nn.Module):
             if value is None:
                 continue
             buf = getattr(self, name, None)
-            assert buf is not None, f"this model has no {name} (features.knowledge_dims={self.features.knowledge_dims})"
+            assert buf is not None, (
+                f"this model has no {name} (features.knowledge_dims={self.features.knowledge_dims})"
+            )
             assert value.shape == buf.shape, f"{name}: expected {tuple(buf.shape)}, got {tuple(value.shape)}"
             buf.copy_(value)
 
@@ -75,9 +89,13 @@ class FeatureEmbedding(nn.Module):
         """(B, K, D) adapted knowledge fields."""
         vectors = []
         if getattr(self, "user_knowledge", None) is not None:
-            vectors.append(batch["user_knowledge"] if "user_knowledge" in batch else self.user_knowledge[batch["user"]])
+            vectors.append(
+                batch["user_knowledge"] if "user_knowledge" in batch else self.user_knowledge[batch["user"]]
+            )
         if getattr(self, "item_knowledge", None) is not None:
-            vectors.append(batch["item_knowledge"] if "item_knowledge" in batch else self.item_knowledge[batch["item"]])
+            vectors.append(
+                batch["item_knowledge"] if "item_knowledge" in batch else self.item_knowledge[batch["item"]]
+            )
         return self.adapter(vectors)
 
     def history(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +105,9 @@ class FeatureEmbedding(nn.Module):
 
     def forward(self, batch: dict, pool_history: bool = False) -> torch.Tensor:
         """(B, F, D): user fields, target-item fields, [mean-pooled history per item field], [knowledge]."""
-        idx = torch.cat([self.user_table[batch["user"]], self.item_table[batch["item"]]], dim=1)  # (B, Fu + Fi)
+        idx = torch.cat(
+            [self.user_table[batch["user"]], self.item_table[batch["item"]]], dim=1
+        )  # (B, Fu + Fi)
         parts = [self.embedding(idx)]
         if pool_history:
             h, mask = self.history(batch)  # (B, L, Fi, D), (B, L)

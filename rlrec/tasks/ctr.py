@@ -17,7 +17,9 @@ class CTRTask(pl.LightningModule):
     """Metric keys `{stage}/{metric}`: val/auc, val/logloss, val/acc, val/uauc, test/…, train/loss.
     A backbone with `forward_with_aux` (DIEN) adds its auxiliary loss during training."""
 
-    def __init__(self, model: nn.Module, optimizer: Callable[..., torch.optim.Optimizer], config: dict | None = None):
+    def __init__(
+        self, model: nn.Module, optimizer: Callable[..., torch.optim.Optimizer], config: dict | None = None
+    ):
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer

@@ -15,13 +15,17 @@ from tests.conftest import CONF
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 GROUPS = sorted(
-    p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra") and any(p.glob("*.yaml"))
+    p.name
+    for p in CONF.iterdir()
+    if p.is_dir() and p.name not in ("experiment", "hydra") and any(p.glob("*.yaml"))
 )
 
 
 def _compose(overrides, tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=[*overrides, f"output_dir={tmp_path}", f"cache_dir={tmp_path}/cache"])
+        return compose(
+            "train", overrides=[*overrides, f"output_dir={tmp_path}", f"cache_dir={tmp_path}/cache"]
+        )
 
 
 def _targets(node, path=""):

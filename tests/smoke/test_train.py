@@ -34,7 +34,15 @@ def _cfg(tmp_path, *overrides):
 def test_backbone_only_in_process_then_cached(tmp_path):
     res = run(_cfg(tmp_path), tmp_path / "run")
     m = res["metrics"]
-    for key in ("val/auc", "val/logloss", "val/uauc", "test/auc", "test/logloss", "test/acc", "train/samples_per_s"):
+    for key in (
+        "val/auc",
+        "val/logloss",
+        "val/uauc",
+        "test/auc",
+        "test/logloss",
+        "test/acc",
+        "train/samples_per_s",
+    ):
         assert key in m, key
     assert 0.0 <= m["test/auc"] <= 1.0 and m["test/logloss"] > 0
     assert res["stages"]["fit_backbone/din"]["cached"] is False
@@ -61,7 +69,12 @@ def test_multirun_subprocess_and_report(tmp_path):
     assert len(files) == 2
     assert {json.loads(f.read_text())["run"]["backbone"] for f in files} == {"din", "deepfm"}
     r = subprocess.run(
-        [sys.executable, "-m", "rlrec.report", str(sweep)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "rlrec.report", str(sweep)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stderr
     rows = [line for line in r.stdout.splitlines() if line.startswith("| backbone_only")]

@@ -100,4 +100,6 @@ def test_overfits_tiny_batch(name, tiny_prep, tiny_batch):
         losses.append(loss.item())
         if loss.item() < losses[0] / 2:
             break
-    assert losses[-1] < losses[0] / 2, f"{name}: loss {losses[0]:.3f} → {losses[-1]:.3f} in {len(losses)} steps"
+    assert losses[-1] < losses[0] / 2, (
+        f"{name}: loss {losses[0]:.3f} → {losses[-1]:.3f} in {len(losses)} steps"
+    )
