@@ -25,3 +25,64 @@ def user_auc(users, scores, labels) -> float:
     neg = g["n"] - g["pos"]
     auc = (g["rank_pos"] - g["pos"] * (g["pos"] + 1) / 2) / (g["pos"] * neg)
     return float(auc.mean())
+
+
+def rank_by_score(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Labels of each list (M, N) reordered by descending score; padded slots go last with label 0."""
+    s = np.where(mask, scores, -np.inf)
+    order = np.argsort(-s, axis=1, kind="stable")
+    ranked = np.take_along_axis(np.where(mask, labels, 0.0), order, axis=1)
+    return ranked
+
+
+def list_metrics(
+    scores, labels, mask=None, ks=(1, 3, 5), map_definition: str = "kar"
+) -> dict[str, np.ndarray]:
+    """Per-list ranking metrics, as KAR/LibRerank's `evaluate_rerank` defines them.
+
+    NDCG@k: gain 2^rel − 1, discount log2(rank + 1), ideal DCG from the same list's labels.
+    MAP@k ("kar"): Σ_{hits in top k} (hits so far / rank) ÷ (#hits in top k) — *not* divided by
+    all relevant items; "standard" divides by min(k, #relevant in the list).
+    CLICK@k: number of positives in the top k. Lists with no positive score 0 (KAR keeps them).
+    Returns {"ndcg@k": (M,), "map@k": (M,), "click@k": (M,)}.
+
+    >>> m = list_metrics([[0.9, 0.8, 0.1]], [[0, 1, 1]], ks=(2,))
+    >>> round(float(m["ndcg@2"][0]), 4), float(m["map@2"][0]), float(m["click@2"][0])
+    (0.3869, 0.5, 1.0)
+    """
+    scores, labels = np.asarray(scores, float), np.asarray(labels, float)
+    mask = np.ones_like(labels, bool) if mask is None else np.asarray(mask, bool)
+    assert map_definition in ("kar", "standard"), (
+        f"map_definition must be 'kar' or 'standard', got {map_definition!r}"
+    )
+    ranked = rank_by_score(scores, labels, mask)
+    ideal = -np.sort(-np.where(mask, labels, 0.0), axis=1)
+    n = labels.shape[1]
+    disc = 1.0 / np.log2(np.arange(2, n + 2))
+    gains, ideal_gains = (2.0**ranked - 1) * disc, (2.0**ideal - 1) * disc
+    hits = (ranked > 0).astype(float)
+    cum_hits = np.cumsum(hits, axis=1)
+    prec = cum_hits / np.arange(1, n + 1)
+    out = {}
+    for k in ks:
+        dcg, idcg = gains[:, :k].sum(1), ideal_gains[:, :k].sum(1)
+        out[f"ndcg@{k}"] = np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0)
+        ap = (prec[:, :k] * hits[:, :k]).sum(1)
+        denom = (
+            hits[:, :k].sum(1)
+            if map_definition == "kar"
+            else np.minimum(k, (np.where(mask, labels, 0) > 0).sum(1))
+        )
+        out[f"map@{k}"] = np.divide(ap, denom, out=np.zeros_like(ap), where=denom > 0)
+        out[f"click@{k}"] = hits[:, :k].sum(1)
+    return out
+
+
+def mean_list_metrics(
+    per_list: dict[str, np.ndarray], has_positive: np.ndarray | None = None, empty: str = "zero"
+) -> dict:
+    """Average per-list metrics. `empty="zero"` keeps lists without positives as 0 (KAR);
+    `empty="skip"` drops them."""
+    assert empty in ("zero", "skip"), f"empty must be 'zero' or 'skip', got {empty!r}"
+    keep = slice(None) if empty == "zero" or has_positive is None else np.asarray(has_positive, bool)
+    return {k: float(np.mean(v[keep])) if np.size(v[keep]) else float("nan") for k, v in per_list.items()}

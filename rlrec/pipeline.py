@@ -13,12 +13,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rlrec.cache import atomic_write_json, fingerprint, read_json
+from rlrec.data.ctr import TensorBatches
+from rlrec.data.rerank import kar_lists, ranked_lists
+from rlrec.metrics import list_metrics, mean_list_metrics
+
+SPLITS = ("train", "valid", "test")
 
 log = logging.getLogger("rlrec")
 
@@ -99,13 +105,15 @@ class Pipeline:
         self.results["data"] = info
         return info
 
-    def fit_backbone(self) -> dict:
-        """Train the configured backbone with early stopping on val/auc; test the best checkpoint."""
+    def fit_backbone(self, backbone: DictConfig | None = None, record: bool = True) -> dict:
+        """Train a CTR backbone (default: cfg.backbone) with early stopping on val/auc; test the
+        best checkpoint. Returns {"backbone", "metrics", "checkpoint" (absolute path)}."""
         cfg = self.cfg
+        backbone = cfg.backbone if backbone is None else backbone
         deps = {
             "dataset": cfg.dataset,
             "split": cfg.split,
-            "backbone": cfg.backbone,
+            "backbone": backbone,
             "optimizer": cfg.optimizer,
             "trainer": {
                 k: cfg.trainer.get(k) for k in ("max_epochs", "limit_train_batches", "limit_val_batches")
@@ -113,12 +121,12 @@ class Pipeline:
             "patience": cfg.early_stopping_patience,
             "seed": cfg.seed,
         }
-        name = component_name(cfg.backbone)
+        name = component_name(backbone)
 
         def build(work: Path) -> dict:
             pl.seed_everything(cfg.seed, workers=True)
             dm = self.datamodule
-            model = instantiate(cfg.backbone)(features=dm.feature_spec)
+            model = instantiate(backbone)(features=dm.feature_spec)
             from rlrec.tasks.ctr import CTRTask
 
             task = CTRTask(model, instantiate(cfg.optimizer), OmegaConf.to_container(cfg, resolve=True))
@@ -143,7 +151,106 @@ class Pipeline:
             metrics["train/epochs"] = trainer.current_epoch
             return {"backbone": name, "metrics": metrics, "checkpoint": "checkpoints/best.ckpt"}
 
-        result = self.cached(f"fit_backbone/{name}", deps, build)
+        stage = f"fit_backbone/{name}"
+        result = self.cached(stage, deps, build)
+        result["checkpoint"] = str(Path(self.results["stages"][stage]["dir"]) / result["checkpoint"])
+        if record:
+            self.results["metrics"].update(result["metrics"])
+        result["deps"] = deps
+        return result
+
+    def load_backbone(self, fitted: dict, backbone: DictConfig) -> torch.nn.Module:
+        model = instantiate(backbone)(features=self.datamodule.feature_spec)
+        state = torch.load(fitted["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+        model.load_state_dict(
+            {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        )
+        return model.eval()
+
+    def initial_scores(self) -> dict:
+        """LibRerank's initial ranker: a CTR backbone trained on train, scoring valid and test rows."""
+        ranker = self.cfg.rerank.initial_ranker
+        fitted = self.fit_backbone(ranker, record=False)
+        self.results["metrics"].update({f"initial_ranker/{k}": v for k, v in fitted["metrics"].items()})
+
+        def build(work: Path) -> dict:
+            model = self.load_backbone(fitted, ranker)
+            out = {}
+            with torch.no_grad():
+                for split in ("valid", "test"):
+                    t = self.datamodule.tensors(split)
+                    chunks = [model(b) for b in TensorBatches(t, 8192)]
+                    scores = torch.cat(chunks).numpy() if chunks else np.zeros(0, np.float32)
+                    np.save(work / f"{split}.npy", scores)
+                    out[split] = f"{split}.npy"
+            return out
+
+        result = self.cached(f"initial_scores/{component_name(ranker)}", fitted["deps"], build)
+        folder = Path(self.results["stages"][f"initial_scores/{component_name(ranker)}"]["dir"])
+        return {s: np.load(folder / f) for s, f in result.items()}
+
+    def rerank_lists(self) -> dict:
+        """train/valid/test RerankLists in the configured style (`rerank.list_style`)."""
+        rr, prep = self.cfg.rerank, self.datamodule.prep
+        if rr.list_style == "kar":
+            return {
+                s: kar_lists(prep, s, rr.chunk, rr.list_len, rr.seed, rr.exclude_user_items) for s in SPLITS
+            }
+        if rr.list_style != "librerank":
+            raise ValueError(f"rerank.list_style must be 'kar' or 'librerank', got {rr.list_style!r}")
+        scores = self.initial_scores()
+        pool = ranked_lists(prep, "valid", scores["valid"], rr.list_len)
+        test = ranked_lists(prep, "test", scores["test"], rr.list_len)
+        # the re-ranker learns on lists built from the validation period; hold out 10% of those users
+        held = (pool.user * 2654435761 % 100) < 10
+        return {"train": pool.subset(~held), "valid": pool.subset(held), "test": test}
+
+    def fit_reranker(self) -> dict:
+        """Train the configured re-ranker (cfg.backbone is dlcm/prm/setrank) on re-rank lists with early
+        stopping on the validation metric; also report the initial order and a shuffled order."""
+        cfg, rr = self.cfg, self.cfg.rerank
+        lists = self.rerank_lists()
+        test = lists["test"]
+        ks = tuple(rr.ks)
+        rng = np.random.default_rng(cfg.seed)
+        for label, scores in (("initial", test.initial), ("shuffled", rng.random(test.items.shape))):
+            per = list_metrics(scores, test.labels, test.mask, ks, rr.map_definition)
+            for k, v in mean_list_metrics(per, (test.labels > 0).any(1), rr.empty_lists).items():
+                self.results["metrics"][f"{label}/test/{k}"] = v
+        name = component_name(cfg.backbone)
+        deps = {"dataset": cfg.dataset, "split": cfg.split, "backbone": cfg.backbone, "rerank": rr,
+                "optimizer": cfg.optimizer, "max_epochs": cfg.trainer.max_epochs,
+                "limit": cfg.trainer.limit_train_batches, "seed": cfg.seed}  # fmt: skip
+
+        def build(work: Path) -> dict:
+            from rlrec.tasks.rerank import RerankTask
+
+            pl.seed_everything(cfg.seed, workers=True)
+            model = instantiate(cfg.backbone)(features=self.datamodule.feature_spec)
+            task = RerankTask(
+                model, instantiate(cfg.optimizer), rr.loss, ks, rr.map_definition, rr.empty_lists
+            )
+            monitor = f"val/{rr.monitor}"
+            ckpt = pl.callbacks.ModelCheckpoint(
+                dirpath=work / "checkpoints", monitor=monitor, mode="max", filename="best"
+            )
+            stop = pl.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=rr.patience)
+            trainer = instantiate(cfg.trainer, callbacks=[ckpt, stop], logger=self.loggers() or False)
+            loaders = {
+                s: TensorBatches(lists[s].tensors(), rr.batch_size, shuffle=s == "train", seed=cfg.seed)
+                for s in lists
+            }
+            trainer.fit(task, loaders["train"], loaders["valid"])
+            best = "best" if ckpt.best_model_path else None
+            val = trainer.validate(task, loaders["valid"], ckpt_path=best, verbose=False)
+            tst = trainer.test(task, loaders["test"], ckpt_path=best, verbose=False)
+            metrics = {k: float(v) for k, v in {**val[0], **tst[0]}.items()}
+            metrics["lists/train"], metrics["lists/valid"], metrics["lists/test"] = (
+                len(lists[s]) for s in SPLITS
+            )
+            return {"backbone": name, "metrics": metrics, "checkpoint": "checkpoints/best.ckpt"}
+
+        result = self.cached(f"fit_reranker/{name}", deps, build)
         self.results["metrics"].update(result["metrics"])
         return result
 
@@ -152,7 +259,9 @@ class Pipeline:
         stages = list(self.cfg.stages)
         unknown = [s for s in stages if not callable(getattr(self, s, None)) or s.startswith("_")]
         if unknown:
-            raise ValueError(f"unknown stage(s) {unknown} in `stages`; known: describe, fit_backbone")
+            raise ValueError(
+                f"unknown stage(s) {unknown} in `stages`; known: describe, fit_backbone, fit_reranker"
+            )
         for stage in stages:
             log.info("stage %s", stage)
             getattr(self, stage)()

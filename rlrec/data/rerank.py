@@ -31,6 +31,9 @@ class RerankLists:
     def mask(self) -> np.ndarray:
         return self.items > 0
 
+    def subset(self, keep: np.ndarray) -> RerankLists:
+        return RerankLists(self.user[keep], self.items[keep], self.labels[keep], self.initial[keep])
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return {
             "user": torch.from_numpy(self.user.astype(np.int64)),

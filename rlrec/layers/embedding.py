@@ -116,3 +116,15 @@ class FeatureEmbedding(nn.Module):
         if self.adapter is not None:
             parts.append(self.knowledge_fields(batch))
         return torch.cat(parts, dim=1)
+
+    def list_fields(self, batch: dict) -> torch.Tensor:
+        """Re-rank lists: batch {user (B,), items (B, N)[, user_knowledge (B, Du), item_knowledge (B, N, Di)]}
+        → (B, N, F, D): every candidate's user fields, item fields and knowledge fields
+        (the user's knowledge is shared by all candidates of its list, as in KAR)."""
+        B, N = batch["items"].shape
+        flat = {"user": batch["user"].repeat_interleave(N), "item": batch["items"].reshape(-1)}
+        if "user_knowledge" in batch:
+            flat["user_knowledge"] = batch["user_knowledge"].repeat_interleave(N, dim=0)
+        if "item_knowledge" in batch:
+            flat["item_knowledge"] = batch["item_knowledge"].reshape(B * N, -1)
+        return self(flat).reshape(B, N, -1, self.embed_dim)  # (B, N, F, D)

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from hydra import compose, initialize_config_dir
 
 from rlrec.train import run
@@ -15,12 +17,12 @@ from tests.conftest import CONF, ROOT
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
 
 
-def _cfg(tmp_path, *overrides):
+def _cfg(tmp_path, *overrides, experiment="backbone_only"):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(
             "train",
             overrides=[
-                "+experiment=backbone_only",
+                f"+experiment={experiment}",
                 "dataset=synthetic",
                 "profile=smoke",
                 "threads=1",
@@ -101,3 +103,28 @@ def test_describe_bad_path_is_a_clear_error(tmp_path):
     )  # fmt: skip
     assert p.returncode == 1
     assert "movielens1m" in p.stderr and "nope" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_rerank_only_both_list_styles(tmp_path):
+    for style, split in (("librerank", "temporal"), ("kar", "user")):
+        cfg = _cfg(
+            tmp_path,
+            f"rerank.list_style={style}",
+            f"split={split}",
+            "backbone=setrank",
+            experiment="rerank_only",
+        )
+        res = run(cfg, tmp_path / style)["metrics"]
+        for key in (
+            "test/ndcg@5",
+            "test/map@5",
+            "test/click@5",
+            "initial/test/ndcg@5",
+            "shuffled/test/ndcg@5",
+        ):
+            assert key in res and np.isfinite(res[key]), (style, key)
+        assert 0 <= res["test/ndcg@5"] <= 1 and res["lists/test"] > 0
+        if style == "kar":  # no initial ranker: the given order is random
+            assert "initial_ranker/test/auc" not in res
+        else:
+            assert "initial_ranker/test/auc" in res

@@ -1,0 +1,140 @@
+"""The training / evaluation protocol shared by both sides of `ctr_peer.py`.
+
+Imported by `ctr_peer.py` (rlrec's environment) and by `_peer_side.py` (the peer's virtualenv), so
+it needs nothing but torch and numpy: both sides train, select, time and score with this exact code.
+
+Protocol: Adam (lr 1e-3), batches of 1024 cut from one seeded permutation of the training set per
+epoch (the same permutation on both sides for the same seed), at most `max_epochs` epochs, early
+stopping on validation AUC (patience 2: stop after two epochs without a strict improvement), test
+AUC / log-loss of the best-validation epoch's weights.
+
+Throughput: training samples / training seconds, where the clock runs from the start of each epoch
+(the permutation gather included, i.e. data loading) to its last optimizer step; validation and
+test are outside the clock.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+Batch = dict[str, torch.Tensor]
+
+
+def auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC (Mann–Whitney, ties get their average rank). y in {0, 1}."""
+    y = np.asarray(y, dtype=np.float64).ravel()
+    p = np.asarray(p, dtype=np.float64).ravel()
+    n_pos = float(y.sum())
+    n_neg = float(len(y) - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(p, return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)  # 1-based rank of the last member of each tie group
+    ranks = (upper - (counts - 1) / 2.0)[inverse]
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def logloss(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
+    y = np.asarray(y, dtype=np.float64).ravel()
+    p = np.clip(np.asarray(p, dtype=np.float64).ravel(), eps, 1 - eps)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def _slices(n: int, batch_size: int):
+    for s in range(0, n, batch_size):
+        yield slice(s, min(s + batch_size, n))
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    data: Batch,
+    predict: Callable[[torch.nn.Module, Batch], torch.Tensor],
+    batch_size: int,
+) -> dict:
+    """AUC and log-loss of `predict` (probabilities) over `data` (needs a "label" tensor)."""
+    model.eval()
+    n = len(data["label"])
+    probs = [predict(model, {k: v[s] for k, v in data.items()}).reshape(-1) for s in _slices(n, batch_size)]
+    p = torch.cat(probs).double().numpy()
+    y = data["label"].numpy()
+    return {"auc": auc(y, p), "logloss": logloss(y, p)}
+
+
+def run(
+    model: torch.nn.Module,
+    train: Batch,
+    valid: Batch,
+    test: Batch,
+    loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor],
+    predict: Callable[[torch.nn.Module, Batch], torch.Tensor],
+    seed: int,
+    max_epochs: int = 10,
+    patience: int = 2,
+    lr: float = 1e-3,
+    batch_size: int = 1024,
+    eval_batch_size: int = 4096,
+    limit_batches: int | None = None,
+) -> dict:
+    """Train `model` under the protocol above; return test metrics of the best-validation epoch,
+    training throughput and bookkeeping. `loss_fn(model, batch)` returns the scalar training loss
+    (any data preparation it does per batch, e.g. negative sampling, is timed as training)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    n = len(train["label"])
+    best_auc, best_state, best_epoch, wait = -float("inf"), None, 0, 0
+    best_val: dict = {}
+    samples, seconds, epochs = 0, 0.0, 0
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=generator)
+        data = {k: v[perm] for k, v in train.items()}  # one gather per epoch, then cheap slices
+        for b, s in enumerate(_slices(n, batch_size)):
+            if limit_batches is not None and b >= limit_batches:
+                break
+            batch = {k: v[s] for k, v in data.items()}
+            loss = loss_fn(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            samples += s.stop - s.start
+        seconds += time.perf_counter() - t0
+        epochs = epoch
+        val = evaluate(model, valid, predict, eval_batch_size)
+        if val["auc"] > best_auc:
+            best_auc, best_val, best_epoch, wait = val["auc"], val, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            wait += 1
+            if wait >= patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result = evaluate(model, test, predict, eval_batch_size)
+    return {
+        "auc": result["auc"],
+        "logloss": result["logloss"],
+        "val_auc": best_val.get("auc", float("nan")),
+        "val_logloss": best_val.get("logloss", float("nan")),
+        "samples_per_s": samples / seconds if seconds else float("nan"),
+        "train_seconds": seconds,
+        "train_samples": samples,
+        "epochs": epochs,
+        "best_epoch": best_epoch,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def set_threads(threads: int) -> None:
+    """Same intra-op thread count on both sides (OMP_NUM_THREADS is set by the caller's env)."""
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work already started
+        pass

@@ -1,0 +1,394 @@
+"""rlrec's CTR backbones against DeepCTR-Torch on identical MovieLens-100K splits.
+
+    python benchmarks/ctr_peer.py                                   # all models, seeds 1,2,3
+    python benchmarks/ctr_peer.py --models din,deepfm --seeds 1 --max-epochs 1 --limit-batches 10
+
+Protocol (the CTR reference protocol): embedded MovieLens-100K, every rating one sample, label =
+rating >= 4; rows sorted by (timestamp, user, item), first 80% train, next 10% valid, last 10% test
+(`SplitConfig(protocol="temporal", leakage_guard=False)`). Fields: user id, item id, gender, age
+bucket, occupation, first zip char, first genre, release decade; behaviour sequence = up to 20 most
+recent strictly earlier items (each as item id, genre, decade). Vocabularies fitted on train,
+unseen → OOV. Embedding dim 16, Adam lr 1e-3, batch 1024, <= 10 epochs, early stopping on
+validation AUC (patience 2), test AUC / log-loss of the best-validation epoch.
+
+rlrec prepares the data once (`rlrec.data.features.prepare`); the encoded arrays are written to an
+.npz that the peer side (`_peer_side.py`, run with benchmarks/.venv-peer/bin/python) reads, so both
+sides see the same samples, vocabularies and histories. Both sides train with the same loop
+(`_protocol.py`: same batches in the same seeded order, same early stopping, same metric code,
+same throughput clock), one after the other, never concurrently, with the same thread count.
+rlrec's models are built from conf/backbone/<name>.yaml; the peer's hyper-parameters are mapped
+from the same yaml (`peer_config`), and whatever the peer cannot match is listed in the output.
+
+The peer environment (kept out of git):
+
+    python -m venv benchmarks/.venv-peer
+    benchmarks/.venv-peer/bin/pip install torch==2.13.0 deepctr-torch==0.3.0 pandas pyarrow scikit-learn
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PEER_PYTHON = HERE / ".venv-peer" / "bin" / "python"
+MODELS = ("din", "dien", "deepfm", "dcn", "autoint", "fibinet", "fignn")
+PEER_MODELS = {"din", "dien", "deepfm", "dcn", "autoint", "fibinet"}  # DeepCTR-Torch has no FiGNN
+PEER_NAMES = {
+    "din": "DIN",
+    "dien": "DIEN",
+    "deepfm": "DeepFM",
+    "dcn": "DCN",
+    "autoint": "AutoInt",
+    "fibinet": "FiBiNET",
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--max-epochs", type=int, default=10)
+    ap.add_argument("--patience", type=int, default=2)
+    ap.add_argument("--limit-batches", type=int, default=None, help="training batches per epoch (quick checks)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(HERE / "results" / "ctr_peer.md"))
+    ap.add_argument("--peer-python", default=str(PEER_PYTHON))
+    ap.add_argument("--data-path", default=None, help="folder with MovieLens100k_*.parquet.brotli")
+    args = ap.parse_args(argv)
+    args.models = [m.strip().lower() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(args.models) - set(MODELS))
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    return args
+
+
+# ---- data ------------------------------------------------------------------------------------
+def prepare_data(path: str | None):
+    from rlrec.data.features import prepare
+    from rlrec.data.movielens import load_movielens100k
+    from rlrec.data.splits import SplitConfig
+
+    split = SplitConfig(protocol="temporal", ratios=(0.8, 0.1, 0.1), leakage_guard=False)
+    return prepare(load_movielens100k(path), label_threshold=4, split=split, history_len=20)
+
+
+def write_npz(prep, file: Path) -> dict:
+    """Per split: field indices per sample (N, 8), history field indices (N, L, 3: item id, genre,
+    decade), history lengths, labels; plus field names, vocab sizes and the item table."""
+    import numpy as np
+
+    spec = prep.spec
+    f = prep.frame
+    out = {
+        "field_names": np.array([fl.name for fl in spec.fields]),
+        "item_field_names": np.array([fl.name for fl in spec.item_fields]),
+        "vocab_sizes": np.array([fl.vocab_size for fl in spec.fields], np.int64),
+        "history_len": np.array(spec.history_len),
+        "item_table": spec.item_table.astype(np.int64),
+    }
+    for split in ("train", "valid", "test"):
+        rows = prep.rows(split)
+        u, i = f["u"].to_numpy()[rows], f["i"].to_numpy()[rows]
+        hist = prep.history[rows]  # (N, L) catalogue indices, right-padded with 0
+        out[f"{split}_fields"] = np.concatenate([spec.user_table[u], spec.item_table[i]], 1).astype(np.int64)
+        out[f"{split}_hist"] = spec.item_table[hist].astype(np.int64)  # PAD row 0 → field index 0
+        out[f"{split}_hist_len"] = (hist > 0).sum(1).astype(np.int64)
+        out[f"{split}_label"] = f["label"].to_numpy()[rows].astype(np.float32)
+        assert (out[f"{split}_hist"][hist == 0] == 0).all()
+        # right padding: the first hist_len positions are the real items
+        n = out[f"{split}_hist_len"]
+        assert ((hist > 0) == (np.arange(hist.shape[1])[None, :] < n[:, None])).all()
+    np.savez(file, **out)
+    return {s: int(len(out[f"{s}_label"])) for s in ("train", "valid", "test")}
+
+
+# ---- configurations --------------------------------------------------------------------------
+def backbone_config(name: str) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "backbone" / f"{name}.yaml"), resolve=True)
+
+
+def peer_config(name: str, c: dict) -> tuple[dict, list[str]]:
+    """DeepCTR-Torch hyper-parameters equivalent to rlrec's yaml `c`, and the differences that
+    remain (what DeepCTR-Torch cannot express, or does differently by construction)."""
+    common = {
+        "embed_dim": c["embed_dim"],
+        "mlp_dims": list(c.get("mlp_dims", [])),
+        "dropout": c.get("dropout", 0.0),
+        "activation": c.get("activation", "relu"),
+        "batch_norm": c.get("batch_norm", False),
+    }
+    notes = [
+        "peer inits every MLP weight N(0, 1e-4) (DeepCTR-Torch's init_std); rlrec keeps PyTorch's default init",
+        "peer outputs sigmoid probabilities and trains on BCE of them; rlrec trains on BCE-with-logits",
+    ]
+    if name == "din":
+        cfg = {**common, "attention_dims": list(c["attention_dims"]), "attention_softmax": c["attention_softmax"]}
+        notes.append("Dice: the peer's BatchNorm is affine (learned scale/shift), rlrec's is not")
+    elif name == "dien":
+        if c.get("hidden_dim") is not None:
+            notes.append(f"hidden_dim={c['hidden_dim']} not expressible: the peer's GRU width is the item width")
+        if list(c.get("aux_dims", [100, 50])) != [100, 50] or c.get("aux_activation", "sigmoid") != "sigmoid":
+            notes.append("peer's auxiliary net is fixed at [100, 50] sigmoid")
+        cfg = {
+            **common,
+            "aux_weight": c["aux_weight"],
+            # rlrec: L_aux = mean BCE(pos) + mean BCE(neg) (eq. 6); DeepCTR-Torch: mean BCE over
+            # pos and neg together = half of that, so alpha_peer = 2 alpha gives the same objective
+            "aux_alpha": 2.0 * float(c["aux_weight"]),
+            "att_hidden_units": [64, 16],  # the peer's defaults: it has no bilinear attention
+            "att_activation": "relu",
+        }
+        notes += [
+            "attention: rlrec uses the paper's bilinear score h_t W e_a (eq. 8); the peer an MLP "
+            "activation unit [64, 16] relu over [q, k, q-k, q*k] (its default), softmax on both",
+            "peer packs variable-length sequences; rlrec runs right-padded sequences (same states)",
+        ]
+    elif name == "deepfm":
+        cfg = dict(common)
+    elif name == "dcn":
+        cfg = {**common, "num_layers": c["num_layers"], "version": c["version"]}
+    elif name == "autoint":
+        cfg = {**common, "num_layers": c["num_layers"], "num_heads": c["num_heads"], "residual": c["residual"]}
+        width = c["num_heads"] * c["head_dim"]
+        if width != c["embed_dim"]:
+            notes.append(
+                f"interacting layers: peer's width is fixed at embed_dim={c['embed_dim']} "
+                f"({c['num_heads']} heads x {c['embed_dim'] // c['num_heads']}); rlrec's is "
+                f"{c['num_heads']} heads x {c['head_dim']} = {width}"
+            )
+        if c.get("scale"):
+            notes.append("peer's AutoInt never scales attention scores (rlrec: scale=true)")
+    elif name == "fibinet":
+        cfg = {
+            **common,
+            "bilinear_type": {"field_all": "all", "field_each": "each", "field_interaction": "interaction"}[
+                c["bilinear_type"]
+            ],
+            "reduction_ratio": c["reduction_ratio"],
+            "first_order": c["first_order"],
+        }
+        notes.append("peer shares ONE bilinear layer between E and the SENET output V; rlrec has two")
+        if c.get("excitation_activation", "relu") != "relu":
+            notes.append("peer's SENET excitation is fixed at relu")
+        if c.get("batch_norm"):
+            notes.append("peer's FiBiNET has no batch-norm option")
+    else:
+        raise ValueError(name)
+    return cfg, notes
+
+
+# ---- the two sides ---------------------------------------------------------------------------
+def run_rlrec(name: str, prep, seed: int, protocol: dict) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from hydra.utils import instantiate
+
+    import _protocol
+    from rlrec.data.ctr import ctr_tensors
+
+    torch.manual_seed(seed)
+    model = instantiate(backbone_config(name))(features=prep.spec)
+    tensors = {s: ctr_tensors(prep, s) for s in ("train", "valid", "test")}
+
+    def loss_fn(m, batch):  # as rlrec.tasks.ctr.CTRTask.training_step
+        if hasattr(m, "forward_with_aux"):
+            logits, aux = m.forward_with_aux(batch)
+        else:
+            logits, aux = m(batch), None
+        loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
+        return loss + aux if aux is not None else loss
+
+    def predict(m, batch):
+        return torch.sigmoid(m(batch))
+
+    return _protocol.run(
+        model, tensors["train"], tensors["valid"], tensors["test"], loss_fn, predict, seed=seed, **protocol
+    )
+
+
+def run_peer(name: str, npz: Path, seed: int, cfg: dict, protocol: dict, args) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    cmd = [
+        args.peer_python,
+        str(HERE / "_peer_side.py"),
+        "--npz",
+        str(npz),
+        "--model",
+        name,
+        "--seed",
+        str(seed),
+        "--threads",
+        str(args.threads),
+        "--config",
+        json.dumps({**cfg, "protocol": protocol}),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"peer side failed for {name} seed {seed}:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---- report ----------------------------------------------------------------------------------
+def _stats(values: list[float]) -> tuple[float, float]:
+    import numpy as np
+
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def _fmt(values: list[float] | None, digits: int, signed: bool = False) -> str:
+    if not values:
+        return "n/a"
+    mean, std = _stats(values)
+    sign = "+" if signed else ""
+    text = f"{mean:{sign}.{digits}f}"
+    return text + (f" ± {std:.{digits}f}" if len(values) > 1 else "")
+
+
+def report(results: dict, args, sizes: dict, meta: dict) -> str:
+    lines = [
+        "# CTR backbones: rlrec vs DeepCTR-Torch",
+        "",
+        f"MovieLens-100K, reference protocol (temporal 80/10/10, label = rating ≥ 4; "
+        f"train {sizes['train']:,} / valid {sizes['valid']:,} / test {sizes['test']:,} samples). "
+        f"Test metrics of the best-validation epoch; mean ± std over seeds {','.join(map(str, args.seeds))}.",
+        "",
+        "| model | rlrec AUC | peer AUC | ΔAUC | rlrec logloss | peer logloss "
+        "| rlrec samples/s | peer samples/s | speed ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in args.models:
+        r, p = results[name]["rlrec"], results[name]["peer"]
+        col = lambda rs, key: [x[key] for x in rs] if rs else None  # noqa: E731
+        paired = list(zip(r, p)) if p else []
+        d_auc = [a["auc"] - b["auc"] for a, b in paired] or None
+        ratio = [a["samples_per_s"] / b["samples_per_s"] for a, b in paired] or None
+        label = name if p else f"{name} (rlrec only)"
+        lines.append(
+            f"| {label} | {_fmt(col(r, 'auc'), 4)} | {_fmt(col(p, 'auc'), 4)} | {_fmt(d_auc, 4, True)} "
+            f"| {_fmt(col(r, 'logloss'), 4)} | {_fmt(col(p, 'logloss'), 4)} "
+            f"| {_fmt(col(r, 'samples_per_s'), 0)} | {_fmt(col(p, 'samples_per_s'), 0)} | {_fmt(ratio, 2)} |"
+        )
+    lines += [
+        "",
+        "ΔAUC = rlrec − peer and speed ratio = rlrec / peer samples/s, both per seed, then averaged. "
+        "samples/s: training only (data loading included, validation excluded), same loop on both sides.",
+        "",
+        "| model | epochs (rlrec / peer) | best epoch | valid AUC (rlrec / peer) | parameters (rlrec / peer) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in args.models:
+        r, p = results[name]["rlrec"], results[name]["peer"]
+
+        def pair(key, digits=0, r=r, p=p):
+            a = _fmt([x[key] for x in r], digits)
+            return f"{a} / {_fmt([x[key] for x in p], digits) if p else 'n/a'}"
+
+        params = f"{r[0]['params']:,} / {p[0]['params']:,}" if p else f"{r[0]['params']:,} / n/a"
+        lines.append(
+            f"| {name} | {pair('epochs', 1)} | {pair('best_epoch', 1)} | {pair('val_auc', 4)} | {params} |"
+        )
+    lines += ["", "## Configuration differences the peer cannot remove", ""]
+    for name in args.models:
+        notes = results[name]["notes"]
+        if notes:
+            lines.append(f"- **{name}** ({PEER_NAMES.get(name, 'no peer model')}): " + "; ".join(notes))
+        elif name not in PEER_MODELS:
+            lines.append(f"- **{name}**: DeepCTR-Torch has no FiGNN; rlrec only")
+    lines += [
+        "",
+        "## Run",
+        "",
+        f"- date: {meta['date']}; wall time {meta['wall']:.0f} s",
+        f"- threads: {args.threads} per side (torch.set_num_threads, OMP_NUM_THREADS); sides run one after the other",
+        f"- max epochs {args.max_epochs}, patience {args.patience}, "
+        f"limit-batches {args.limit_batches if args.limit_batches is not None else 'none (full epochs)'}",
+        f"- rlrec {meta['rlrec']} (torch {meta['torch']}, Python {meta['python']})",
+        f"- peer: deepctr-torch {meta.get('peer_version', 'n/a')} (torch {meta.get('peer_torch', 'n/a')}), "
+        f"virtualenv {args.peer_python}",
+        f"- machine: {meta['machine']}",
+        f"- command: `python benchmarks/{Path(__file__).name} {' '.join(meta['argv'])}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    # threads before torch is imported (rlrec imports it): the same count as the peer subprocess
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    sys.path.insert(0, str(HERE))
+    import importlib.metadata
+
+    import torch
+
+    import _protocol
+
+    _protocol.set_threads(args.threads)
+    need_peer = any(m in PEER_MODELS for m in args.models)
+    if need_peer and not Path(args.peer_python).exists():
+        sys.exit(
+            f"peer virtualenv not found ({args.peer_python}); create it with\n"
+            "  python -m venv benchmarks/.venv-peer\n"
+            "  benchmarks/.venv-peer/bin/pip install torch==2.13.0 deepctr-torch==0.3.0 pandas pyarrow scikit-learn"
+        )
+
+    t_start = time.perf_counter()
+    prep = prepare_data(args.data_path)
+    protocol = {"max_epochs": args.max_epochs, "patience": args.patience, "limit_batches": args.limit_batches}
+    results: dict = {}
+    meta = {
+        "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "rlrec": importlib.metadata.version("rlrec"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs",
+        "argv": list(sys.argv[1:] if argv is None else argv),
+    }
+    with tempfile.TemporaryDirectory(prefix="ctr_peer_") as tmp:
+        npz = Path(tmp) / "movielens100k_reference.npz"
+        sizes = write_npz(prep, npz)
+        print(f"data: {sizes}; arrays in {npz}", file=sys.stderr)
+        for name in args.models:
+            ycfg = backbone_config(name)
+            cfg, notes = peer_config(name, ycfg) if name in PEER_MODELS else (None, [])
+            results[name] = {"rlrec": [], "peer": [], "notes": list(notes)}
+            for seed in args.seeds:
+                r = run_rlrec(name, prep, seed, protocol)
+                results[name]["rlrec"].append(r)
+                print(f"{name} seed {seed} rlrec: {json.dumps(r)}", file=sys.stderr)
+                if cfg is None:
+                    continue
+                p = run_peer(name, npz, seed, cfg, protocol, args)
+                results[name]["peer"].append(p)
+                meta["peer_version"], meta["peer_torch"] = p["library_version"], p["torch_version"]
+                for note in p.get("notes", []):
+                    if note not in results[name]["notes"]:
+                        results[name]["notes"].append(note)
+                print(f"{name} seed {seed} peer:  {json.dumps(p)}", file=sys.stderr)
+    meta["wall"] = time.perf_counter() - t_start
+    text = report(results, args, sizes, meta)
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "meta": meta, "results": results}, indent=1))
+    print(f"written: {out} (+ {out.with_suffix('.json').name})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

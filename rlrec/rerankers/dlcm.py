@@ -1,0 +1,45 @@
+"""DLCM — Deep Listwise Context Model (Ai et al., SIGIR 2018)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from rlrec.data.features import FeatureSpec
+from rlrec.layers.embedding import FeatureEmbedding
+from rlrec.rerankers import masked_scores
+
+
+class DLCM(nn.Module):
+    """A GRU reads the list in its given (initial-ranking) order (eq. 3); its final state s_n is the
+    list context. The local ranking function (eq. 4) scores candidate i from its GRU output o_i:
+        φ(o_i, s_n) = V · (o_i ⊙ tanh(W · s_n + b)).
+    Right padding: outputs at real positions never see later pads, and s_n is taken at the last
+    real position, so padded slots change nothing."""
+
+    def __init__(
+        self,
+        features: FeatureSpec,
+        embed_dim: int = 16,
+        hidden_dim: int = 64,
+        adapter: Callable[..., nn.Module] | None = None,
+    ):
+        super().__init__()
+        self.embedding = FeatureEmbedding(features, embed_dim, adapter)
+        in_dim = self.embedding.num_fields() * embed_dim
+        self.input = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ELU())  # eq. 2's input projection
+        self.gru = nn.GRU(hidden_dim, hidden_dim, batch_first=True)
+        self.context = nn.Linear(hidden_dim, hidden_dim)
+        self.score = nn.Linear(hidden_dim, 1, bias=False)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        mask = batch["mask"]  # (B, N)
+        B, N = mask.shape
+        x = self.input(self.embedding.list_fields(batch).reshape(B, N, -1))  # (B, N, H)
+        out, _ = self.gru(x)  # (B, N, H)
+        last = (mask.sum(1) - 1).clamp(min=0)  # (B,) index of the last real candidate
+        s_n = out[torch.arange(B), last]  # (B, H)
+        scores = self.score(out * torch.tanh(self.context(s_n)).unsqueeze(1)).squeeze(-1)  # (B, N)
+        return masked_scores(scores, mask)

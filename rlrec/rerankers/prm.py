@@ -1,0 +1,51 @@
+"""PRM — Personalized Re-ranking Model (Pei et al., RecSys 2019)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from rlrec.data.features import FeatureSpec
+from rlrec.layers.embedding import FeatureEmbedding
+from rlrec.rerankers import masked_scores
+
+
+class PRM(nn.Module):
+    """Input layer (eq. 2–3): E' = [x_i ; pv_i] + PE_i, with x_i the candidate's item fields, pv_i the
+    personalised vector (the user's fields and knowledge — shared by the list) and PE a learned
+    position embedding of the initial rank. Encoding layer: Transformer encoder blocks (eq. 4–7)
+    with padded slots masked out of attention. Output layer (eq. 8): a linear score per item
+    (the softmax over the list is the listwise loss's job)."""
+
+    def __init__(
+        self,
+        features: FeatureSpec,
+        embed_dim: int = 16,
+        model_dim: int = 64,
+        num_layers: int = 1,
+        num_heads: int = 2,
+        ffn_dim: int = 128,
+        dropout: float = 0.1,
+        max_len: int = 64,
+        adapter: Callable[..., nn.Module] | None = None,
+    ):
+        super().__init__()
+        self.embedding = FeatureEmbedding(features, embed_dim, adapter)
+        self.proj = nn.Linear(self.embedding.num_fields() * embed_dim, model_dim)
+        self.position = nn.Embedding(max_len, model_dim)
+        layer = nn.TransformerEncoderLayer(model_dim, num_heads, ffn_dim, dropout, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.out = nn.Linear(model_dim, 1)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        mask = batch["mask"]  # (B, N)
+        B, N = mask.shape
+        assert N <= self.position.num_embeddings, (
+            f"list length {N} > PRM max_len {self.position.num_embeddings}"
+        )
+        x = self.proj(self.embedding.list_fields(batch).reshape(B, N, -1))  # (B, N, M)
+        x = x + self.position.weight[:N].unsqueeze(0)
+        h = self.encoder(x, src_key_padding_mask=~mask)  # (B, N, M)
+        return masked_scores(self.out(h).squeeze(-1), mask)

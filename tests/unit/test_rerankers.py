@@ -1,0 +1,123 @@
+"""Re-rankers (parametrised over their confs), list losses and list metrics on hand-computed cases."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from rlrec.data.rerank import kar_lists
+from rlrec.knowledge.adapters import HybridExpertAdaptor
+from rlrec.metrics import list_metrics, mean_list_metrics
+from rlrec.tasks.rerank import listwise_softmax, pointwise_bce
+from tests.conftest import CONF
+
+RERANKERS = ["dlcm", "prm", "setrank"]
+
+
+def build(name, spec, seed=0, adapter=None):
+    torch.manual_seed(seed)
+    return instantiate(OmegaConf.load(CONF / "backbone" / f"{name}.yaml"))(features=spec, adapter=adapter)
+
+
+@pytest.fixture()
+def lists(tiny_prep):
+    t = kar_lists(tiny_prep, "train", chunk=3, list_len=6, seed=0).tensors()
+    t["mask"][:4, 4:] = False  # some shorter lists
+    t["items"][:4, 4:] = 0
+    t["labels"][:4, 4:] = 0
+    return {k: v[:16] for k, v in t.items()}
+
+
+@pytest.mark.parametrize("name", RERANKERS)
+def test_shape_mask_and_gradients(name, tiny_prep, lists):
+    model = build(name, tiny_prep.spec).train()
+    scores = model(lists)
+    assert scores.shape == lists["items"].shape
+    assert torch.isinf(scores[~lists["mask"]]).all() and torch.isfinite(scores[lists["mask"]]).all()
+    listwise_softmax(scores, lists["labels"], lists["mask"]).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not dead, f"{name}: no gradient reaches {dead}"
+
+
+@pytest.mark.parametrize("name", RERANKERS)
+def test_padding_slots_are_ignored(name, tiny_prep, lists):
+    model = build(name, tiny_prep.spec).eval()
+    wider = {
+        "user": lists["user"],
+        "items": torch.nn.functional.pad(lists["items"], (0, 3)),
+        "labels": torch.nn.functional.pad(lists["labels"], (0, 3)),
+        "mask": torch.nn.functional.pad(lists["mask"], (0, 3), value=False),
+    }
+    with torch.no_grad():
+        a, b = model(lists), model(wider)[:, : lists["items"].shape[1]]
+    m = lists["mask"]
+    torch.testing.assert_close(a[m], b[m], rtol=1e-5, atol=1e-5)
+    # and a padded slot's item id does not matter
+    other = {**lists, "items": lists["items"].masked_fill(~m, 3)}
+    with torch.no_grad():
+        torch.testing.assert_close(model(other)[m], a[m], rtol=1e-5, atol=1e-5)
+
+
+def test_setrank_is_permutation_equivariant(tiny_prep, lists):
+    model = build("setrank", tiny_prep.spec).eval()
+    full = {k: v[4:] for k, v in lists.items()}  # full-length lists
+    perm = torch.randperm(full["items"].shape[1], generator=torch.Generator().manual_seed(0))
+    permuted = {**full, **{k: full[k][:, perm] for k in ("items", "labels", "mask")}}
+    with torch.no_grad():
+        torch.testing.assert_close(model(permuted), model(full)[:, perm], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", RERANKERS)
+def test_adaptor_changes_output_only_with_knowledge(name, tiny_prep, lists):
+    base = build(name, tiny_prep.spec, seed=3).eval()
+    same = build(name, tiny_prep.spec, seed=3, adapter=functools.partial(HybridExpertAdaptor)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(base(lists), same(lists))
+    spec = tiny_prep.spec.with_knowledge((8, 8))
+    model = build(name, spec, seed=3, adapter=functools.partial(HybridExpertAdaptor, hidden=(8,))).eval()
+    B, N = lists["items"].shape
+    g = torch.Generator().manual_seed(0)
+    k1 = {
+        **lists,
+        "user_knowledge": torch.randn(B, 8, generator=g),
+        "item_knowledge": torch.randn(B, N, 8, generator=g),
+    }
+    k2 = {**k1, "user_knowledge": torch.randn(B, 8, generator=g) * 5}
+    with torch.no_grad():
+        assert not torch.allclose(model(k1)[lists["mask"]], model(k2)[lists["mask"]])
+
+
+def test_list_metrics_hand_computed():
+    scores = np.array([[0.1, 0.9, 0.5, 0.3], [0.4, 0.3, 0.2, 0.1], [0.5, 0.4, 0.3, 0.2]])
+    labels = np.array([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 0, 0]])
+    m = list_metrics(scores, labels, ks=(1, 3))
+    # list 0 ranked labels: [0 (0.9), 1 (0.5), 0 (0.3), 1 (0.1)]
+    dcg3 = 1 / math.log2(3)
+    idcg3 = 1 + 1 / math.log2(3)
+    assert m["ndcg@3"][0] == pytest.approx(dcg3 / idcg3)
+    assert m["map@3"][0] == pytest.approx(0.5)  # one hit at rank 2: (1/2) / 1 hit
+    assert m["click@3"][0] == 1 and m["click@1"][0] == 0
+    assert m["ndcg@3"][1] == 0 and m["map@3"][1] == 0  # no positive: 0, kept (KAR)
+    assert m["ndcg@1"][2] == 1 and m["map@3"][2] == 1
+    std = list_metrics(scores, labels, ks=(3,), map_definition="standard")
+    assert std["map@3"][0] == pytest.approx(0.5 / 2)  # divided by min(k, #relevant) = 2
+    means = mean_list_metrics(m, labels.any(1), "skip")
+    assert means["ndcg@1"] == pytest.approx((0 + 1) / 2)
+    assert mean_list_metrics(m)["ndcg@1"] == pytest.approx(1 / 3)
+
+
+def test_list_losses():
+    labels = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    scores = torch.tensor([[2.0, 0.0, float("-inf")], [1.0, 2.0, 3.0]])
+    expected = -torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[0]
+    torch.testing.assert_close(listwise_softmax(scores, labels, mask), expected)  # empty list skipped
+    finite = scores.masked_fill(~mask, 0)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(finite[mask], labels[mask])
+    torch.testing.assert_close(pointwise_bce(scores, labels, mask), bce)
