@@ -207,7 +207,9 @@ def build(name: str, cfg: dict, meta: dict, seed: int):
             model.field_size = n_fields
             model.SE = SENETLayer(n_fields, cfg["reduction_ratio"], seed)
             model.Bilinear = BilinearInteraction(n_fields, D, cfg["bilinear_type"], seed)
-            notes.append(f"SENET/bilinear layers rebuilt for {n_fields} fields (library bug with shared tables)")
+            notes.append(
+                f"SENET/bilinear layers rebuilt for {n_fields} fields (library bug with shared tables)"
+            )
     else:
         raise SystemExit(f"_peer_side.py: no DeepCTR-Torch model for {name!r}")
     return model, notes

@@ -15,6 +15,7 @@ test are outside the clock.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable
@@ -134,7 +135,5 @@ def run(
 def set_threads(threads: int) -> None:
     """Same intra-op thread count on both sides (OMP_NUM_THREADS is set by the caller's env)."""
     torch.set_num_threads(threads)
-    try:
+    with contextlib.suppress(RuntimeError):  # already set, or parallel work already started
         torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set, or parallel work already started
-        pass

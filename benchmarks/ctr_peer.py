@@ -55,11 +55,15 @@ PEER_NAMES = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    ap.add_argument(
+        "--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}"
+    )
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--max-epochs", type=int, default=10)
     ap.add_argument("--patience", type=int, default=2)
-    ap.add_argument("--limit-batches", type=int, default=None, help="training batches per epoch (quick checks)")
+    ap.add_argument(
+        "--limit-batches", type=int, default=None, help="training batches per epoch (quick checks)"
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(HERE / "results" / "ctr_peer.md"))
     ap.add_argument("--peer-python", default=str(PEER_PYTHON))
@@ -135,11 +139,17 @@ def peer_config(name: str, c: dict) -> tuple[dict, list[str]]:
         "peer outputs sigmoid probabilities and trains on BCE of them; rlrec trains on BCE-with-logits",
     ]
     if name == "din":
-        cfg = {**common, "attention_dims": list(c["attention_dims"]), "attention_softmax": c["attention_softmax"]}
+        cfg = {
+            **common,
+            "attention_dims": list(c["attention_dims"]),
+            "attention_softmax": c["attention_softmax"],
+        }
         notes.append("Dice: the peer's BatchNorm is affine (learned scale/shift), rlrec's is not")
     elif name == "dien":
         if c.get("hidden_dim") is not None:
-            notes.append(f"hidden_dim={c['hidden_dim']} not expressible: the peer's GRU width is the item width")
+            notes.append(
+                f"hidden_dim={c['hidden_dim']} not expressible: the peer's GRU width is the item width"
+            )
         if list(c.get("aux_dims", [100, 50])) != [100, 50] or c.get("aux_activation", "sigmoid") != "sigmoid":
             notes.append("peer's auxiliary net is fixed at [100, 50] sigmoid")
         cfg = {
@@ -161,7 +171,12 @@ def peer_config(name: str, c: dict) -> tuple[dict, list[str]]:
     elif name == "dcn":
         cfg = {**common, "num_layers": c["num_layers"], "version": c["version"]}
     elif name == "autoint":
-        cfg = {**common, "num_layers": c["num_layers"], "num_heads": c["num_heads"], "residual": c["residual"]}
+        cfg = {
+            **common,
+            "num_layers": c["num_layers"],
+            "num_heads": c["num_heads"],
+            "residual": c["residual"],
+        }
         width = c["num_heads"] * c["head_dim"]
         if width != c["embed_dim"]:
             notes.append(
@@ -192,11 +207,11 @@ def peer_config(name: str, c: dict) -> tuple[dict, list[str]]:
 
 # ---- the two sides ---------------------------------------------------------------------------
 def run_rlrec(name: str, prep, seed: int, protocol: dict) -> dict:
+    import _protocol
     import torch
     import torch.nn.functional as F
     from hydra.utils import instantiate
 
-    import _protocol
     from rlrec.data.ctr import ctr_tensors
 
     torch.manual_seed(seed)
@@ -294,6 +309,7 @@ def report(results: dict, args, sizes: dict, meta: dict) -> str:
         r, p = results[name]["rlrec"], results[name]["peer"]
 
         def pair(key, digits=0, r=r, p=p):
+            digits = digits if len(r) > 1 else 0 if key != "val_auc" else digits
             a = _fmt([x[key] for x in r], digits)
             return f"{a} / {_fmt([x[key] for x in p], digits) if p else 'n/a'}"
 
@@ -334,9 +350,8 @@ def main(argv=None) -> None:
     sys.path.insert(0, str(HERE))
     import importlib.metadata
 
-    import torch
-
     import _protocol
+    import torch
 
     _protocol.set_threads(args.threads)
     need_peer = any(m in PEER_MODELS for m in args.models)
@@ -386,7 +401,9 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "meta": meta, "results": results}, indent=1))
+    out.with_suffix(".json").write_text(
+        json.dumps({"args": vars(args), "meta": meta, "results": results}, indent=1)
+    )
     print(f"written: {out} (+ {out.with_suffix('.json').name})", file=sys.stderr)
 
 

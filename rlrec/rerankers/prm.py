@@ -42,7 +42,7 @@ class PRM(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         mask = batch["mask"]  # (B, N)
         B, N = mask.shape
-        assert N <= self.position.num_embeddings, (
+        assert self.position.num_embeddings >= N, (
             f"list length {N} > PRM max_len {self.position.num_embeddings}"
         )
         x = self.proj(self.embedding.list_fields(batch).reshape(B, N, -1))  # (B, N, M)

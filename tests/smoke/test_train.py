@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from hydra import compose, initialize_config_dir
 
 from rlrec.train import run
