@@ -160,7 +160,9 @@ class _VectorStore:
     def _connect(self) -> sqlite3.Connection:
         # timeout: several runs of a sweep may share one cache file; writers wait for each other
         conn = sqlite3.connect(self.path, timeout=120, check_same_thread=False)
-        conn.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL) WITHOUT ROWID")
+        # a rowid table with 16 KiB pages: ~4x faster lookups of 1.5 KiB blobs than WITHOUT ROWID
+        conn.execute("PRAGMA page_size = 16384")  # takes effect only when the file is created
+        conn.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
         conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
         conn.commit()
         conn.execute("SELECT count(*) FROM vectors").fetchone()  # fails now if the file is damaged
@@ -176,11 +178,11 @@ class _VectorStore:
         for s in range(0, len(keys), _SQL_CHUNK):
             chunk = keys[s : s + _SQL_CHUNK]
             q = f"SELECT key, vec FROM vectors WHERE key IN ({','.join('?' * len(chunk))})"
-            for key, blob in self.conn.execute(q, chunk):
-                if len(blob) == 4 * dim:
-                    vec = np.frombuffer(blob, dtype=np.float32)
-                    if np.isfinite(vec).all():
-                        out[key] = vec
+            rows = [(k, b) for k, b in self.conn.execute(q, chunk) if len(b) == 4 * dim]
+            if rows:
+                vecs = np.frombuffer(b"".join(b for _, b in rows), dtype=np.float32).reshape(-1, dim)
+                ok = np.isfinite(vecs).all(axis=1)  # (n,)
+                out.update((k, v) for (k, _), v, good in zip(rows, vecs, ok) if good)
         return out
 
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
@@ -269,8 +271,13 @@ class TextEncoder:
             if self.cache_dir is None:
                 path = ":memory:"
             else:
-                slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(self.source).rstrip("/").split("/")[-1].split(":")[-1])
-                path = str(Path(self.cache_dir) / f"{slug}-L{self.max_length}-{self.pooling}-{self.fingerprint}.sqlite")
+                slug = re.sub(
+                    r"[^A-Za-z0-9._-]+", "_", str(self.source).rstrip("/").split("/")[-1].split(":")[-1]
+                )
+                path = str(
+                    Path(self.cache_dir)
+                    / f"{slug}-L{self.max_length}-{self.pooling}-{self.fingerprint}.sqlite"
+                )
             self._store = _VectorStore(path)
         return self._store
 
