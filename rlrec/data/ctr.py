@@ -41,7 +41,8 @@ class TensorBatches:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return (self.n + self.batch_size - 1) // self.batch_size
+        n = (self.n + self.batch_size - 1) // self.batch_size
+        return n - 1 if self.shuffle and self.n > 1 and self.n % self.batch_size == 1 else n
 
     def __iter__(self):
         if self.shuffle:
@@ -50,4 +51,6 @@ class TensorBatches:
         else:
             data = self.tensors
         for s in range(0, self.n, self.batch_size):
+            if self.shuffle and self.n - s == 1 and self.n > 1:
+                break  # a training batch of one sample breaks BatchNorm/Dice; it is reshuffled next epoch
             yield {k: v[s : s + self.batch_size] for k, v in data.items()}

@@ -81,3 +81,55 @@ class CTRTask(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rlrec_config"] = self.config
+
+
+class _KeepBest(pl.Callback):
+    """Keep the best validation weights in memory (no checkpoint files for inner-loop fits)."""
+
+    def __init__(self, monitor: str = "val/auc"):
+        self.monitor, self.best, self.state = monitor, -float("inf"), None
+
+    def on_validation_end(self, trainer, module):
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and float(value) > self.best:
+            self.best = float(value)
+            self.state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+
+
+def fit_ctr(
+    model: nn.Module,
+    train: dict,
+    valid: dict,
+    optimizer: Callable[..., torch.optim.Optimizer],
+    max_epochs: int = 10,
+    patience: int = 2,
+    batch_size: int = 1024,
+    seed: int = 0,
+    limit_batches: int | float | None = None,
+) -> tuple[nn.Module, float]:
+    """Train `model` on tensor dicts with early stopping on val/auc; return it with the best
+    validation weights loaded, and that AUC. Used inside feedback strategies (validators), where
+    a full run's logging and checkpoint files would be noise."""
+    from rlrec.data.ctr import TensorBatches
+
+    keep = _KeepBest()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_train_batches=limit_batches or 1.0,
+        callbacks=[keep, pl.callbacks.EarlyStopping(monitor="val/auc", mode="max", patience=patience)],
+    )
+    task = CTRTask(model, optimizer)
+    trainer.fit(
+        task,
+        TensorBatches(train, batch_size, shuffle=True, seed=seed),
+        TensorBatches(valid, max(batch_size, 4096)),
+    )
+    if keep.state is not None:
+        model.load_state_dict(keep.state)
+    return model.eval(), keep.best

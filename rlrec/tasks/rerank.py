@@ -96,3 +96,46 @@ class RerankTask(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rlrec_config"] = self.config
+
+
+class _KeepBest(pl.Callback):
+    def __init__(self, monitor: str):
+        self.monitor, self.best, self.state = monitor, -float("inf"), None
+
+    def on_validation_end(self, trainer, module):
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and float(value) > self.best:
+            self.best = float(value)
+            self.state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+
+
+def fit_rerank(
+    model: nn.Module,
+    train: dict,
+    valid: dict,
+    optimizer: Callable[..., torch.optim.Optimizer],
+    loss: str = "listwise",
+    max_epochs: int = 10,
+    patience: int = 3,
+    batch_size: int = 256,
+    seed: int = 0,
+    monitor: str = "ndcg@5",
+) -> tuple[nn.Module, float]:
+    """Train a re-ranker on list tensors with early stopping on the validation metric; return it
+    with the best validation weights loaded (in memory; for inner-loop fits such as rewards)."""
+    from rlrec.data.ctr import TensorBatches
+
+    keep = _KeepBest(f"val/{monitor}")
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=max_epochs, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        callbacks=[keep, pl.callbacks.EarlyStopping(monitor=f"val/{monitor}", mode="max", patience=patience)],
+    )  # fmt: skip
+    trainer.fit(
+        RerankTask(model, optimizer, loss),
+        TensorBatches(train, batch_size, shuffle=True, seed=seed),
+        TensorBatches(valid, 4096),
+    )
+    if keep.state is not None:
+        model.load_state_dict(keep.state)
+    return model.eval(), keep.best
