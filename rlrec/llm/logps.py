@@ -1,0 +1,143 @@
+"""Log-probabilities of completions under a causal LM: the one quantity DPO-style losses and SFT
+need. Memory-light: never materialises a full (B, T, V) log-softmax, and both model-facing
+helpers ask the model for logits only at the positions that predict completion tokens (the LM
+head over the prompt is wasted work). `shared_prompt_logps` also runs each prompt once for its
+1+K completions instead of 1+K times."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`log_softmax(logits)[..., index]` without the (…, V) log-softmax tensor: gather the chosen
+    logit and subtract a logsumexp computed one leading row at a time (trl's helper, minus its
+    triton path and temperature, so we do not import trl for 10 lines).
+
+    logits (..., V), index (...) → (...).
+
+    >>> logits = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]])  # (B=1, T=2, V=3)
+    >>> selective_log_softmax(logits, torch.tensor([[2, 0]])).exp().round(decimals=4)
+    tensor([[0.6652, 0.3333]])
+    """
+    picked = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)  # (...)
+    if logits.dtype in (torch.float32, torch.float64):
+        # row by row: peak memory is one row's exp, not the whole batch's
+        lse = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])
+        return picked - lse
+    # logsumexp-then-subtract loses precision in bf16/fp16: upcast row by row instead
+    rows = [
+        row.float().log_softmax(-1).gather(-1, i.unsqueeze(-1)).squeeze(-1) for row, i in zip(logits, index)
+    ]
+    return torch.stack(rows).to(logits.dtype)
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Summed log-probs of the completion tokens of each sequence.
+
+    logits (B, T, V) from a causal LM over `labels` (B, T) (position t predicts token t+1: the
+    shift happens here); mask (B, T) marks completion tokens in `labels` coordinates. → (B,).
+    Labels outside the mask may hold anything (-100, pad ids): they are never gathered.
+
+    >>> logits = torch.zeros(1, 4, 5)  # uniform over V=5
+    >>> labels = torch.tensor([[1, 2, 3, -100]])
+    >>> mask = torch.tensor([[0, 0, 1, 0]]).bool()  # one completion token
+    >>> torch.allclose(sequence_logps(logits, labels, mask), torch.tensor([-torch.log(torch.tensor(5.0))]))
+    True
+    """
+    mask = mask[:, 1:].bool()  # (B, T-1)
+    labels = labels[:, 1:].masked_fill(~mask, 0)  # safe gather index where masked
+    per_token = selective_log_softmax(logits[:, :-1], labels)  # (B, T-1)
+    return (per_token * mask).sum(-1)
+
+
+def completion_logps(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Summed completion log-probs (B,) from one forward of a HF causal LM (or a PEFT wrapper).
+
+    The LM head runs only on the positions that predict a completion token: a boolean
+    `logits_to_keep` (B, T) makes transformers return the flattened (N, V) logits of exactly
+    those positions (N = number of completion tokens in the batch). `labels` defaults to
+    `input_ids`; positions outside `completion_mask` are ignored.
+    """
+    labels = input_ids if labels is None else labels
+    completion_mask = completion_mask.bool()
+    keep = torch.zeros_like(completion_mask)
+    keep[:, :-1] = completion_mask[:, 1:]  # position t is kept iff token t+1 is a completion token
+    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, use_cache=False)
+    logits = out.logits
+    if logits.ndim == 3:  # a model that ignores the mask and returns (B, T, V)
+        return sequence_logps(logits, labels, completion_mask)
+    targets = labels[:, 1:][completion_mask[:, 1:]]  # (N,), same row-major order as hidden[keep]
+    assert logits.shape[0] == targets.shape[0], f"kept {logits.shape[0]} logits for {targets.shape[0]} tokens"
+    return _token_logps_to_rows(logits, targets, keep.nonzero()[:, 0], len(input_ids))
+
+
+def _token_logps_to_rows(
+    logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int
+) -> torch.Tensor:
+    """Sum per-token log-probs (logits (N, V), targets (N,)) into their rows (N,) → (n_rows,)."""
+    token_logps = selective_log_softmax(logits.unsqueeze(0), targets.unsqueeze(0)).squeeze(0)  # (N,)
+    return torch.zeros(n_rows, dtype=token_logps.dtype, device=token_logps.device).index_add(
+        0, rows, token_logps
+    )
+
+
+def shared_prompt_logps(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Summed completion log-probs when each of B prompts has R/B completions, rows laid out
+    [completion_1 (B); completion_2 (B); …] (the preference batch's [chosen; rejected_1; …]).
+
+    The prompts (B, P), LEFT-padded so they all end at column P−1, go through the model once
+    with a KV cache; the cache is repeated for the completions (R, C), RIGHT-padded, which run
+    as a second forward on top of it. Gradients reach the prompt's activations through the
+    cache, so this equals `completion_logps` on the concatenated sequences — with the prompt
+    computed once instead of R/B times (S-DPO with K negatives: K+1 times). → (R,).
+    """
+    B, R = len(prompt_ids), len(completion_ids)
+    assert R % B == 0, f"{R} completions for {B} prompts"
+    copies = R // B
+    completion_mask = completion_mask.bool()
+    # the cache's public repeat is interleaved (b0, b0, …, b1, …): work in that row order, undo at the end;
+    # order[i] = the blocked row that goes to interleaved row i
+    order = torch.arange(R, device=completion_ids.device).view(copies, B).T.reshape(-1)
+    completion_ids, completion_mask = completion_ids[order], completion_mask[order]
+
+    prompt_pos = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens from 0
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True,
+                logits_to_keep=1)  # fmt: skip
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(copies)
+    # (R, V): the prompt's last position predicts each completion's first token
+    first_logits = out.logits[:, -1].repeat_interleave(copies, 0)
+
+    prompt_mask = prompt_mask.repeat_interleave(copies, 0)  # (R, P)
+    C = completion_ids.shape[1]
+    positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(C, device=completion_ids.device)  # (R, C)
+    keep = torch.zeros_like(completion_mask)
+    keep[:, :-1] = completion_mask[:, 1:]  # position t predicts completion token t+1
+    out = model(
+        input_ids=completion_ids,
+        # the completion tokens are exactly the real (non-pad) ones
+        attention_mask=torch.cat([prompt_mask, completion_mask.long()], 1),
+        position_ids=positions,
+        past_key_values=cache,
+        logits_to_keep=keep,
+    )
+    assert out.logits.ndim == 2, "shared_prompt_logps needs a model that accepts a boolean logits_to_keep"
+    first = selective_log_softmax(first_logits[None], completion_ids[None, :, 0]).squeeze(0)  # (R,)
+    targets = completion_ids[:, 1:][completion_mask[:, 1:]]
+    rest = _token_logps_to_rows(out.logits, targets, keep.nonzero()[:, 0], R)
+    logps = first * completion_mask[:, 0] + rest
+    return torch.empty_like(logps).index_copy(0, order, logps)  # back to the blocked order

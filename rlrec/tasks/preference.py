@@ -1,0 +1,133 @@
+"""PreferenceTask: DPO / S-DPO / IPO on [chosen; rejected_1..K] batches (`rlrec.llm.data`).
+
+The reference is never a second model: its log-probs are precomputed once per round with
+`precompute_reference(loader)` and looked up by example index in `training_step`.
+`reference="current"` (default) scores with the model as it stands before the round — the
+adapter from earlier rounds active — which is TrackRec's iterative recipe (the reference is
+the current generator, refreshed each iteration). `reference="base"` scores with the LoRA
+adapter disabled (LLaMA-Factory's and trl's default: the base model throughout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from rlrec.llm.loading import LLMConfig
+from rlrec.llm.logps import shared_prompt_logps
+from rlrec.llm.losses import LOSSES
+from rlrec.tasks.llm import LLMTask
+
+
+class PreferenceTask(LLMTask):
+    """Logs train/{loss}_loss, train/reward_acc, train/margin, train/chosen_reward,
+    train/rejected_reward, train/chosen_logp, train/rejected_logp (the last two are the
+    policy's summed completion log-probs; rejected averaged over real negatives)."""
+
+    def __init__(
+        self,
+        llm: LLMConfig | nn.Module,
+        loss: str = "sdpo",
+        beta: float = 0.1,
+        lora: Mapping | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        reference: str = "current",
+        average_logps: bool = False,
+        share_prompt: bool = True,
+        adapter_path: str | None = None,
+        tokenizer=None,
+        config: dict | None = None,
+    ):
+        if loss not in LOSSES:
+            raise ValueError(f"unknown preference loss '{loss}'; choose one of {sorted(LOSSES)}")
+        if reference not in ("current", "base"):
+            raise ValueError(f"reference must be 'current' or 'base', got '{reference}'")
+        if reference == "base" and lora is None:
+            raise ValueError(
+                "reference='base' needs LoRA (adapters off = base); full fine-tuning has no copy"
+            )
+        super().__init__(llm, lora, optimizer, adapter_path, tokenizer, config)
+        self.loss_name = loss
+        self.loss_fn = LOSSES[loss]
+        self.beta = beta
+        self.reference = reference
+        self.average_logps = average_logps  # per-token mean log-probs (IPO's convention) instead of sums
+        # run each prompt once for its 1+K completions (same values, less work)
+        self.share_prompt = share_prompt
+        self.ref_chosen: torch.Tensor | None = None  # (N,) indexed by example index
+        self.ref_rejected: torch.Tensor | None = None  # (N, K)
+
+    def logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward over the concatenated batch → policy log-probs chosen (B,), rejected (B, K)."""
+        if self.share_prompt:
+            logps = shared_prompt_logps(
+                self.model, batch["prompt_input_ids"], batch["prompt_attention_mask"],
+                batch["completion_input_ids"], batch["completion_attention_mask"],
+            )  # fmt: skip
+        else:
+            logps = self.completion_logps(batch)  # ((1+K)·B,)
+        if self.average_logps:
+            logps = logps / batch["completion_mask"].sum(-1).clamp(min=1)
+        B, K = batch["rejected_mask"].shape
+        logps = logps.view(1 + K, B)  # rows were laid out [chosen; rejected_1; …; rejected_K]
+        return logps[0], logps[1:].T
+
+    @torch.no_grad()
+    def precompute_reference(self, dataloader: Iterable[dict]) -> None:
+        """Score every example of `dataloader` (a PreferenceDataset loader) with the reference
+        and keep the log-probs by example index. Call it once per round, before `fit`."""
+        self.configure_model()
+        was_training = self.model.training
+        self.model.eval()  # no dropout in the reference
+        off = self.model.disable_adapter() if self.reference == "base" else nullcontext()
+        chosen, rejected, index = [], [], []
+        with off:
+            for batch in dataloader:
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                c, r = self.logps(batch)
+                chosen.append(c.cpu())
+                rejected.append(r.cpu())
+                index.append(batch["index"].cpu())
+        self.model.train(was_training)
+        index = torch.cat(index)
+        n = int(index.max()) + 1
+        self.ref_chosen = torch.full((n,), float("nan"))
+        self.ref_rejected = torch.full((n, rejected[0].shape[1]), float("nan"))
+        self.ref_chosen[index] = torch.cat(chosen)
+        self.ref_rejected[index] = torch.cat(rejected)
+
+    def _reference(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.ref_chosen is None:
+            raise RuntimeError(
+                "no reference log-probs: call task.precompute_reference(train_loader) before fit"
+            )
+        index = index.cpu()
+        if int(index.max()) >= len(self.ref_chosen) or self.ref_chosen[index].isnan().any():
+            raise RuntimeError(
+                "reference log-probs missing for some examples: precompute on this very dataset"
+            )
+        return self.ref_chosen[index].to(self.device), self.ref_rejected[index].to(self.device)
+
+    def step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss per example (B,), metrics) — training_step logs what this returns."""
+        chosen, rejected = self.logps(batch)
+        ref_chosen, ref_rejected = self._reference(batch["index"])
+        mask = batch["rejected_mask"]
+        loss, metrics = self.loss_fn(
+            chosen, rejected, ref_chosen, ref_rejected, self.beta, rejected_mask=mask
+        )
+        metrics["chosen_logp"] = chosen.detach().mean()
+        metrics["rejected_logp"] = ((rejected.detach() * mask).sum(-1) / mask.sum(-1)).mean()
+        return loss, metrics
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, metrics = self.step(batch)
+        loss = loss.mean()
+        B = len(batch["index"])
+        self.log(f"train/{self.loss_name}_loss", loss, prog_bar=True, batch_size=B)
+        for k, v in metrics.items():
+            self.log(f"train/{k}", v, batch_size=B)
+        return loss
