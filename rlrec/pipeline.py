@@ -11,6 +11,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,17 @@ from rlrec.data.rerank import kar_lists, ranked_lists
 from rlrec.metrics import list_metrics, mean_list_metrics
 
 SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class Knowledge:
+    """Per-user knowledge vectors (num_users + 1, D) (row 0 = padding) and the hash of how they
+    were made (so every stage that uses them is cached by it)."""
+
+    name: str
+    key: str
+    user: np.ndarray
+
 
 log = logging.getLogger("rlrec")
 
@@ -105,12 +117,27 @@ class Pipeline:
         self.results["data"] = info
         return info
 
-    def fit_backbone(self, backbone: DictConfig | None = None, record: bool = True) -> dict:
+    def build_model(self, factory: DictConfig, knowledge: Knowledge | None = None) -> torch.nn.Module:
+        """Instantiate a backbone / re-ranker from the DataModule's FeatureSpec; with `knowledge`,
+        one more field (user knowledge through `cfg.adapter`) loaded with its vectors."""
+        spec = self.datamodule.feature_spec
+        if knowledge is None:
+            return instantiate(factory)(features=spec)
+        model = instantiate(factory)(
+            features=spec.with_knowledge((knowledge.user.shape[1],)), adapter=instantiate(self.cfg.adapter)
+        )
+        model.embedding.set_knowledge(user=torch.as_tensor(knowledge.user, dtype=torch.float32))
+        return model
+
+    def fit_backbone(
+        self, backbone: DictConfig | None = None, record: bool = True, knowledge: Knowledge | None = None
+    ) -> dict:
         """Train a CTR backbone (default: cfg.backbone) with early stopping on val/auc; test the
         best checkpoint. Returns {"backbone", "metrics", "checkpoint" (absolute path)}."""
         cfg = self.cfg
         backbone = cfg.backbone if backbone is None else backbone
         deps = {
+            "knowledge": None if knowledge is None else [knowledge.key, cfg.adapter],
             "dataset": cfg.dataset,
             "split": cfg.split,
             "backbone": backbone,
@@ -126,7 +153,7 @@ class Pipeline:
         def build(work: Path) -> dict:
             pl.seed_everything(cfg.seed, workers=True)
             dm = self.datamodule
-            model = instantiate(backbone)(features=dm.feature_spec)
+            model = self.build_model(backbone, knowledge)
             from rlrec.tasks.ctr import CTRTask
 
             task = CTRTask(model, instantiate(cfg.optimizer), OmegaConf.to_container(cfg, resolve=True))
@@ -151,7 +178,7 @@ class Pipeline:
             metrics["train/epochs"] = trainer.current_epoch
             return {"backbone": name, "metrics": metrics, "checkpoint": "checkpoints/best.ckpt"}
 
-        stage = f"fit_backbone/{name}"
+        stage = f"fit_backbone/{name}" + (f"+{knowledge.name}" if knowledge else "")
         result = self.cached(stage, deps, build)
         result["checkpoint"] = str(Path(self.results["stages"][stage]["dir"]) / result["checkpoint"])
         if record:
@@ -205,20 +232,26 @@ class Pipeline:
         held = (pool.user * 2654435761 % 100) < 10
         return {"train": pool.subset(~held), "valid": pool.subset(held), "test": test}
 
-    def fit_reranker(self) -> dict:
-        """Train the configured re-ranker (cfg.backbone is dlcm/prm/setrank) on re-rank lists with early
+    def fit_reranker(
+        self, reranker: DictConfig | None = None, record: bool = True, knowledge: Knowledge | None = None
+    ) -> dict:
+        """Train a re-ranker (default cfg.backbone: dlcm/prm/setrank) on re-rank lists with early
         stopping on the validation metric; also report the initial order and a shuffled order."""
         cfg, rr = self.cfg, self.cfg.rerank
+        reranker = cfg.backbone if reranker is None else reranker
         lists = self.rerank_lists()
         test = lists["test"]
         ks = tuple(rr.ks)
         rng = np.random.default_rng(cfg.seed)
         for label, scores in (("initial", test.initial), ("shuffled", rng.random(test.items.shape))):
+            if not record:
+                break
             per = list_metrics(scores, test.labels, test.mask, ks, rr.map_definition)
             for k, v in mean_list_metrics(per, (test.labels > 0).any(1), rr.empty_lists).items():
                 self.results["metrics"][f"{label}/test/{k}"] = v
-        name = component_name(cfg.backbone)
-        deps = {"dataset": cfg.dataset, "split": cfg.split, "backbone": cfg.backbone, "rerank": rr,
+        name = component_name(reranker)
+        deps = {"dataset": cfg.dataset, "split": cfg.split, "backbone": reranker, "rerank": rr,
+                "knowledge": None if knowledge is None else [knowledge.key, cfg.adapter],
                 "optimizer": cfg.optimizer, "max_epochs": cfg.trainer.max_epochs,
                 "limit": cfg.trainer.limit_train_batches, "seed": cfg.seed}  # fmt: skip
 
@@ -226,7 +259,7 @@ class Pipeline:
             from rlrec.tasks.rerank import RerankTask
 
             pl.seed_everything(cfg.seed, workers=True)
-            model = instantiate(cfg.backbone)(features=self.datamodule.feature_spec)
+            model = self.build_model(reranker, knowledge)
             task = RerankTask(
                 model, instantiate(cfg.optimizer), rr.loss, ks, rr.map_definition, rr.empty_lists
             )
@@ -250,9 +283,40 @@ class Pipeline:
             )
             return {"backbone": name, "metrics": metrics, "checkpoint": "checkpoints/best.ckpt"}
 
-        result = self.cached(f"fit_reranker/{name}", deps, build)
-        self.results["metrics"].update(result["metrics"])
+        result = self.cached(
+            f"fit_reranker/{name}" + (f"+{knowledge.name}" if knowledge else ""), deps, build
+        )
+        if record:
+            self.results["metrics"].update(result["metrics"])
         return result
+
+    def align(self) -> dict:
+        """The preference-optimisation loop (rlrec.alignment): knowledge texts per round."""
+        from rlrec.alignment import AlignmentLoop
+
+        out = AlignmentLoop(self).run()
+        self.results["metrics"].update(out["metrics"])
+        self.results["history"] = out["history"]
+        self.knowledge = out["knowledge"]
+        return out
+
+    def compare(self) -> dict:
+        """The paper table: cfg.backbone without knowledge, with the un-aligned LLM's knowledge
+        (round 0, the KAR-style row) and with the aligned LLM's knowledge (last round)."""
+        knowledge = getattr(self, "knowledge", None)
+        assert knowledge, "the compare stage needs the align stage first (stages: [..., align, compare])"
+        last = max(knowledge)
+        variants = {"base": None, "round0": knowledge[0]}
+        if last > 0:
+            variants["aligned"] = knowledge[last]
+        fit = self.fit_reranker if self.cfg.compare.kind == "rerank" else self.fit_backbone
+        table = {}
+        for label, k in variants.items():
+            out = fit(record=False, knowledge=k)
+            table[label] = out["metrics"]
+            self.results["metrics"].update({f"{label}/{m}": v for m, v in out["metrics"].items()})
+        self.results["table"] = {"kind": self.cfg.compare.kind, "rows": table, "rounds": last}
+        return table
 
     def run(self) -> dict:
         torch.set_num_threads(int(self.cfg.threads))
@@ -260,7 +324,7 @@ class Pipeline:
         unknown = [s for s in stages if not callable(getattr(self, s, None)) or s.startswith("_")]
         if unknown:
             raise ValueError(
-                f"unknown stage(s) {unknown} in `stages`; known: describe, fit_backbone, fit_reranker"
+                f"unknown stage(s) {unknown} in `stages`; known: describe, fit_backbone, fit_reranker, align, compare"
             )
         for stage in stages:
             log.info("stage %s", stage)

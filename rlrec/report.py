@@ -19,6 +19,8 @@ GROUP_KEYS = ("experiment", "dataset", "split", "backbone")
 
 
 def _fmt(x) -> str:
+    if x is None:
+        return "–"
     if isinstance(x, (int, np.integer)):
         return str(x)
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -26,14 +28,101 @@ def _fmt(x) -> str:
     return f"{x:.1f}" if abs(x) >= 100 else f"{x:.4f}"
 
 
+TABLE_COLUMNS = {
+    "ctr": ("test/auc", "test/logloss", "test/uauc", "val/auc"),
+    "rerank": ("test/map@5", "test/ndcg@5", "test/click@5", "val/map@5", "val/ndcg@5"),
+}
+ROW_LABELS = {
+    "base": "base (no knowledge)",
+    "round0": "+ un-aligned knowledge (round 0, KAR-style)",
+    "aligned": "+ aligned knowledge (round {rounds})",
+}
+ROUND_COLUMNS = ("reward/mean", "reward/best_mean", "reward/spread", "pairs/groups", "align/sdpo_loss",
+                 "align/dpo_loss", "align/ipo_loss", "align/reward_acc", "validator/val_auc",
+                 "recommender/val_ndcg@5", "knowledge_tokens")  # fmt: skip
+
+
+def paper_table(results: dict) -> str:
+    """Base backbone vs + un-aligned knowledge vs + aligned knowledge (the papers' main table)."""
+    table = results.get("table")
+    if not table:
+        return ""
+    cols = TABLE_COLUMNS[table["kind"]]
+    backbone = results.get("run", {}).get("backbone", "")
+    lines = ["| backbone | knowledge | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for label, metrics in table["rows"].items():
+        name = ROW_LABELS.get(label, label).format(rounds=table.get("rounds", ""))
+        lines.append(f"| {backbone} | {name} | " + " | ".join(_fmt(metrics.get(c)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rounds_table(results: dict) -> str:
+    history = results.get("history") or []
+    if not history:
+        return ""
+    cols = [c for c in ROUND_COLUMNS if any(c in h for h in history)]
+    lines = ["| round | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for h in history:
+        lines.append(f"| {h['round']} | " + " | ".join(_fmt(h.get(c)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(results: dict, out_dir: str | Path) -> list[Path]:
+    """PNG plots: the paper table's main test metric per knowledge variant, and per-round
+    rewards / preference loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    written = []
+    table = results.get("table")
+    if table:
+        metric = TABLE_COLUMNS[table["kind"]][0]
+        labels = list(table["rows"])
+        values = [float(table["rows"][k].get(metric, float("nan"))) for k in labels]
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.bar(labels, values, color=["#999999", "#6a9fd4", "#d46a6a"][: len(labels)])
+        finite = [v for v in values if v == v]
+        if finite:
+            ax.set_ylim(max(0.0, min(finite) - 0.02), max(finite) + 0.01)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{results.get('run', {}).get('backbone', '')}: knowledge variants")
+        fig.tight_layout()
+        written.append(out_dir / "knowledge_variants.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    history = results.get("history") or []
+    if history:
+        rounds = [h["round"] for h in history]
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+        for key in ("reward/mean", "reward/best_mean"):
+            axes[0].plot(rounds, [h.get(key, float("nan")) for h in history], marker="o", label=key)
+        axes[0].set_xlabel("round")
+        axes[0].legend()
+        for key in (k for k in ("align/sdpo_loss", "align/dpo_loss", "align/ipo_loss") if k in history[0]):
+            axes[1].plot(rounds, [h.get(key, float("nan")) for h in history], marker="o", label=key)
+        axes[1].set_xlabel("round")
+        axes[1].legend()
+        fig.tight_layout()
+        written.append(out_dir / "rounds.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written
+
+
 def run_markdown(results: dict) -> str:
-    """One run: its identity and every metric."""
+    """One run: its identity, the paper table and per-round table (if any), then every metric."""
     run = results.get("run", {})
     lines = [
         f"## {run.get('experiment', 'run')} — "
         + ", ".join(f"{k}={v}" for k, v in run.items() if k != "experiment")
     ]
-    lines += ["", "| metric | value |", "|---|---|"]
+    for title, body in (("Knowledge variants", paper_table(results)), ("Rounds", rounds_table(results))):
+        if body:
+            lines += ["", f"### {title}", "", body.rstrip()]
+    lines += ["", "### All metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(results.get("metrics", {}).items())]
     return "\n".join(lines) + "\n"
 

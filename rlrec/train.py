@@ -37,15 +37,29 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         results = {"run": summary(cfg), **Pipeline(cfg, output_dir).run()}
+        _log_wandb(results)
     finally:
         _finish_wandb()
-    atomic_write_json(output_dir / "results.json", results)
-    from rlrec.report import run_markdown
+    from rlrec.report import run_markdown, write_plots
 
+    results["plots"] = [str(p) for p in write_plots(results, output_dir)]
+    atomic_write_json(output_dir / "results.json", results)
     md = run_markdown(results)
     atomic_write_text(output_dir / "results.md", md)
     print(md)
     return results
+
+
+def _log_wandb(results: dict) -> None:
+    """Send the final numbers to W&B too (when a WandbLogger started a run)."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.run.summary.update({k: v for k, v in results["metrics"].items() if isinstance(v, (int, float))})
+        for h in results.get("history") or []:
+            wandb.log({f"round/{k}": v for k, v in h.items() if isinstance(v, (int, float))})
 
 
 def _finish_wandb() -> None:

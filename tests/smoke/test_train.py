@@ -127,3 +127,50 @@ def test_rerank_only_both_list_styles(tmp_path):
             assert "initial_ranker/test/auc" not in res
         else:
             assert "initial_ranker/test/auc" in res
+
+
+def _paper_cfg(tmp_path, experiment, *overrides):
+    return _cfg(tmp_path, "llm=tiny_random", "profile.max_new_tokens=12", "profile.validator_epochs=2",
+                *overrides, experiment=experiment)  # fmt: skip
+
+
+def test_trackrec_smoke_in_process_and_resume_without_regenerating(tmp_path):
+    from rlrec.llm import generation
+
+    res = run(_paper_cfg(tmp_path, "trackrec_movielens"), tmp_path / "a")
+    m = res["metrics"]
+    for key in (
+        "base/test/auc",
+        "round0/test/auc",
+        "aligned/test/auc",
+        "iter1/reward/mean",
+        "iter1/pairs/groups",
+    ):
+        assert key in m, key
+    assert res["table"]["kind"] == "ctr" and set(res["table"]["rows"]) == {"base", "round0", "aligned"}
+    assert (tmp_path / "a" / "results.md").read_text().count("knowledge") >= 3
+    assert (tmp_path / "a" / "rounds.png").exists() and (tmp_path / "a" / "knowledge_variants.png").exists()
+    # the same command again: every generation comes from the cache, every stage is reused
+    calls = []
+    original = generation.HFBackend.run
+
+    def counting(self, requests, *a, **kw):
+        calls.append(len(requests))
+        return original(self, requests, *a, **kw)
+
+    generation.HFBackend.run = counting
+    try:
+        again = run(_paper_cfg(tmp_path, "trackrec_movielens"), tmp_path / "b")
+    finally:
+        generation.HFBackend.run = original
+    assert sum(calls) == 0, f"regenerated {sum(calls)} requests on a rerun"
+    assert again["metrics"]["aligned/test/auc"] == m["aligned/test/auc"]
+    assert again["stages"]["align/round1"]["cached"] and again["stages"]["score/round1"]["cached"]
+
+
+def test_dpo4rec_smoke_in_process(tmp_path):
+    res = run(_paper_cfg(tmp_path, "dpo4rec_movielens"), tmp_path / "run")
+    m = res["metrics"]
+    for key in ("base/test/map@5", "round0/test/ndcg@5", "aligned/test/map@5", "iter1/reward/mean"):
+        assert key in m, key
+    assert res["table"]["kind"] == "rerank"

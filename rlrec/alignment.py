@@ -1,0 +1,236 @@
+"""The iterative loop shared by the three papers:
+
+    round 0: greedy knowledge from the un-aligned policy → vectors → feedback.fit
+    for t in 1..T:  sample N texts for a subset of users → score (feedback) → preference groups
+                    → align (DPO / S-DPO / IPO, LoRA) → greedy knowledge from the aligned policy
+                    → vectors → feedback.fit (TrackRec's Rec-tuning)
+
+Every step is resumable: generations and vectors live in their caches (keyed by model +
+adapter fingerprint, prompt, sampling parameters), rewards and adapters are stage artifacts
+keyed by a chain hash (everything the round depends on, including the previous round). A run
+killed anywhere redoes at most the step in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rlrec.cache import fingerprint
+from rlrec.feedback.base import build_groups
+from rlrec.pipeline import Knowledge, Pipeline
+
+log = logging.getLogger("rlrec")
+
+
+class AlignmentLoop:
+    def __init__(self, pipe: Pipeline):
+        self.pipe, self.cfg = pipe, pipe.cfg
+        self.A: DictConfig = self.cfg.alignment
+        dm = pipe.datamodule
+        self.prep = dm.prep
+        view = dm.prompts
+        template = dm.templates.get(self.A.prompt, self.A.prompt)
+        users = sorted(view.histories)
+        if self.A.get("max_users"):
+            users = users[: int(self.A.max_users)]
+        self.users = np.array(users, dtype=np.int64)
+        self.prompts = view.user_prompts(template, users)
+        self.llm_cfg = instantiate(self.cfg.llm)
+        self.encoder = instantiate(self.cfg.encoder)
+        self.root = Fingerprints(self.cfg, self.llm_cfg.fingerprint)
+        self._task = None
+        self._generator = None
+        self.feedback = None
+        self._fitted_on: str | None = None
+
+    # ---- the policy --------------------------------------------------------------------
+    def task(self, adapter_path: str | None = None):
+        """A fresh PreferenceTask continuing from `adapter_path` (the previous round's adapter)."""
+        P = self.cfg.preference
+        kwargs = OmegaConf.to_container(P.task, resolve=True)
+        kwargs.pop("llm", None)
+        kwargs["optimizer"] = instantiate(P.task.optimizer)
+        target = kwargs.pop("_target_")
+        assert target.endswith("PreferenceTask"), target
+        from rlrec.tasks.preference import PreferenceTask
+
+        task = PreferenceTask(self.llm_cfg, adapter_path=adapter_path, **kwargs)
+        task.configure_model()
+        return task
+
+    def generator(self, task):
+        from rlrec.llm.generation import Generator
+
+        G = self.A
+        return Generator(
+            task.policy.eval(), task.tokenizer, self.llm_cfg.fingerprint, Path(self.cfg.cache_dir) / "generations",
+            batch_size=int(G.batch_size), progress=bool(G.get("progress", True)),
+        )  # fmt: skip
+
+    # ---- knowledge ---------------------------------------------------------------------
+    def knowledge(self, gen, adapter_fp: str, name: str) -> tuple[Knowledge, list[str]]:
+        prompts = [self.prompts[int(u)] for u in self.users]
+        texts = gen.greedy(prompts, int(self.A.max_new_tokens), adapter_fingerprint=adapter_fp)
+        vecs = self.encoder.encode(texts)
+        table = np.zeros((self.prep.spec.num_users + 1, vecs.shape[1]), np.float32)
+        table[self.users] = vecs
+        key = fingerprint(
+            adapter_fp, self.root.base, "greedy", self.A.max_new_tokens, self.encoder.fingerprint
+        )
+        return Knowledge(name, key, table), texts
+
+    def fit_feedback(self, knowledge: Knowledge) -> dict:
+        if self.feedback is None:
+            self.feedback = self.make_feedback()
+        if self._fitted_on == knowledge.key:
+            return {}
+        info = self.feedback.fit(knowledge.user)
+        self._fitted_on = knowledge.key
+        return info
+
+    def make_feedback(self):
+        factory = instantiate(self.cfg.feedback.strategy)
+        if self.cfg.feedback.name == "recommender":
+            lists = self.pipe.rerank_lists()
+            return factory(prep=self.prep, lists=lists["train"], valid_lists=lists["valid"])
+        return factory(prep=self.prep)
+
+    # ---- one round ---------------------------------------------------------------------
+    def sample_users(self, t: int) -> np.ndarray:
+        """Users whose N samples are scored in round t: training users with a prompt (seeded)."""
+        train_users = set(self.prep.frame.loc[self.prep.frame["split"] == "train", "u"].tolist())
+        pool = np.array([u for u in self.users if int(u) in train_users])
+        rng = np.random.default_rng(self.cfg.seed * 1000 + t)
+        n = min(int(self.A.num_users), len(pool))
+        return np.sort(rng.choice(pool, size=n, replace=False))
+
+    def run(self) -> dict:
+        A, pipe = self.A, self.pipe
+        metrics: dict = {}
+        rounds = int(A.rounds)
+        task = self.task()
+        gen = self.generator(task)
+        adapter_fp, adapter_path = "base", None
+        k0, texts0 = self.knowledge(gen, adapter_fp, "round0")
+        knowledge = {0: k0}
+        metrics["round0/knowledge_tokens"] = float(np.mean([len(t.split()) for t in texts0]))
+        history = []
+        for t in range(1, rounds + 1):
+            users = self.sample_users(t)
+            prompts = [self.prompts[int(u)] for u in users]
+            samples = gen.sample(
+                prompts, int(A.num_samples), float(A.temperature), float(A.top_p), int(A.max_new_tokens),
+                seed=int(self.cfg.seed) * 1000 + t, adapter_fingerprint=adapter_fp,
+            )  # fmt: skip
+            flat = [s for row in samples for s in row]
+            vecs = self.encoder.encode(flat).reshape(len(users), int(A.num_samples), -1)
+            chain = fingerprint(self.root.base, adapter_fp, t, users.tolist())
+
+            def score(work: Path, _vecs=vecs, _users=users, _samples=samples, _k=knowledge[t - 1]) -> dict:
+                info = self.fit_feedback(_k)
+                rewards = self.feedback.score(_users, _samples, _vecs)
+                np.save(work / "rewards.npy", rewards)
+                return {"feedback": info, "file": "rewards.npy"}
+
+            scored = pipe.cached(f"score/round{t}", {"chain": chain, "feedback": self.cfg.feedback}, score)
+            rewards = np.load(Path(pipe.results["stages"][f"score/round{t}"]["dir"]) / "rewards.npy")
+            examples, stats = build_groups(
+                prompts, samples, rewards, vecs, mode=str(self.cfg.feedback.pairs),
+                dedup_threshold=A.get("dedup_threshold"), min_gap=float(A.get("min_gap", 0.0)),
+            )  # fmt: skip
+            round_metrics = {
+                "reward/mean": float(np.nanmean(rewards)),
+                "reward/best_mean": float(np.nanmean(np.nanmax(rewards, 1))),
+                "reward/spread": float(np.nanmean(np.nanmax(rewards, 1) - np.nanmin(rewards, 1))),
+                **{k: float(v) for k, v in scored.get("feedback", {}).items()},
+                **stats.as_dict(),
+            }
+            if not examples:
+                log.warning("round %d: no informative preference groups; stopping the loop", t)
+                metrics.update({f"iter{t}/{k}": v for k, v in round_metrics.items()})
+                break
+            align_deps = {
+                "chain": chain,
+                "examples": fingerprint(examples),
+                "preference": self.cfg.preference,
+            }
+
+            def align(work: Path, _examples=examples, _task=task) -> dict:
+                return self.align(_task, _examples, work)
+
+            aligned = pipe.cached(f"align/round{t}", align_deps, align)
+            new_path = str(Path(pipe.results["stages"][f"align/round{t}"]["dir"]) / "adapter")
+            if pipe.results["stages"][f"align/round{t}"]["cached"]:
+                task = self.task(new_path)  # resume: load the adapter this stage saved
+                gen = self.generator(task)
+            adapter_fp, adapter_path = fingerprint(align_deps), new_path
+            round_metrics.update({k: float(v) for k, v in aligned["metrics"].items()})
+            knowledge[t], texts = self.knowledge(gen, adapter_fp, f"round{t}")
+            round_metrics["knowledge_tokens"] = float(np.mean([len(x.split()) for x in texts]))
+            metrics.update({f"iter{t}/{k}": v for k, v in round_metrics.items()})
+            history.append({"round": t, **round_metrics})
+        self.final_knowledge = knowledge
+        self.adapter_path = adapter_path
+        metrics["rounds_done"] = max(knowledge)
+        return {"metrics": metrics, "history": history, "knowledge": knowledge}
+
+    def align(self, task, examples: list[dict], work: Path) -> dict:
+        """One preference-optimisation round on `examples`; saves the adapter into `work`."""
+        from torch.utils.data import DataLoader
+
+        from rlrec.llm.data import PreferenceDataset
+
+        P = self.cfg.preference
+        ds = PreferenceDataset(
+            examples, task.tokenizer, int(P.max_prompt_len), int(P.max_completion_len), bool(P.chat_template),
+            num_negatives=int(P.num_negatives),
+        )  # fmt: skip
+        loader = DataLoader(ds, batch_size=int(P.batch_size), shuffle=True, collate_fn=ds.collate,
+                            generator=torch.Generator().manual_seed(int(self.cfg.seed)))  # fmt: skip
+        task.precompute_reference(DataLoader(ds, batch_size=int(P.batch_size), collate_fn=ds.collate))
+        task.train()
+        trainer = pl.Trainer(
+            accelerator="cpu", max_epochs=int(P.max_epochs), logger=False, enable_checkpointing=False,
+            enable_model_summary=False, accumulate_grad_batches=int(P.accumulate_grad_batches),
+            gradient_clip_val=P.get("gradient_clip_val"), enable_progress_bar=True, num_sanity_val_steps=0,
+        )  # fmt: skip
+        metrics = MetricLog()
+        trainer.callbacks.append(metrics)
+        trainer.fit(task, loader)
+        task.eval()
+        task.save_adapter(work / "adapter")
+        return {"metrics": metrics.means(), "examples": len(ds)}
+
+
+class MetricLog(pl.Callback):
+    """Collects logged training metrics per step and averages them."""
+
+    def __init__(self):
+        self.values: dict[str, list[float]] = {}
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        for k, v in trainer.callback_metrics.items():
+            if k.startswith("train/"):
+                self.values.setdefault(k.replace("train/", "align/"), []).append(float(v))
+
+    def means(self) -> dict:
+        return {k: float(np.mean(v)) for k, v in self.values.items()}
+
+
+class Fingerprints:
+    """The hash everything in the loop is chained from: what the texts, rewards and adapters
+    depend on (data, split, prompt, LLM, encoder, feedback, preference, sampling, seed)."""
+
+    def __init__(self, cfg: DictConfig, llm_fp: str):
+        A = cfg.alignment
+        self.base = fingerprint(
+            cfg.dataset, cfg.split, llm_fp, cfg.encoder, A.prompt, A.get("max_users"), A.num_samples,
+            A.temperature, A.top_p, A.max_new_tokens, A.num_users, cfg.feedback, cfg.preference, cfg.seed,
+        )  # fmt: skip
