@@ -1,0 +1,617 @@
+"""Sampling N texts per prompt from the current policy, cached on disk and resumable.
+
+    gen = Generator(model, tokenizer, model_fingerprint=cfg.fingerprint, cache_dir=".cache/rlrec/gen")
+    gen.set_adapter_fingerprint(f"round{t}-{run_hash}")  # whatever identifies the trained weights
+    texts = gen.sample(user_texts, n=4, temperature=1.0, top_p=0.95, max_new_tokens=256, seed=0)
+
+Prompts are user texts; the generator wraps them in the chat template (`chat=True`, optional
+`system`) for local backends, or sends them as chat messages to an OpenAI-compatible server.
+
+Backends (one small interface, `run(requests, temperature, top_p, max_new_tokens, on_done)`):
+- `hf` (default): a transformers model in this process. Llama-family models use
+  `PrefixSharingSampler` (batched decode with shared prompt KV, continuous batching; ≥5× the
+  tokens/s of one `generate` call per prompt on CPU, see `benchmarks/generation.py`); other
+  architectures fall back to `model.generate`.
+- `openai`: any OpenAI-compatible endpoint (vLLM/SGLang/llama.cpp servers, hosted APIs) over
+  plain HTTP, with retries and backoff.
+- `vllm`: vLLM in-process (GPU machines; `pip install rlrec[vllm]`).
+
+Cache: one row per (model fingerprint, adapter fingerprint, backend, prompt, sampling
+parameters, seed, sample index) in a SQLite file (WAL). Finished samples are committed as they
+complete, so a rerun never regenerates and a killed run resumes with only the missing samples.
+
+Reproducibility: sample i of a prompt gets its own seed, hash(seed, prompt, i); the `hf` fast path
+draws its t-th token from a counter-based uniform of (that seed, t), so the same text comes back
+whatever the batch composition (up to float rounding of batched kernels) or cache state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlrec.cache import fingerprint
+from rlrec.llm.chat import chat_messages, format_chat
+
+log = logging.getLogger("rlrec")
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling defaults (conf/sampling/*.yaml)."""
+
+    temperature: float = 1.0  # 1.0 = the policy's own distribution (what on-policy methods need)
+    top_p: float = 0.95  # trims the long tail of junk tokens a small model puts mass on
+    max_new_tokens: int = 256  # a 200-word summary is ~260 tokens
+    num_samples: int = 4  # N candidates per prompt to rank into preference pairs
+    batch_size: int = 128  # samples decoded together (hf); large batches amortise weight reads
+    backend: str = "hf"  # hf | openai | vllm
+    seed: int = 0
+    chat: bool = True  # wrap prompts in the chat template / send as chat messages
+    system: str | None = None  # None keeps the chat template's default system prompt
+    base_url: str | None = None  # openai: e.g. http://localhost:8000/v1
+    api_model: str | None = None  # openai: the served model name
+    api_key_env: str = "OPENAI_API_KEY"  # openai: env var holding the key (unset = no auth header)
+
+    def sample_kwargs(self) -> dict:
+        return dict(
+            n=self.num_samples,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            seed=self.seed,
+        )
+
+    def generator(self, model=None, tokenizer=None, model_fingerprint=None, cache_dir=None, **kw):
+        """A Generator for this config; for `openai`, `model` defaults to `api_model`."""
+        if self.backend == "openai":
+            model = model if isinstance(model, str) else self.api_model
+            kw = {"base_url": self.base_url, "api_key_env": self.api_key_env, **kw}
+        return Generator(
+            model,
+            tokenizer,
+            model_fingerprint,
+            cache_dir,
+            backend=self.backend,
+            batch_size=self.batch_size,
+            chat=self.chat,
+            system=self.system,
+            **kw,
+        )
+
+
+@dataclass
+class Request:
+    """One prompt as a backend sees it, with the samples still wanted from it."""
+
+    text: str  # the string to continue (chat template applied when chat=True), or the raw prompt
+    messages: list[dict] | None  # the chat messages (for chat APIs)
+    seeds: list[int]
+    tags: list  # opaque ids handed back with each result
+    add_special_tokens: bool = False  # a templated string already has its special tokens
+
+
+@dataclass
+class Result:
+    tag: object
+    text: str
+    n_tokens: int | None  # generated tokens including the stop token (None if the API did not say)
+    finish_reason: str
+
+
+@dataclass
+class Sample:
+    text: str
+    n_tokens: int | None
+    finish_reason: str
+    cached: bool = False
+
+
+@dataclass
+class GenerationStats:
+    prompts: int = 0
+    samples: int = 0
+    cached: int = 0
+    generated: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+    backend_calls: int = 0  # model forwards (hf) or HTTP requests (openai)
+    detail: dict = field(default_factory=dict)  # backend timings, e.g. hf prefill/decode seconds
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+class GenerationCache:
+    """key → (text, n_tokens, finish_reason) in SQLite with WAL: concurrent readers, one
+    transaction per batch of finished samples, nothing half-written after a kill."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # check_same_thread=False: built in one thread, used from another (never two at once)
+        self.db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses at most the last commit
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS gen (key TEXT PRIMARY KEY, text TEXT NOT NULL, n_tokens INTEGER,"
+            " finish TEXT NOT NULL, created REAL NOT NULL)"
+        )
+        self.db.commit()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Sample]:
+        found: dict[str, Sample] = {}
+        keys = list(dict.fromkeys(keys))
+        for i in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
+            chunk = keys[i : i + 500]
+            rows = self.db.execute(
+                f"SELECT key, text, n_tokens, finish FROM gen WHERE key IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            for k, text, n_tok, finish in rows:
+                found[k] = Sample(text, n_tok, finish, cached=True)
+        return found
+
+    def put_many(self, rows: Sequence[tuple[str, Sample]]) -> None:
+        now = time.time()
+        with self.db:  # one transaction
+            self.db.executemany(
+                "INSERT OR REPLACE INTO gen VALUES (?, ?, ?, ?, ?)",
+                [(k, s.text, s.n_tokens, s.finish_reason, now) for k, s in rows],
+            )
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM gen").fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def sample_seed(seed: int, prompt_key: str, index: int) -> int:
+    """64-bit seed of sample `index` of a prompt: independent of batch and cache state."""
+    h = hashlib.blake2b(f"{seed}\x1f{index}\x1f{prompt_key}".encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little")
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+class HFBackend:
+    """A transformers causal LM in this process (plain or PEFT-wrapped)."""
+
+    name = "hf"
+    wants_messages = False
+
+    def __init__(self, model, tokenizer, batch_size: int = 128, engine: str = "auto"):
+        assert engine in ("auto", "prefix", "generate"), f"engine={engine!r}: auto | prefix | generate"
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size = batch_size
+        self.engine = engine
+        self.forward_calls = 0
+        self.last_detail: dict = {}
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        self.stop_ids = sorted(
+            {*eos, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])}
+        )
+        assert self.stop_ids, "no EOS token: set tokenizer.eos_token or model.generation_config.eos_token_id"
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+
+    def run(self, requests: list[Request], temperature, top_p, max_new_tokens, on_done) -> None:
+        from rlrec.llm.sampler import (
+            Job,
+            PrefixSharingSampler,
+            generate_fallback,
+            supports_prefix_sharing,
+        )
+
+        jobs = [
+            Job(
+                list(self.tokenizer(r.text, add_special_tokens=r.add_special_tokens)["input_ids"]),
+                r.seeds,
+                r.tags,
+            )
+            for r in requests
+        ]
+        stop = set(self.stop_ids)
+
+        def finished(items):
+            out = []
+            for f in items:
+                ids = f.token_ids[:-1] if f.token_ids and f.token_ids[-1] in stop else f.token_ids
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                out.append(Result(f.tag, text, len(f.token_ids), f.finish_reason))
+            on_done(out)
+
+        max_len = max(len(j.prompt_ids) for j in jobs) + max_new_tokens
+        fast = self.engine == "prefix" or (
+            self.engine == "auto" and supports_prefix_sharing(self.model, max_len)
+        )
+        was_training = self.model.training
+        self.model.eval()  # sampling from the policy, not from its dropout-perturbed version
+        try:
+            if fast:
+                sampler = PrefixSharingSampler(self.model, self.stop_ids, self.batch_size)
+                try:
+                    sampler.run(jobs, temperature, top_p, max_new_tokens, finished)
+                finally:
+                    self.forward_calls += sampler.forward_calls
+                    self.last_detail = {f"{k}_seconds": round(v, 2) for k, v in sampler.seconds.items()}
+            else:
+                generate_fallback(
+                    self.model, self.pad_id, self.stop_ids, jobs, temperature, top_p, max_new_tokens,
+                    self.batch_size, finished,
+                )  # fmt: skip
+        finally:
+            self.model.train(was_training)
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible server: POST {base_url}/chat/completions (or /completions when
+    chat=False) with n, temperature, top_p, max_tokens, seed. Standard library HTTP only."""
+
+    name = "openai"
+    wants_messages = True
+    RETRY_STATUS = (408, 409, 429, 500, 502, 503, 504)
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 120.0,
+        max_retries: int = 5,
+        backoff: float = 1.0,
+        concurrency: int = 8,
+        extra_body: dict | None = None,
+    ):
+        assert base_url, "backend=openai needs base_url (e.g. http://localhost:8000/v1)"
+        assert model, "backend=openai needs the served model name (sampling.api_model)"
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
+        self.concurrency = concurrency
+        self.extra_body = dict(extra_body or {})
+        self.forward_calls = 0
+
+    def _post(self, path: str, body: dict) -> dict:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        data = json.dumps(body).encode()
+        for attempt in range(self.max_retries + 1):
+            req = urllib.request.Request(self.base_url + path, data=data, headers=headers, method="POST")
+            wait = self.backoff * 2**attempt
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    return json.loads(resp.read())
+            except urllib.error.HTTPError as e:
+                detail = e.read()[:500].decode(errors="replace")
+                if e.code not in self.RETRY_STATUS or attempt == self.max_retries:
+                    raise RuntimeError(
+                        f"openai backend: POST {self.base_url + path} → {e.code}: {detail}"
+                    ) from e
+                retry_after = e.headers.get("Retry-After") if e.headers else None
+                if retry_after and retry_after.replace(".", "", 1).isdigit():
+                    wait = max(wait, float(retry_after))
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                if attempt == self.max_retries:
+                    raise RuntimeError(
+                        f"openai backend: POST {self.base_url + path} failed after {attempt + 1} tries: {e}"
+                    ) from e
+            log.warning("openai backend: retry %d/%d in %.1fs", attempt + 1, self.max_retries, wait)
+            time.sleep(min(wait, 60.0))
+        raise AssertionError("unreachable")
+
+    def _one(self, r: Request, temperature, top_p, max_new_tokens) -> list[Result]:
+        body = {
+            "model": self.model,
+            "n": len(r.seeds),
+            "temperature": temperature,
+            "top_p": top_p if temperature > 0 else 1.0,
+            "max_tokens": max_new_tokens,
+            "seed": r.seeds[0] % 2**31,  # one seed per request: servers draw the n samples from it
+            **self.extra_body,
+        }
+        if r.messages is not None:
+            path, body["messages"] = "/chat/completions", r.messages
+        else:
+            path, body["prompt"] = "/completions", r.text
+        reply = self._post(path, body)
+        self.forward_calls += 1
+        choices = sorted(reply.get("choices", []), key=lambda c: c.get("index", 0))
+        if len(choices) != len(r.seeds):
+            raise RuntimeError(
+                f"openai backend: asked for n={len(r.seeds)}, got {len(choices)} choices: {reply}"
+            )
+        usage = reply.get("usage") or {}
+        n_tok = usage.get("completion_tokens") if len(choices) == 1 else None  # usage is summed over n
+        out = []
+        for tag, c in zip(r.tags, choices):
+            text = c["message"]["content"] if r.messages is not None else c["text"]
+            out.append(Result(tag, text or "", n_tok, c.get("finish_reason") or "stop"))
+        return out
+
+    def run(self, requests: list[Request], temperature, top_p, max_new_tokens, on_done) -> None:
+        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
+            futures = [pool.submit(self._one, r, temperature, top_p, max_new_tokens) for r in requests]
+            try:
+                for fut in as_completed(futures):
+                    on_done(fut.result())  # results reach the cache in this (the caller's) thread
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+
+
+class VLLMBackend:
+    """vLLM in this process (GPU). One request per sample with its own seed, so sample i of a
+    prompt is reproducible; vLLM's prefix caching shares the prompt's prefill across samples."""
+
+    name = "vllm"
+    wants_messages = False
+
+    def __init__(self, model: str, batch_size: int = 1024, **llm_kwargs):
+        try:
+            import vllm
+        except ImportError as e:
+            raise ImportError(
+                "backend=vllm needs vLLM, which is not installed. Install it on a machine with a CUDA GPU: "
+                "`pip install rlrec[vllm]`. On CPU use backend=hf, or backend=openai pointed at a vLLM server."
+            ) from e
+        self.vllm = vllm
+        assert isinstance(model, str), "backend=vllm takes the model as a hub id or folder path"
+        self.llm = vllm.LLM(model=model, enable_prefix_caching=True, **llm_kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.batch_size = batch_size
+        self.forward_calls = 0
+
+    def run(self, requests: list[Request], temperature, top_p, max_new_tokens, on_done) -> None:
+        rows = [(r.text, seed, tag) for r in requests for seed, tag in zip(r.seeds, r.tags)]
+        for i in range(0, len(rows), self.batch_size):
+            chunk = rows[i : i + self.batch_size]
+            params = [
+                self.vllm.SamplingParams(
+                    n=1,
+                    temperature=temperature,
+                    top_p=top_p if temperature > 0 else 1.0,
+                    max_tokens=max_new_tokens,
+                    seed=seed % 2**31,
+                )
+                for _, seed, _ in chunk
+            ]
+            outs = self.llm.generate([text for text, _, _ in chunk], params, use_tqdm=False)
+            self.forward_calls += 1
+            on_done(
+                [
+                    Result(
+                        tag,
+                        o.outputs[0].text,
+                        len(o.outputs[0].token_ids),
+                        o.outputs[0].finish_reason or "stop",
+                    )
+                    for (_, _, tag), o in zip(chunk, outs)
+                ]
+            )
+
+
+BACKENDS = {"hf": HFBackend, "openai": OpenAIBackend, "vllm": VLLMBackend}
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+class Generator:
+    """N samples (or one greedy text) per prompt, through a backend, with a disk cache.
+
+    `model`: a transformers model (hf), a served model name (openai), or a hub id / path (vllm).
+    `model_fingerprint` identifies the base weights (e.g. `LLMConfig.fingerprint`); the adapter
+    fingerprint identifies whatever was trained on top and is part of every cache key."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        model_fingerprint: str | None = None,
+        cache_dir: str | Path | None = None,
+        *,
+        backend: str | object = "hf",
+        adapter_fingerprint: str = "base",
+        batch_size: int = 128,
+        chat: bool = True,
+        system: str | None = None,
+        progress: bool = True,
+        **backend_options,
+    ):
+        if isinstance(backend, str):
+            if backend not in BACKENDS:
+                raise ValueError(f"unknown generation backend {backend!r}; choose one of {sorted(BACKENDS)}")
+            if backend == "hf":
+                assert tokenizer is not None, "backend=hf needs the tokenizer"
+                backend = HFBackend(model, tokenizer, batch_size=batch_size, **backend_options)
+            elif backend == "openai":
+                backend = OpenAIBackend(model=model, **backend_options)
+            else:
+                backend = VLLMBackend(model, batch_size=max(batch_size, 1024), **backend_options)
+        self.backend = backend
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(backend, "tokenizer", None)
+        if cache_dir is not None and not model_fingerprint:
+            raise ValueError("a cache needs model_fingerprint (e.g. LLMConfig.fingerprint)")
+        self.model_fingerprint = model_fingerprint or "unfingerprinted"
+        self.adapter_fingerprint = adapter_fingerprint
+        self.cache = (
+            GenerationCache(Path(cache_dir) / "generations.sqlite") if cache_dir is not None else None
+        )
+        self.chat, self.system, self.progress = chat, system, progress
+        self.last_stats = GenerationStats()
+
+    def set_adapter_fingerprint(self, adapter_fingerprint: str) -> None:
+        """Call whenever the policy's trainable weights change (new round, new checkpoint)."""
+        self.adapter_fingerprint = adapter_fingerprint
+
+    # -- public -------------------------------------------------------------------------------
+
+    def sample(
+        self,
+        prompts: Sequence[str],
+        n: int = 4,
+        temperature: float = 1.0,
+        top_p: float = 0.95,
+        max_new_tokens: int = 256,
+        seed: int = 0,
+        *,
+        adapter_fingerprint: str | None = None,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> list[list[str]]:
+        """N texts per prompt: (len(prompts), n). `callback(done, total)` runs after each batch of
+        samples is committed to the cache (raise from it to stop; a rerun resumes)."""
+        rows = self.sample_records(
+            prompts, n, temperature, top_p, max_new_tokens, seed,
+            adapter_fingerprint=adapter_fingerprint, callback=callback,
+        )  # fmt: skip
+        return [[s.text for s in row] for row in rows]
+
+    def greedy(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 256,
+        *,
+        adapter_fingerprint: str | None = None,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> list[str]:
+        rows = self.sample_records(
+            prompts,
+            1,
+            0.0,
+            1.0,
+            max_new_tokens,
+            0,
+            adapter_fingerprint=adapter_fingerprint,
+            callback=callback,
+        )
+        return [row[0].text for row in rows]
+
+    def sample_records(
+        self,
+        prompts: Sequence[str],
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        seed: int,
+        *,
+        adapter_fingerprint: str | None = None,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> list[list[Sample]]:
+        """Like `sample`, with token counts, finish reasons and whether each came from the cache."""
+        assert n >= 1 and max_new_tokens >= 1, (n, max_new_tokens)
+        assert temperature >= 0 and 0 < top_p <= 1, (temperature, top_p)
+        t0 = time.perf_counter()
+        greedy = temperature == 0
+        params = {"greedy": True} if greedy else {"temperature": float(temperature), "top_p": float(top_p)}
+        params["max_new_tokens"] = int(max_new_tokens)
+        adapter = adapter_fingerprint if adapter_fingerprint is not None else self.adapter_fingerprint
+        views = [self._view(p) for p in prompts]  # (text, messages, key text) per prompt
+        keys = [
+            [
+                fingerprint(self.model_fingerprint, adapter, self.backend.name, v[2], params, 0 if greedy else seed, i, length=32)
+                for i in range(n)
+            ]
+            for v in views
+        ]  # fmt: skip
+        found = self.cache.get_many([k for row in keys for k in row]) if self.cache else {}
+        stats = GenerationStats(prompts=len(prompts), samples=len(prompts) * n)
+
+        # one request per distinct prompt with its missing sample indices
+        pending: dict[str, tuple[int, list[int]]] = {}
+        for pos, (v, row) in enumerate(zip(views, keys)):
+            missing = [i for i, k in enumerate(row) if k not in found]
+            if missing and v[2] not in pending:
+                pending[v[2]] = (pos, missing)
+        requests = [
+            Request(
+                text=views[pos][0],
+                messages=views[pos][1],
+                seeds=[sample_seed(0 if greedy else seed, views[pos][2], i) for i in missing],
+                tags=[(pos, i) for i in missing],
+                add_special_tokens=not self.chat,
+            )
+            for pos, missing in pending.values()
+        ]
+        new: dict[str, Sample] = {}
+        total_new = sum(len(r.seeds) for r in requests)
+        remaining = {pos: len(missing) for pos, missing in pending.values()}
+        bar = self._bar(len(requests))
+        calls_before = getattr(self.backend, "forward_calls", 0)
+
+        def on_done(results: list[Result]) -> None:
+            batch = []
+            for r in results:
+                pos, i = r.tag
+                s = Sample(r.text, r.n_tokens, r.finish_reason)
+                batch.append((keys[pos][i], s))
+                stats.new_tokens += r.n_tokens or 0
+                remaining[pos] -= 1
+                if remaining[pos] == 0 and bar is not None:
+                    bar.update(1)
+            if self.cache is not None:
+                self.cache.put_many(batch)
+            new.update(batch)
+            stats.generated += len(batch)
+            if bar is not None:
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix_str(f"{stats.new_tokens / max(elapsed, 1e-9):.1f} tok/s", refresh=False)
+            if callback is not None:
+                callback(stats.generated, total_new)
+
+        try:
+            if requests:
+                self.backend.run(requests, float(temperature), float(top_p), int(max_new_tokens), on_done)
+        finally:
+            if bar is not None:
+                bar.close()
+            stats.seconds = time.perf_counter() - t0
+            stats.backend_calls = getattr(self.backend, "forward_calls", 0) - calls_before
+            stats.detail = dict(getattr(self.backend, "last_detail", {})) if requests else {}
+            self.last_stats = stats
+        out = []
+        for row in keys:
+            out.append([found[k] if k in found else new[k] for k in row])
+        stats.cached = sum(s.cached for r in out for s in r)
+        return out
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _view(self, prompt: str) -> tuple[str, list[dict] | None, str]:
+        """(text for local backends, chat messages for chat APIs, the string the cache key uses)."""
+        if self.backend.wants_messages:
+            messages = chat_messages(prompt, self.system) if self.chat else None
+            return prompt, messages, json.dumps(messages) if messages is not None else prompt
+        if not self.chat:
+            return prompt, None, prompt
+        assert self.tokenizer is not None, "chat=True needs a tokenizer to apply the chat template"
+        text = format_chat(self.tokenizer, prompt, self.system)
+        return text, None, text
+
+    def _bar(self, total: int):
+        if not self.progress or total == 0:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, unit="prompt", desc=f"generate[{self.backend.name}]", dynamic_ncols=True)

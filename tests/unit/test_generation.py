@@ -1,0 +1,385 @@
+"""Generation: the prefix-sharing sampler reproduces the model (greedy = HF generate; sampled
+tokens follow softmax(logits / T) within the top-p nucleus), the disk cache makes reruns free and
+killed runs resumable, and the openai / vllm backends speak their protocols. Tiny random Llamas
+with a character tokenizer: nothing downloaded."""
+
+from __future__ import annotations
+
+import doctest
+import http.server
+import importlib
+import json
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from rlrec.llm.chat import format_chat
+from rlrec.llm.generation import GenerationCache, Generator, OpenAIBackend, SamplingConfig
+from rlrec.llm.sampler import Job, PrefixSharingSampler, top_p_keep
+
+V = 64
+EOS, PAD = 1, 0
+
+
+class CharTokenizer:
+    """One token per character (ids 3..V-1), EOS=1, PAD=0; decode maps ids to letters."""
+
+    eos_token_id, pad_token_id, bos_token_id = EOS, PAD, None
+    chat_template = "<role>content"
+
+    def __init__(self, vocab: int = V):
+        self.vocab = vocab
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": [3 + ord(c) % (self.vocab - 3) for c in text]}
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return "".join("#" if i < 3 else chr(33 + i % 90) for i in ids if not (skip_special_tokens and i < 3))
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+        text = "".join(f"<{m['role']}>{m['content']}" for m in messages)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+
+def tiny_llama(vocab: int = V, heads: int = 4, kv_heads: int = 2, seed: int = 0, sharpen: float = 1.0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    conf = LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, max_position_embeddings=512, pad_token_id=PAD, eos_token_id=EOS,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    model = LlamaForCausalLM(conf).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpen)  # random logits are nearly flat; sharpen for top-p tests
+    return model
+
+
+PROMPTS = [
+    "Alice likes noir films.",
+    "Bob",
+    "Carol watched Heat (1995) twice and loved it.",
+    "Dan hates musicals.",
+]
+
+
+def count_calls(model) -> list[int]:
+    """Counts model forwards (prefill and decode steps both embed their input tokens)."""
+    calls = [0]
+    model.get_input_embeddings().register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def hf_greedy(model, tok, text: str, max_new: int) -> str:
+    ids = torch.tensor([tok(text)["input_ids"]])
+    out = model.generate(ids, max_new_tokens=max_new, do_sample=False, pad_token_id=PAD, eos_token_id=EOS)
+    return tok.decode(out[0, ids.shape[1] :].tolist(), skip_special_tokens=True)
+
+
+# ----------------------------------------------------------------------------- chat
+
+
+def test_format_chat_uses_template_or_falls_back_to_raw_text():
+    tok = CharTokenizer()
+    assert format_chat(tok, "hi") == "<user>hi<assistant>"
+    assert format_chat(tok, "hi", system="S") == "<system>S<user>hi<assistant>"
+
+    class NoTemplate:
+        chat_template = None
+
+    assert format_chat(NoTemplate(), "hi") == "hi"
+    assert format_chat(NoTemplate(), "hi", system="S") == "S\n\nhi"
+
+
+# ----------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_greedy_matches_hf_generate_and_is_deterministic(kv_heads):
+    model, tok = tiny_llama(kv_heads=kv_heads, sharpen=4.0), CharTokenizer()
+    gen = Generator(model, tok, progress=False, batch_size=2)  # 2 slots: refills mid-run
+    a = gen.greedy(PROMPTS, max_new_tokens=12)
+    assert a == gen.greedy(PROMPTS, max_new_tokens=12)
+    assert a == [hf_greedy(model, tok, format_chat(tok, p), 12) for p in PROMPTS]
+    fallback = Generator(model, tok, progress=False, engine="generate")
+    assert fallback.greedy(PROMPTS, max_new_tokens=12) == a
+
+
+def test_greedy_with_a_lora_adapter_matches_hf_generate():
+    from peft import LoraConfig, get_peft_model
+
+    tok = CharTokenizer()
+    lora = LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    model = get_peft_model(tiny_llama(sharpen=4.0), lora).eval()
+    plain = Generator(tiny_llama(sharpen=4.0), tok, progress=False).greedy(PROMPTS[:2], max_new_tokens=10)
+    ours = Generator(model, tok, progress=False).greedy(PROMPTS[:2], max_new_tokens=10)
+    assert ours == [hf_greedy(model, tok, format_chat(tok, p), 10) for p in PROMPTS[:2]]
+    assert ours != plain  # the adapter is live in the fast decode path
+
+
+def test_samples_do_not_depend_on_batch_composition():
+    model, tok = tiny_llama(), CharTokenizer()
+    kw = dict(n=3, temperature=1.0, top_p=0.9, max_new_tokens=10, seed=7)
+    big = Generator(model, tok, progress=False, batch_size=64).sample(PROMPTS, **kw)
+    small = Generator(model, tok, progress=False, batch_size=3).sample(PROMPTS, **kw)  # one prompt at a time
+    assert big == small
+    assert len(big) == len(PROMPTS) and all(len(row) == 3 for row in big)
+    assert len({t for row in big for t in row}) > len(PROMPTS)  # samples differ from each other
+    assert Generator(model, tok, progress=False).sample(PROMPTS, **{**kw, "seed": 8}) != big
+
+
+def _reference_probs(model, prompt_ids, temperature, top_p) -> np.ndarray:
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids])).logits[0, -1]
+    p = torch.softmax(logits / temperature, -1)
+    vals, ids = p.sort(descending=True)
+    keep = top_p_keep(vals[None], top_p)[0]
+    q = torch.zeros_like(p)
+    q[ids[keep]] = vals[keep]
+    return (q / q.sum()).double().numpy()
+
+
+def _check_distribution(tokens: np.ndarray, q: np.ndarray) -> None:
+    counts = np.bincount(tokens, minlength=len(q))
+    assert counts[q == 0].sum() == 0, f"tokens outside the top-p nucleus: {np.nonzero(counts * (q == 0))}"
+    support = q > 0
+    tv = 0.5 * np.abs(counts / counts.sum() - q).sum()
+    expected = q[support] / q[support].sum() * counts.sum()
+    p_value = chisquare(counts[support], expected).pvalue
+    assert tv < 0.05 and p_value > 1e-4, (tv, p_value)
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 1.0), (1.0, 0.6)])
+def test_sampled_tokens_follow_the_policy_distribution(temperature, top_p):
+    """First tokens (from the prefill logits) and second tokens (from the sampler's own decode
+    forward, conditioned on the most frequent first token) against softmax(logits / T) of the HF
+    model, truncated to the top-p nucleus."""
+    vocab, n = 16, 6000
+    model = tiny_llama(vocab=vocab, sharpen=10.0)
+    prompt = [3, 7, 11, 5, 9, 4, 12]
+    seeds = [int(s) for s in np.random.default_rng(0).integers(0, 2**63, size=n)]
+    got = {}
+    sampler = PrefixSharingSampler(model, stop_ids=[EOS], batch_size=n)
+    sampler.run(
+        [Job(prompt, seeds, list(range(n)))],
+        temperature,
+        top_p,
+        2,
+        lambda d: got.update({f.tag: f.token_ids for f in d}),
+    )
+    first = np.array([got[i][0] for i in range(n)])
+    q1 = _reference_probs(model, prompt, temperature, top_p)
+    assert 0.05 < q1.max() < 0.95  # a distribution worth testing
+    assert (q1 > 0).sum() == (vocab if top_p == 1.0 else 3)  # top_p=0.6 keeps 3 of 16 tokens here
+    _check_distribution(first, q1)
+
+    values, counts = np.unique(first[first != EOS], return_counts=True)
+    t1 = int(values[counts.argmax()])
+    second = np.array([got[i][1] for i in range(n) if got[i][0] == t1])
+    assert len(second) > 500
+    _check_distribution(second, _reference_probs(model, [*prompt, t1], temperature, top_p))
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def test_cache_rerun_calls_no_model_and_keys_on_the_adapter(tmp_path):
+    model, tok = tiny_llama(), CharTokenizer()
+    calls = count_calls(model)
+    kw = dict(n=3, temperature=1.0, top_p=0.95, max_new_tokens=8, seed=1)
+    gen = Generator(model, tok, "tiny-fp", tmp_path, progress=True)  # the bar must not break anything
+    first = gen.sample(PROMPTS, **kw)
+    assert calls[0] > 0 and gen.last_stats.generated == 12 and gen.last_stats.new_tokens > 0
+    before = calls[0]
+
+    again = Generator(model, tok, "tiny-fp", tmp_path, progress=False)  # a fresh process, same cache
+    assert again.sample(PROMPTS, **kw) == first
+    assert calls[0] == before and again.last_stats.cached == 12 and again.last_stats.generated == 0
+    assert again.sample(PROMPTS[:2], **{**kw, "n": 2}) == [row[:2] for row in first[:2]]  # a prefix of N
+    assert calls[0] == before
+
+    again.set_adapter_fingerprint("round1")  # new weights: new samples
+    again.sample(PROMPTS, **kw)
+    assert calls[0] > before and again.last_stats.generated == 12
+    after = calls[0]
+    again.sample(PROMPTS, **kw, adapter_fingerprint="base")  # per-call override: cached
+    assert calls[0] == after
+    assert len(GenerationCache(tmp_path / "generations.sqlite")) == 24
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_with_only_the_missing_samples(tmp_path):
+    model, tok = tiny_llama(), CharTokenizer()
+    kw = dict(n=2, temperature=1.0, top_p=0.95, max_new_tokens=6, seed=3)
+    reference = Generator(model, tok, progress=False).sample(PROMPTS, **kw)
+
+    def kill(done, total):
+        raise Killed(f"killed after {done}/{total}")
+
+    gen = Generator(model, tok, "tiny-fp", tmp_path, progress=False, batch_size=2)  # one prompt at a time
+    with pytest.raises(Killed):
+        gen.sample(PROMPTS, **kw, callback=kill)
+    committed = gen.last_stats.generated
+    assert 0 < committed < 8
+    assert len(GenerationCache(tmp_path / "generations.sqlite")) == committed
+
+    calls = count_calls(model)
+    resumed = Generator(model, tok, "tiny-fp", tmp_path, progress=False, batch_size=2)
+    assert resumed.sample(PROMPTS, **kw) == reference  # same texts as one uninterrupted run
+    assert resumed.last_stats.cached == committed and resumed.last_stats.generated == 8 - committed
+    assert calls[0] > 0
+
+
+def test_cache_needs_a_model_fingerprint(tmp_path):
+    with pytest.raises(ValueError, match="model_fingerprint"):
+        Generator(tiny_llama(), CharTokenizer(), None, tmp_path)
+
+
+# ----------------------------------------------------------------------------- openai
+
+
+class _FakeOpenAI(http.server.BaseHTTPRequestHandler):
+    requests: list = []
+    fail_first: list = []  # status codes to answer before succeeding
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(
+            {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
+        )
+        if type(self).fail_first:
+            code = type(self).fail_first.pop(0)
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(b'{"error": "try later"}')
+            return
+        n = body["n"]
+        if self.path.endswith("/chat/completions"):
+            user = body["messages"][-1]["content"]
+            choices = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": f"{user}#{i}"},
+                    "finish_reason": "stop",
+                }
+                for i in range(n)
+            ]
+        else:
+            choices = [
+                {"index": i, "text": f"{body['prompt']}#{i}", "finish_reason": "length"} for i in range(n)
+            ]
+        reply = {"choices": choices[::-1], "usage": {"completion_tokens": 5 * n}}  # out of order on purpose
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def fake_openai():
+    _FakeOpenAI.requests, _FakeOpenAI.fail_first = [], []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeOpenAI)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", _FakeOpenAI
+    server.shutdown()
+    server.server_close()
+
+
+def test_openai_backend_request_fields_parsing_retries_and_cache(fake_openai, tmp_path, monkeypatch):
+    url, handler = fake_openai
+    monkeypatch.setenv("RLREC_TEST_KEY", "sk-test")
+    handler.fail_first = [503]  # retried with backoff
+    gen = Generator(
+        "served-model", None, "served-model@fake", tmp_path, backend="openai", base_url=url,
+        api_key_env="RLREC_TEST_KEY", backoff=0.01, system="Be brief.", progress=False,
+    )  # fmt: skip
+    out = gen.sample(["u1", "u2"], n=3, temperature=0.8, top_p=0.9, max_new_tokens=32, seed=5)
+    assert out == [["u1#0", "u1#1", "u1#2"], ["u2#0", "u2#1", "u2#2"]]  # choices put back in index order
+    ok = [r for r in handler.requests if r["body"]["messages"][-1]["content"] in ("u1", "u2")]
+    assert len(handler.requests) == 3 and len(ok) == 3  # 1 failed + 2 prompts
+    r = handler.requests[-1]
+    assert r["path"] == "/v1/chat/completions" and r["auth"] == "Bearer sk-test"
+    body = r["body"]
+    assert body["model"] == "served-model" and body["n"] == 3 and body["max_tokens"] == 32
+    assert body["temperature"] == 0.8 and body["top_p"] == 0.9 and isinstance(body["seed"], int)
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+
+    n_requests = len(handler.requests)
+    assert gen.sample(["u1", "u2"], n=3, temperature=0.8, top_p=0.9, max_new_tokens=32, seed=5) == out
+    assert len(handler.requests) == n_requests  # cached
+
+    assert gen.greedy(["u3"], max_new_tokens=4) == ["u3#0"]
+    assert handler.requests[-1]["body"]["temperature"] == 0.0 and handler.requests[-1]["body"]["n"] == 1
+
+    raw = Generator("m", None, backend="openai", base_url=url, chat=False, progress=False, api_key_env="")
+    assert raw.sample(["p"], n=2, max_new_tokens=4) == [["p#0", "p#1"]]
+    assert handler.requests[-1]["path"] == "/v1/completions" and handler.requests[-1]["auth"] is None
+
+
+def test_openai_backend_fails_fast_on_client_errors(fake_openai):
+    url, handler = fake_openai
+    handler.fail_first = [400]
+    backend = OpenAIBackend(url, "m", backoff=0.01)
+    gen = Generator("m", backend=backend, progress=False)
+    with pytest.raises(RuntimeError, match="400"):
+        gen.sample(["x"], n=1)
+    assert len(handler.requests) == 1
+
+
+# ----------------------------------------------------------------------------- vllm, config
+
+
+def test_vllm_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    with pytest.raises(ImportError, match=r"pip install rlrec\[vllm\]"):
+        Generator("some/model", None, backend="vllm")
+
+
+def test_unknown_backend_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="hf"):
+        Generator(tiny_llama(), CharTokenizer(), backend="nope")
+
+
+def test_sampling_config_builds_a_generator(tmp_path):
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF
+
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / "sampling" / "default.yaml"))
+    assert raw.pop("_target_") == "rlrec.llm.generation.SamplingConfig"
+    cfg = SamplingConfig(**raw)
+    assert (cfg.temperature, cfg.top_p, cfg.backend) == (1.0, 0.95, "hf")
+    gen = cfg.generator(tiny_llama(), CharTokenizer(), "fp", tmp_path, progress=False)
+    out = gen.sample(PROMPTS[:1], **{**cfg.sample_kwargs(), "max_new_tokens": 4})
+    assert len(out) == 1 and len(out[0]) == cfg.num_samples
+
+
+@pytest.mark.parametrize("module", ["rlrec.llm.sampler", "rlrec.llm.chat", "rlrec.llm.generation"])
+def test_doctests(module):
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.failed == 0
+
+
+def test_prompts_sharing_a_long_prefix_prefill_it_once_and_still_match_hf():
+    model, tok = tiny_llama(sharpen=4.0), CharTokenizer()
+    header = "Here is a list of movies that a user has watched: "  # > MIN_COMMON_PREFIX tokens
+    prompts = [header + p for p in PROMPTS]
+    gen = Generator(model, tok, progress=False, batch_size=4)
+    assert gen.greedy(prompts, max_new_tokens=8) == [
+        hf_greedy(model, tok, format_chat(tok, p), 8) for p in prompts
+    ]
+    assert gen.last_stats.backend_calls == 1 + len(prompts) + 7  # common prefix, 4 prompts, 7 decode steps
