@@ -35,11 +35,9 @@ class AlignmentLoop:
         self.A: DictConfig = self.cfg.alignment
         dm = pipe.datamodule
         self.prep = dm.prep
-        view = dm.prompts
+        view = dm.prompts(self.A.get("history_len"))
         template = dm.templates.get(self.A.prompt, self.A.prompt)
         users = sorted(view.histories)
-        if self.A.get("max_users"):
-            users = users[: int(self.A.max_users)]
         self.users = np.array(users, dtype=np.int64)
         self.prompts = view.user_prompts(template, users)
         self.llm_cfg = instantiate(self.cfg.llm)
@@ -231,6 +229,6 @@ class Fingerprints:
     def __init__(self, cfg: DictConfig, llm_fp: str):
         A = cfg.alignment
         self.base = fingerprint(
-            cfg.dataset, cfg.split, llm_fp, cfg.encoder, A.prompt, A.get("max_users"), A.num_samples,
+            cfg.dataset, cfg.split, llm_fp, cfg.encoder, A.prompt, A.get("history_len"), A.num_samples,
             A.temperature, A.top_p, A.max_new_tokens, A.num_users, cfg.feedback, cfg.preference, cfg.seed,
         )  # fmt: skip

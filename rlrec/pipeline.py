@@ -130,7 +130,11 @@ class Pipeline:
         return model
 
     def fit_backbone(
-        self, backbone: DictConfig | None = None, record: bool = True, knowledge: Knowledge | None = None
+        self,
+        backbone: DictConfig | None = None,
+        record: bool = True,
+        knowledge: Knowledge | None = None,
+        seed: int | None = None,
     ) -> dict:
         """Train a CTR backbone (default: cfg.backbone) with early stopping on val/auc; test the
         best checkpoint. Returns {"backbone", "metrics", "checkpoint" (absolute path)}."""
@@ -146,12 +150,12 @@ class Pipeline:
                 k: cfg.trainer.get(k) for k in ("max_epochs", "limit_train_batches", "limit_val_batches")
             },
             "patience": cfg.early_stopping_patience,
-            "seed": cfg.seed,
+            "seed": cfg.seed if seed is None else seed,
         }
         name = component_name(backbone)
 
         def build(work: Path) -> dict:
-            pl.seed_everything(cfg.seed, workers=True)
+            pl.seed_everything(deps["seed"], workers=True)
             dm = self.datamodule
             model = self.build_model(backbone, knowledge)
             from rlrec.tasks.ctr import CTRTask
@@ -233,7 +237,11 @@ class Pipeline:
         return {"train": pool.subset(~held), "valid": pool.subset(held), "test": test}
 
     def fit_reranker(
-        self, reranker: DictConfig | None = None, record: bool = True, knowledge: Knowledge | None = None
+        self,
+        reranker: DictConfig | None = None,
+        record: bool = True,
+        knowledge: Knowledge | None = None,
+        seed: int | None = None,
     ) -> dict:
         """Train a re-ranker (default cfg.backbone: dlcm/prm/setrank) on re-rank lists with early
         stopping on the validation metric; also report the initial order and a shuffled order."""
@@ -253,12 +261,12 @@ class Pipeline:
         deps = {"dataset": cfg.dataset, "split": cfg.split, "backbone": reranker, "rerank": rr,
                 "knowledge": None if knowledge is None else [knowledge.key, cfg.adapter],
                 "optimizer": cfg.optimizer, "max_epochs": cfg.trainer.max_epochs,
-                "limit": cfg.trainer.limit_train_batches, "seed": cfg.seed}  # fmt: skip
+                "limit": cfg.trainer.limit_train_batches, "seed": cfg.seed if seed is None else seed}  # fmt: skip
 
         def build(work: Path) -> dict:
             from rlrec.tasks.rerank import RerankTask
 
-            pl.seed_everything(cfg.seed, workers=True)
+            pl.seed_everything(deps["seed"], workers=True)
             model = self.build_model(reranker, knowledge)
             task = RerankTask(
                 model, instantiate(cfg.optimizer), rr.loss, ks, rr.map_definition, rr.empty_lists
@@ -270,7 +278,7 @@ class Pipeline:
             stop = pl.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=rr.patience)
             trainer = instantiate(cfg.trainer, callbacks=[ckpt, stop], logger=self.loggers() or False)
             loaders = {
-                s: TensorBatches(lists[s].tensors(), rr.batch_size, shuffle=s == "train", seed=cfg.seed)
+                s: TensorBatches(lists[s].tensors(), rr.batch_size, shuffle=s == "train", seed=deps["seed"])
                 for s in lists
             }
             trainer.fit(task, loaders["train"], loaders["valid"])
@@ -302,20 +310,56 @@ class Pipeline:
 
     def compare(self) -> dict:
         """The paper table: cfg.backbone without knowledge, with the un-aligned LLM's knowledge
-        (round 0, the KAR-style row) and with the aligned LLM's knowledge (last round)."""
+        (round 0, the KAR-style row) and with the aligned LLM's knowledge (last round), each
+        trained with every seed of `compare.seeds`; paired t-tests across those seeds."""
+        from scipy.stats import ttest_rel
+
         knowledge = getattr(self, "knowledge", None)
         assert knowledge, "the compare stage needs the align stage first (stages: [..., align, compare])"
+        C = self.cfg.compare
         last = max(knowledge)
         variants = {"base": None, "round0": knowledge[0]}
         if last > 0:
             variants["aligned"] = knowledge[last]
-        fit = self.fit_reranker if self.cfg.compare.kind == "rerank" else self.fit_backbone
-        table = {}
-        for label, k in variants.items():
-            out = fit(record=False, knowledge=k)
-            table[label] = out["metrics"]
-            self.results["metrics"].update({f"{label}/{m}": v for m, v in out["metrics"].items()})
-        self.results["table"] = {"kind": self.cfg.compare.kind, "rows": table, "rounds": last}
+        seeds = list(C.get("seeds") or [self.cfg.seed])
+        fit = self.fit_reranker if C.kind == "rerank" else self.fit_backbone
+        runs: dict[str, list[dict]] = {label: [] for label in variants}
+        for seed in seeds:
+            for label, k in variants.items():
+                runs[label].append(fit(record=False, knowledge=k, seed=int(seed))["metrics"])
+        table, main = {}, ("test/auc" if C.kind != "rerank" else "test/map@5")
+        for label, per_seed in runs.items():
+            keys = per_seed[0].keys()
+            table[label] = {m: float(np.mean([r[m] for r in per_seed])) for m in keys}
+            if len(seeds) > 1:
+                table[label].update(
+                    {f"{m}_std": float(np.std([r[m] for r in per_seed], ddof=1)) for m in keys}
+                )
+            self.results["metrics"].update({f"{label}/{m}": v for m, v in table[label].items()})
+        paired = {}
+        pairs = [("round0", "base"), ("aligned", "base"), ("aligned", "round0")]
+        for a, b in pairs:
+            if a not in runs or b not in runs:
+                continue
+            metrics = [main, "test/ndcg@5"] if C.kind == "rerank" else [main, "test/logloss"]
+            for m in metrics:
+                x = np.array([r[m] for r in runs[a]])
+                y = np.array([r[m] for r in runs[b]])
+                entry = {"mean_diff": float((x - y).mean()), "n": len(seeds)}
+                if len(seeds) > 1 and np.any(x != y):
+                    t = ttest_rel(x, y)
+                    entry.update({"t": float(t.statistic), "p": float(t.pvalue)})
+                paired[f"{a}-{b}/{m}"] = entry
+                self.results["metrics"][f"paired/{a}-{b}/{m}/mean_diff"] = entry["mean_diff"]
+                if "p" in entry:
+                    self.results["metrics"][f"paired/{a}-{b}/{m}/p"] = entry["p"]
+        self.results["table"] = {
+            "kind": C.kind,
+            "rows": table,
+            "rounds": last,
+            "seeds": seeds,
+            "paired": paired,
+        }
         return table
 
     def run(self) -> dict:

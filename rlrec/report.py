@@ -52,7 +52,20 @@ def paper_table(results: dict) -> str:
     lines = ["| backbone | knowledge | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for label, metrics in table["rows"].items():
         name = ROW_LABELS.get(label, label).format(rounds=table.get("rounds", ""))
-        lines.append(f"| {backbone} | {name} | " + " | ".join(_fmt(metrics.get(c)) for c in cols) + " |")
+        cells = []
+        for c in cols:
+            std = metrics.get(f"{c}_std")
+            cells.append(_fmt(metrics.get(c)) + (f" ± {_fmt(std)}" if std is not None else ""))
+        lines.append(f"| {backbone} | {name} | " + " | ".join(cells) + " |")
+    seeds = table.get("seeds") or []
+    if len(seeds) > 1:
+        lines += ["", f"Mean ± std over seeds {seeds}. Paired t-tests across seeds:", ""]
+        lines += ["| comparison | metric | mean difference | t | p |", "|---|---|---|---|---|"]
+        for key, e in table.get("paired", {}).items():
+            pair, metric = key.split("/", 1)
+            lines.append(
+                f"| {pair} | {metric} | {e['mean_diff']:+.4f} | {_fmt(e.get('t'))} | {_fmt(e.get('p'))} |"
+            )
     return "\n".join(lines) + "\n"
 
 

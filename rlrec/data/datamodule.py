@@ -35,6 +35,7 @@ class RecDataModule(pl.LightningDataModule):
         seed: int = 0,
         templates: dict | None = None,
         path: str | None = None,
+        max_users: int | None = None,
         **loader_kwargs,
     ):
         super().__init__()
@@ -57,6 +58,7 @@ class RecDataModule(pl.LightningDataModule):
         self.seed = seed
         self.templates = _plain(templates) or {}
         self.path = path  # informational: the loader received it through interpolation
+        self.max_users = max_users  # keep a seeded random subset of users (CPU-scale runs)
         self.prep: PreparedData | None = None
         self._tensors: dict = {}
 
@@ -64,7 +66,7 @@ class RecDataModule(pl.LightningDataModule):
         if self.prep is not None:
             return
         t0 = time.perf_counter()
-        data = self.loader()
+        data = self.loader().subsample_users(self.max_users, self.seed)
         self.prep = prepare(
             data, self.label_threshold, self.split_cfg, self.history_len, self.history_positive_only
         )
@@ -75,10 +77,10 @@ class RecDataModule(pl.LightningDataModule):
         self.setup()
         return self.prep.spec
 
-    @property
-    def prompts(self) -> PromptView:
+    def prompts(self, history_max_len: int | None = None) -> PromptView:
+        """Prompt view; `history_max_len` caps the prompt history (most recent items kept)."""
         self.setup()
-        return PromptView(self.prep, self.domain)
+        return PromptView(self.prep, self.domain, history_max_len)
 
     def tensors(self, split: str) -> dict:
         self.setup()

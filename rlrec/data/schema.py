@@ -81,6 +81,19 @@ class RecData:
         self.items["title"] = self.items["title"].fillna("").astype(str)
         return self
 
+    def subsample_users(self, n: int | None, seed: int = 0) -> RecData:
+        """Keep `n` users drawn at random (seeded) with all their interactions: a smaller but
+        otherwise identical dataset (CPU-scale runs, smoke tests). None = keep everyone."""
+        users = np.sort(self.interactions["user_id"].unique())
+        if n is None or n >= len(users):
+            return self
+        keep = np.random.default_rng(seed).choice(users, size=int(n), replace=False)
+        inter = self.interactions[self.interactions["user_id"].isin(keep)].reset_index(drop=True)
+        return RecData(
+            self.name, inter, self.users[self.users["user_id"].isin(keep)].reset_index(drop=True), self.items,
+            self.user_features, self.item_features, f"{self.source} ({n} users, seed {seed})", dict(self.extra),
+        )  # fmt: skip
+
     def summary(self) -> dict:
         return {
             "dataset": self.name,
