@@ -83,7 +83,7 @@ class CTRTask(pl.LightningModule):
         checkpoint["rlrec_config"] = self.config
 
 
-class _KeepBest(pl.Callback):
+class KeepBest(pl.Callback):
     """Keep the best validation weights in memory (no checkpoint files for inner-loop fits)."""
 
     def __init__(self, monitor: str = "val/auc"):
@@ -112,7 +112,7 @@ def fit_ctr(
     a full run's logging and checkpoint files would be noise."""
     from rlrec.data.ctr import TensorBatches
 
-    keep = _KeepBest()
+    keep = KeepBest()
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=max_epochs,

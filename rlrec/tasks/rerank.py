@@ -98,17 +98,6 @@ class RerankTask(pl.LightningModule):
         checkpoint["rlrec_config"] = self.config
 
 
-class _KeepBest(pl.Callback):
-    def __init__(self, monitor: str):
-        self.monitor, self.best, self.state = monitor, -float("inf"), None
-
-    def on_validation_end(self, trainer, module):
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is not None and float(value) > self.best:
-            self.best = float(value)
-            self.state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
-
-
 def fit_rerank(
     model: nn.Module,
     train: dict,
@@ -124,8 +113,9 @@ def fit_rerank(
     """Train a re-ranker on list tensors with early stopping on the validation metric; return it
     with the best validation weights loaded (in memory; for inner-loop fits such as rewards)."""
     from rlrec.data.ctr import TensorBatches
+    from rlrec.tasks.ctr import KeepBest
 
-    keep = _KeepBest(f"val/{monitor}")
+    keep = KeepBest(f"val/{monitor}")
     trainer = pl.Trainer(
         accelerator="cpu", max_epochs=max_epochs, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,

