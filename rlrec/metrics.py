@@ -86,3 +86,60 @@ def mean_list_metrics(
     assert empty in ("zero", "skip"), f"empty must be 'zero' or 'skip', got {empty!r}"
     keep = slice(None) if empty == "zero" or has_positive is None else np.asarray(has_positive, bool)
     return {k: float(np.mean(v[keep])) if np.size(v[keep]) else float("nan") for k, v in per_list.items()}
+
+
+# --- one recommended list (RecLAIF §5: Hit@k, NDCG@k, Prec@k, pairwise-distance diversity) ---
+# `ranked_items` is the parsed answer's item ids, best first; pass [] (or None) for an invalid
+# answer so it scores 0, as the paper counts invalid outputs against the method.
+
+
+def _topk(ranked_items, k: int) -> list:
+    assert k >= 1, f"k must be >= 1, got {k}"
+    return [] if ranked_items is None else list(ranked_items)[:k]
+
+
+def hit_at_k(ranked_items, target, k: int) -> float:
+    """1.0 if `target` is among the first k items, else 0.0.
+
+    >>> hit_at_k([3, 1, 2], 1, k=1), hit_at_k([3, 1, 2], 1, k=2), hit_at_k([], 1, k=3)
+    (0.0, 1.0, 0.0)
+    """
+    return float(target in _topk(ranked_items, k))
+
+
+def ndcg_at_k_single(ranked_items, target, k: int) -> float:
+    """NDCG@k with one relevant item: 1 / log2(rank + 2) for its 0-based rank within the first k
+    (the ideal DCG is 1), else 0.
+
+    >>> round(ndcg_at_k_single([3, 1, 2], 1, k=3), 4)  # 1 / log2(3)
+    0.6309
+    """
+    top = _topk(ranked_items, k)
+    return float(1.0 / np.log2(top.index(target) + 2)) if target in top else 0.0
+
+
+def precision_at_k(ranked_items, relevant, k: int) -> float:
+    """|distinct first-k items ∩ relevant| / k (a list shorter than k is not rewarded for it).
+
+    >>> precision_at_k([3, 1, 2, 7], {1, 7, 9}, k=4)
+    0.5
+    """
+    return len(set(_topk(ranked_items, k)) & set(relevant)) / k
+
+
+def diversity(vectors) -> float:
+    """Mean pairwise cosine distance 1 − cos(v_i, v_j) over i < j of the recommended items'
+    embeddings (N, D); 0.0 for N < 2. A zero vector counts as orthogonal to everything.
+
+    >>> diversity(np.eye(3)), diversity(np.ones((2, 4)))
+    (1.0, 0.0)
+    """
+    v = np.asarray(vectors, dtype=np.float64)
+    assert v.ndim == 2, f"vectors must be (N, D), got shape {v.shape}"
+    n = v.shape[0]
+    if n < 2:
+        return 0.0
+    unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # (N, D)
+    cos = unit @ unit.T  # (N, N)
+    i, j = np.triu_indices(n, k=1)
+    return float(np.mean(np.clip(1.0 - cos[i, j], 0.0, 2.0)))  # clip rounding below 0

@@ -50,10 +50,11 @@ class FieldSelfAttention(nn.Module):
         q, k, v = (
             self.qkv(x).view(B, F, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         )  # each (B, H, F, d)
-        att = q @ k.transpose(-1, -2)  # (B, H, F, F)
-        if self.scale:
-            att = att / self.head_dim**0.5
-        out = (att.softmax(-1) @ v).transpose(1, 2).reshape(B, F, -1)  # (B, F, H·d)
+        # softmax(q kᵀ [/ √d]) v in one fused kernel (eq. 5–6; AutoInt's paper does not scale)
+        out = nn.functional.scaled_dot_product_attention(
+            q, k, v, scale=None if self.scale else 1.0
+        )  # (B, H, F, d)
+        out = out.transpose(1, 2).reshape(B, F, -1)  # (B, F, H·d)
         if self.residual is not None:
             out = out + self.residual(x)
         return torch.relu(out)

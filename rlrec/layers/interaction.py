@@ -108,7 +108,7 @@ class BilinearInteraction(nn.Module):
             nn.init.xavier_uniform_(w)
 
     def forward(self, fields: torch.Tensor) -> torch.Tensor:
-        vi, vj = fields[:, self.i], fields[:, self.j]  # (B, P, D) each
+        vi, vj = fields.index_select(1, self.i), fields.index_select(1, self.j)  # (B, P, D) each
         if self.bilinear_type == "field_all":
             left = vi @ self.weight[0]  # (B, P, D)
         elif self.bilinear_type == "field_each":
