@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlrec.cache import fingerprint
 from rlrec.feedback.base import build_groups
+from rlrec.feedback.judge import JudgeStats
 from rlrec.pipeline import Knowledge, Pipeline
 
 log = logging.getLogger("rlrec")
@@ -35,11 +36,24 @@ class AlignmentLoop:
         self.A: DictConfig = self.cfg.alignment
         dm = pipe.datamodule
         self.prep = dm.prep
-        view = dm.prompts(self.A.get("history_len"))
         template = dm.templates.get(self.A.prompt, self.A.prompt)
-        users = sorted(view.histories)
+        self.rec = None  # RecLAIF: the LLM is the recommender; its answers are the "knowledge"
+        if self.cfg.feedback.name == "judge":
+            from rlrec.data.prompts import DEFAULT_DOMAIN
+            from rlrec.reclaif import RecommendationTask
+
+            options = OmegaConf.to_container(self.cfg.reclaif, resolve=True)
+            self.rec = RecommendationTask(
+                self.prep, template, {**DEFAULT_DOMAIN, **(dm.domain or {})}, **options
+            )
+            self.prompts = self.rec.prompts("train")
+            users = sorted(self.prompts)
+        else:
+            view = dm.prompts(self.A.get("history_len"))
+            users = sorted(view.histories)
+            self.prompts = view.user_prompts(template, users)
         self.users = np.array(users, dtype=np.int64)
-        self.prompts = view.user_prompts(template, users)
+        self.rows: dict[str, dict] = {}  # judge mode: evaluation per policy (zero-shot, SFT, rounds)
         self.llm_cfg = instantiate(self.cfg.llm)
         self.encoder = instantiate(self.cfg.encoder)
         self.root = Fingerprints(self.cfg, self.llm_cfg.fingerprint)
@@ -74,6 +88,8 @@ class AlignmentLoop:
 
     # ---- knowledge ---------------------------------------------------------------------
     def knowledge(self, gen, adapter_fp: str, name: str) -> tuple[Knowledge, list[str]]:
+        if self.rec is not None:
+            return self.evaluate(gen, adapter_fp, name)
         prompts = [self.prompts[int(u)] for u in self.users]
         texts = gen.greedy(prompts, int(self.A.max_new_tokens), adapter_fingerprint=adapter_fp)
         vecs = self.encoder.encode(texts)
@@ -83,6 +99,110 @@ class AlignmentLoop:
             adapter_fp, self.root.base, "greedy", self.A.max_new_tokens, self.encoder.fingerprint
         )
         return Knowledge(name, key, table), texts
+
+    def evaluate(self, gen, adapter_fp: str, name: str) -> tuple[Knowledge, list[str]]:
+        """Judge mode: the policy's greedy answers on the test questions, scored (validity, Hit@k,
+        NDCG@k, diversity) and rated for explainability by the judge; cached as a stage."""
+        prompts = self.rec.prompts("test")
+        users = sorted(prompts)
+        texts = gen.greedy(
+            [prompts[u] for u in users], int(self.A.max_new_tokens), adapter_fingerprint=adapter_fp
+        )
+        key = fingerprint(adapter_fp, self.root.base, "greedy-test", self.A.max_new_tokens)
+
+        def build(work: Path, _texts=texts) -> dict:
+            metrics, parsed = self.rec.evaluate("test", dict(zip(users, _texts)), encode=self.encoder.encode)
+            if self.feedback is None:
+                self.feedback = self.make_feedback()
+            metrics["explainability"] = float(np.nanmean(self.feedback.explain(users, _texts)))
+            examples = [{"user": u, "answer": t, "valid": parsed[u].valid} for u, t in zip(users[:5], _texts)]
+            return {"metrics": metrics, "examples": examples}
+
+        out = self.pipe.cached(f"evaluate/{name}", {"key": key, "feedback": self.cfg.feedback}, build)
+        self.rows[name] = out["metrics"]
+        return Knowledge(name, key, None, metrics=out["metrics"]), texts
+
+    def distill(self, task, gen) -> tuple[str, str]:
+        """Optional SFT of the policy on a teacher's answers to the training prompts (TrackRec's CoT
+        distillation, RecLAIF's SFT on Claude's answers). Teacher: `distill.teacher` (an llm config),
+        an OpenAI-compatible endpoint (`distill.base_url` + `distill.api_model`), or, when neither is
+        set, the policy itself (self-distillation). In judge mode only answers that parse as valid
+        are kept (rejection sampling on the format). Returns (adapter path, adapter fingerprint)."""
+        D, P = self.A.distill, self.cfg.preference
+        pool = [int(u) for u in self.users]
+        rng = np.random.default_rng(int(self.cfg.seed))
+        users = sorted(rng.choice(pool, size=min(int(D.num_users), len(pool)), replace=False).tolist())
+        teacher_cfg = instantiate(D.teacher) if D.get("teacher") else None
+        teacher_id = (
+            teacher_cfg.fingerprint if teacher_cfg else (D.get("api_model") or self.llm_cfg.fingerprint)
+        )
+        deps = {"base": self.root.base, "teacher": teacher_id, "distill": D, "users": users}
+
+        def build(work: Path) -> dict:
+            from torch.utils.data import DataLoader
+
+            from rlrec.llm.data import SFTDataset
+            from rlrec.tasks.sft import SFTTask
+
+            prompts = [self.prompts[u] for u in users]
+            cache = Path(self.cfg.cache_dir) / "generations"
+            if D.get("base_url"):
+                from rlrec.llm.generation import Generator
+
+                teacher = Generator(D.api_model, None, f"openai:{D.api_model}", cache, backend="openai",
+                                    base_url=D.base_url)  # fmt: skip
+            elif teacher_cfg is not None:
+                from rlrec.llm.generation import Generator
+                from rlrec.llm.loading import load_model
+
+                model, tok = load_model(teacher_cfg)
+                teacher = Generator(
+                    model.eval(), tok, teacher_cfg.fingerprint, cache, batch_size=int(self.A.batch_size)
+                )
+            else:
+                teacher = gen
+            answers = teacher.greedy(prompts, int(D.max_new_tokens), adapter_fingerprint="base")
+            strict = self.rec is not None and bool(D.get("require_valid", True))
+
+            def ok(u: int, a: str) -> bool:
+                return bool(a.strip()) and (
+                    not strict or self.rec.parse(self.rec.instances["train"][u], a).valid
+                )
+
+            n_extra = int(D.get("num_samples", 0) or 0)
+            if strict and n_extra:  # greedy answer unusable: try the teacher's samples, keep the first usable
+                redo = [k for k, (u, a) in enumerate(zip(users, answers)) if not ok(u, a)]
+                extra = teacher.sample([prompts[k] for k in redo], n_extra, float(self.A.temperature),
+                                       float(self.A.top_p), int(D.max_new_tokens), seed=int(self.cfg.seed),
+                                       adapter_fingerprint="base") if redo else []  # fmt: skip
+                for k, row in zip(redo, extra):
+                    answers[k] = next((a for a in row if ok(users[k], a)), answers[k])
+            keep = [(u, a) for u, a in zip(users, answers) if ok(u, a)]
+            info = {"teacher_answers": len(answers), "kept": len(keep)}
+            if not keep:
+                raise RuntimeError(
+                    f"distill: none of the teacher's {len(answers)} answers is usable (judge mode keeps only "
+                    "answers that parse as valid); use a stronger alignment.distill.teacher or disable distill"
+                )
+            examples = [{"prompt": self.prompts[u], "completion": a} for u, a in keep]
+            ds = SFTDataset(examples, task.tokenizer, int(P.max_prompt_len), int(D.max_new_tokens) + 8,
+                            bool(P.chat_template))  # fmt: skip
+            sft = SFTTask(self.llm_cfg, lora=OmegaConf.to_container(P.task.lora, resolve=True),
+                          optimizer=instantiate(D.optimizer), tokenizer=task.tokenizer)  # fmt: skip
+            sft.configure_model()
+            loader = DataLoader(ds, batch_size=int(D.batch_size), shuffle=True, collate_fn=ds.collate,
+                                generator=torch.Generator().manual_seed(int(self.cfg.seed)))  # fmt: skip
+            trainer = pl.Trainer(accelerator="cpu", max_epochs=int(D.epochs), logger=False, enable_checkpointing=False,
+                                 enable_model_summary=False, enable_progress_bar=True)  # fmt: skip
+            log_ = MetricLog(prefix="distill/")
+            trainer.callbacks.append(log_)
+            trainer.fit(sft, loader)
+            sft.save_adapter(work / "adapter")
+            return {"metrics": {**log_.means(), **{f"distill/{k}": v for k, v in info.items()}}}
+
+        out = self.pipe.cached("distill", deps, build)
+        self.distill_metrics = out["metrics"]
+        return str(Path(self.pipe.results["stages"]["distill"]["dir"]) / "adapter"), fingerprint(deps)
 
     def fit_feedback(self, knowledge: Knowledge) -> dict:
         if self.feedback is None:
@@ -98,6 +218,8 @@ class AlignmentLoop:
         if self.cfg.feedback.name == "recommender":
             lists = self.pipe.rerank_lists()
             return factory(prep=self.prep, lists=lists["train"], valid_lists=lists["valid"])
+        if self.cfg.feedback.name == "judge":
+            return factory(task=self.rec, cache_dir=Path(self.cfg.cache_dir) / "generations")
         return factory(prep=self.prep)
 
     # ---- one round ---------------------------------------------------------------------
@@ -116,7 +238,15 @@ class AlignmentLoop:
         task = self.task()
         gen = self.generator(task)
         adapter_fp, adapter_path = "base", None
-        k0, texts0 = self.knowledge(gen, adapter_fp, "round0")
+        distill = self.A.get("distill")
+        if distill is not None and distill.get("enabled"):
+            if self.rec is not None:  # RecLAIF's table has a zero-shot row before the SFT row
+                self.knowledge(gen, adapter_fp, "zero_shot")
+            adapter_path, adapter_fp = self.distill(task, gen)
+            task = self.task(adapter_path)
+            gen = self.generator(task)
+            metrics.update(self.distill_metrics)
+        k0, texts0 = self.knowledge(gen, adapter_fp, "sft" if adapter_path else "round0")
         knowledge = {0: k0}
         metrics["round0/knowledge_tokens"] = float(np.mean([len(t.split()) for t in texts0]))
         history = []
@@ -134,6 +264,10 @@ class AlignmentLoop:
             def score(work: Path, _vecs=vecs, _users=users, _samples=samples, _k=knowledge[t - 1]) -> dict:
                 info = self.fit_feedback(_k)
                 rewards = self.feedback.score(_users, _samples, _vecs)
+                if isinstance(
+                    getattr(self.feedback, "stats", None), JudgeStats
+                ):  # verdict counts of this round
+                    info = {**info, **self.feedback.stats.as_dict()}
                 np.save(work / "rewards.npy", rewards)
                 return {"feedback": info, "file": "rewards.npy"}
 
@@ -172,12 +306,15 @@ class AlignmentLoop:
             round_metrics.update({k: float(v) for k, v in aligned["metrics"].items()})
             knowledge[t], texts = self.knowledge(gen, adapter_fp, f"round{t}")
             round_metrics["knowledge_tokens"] = float(np.mean([len(x.split()) for x in texts]))
+            round_metrics.update({f"eval/{k}": float(v) for k, v in knowledge[t].metrics.items()})
             metrics.update({f"iter{t}/{k}": v for k, v in round_metrics.items()})
             history.append({"round": t, **round_metrics})
         self.final_knowledge = knowledge
         self.adapter_path = adapter_path
         metrics["rounds_done"] = max(knowledge)
-        return {"metrics": metrics, "history": history, "knowledge": knowledge}
+        for name, row in self.rows.items():
+            metrics.update({f"{name}/eval/{k}": float(v) for k, v in row.items()})
+        return {"metrics": metrics, "history": history, "knowledge": knowledge, "rows": dict(self.rows)}
 
     def align(self, task, examples: list[dict], work: Path) -> dict:
         """One preference-optimisation round on `examples`; saves the adapter into `work`."""
@@ -210,13 +347,14 @@ class AlignmentLoop:
 class MetricLog(pl.Callback):
     """Collects logged training metrics per step and averages them."""
 
-    def __init__(self):
+    def __init__(self, prefix: str = "align/"):
         self.values: dict[str, list[float]] = {}
+        self.prefix = prefix
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         for k, v in trainer.callback_metrics.items():
             if k.startswith("train/"):
-                self.values.setdefault(k.replace("train/", "align/"), []).append(float(v))
+                self.values.setdefault(k.replace("train/", self.prefix), []).append(float(v))
 
     def means(self) -> dict:
         return {k: float(np.mean(v)) for k, v in self.values.items()}
@@ -231,4 +369,5 @@ class Fingerprints:
         self.base = fingerprint(
             cfg.dataset, cfg.split, llm_fp, cfg.encoder, A.prompt, A.get("history_len"), A.num_samples,
             A.temperature, A.top_p, A.max_new_tokens, A.num_users, cfg.feedback, cfg.preference, cfg.seed,
+            cfg.get("reclaif"), A.get("distill"),
         )  # fmt: skip

@@ -11,7 +11,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,8 @@ class Knowledge:
 
     name: str
     key: str
-    user: np.ndarray
+    user: np.ndarray | None  # None in judge mode: the texts are the recommendations themselves
+    metrics: dict = field(default_factory=dict)  # judge mode: the policy's evaluation
 
 
 log = logging.getLogger("rlrec")
@@ -302,11 +303,84 @@ class Pipeline:
         """The preference-optimisation loop (rlrec.alignment): knowledge texts per round."""
         from rlrec.alignment import AlignmentLoop
 
-        out = AlignmentLoop(self).run()
+        loop = AlignmentLoop(self)
+        out = loop.run()
         self.results["metrics"].update(out["metrics"])
         self.results["history"] = out["history"]
         self.knowledge = out["knowledge"]
+        self.recommend_rows, self.reclaif_task, self.encoder = out["rows"], loop.rec, loop.encoder
         return out
+
+    def recommend(self) -> dict:
+        """RecLAIF's table: the classic baselines (next-item: SASRec; query: BM25 and a dense
+        encoder + faiss retriever) and every LLM policy of the align stage (zero-shot, SFT, DPO
+        round 1..T) on the same test questions — validity, Hit@k / NDCG@k / Precision@k, diversity,
+        explainability."""
+        rows = getattr(self, "recommend_rows", None)
+        assert rows, "the recommend stage needs the align stage with feedback=judge first"
+        rec, cfg = self.reclaif_task, self.cfg
+        test = [rec.instances["test"][u] for u in sorted(rec.instances["test"])]
+        baselines: dict[str, dict] = {}
+        if rec.setting == "next_item":
+            deps = {"dataset": cfg.dataset, "split": cfg.split, "reclaif": cfg.reclaif, "sasrec": cfg.sasrec,
+                    "seed": cfg.seed}  # fmt: skip
+
+            def build(work: Path) -> dict:
+                return {"metrics": self._sasrec(rec, test)}
+
+            baselines["SASRec"] = self.cached("baseline/sasrec", deps, build)["metrics"]
+        else:
+            from rlrec.seqrec.retrieval import BM25Retriever, DenseRetriever
+
+            corpus = rec.texts[1:]  # corpus position p = catalogue item p + 1
+            for name, retriever in (("BM25", BM25Retriever(corpus)), ("Dense", DenseRetriever(self.encoder.encode, corpus))):  # fmt: skip
+                ranked = [
+                    [p + 1 for p in retriever.rank(inst.query, [i - 1 for i in inst.candidates], rec.k)] for inst in test
+                ]  # fmt: skip
+                baselines[name] = {**rec.score_lists(test, ranked, self.encoder.encode), "validity": 1.0}
+        labels = {"zero_shot": "LLM zero-shot", "sft": "SFT", "round0": "LLM (round 0)"}
+        table = dict(baselines)
+        for name, m in rows.items():
+            table[labels.get(name, name.replace("round", "DPO round "))] = m
+        self.results["table"] = {"kind": "recommend", "rows": table, "setting": rec.setting,
+                                 "k": rec.k, "users": len(test)}  # fmt: skip
+        for label, m in baselines.items():
+            self.results["metrics"].update({f"{label.lower()}/{k}": v for k, v in m.items()})
+        return table
+
+    def _sasrec(self, rec, test: list) -> dict:
+        """Train SASRec on every user's positives before the test period; rank each test question's
+        candidates from the same history the LLM sees."""
+        from rlrec.reclaif import next_item_instances
+        from rlrec.seqrec.sasrec import fit_sasrec, pad_left, rank_candidates
+
+        f = self.datamodule.prep.frame
+        f = f[(f["label"] > 0) & f["split"].isin(["prompt", "train"])]
+        seqs = {int(u): g["i"].tolist() for u, g in f.groupby("u", sort=True)}
+        S = self.cfg.sasrec
+        num_items = self.datamodule.prep.spec.num_items
+        model = instantiate(S.model)
+        valid = next_item_instances(self.datamodule.prep.frame, "valid", num_items, len(test[0].history),
+                                    len(test[0].candidates), 1, int(self.cfg.seed))  # fmt: skip
+        v = [valid[u] for u in sorted(valid)]
+        max_len = int(S.model.max_len)
+        batch = {
+            "seq": torch.as_tensor(pad_left([i.history for i in v], max_len)),
+            "target": torch.tensor([i.target for i in v]),
+            "candidates": torch.tensor([i.candidates for i in v]),
+        } if v else None  # fmt: skip
+        sasrec = fit_sasrec(seqs, num_items, valid=batch, model=model, max_epochs=int(S.max_epochs),
+                            batch_size=int(S.batch_size), patience=S.get("patience"),
+                            seed=int(self.cfg.seed), monitor="val/ndcg@10" if batch else "val/ndcg@10")  # fmt: skip
+        hist = pad_left([i.history for i in test], max_len)
+        cands = np.array([i.candidates for i in test])
+        order = rank_candidates(sasrec, hist, cands)
+        ranked = np.take_along_axis(cands, order, 1)[:, : rec.k].tolist()
+        return {
+            **rec.score_lists(test, ranked, self.encoder.encode),
+            "validity": 1.0,
+            "explainability": float("nan"),
+        }
 
     def compare(self) -> dict:
         """The paper table: cfg.backbone without knowledge, with the un-aligned LLM's knowledge

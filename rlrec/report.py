@@ -31,6 +31,8 @@ def _fmt(x) -> str:
 TABLE_COLUMNS = {
     "ctr": ("test/auc", "test/logloss", "test/uauc", "val/auc"),
     "rerank": ("test/map@5", "test/ndcg@5", "test/click@5", "val/map@5", "val/ndcg@5"),
+    # RecLAIF's Table 3 (next-item) / Table 2 (query); Precision@5 and NDCG@5 matter for the query setting
+    "recommend": ("hit@1", "ndcg@3", "validity", "diversity", "explainability", "ndcg@5", "precision@5"),
 }
 ROW_LABELS = {
     "base": "base (no knowledge)",
@@ -39,7 +41,8 @@ ROW_LABELS = {
 }
 ROUND_COLUMNS = ("reward/mean", "reward/best_mean", "reward/spread", "pairs/groups", "align/sdpo_loss",
                  "align/dpo_loss", "align/ipo_loss", "align/reward_acc", "validator/val_auc",
-                 "recommender/val_ndcg@5", "knowledge_tokens")  # fmt: skip
+                 "recommender/val_ndcg@5", "judge/consistency", "eval/validity", "eval/hit@1",
+                 "eval/ndcg@3", "knowledge_tokens")  # fmt: skip
 
 
 def paper_table(results: dict) -> str:
@@ -47,6 +50,8 @@ def paper_table(results: dict) -> str:
     table = results.get("table")
     if not table:
         return ""
+    if table["kind"] == "recommend":
+        return recommend_table(table)
     cols = TABLE_COLUMNS[table["kind"]]
     backbone = results.get("run", {}).get("backbone", "")
     lines = ["| backbone | knowledge | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
@@ -66,6 +71,18 @@ def paper_table(results: dict) -> str:
             lines.append(
                 f"| {pair} | {metric} | {e['mean_diff']:+.4f} | {_fmt(e.get('t'))} | {_fmt(e.get('p'))} |"
             )
+    return "\n".join(lines) + "\n"
+
+
+def recommend_table(table: dict) -> str:
+    """RecLAIF-style: one row per method (baselines, the LLM zero-shot, SFT, DPO round 1..T)."""
+    cols = TABLE_COLUMNS["recommend"]
+    lines = ["| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for label, m in table["rows"].items():
+        lines.append(f"| {label} | " + " | ".join(_fmt(m.get(c)) for c in cols) + " |")
+    lines += ["", f"{table['users']} test questions ({table['setting']}, top-{table['k']}); an invalid answer "
+              "scores 0 on relevance; diversity = mean pairwise cosine distance of the recommended items' "
+              "encoder vectors; explainability = the judge's 0–5 rating mapped to 1–100."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -91,7 +108,9 @@ def write_plots(results: dict, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     written = []
     table = results.get("table")
-    if table:
+    if table and table["kind"] == "recommend":
+        written.append(_recommend_plot(table, out_dir / "methods.png"))
+    elif table:
         metric = TABLE_COLUMNS[table["kind"]][0]
         labels = list(table["rows"])
         values = [float(table["rows"][k].get(metric, float("nan"))) for k in labels]
@@ -125,6 +144,27 @@ def write_plots(results: dict, out_dir: str | Path) -> list[Path]:
     return written
 
 
+def _recommend_plot(table: dict, path: Path) -> Path:
+    """RecLAIF's Figure 3: each metric per method (SFT → DPO rounds), one panel per metric."""
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in ("validity", "hit@1", "ndcg@3", "diversity", "explainability")]
+    labels = list(table["rows"])
+    fig, axes = plt.subplots(1, len(cols), figsize=(3 * len(cols), 3))
+    for ax, c in zip(axes, cols):
+        ax.bar(
+            range(len(labels)),
+            [float(table["rows"][k].get(c, float("nan"))) for k in labels],
+            color="#6a9fd4",
+        )
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+        ax.set_title(c)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def run_markdown(results: dict) -> str:
     """One run: its identity, the paper table and per-round table (if any), then every metric."""
     run = results.get("run", {})
@@ -132,7 +172,9 @@ def run_markdown(results: dict) -> str:
         f"## {run.get('experiment', 'run')} — "
         + ", ".join(f"{k}={v}" for k, v in run.items() if k != "experiment")
     ]
-    for title, body in (("Knowledge variants", paper_table(results)), ("Rounds", rounds_table(results))):
+    kind = (results.get("table") or {}).get("kind")
+    first = "Methods (RecLAIF table)" if kind == "recommend" else "Knowledge variants"
+    for title, body in ((first, paper_table(results)), ("Rounds", rounds_table(results))):
         if body:
             lines += ["", f"### {title}", "", body.rstrip()]
     lines += ["", "### All metrics", "", "| metric | value |", "|---|---|"]

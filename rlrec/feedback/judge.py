@@ -16,6 +16,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 CRITERIA = ("relevance", "diversity", "explainability")
 
 _MARKDOWN = re.compile(r"[*_`#]+")
@@ -203,3 +205,156 @@ class JudgeStats:
     def as_dict(self) -> dict[str, float]:
         rate = self.consistent / self.pairs if self.pairs else math.nan
         return {f"judge/{k}": v for k, v in self.__dict__.items()} | {"judge/consistency": rate}
+
+
+# ---- the strategy: an LLM judge behind the Feedback protocol ------------------------------------
+DECISION_PREFIX = "Chosen Option:"
+EXPLAIN_PREFIX = "Explainability Score:"
+
+
+class JudgeFeedback:
+    """`feedback=judge` (RecLAIF): rewards of a user's N sampled answers from pairwise judge verdicts
+    (every pair i < j, both orders): reward_j = wins of j (a tie or an undecided pair gives each ½),
+    so N = 2 gives the paper's DPO pair and all-equal groups (no decision) are dropped downstream.
+
+    mode "generate" (the paper): the judge writes the template's full evaluation; the verdict is
+    parsed, and kept only when both orders agree (`combine`). mode "logits" (small or local judges):
+    the decision is read from the judge's next-token distribution over "A"/"B" after
+    "Chosen Option:" in both orders, p(1 ≻ 2) = ½[P(A | 1 as A) + P(B | 2 as A)] — the position
+    bias cancels — and a pair is decided when |p − ½| > `margin`. `explain` scores one answer's
+    explainability on RecLAIF's 1–100 scale the same two ways (0–5 → 1 + 99·s/5)."""
+
+    name = "judge"
+
+    def __init__(
+        self, task, llm, template, explain_template, mode: str = "logits", margin: float = 0.0,
+        max_new_tokens: int = 384, batch_size: int = 8, cache_dir: str | None = None, progress: bool = True,
+        base_url: str | None = None, api_model: str | None = None,
+    ):  # fmt: skip
+        from rlrec.data.prompts import PromptTemplate
+
+        if mode not in ("generate", "logits"):
+            raise ValueError(f"feedback.strategy.mode must be 'generate' or 'logits', got {mode!r}")
+        self.task, self.llm_cfg, self.mode, self.margin = task, llm, mode, float(margin)
+        self.template = PromptTemplate(template) if isinstance(template, str) else template
+        self.explain_template = (
+            PromptTemplate(explain_template) if isinstance(explain_template, str) else explain_template
+        )
+        self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
+        self.cache_dir, self.progress = cache_dir, progress
+        self.base_url, self.api_model = base_url, api_model
+        if base_url and mode == "logits":
+            raise ValueError(
+                "an endpoint judge (feedback.strategy.base_url) needs feedback.strategy.mode=generate"
+            )
+        self._model = self._tokenizer = self._generator = None
+        self.stats = JudgeStats()
+
+    # -- the judge model (loaded on first use) -------------------------------------------------
+    def _load(self):
+        if self._model is None:
+            from rlrec.llm.loading import load_model
+
+            self._model, self._tokenizer = load_model(self.llm_cfg)
+            self._model.eval()
+        return self._model, self._tokenizer
+
+    def _generate(self, prompts: list[str]) -> list[str]:
+        if self._generator is None:
+            from rlrec.llm.generation import Generator
+
+            if self.base_url:
+                self._generator = Generator(self.api_model, None, f"openai:{self.api_model}", self.cache_dir,
+                                            backend="openai", base_url=self.base_url)  # fmt: skip
+                return self._generator.greedy(prompts, self.max_new_tokens, adapter_fingerprint="judge")
+            model, tok = self._load()
+            self._generator = Generator(
+                model, tok, self.llm_cfg.fingerprint, self.cache_dir, batch_size=self.batch_size,
+                progress=self.progress,
+            )  # fmt: skip
+        return self._generator.greedy(prompts, self.max_new_tokens, adapter_fingerprint="judge")
+
+    def _choice(self, prompts: list[str], prefix: str, choices: Sequence[str]):
+        from rlrec.llm.chat import format_chat
+        from rlrec.llm.logps import choice_probs
+
+        model, tok = self._load()
+        formatted = [format_chat(tok, p) + prefix for p in prompts]
+        return choice_probs(model, tok, formatted, choices, self.batch_size).numpy()  # (P, C)
+
+    # -- prompts -------------------------------------------------------------------------------
+    def _context(self, user: int) -> dict:
+        inst = self.task.instances["train"].get(user) or self.task.instances["test"][user]
+        ent = self.task.entity
+        history = [{"title": inst.query}] if inst.query is not None else [ent(i) for i in inst.history]
+        target = ent(inst.target) if inst.target is not None else {"title": ", ".join(
+            self.task.titles[i] for i in sorted(inst.relevant))}  # fmt: skip
+        return {"history": history, "candidates": [ent(i) for i in inst.candidates], "target": target,
+                "domain": self.task.domain, "k": self.task.k, "query": inst.query}  # fmt: skip
+
+    def judge_prompt(self, user: int, option_a: str, option_b: str) -> str:
+        return self.template.render(option_a=option_a, option_b=option_b, **self._context(user))
+
+    # -- Feedback protocol ---------------------------------------------------------------------
+    def fit(self, user_vectors=None) -> dict:
+        return {}  # the judge is not trained
+
+    def score(self, users, texts: list[list[str]], vectors=None) -> np.ndarray:
+        """(U, N) rewards: pairwise wins of each answer."""
+        users = [int(u) for u in users]
+        self.stats = JudgeStats()  # this call's verdict counts
+        N = len(texts[0]) if texts else 0
+        pairs = [
+            (u, i, j) for u, row in zip(users, range(len(users))) for i in range(N) for j in range(i + 1, N)
+        ]
+        rewards = np.zeros((len(users), N))
+        row_of = {u: r for r, u in enumerate(users)}
+        if not pairs:
+            return rewards
+        if self.mode == "generate":
+            fns = [lambda a, b, _u=u: self.judge_prompt(_u, a, b) for u, _, _ in pairs]
+            opts = [(texts[row_of[u]][i], texts[row_of[u]][j]) for u, i, j in pairs]
+            results = judge_pairs(self._generate, fns, opts)
+            self.stats.update(results)
+            winners = [r.winner for r in results]
+        else:
+            prompts = []
+            for u, i, j in pairs:
+                a, b = texts[row_of[u]][i], texts[row_of[u]][j]
+                prompts += [self.judge_prompt(u, a, b), self.judge_prompt(u, b, a)]
+            p = self._choice(prompts, DECISION_PREFIX, ("A", "B"))  # (2P, 2)
+            first = 0.5 * (p[0::2, 0] + p[1::2, 1])  # P(option i ≻ option j), position bias averaged out
+            winners = [0 if x > 0.5 + self.margin else 1 if x < 0.5 - self.margin else None for x in first]
+            agree = (p[0::2, 0] > 0.5) == (p[1::2, 1] > 0.5)
+            self.stats.pairs += len(pairs)
+            self.stats.consistent += int(agree.sum())
+            self.stats.inconsistent += int((~agree).sum())
+            self.stats.ties += int(sum(w is None for w in winners))
+        for (u, i, j), w in zip(pairs, winners):
+            r = row_of[u]
+            if w is None:
+                rewards[r, i] += 0.5
+                rewards[r, j] += 0.5
+            else:
+                rewards[r, (i, j)[w]] += 1.0
+        return rewards
+
+    def explain(self, users, texts: list[str]) -> np.ndarray:
+        """(U,) explainability 1–100 of each user's answer (nan where a generated score is unreadable)."""
+        prompts = [
+            self.explain_template.render(option=t, **self._context(int(u))) for u, t in zip(users, texts)
+        ]
+        if not prompts:
+            return np.zeros(0)
+        if self.mode == "logits":
+            p = self._choice(prompts, EXPLAIN_PREFIX, tuple("012345"))  # (U, 6)
+            expected = p @ np.arange(6)
+            return 1 + 99 * expected / 5
+        out = []
+        for answer in self._generate(prompts):
+            m = re.search(
+                r"explainability\s*score\s*[:\-]?\s*\[?\s*(\d+(?:\.\d+)?)", answer, re.I
+            ) or re.search(r"\b(\d(?:\.\d+)?)\s*(?:/\s*5)?\b", answer)
+            s = float(m.group(1)) if m else math.nan
+            out.append(1 + 99 * s / 5 if 0 <= s <= 5 else math.nan)
+        return np.array(out)

@@ -6,6 +6,8 @@ head over the prompt is wasted work). `shared_prompt_logps` also runs each promp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -141,3 +143,48 @@ def shared_prompt_logps(
     rest = _token_logps_to_rows(out.logits, targets, keep.nonzero()[:, 0], R)
     logps = first * completion_mask[:, 0] + rest
     return torch.empty_like(logps).index_copy(0, order, logps)  # back to the blocked order
+
+
+def choice_token_ids(tokenizer, choices: Sequence[str]) -> list[list[int]]:
+    """For each choice ("Yes", "A", …) the first-token ids of its spellings ("Yes", " Yes"), read
+    from the tokenizer — never hard-coded, so any model works. Raises if two choices share a token."""
+    ids = []
+    for c in choices:
+        variants = set()
+        for v in (c, " " + c):
+            first = tokenizer.encode(v, add_special_tokens=False)[0]
+            if tokenizer.decode([first]).strip():  # a bare "▁"/space token is not this choice
+                variants.add(first)
+        if not variants:
+            raise ValueError(f"choice {c!r} has no first token of its own in this tokenizer")
+        ids.append(sorted(variants))
+    flat = [i for v in ids for i in v]
+    if len(flat) != len(set(flat)):
+        raise ValueError(f"choices {list(choices)} share a first token in this tokenizer: {ids}")
+    return ids
+
+
+@torch.no_grad()
+def choice_probs(
+    model, tokenizer, prompts: Sequence[str], choices: Sequence[str], batch_size: int = 8
+) -> torch.Tensor:
+    """(P, C): probability that the next token after each (fully formatted) prompt is each choice,
+    renormalised over the choices — TrackRec's P(Yes) / (P(Yes) + P(No)) for an LLM validator, and a
+    judge's A/B decision read from its logits. Each choice sums its spellings' probabilities."""
+    ids = choice_token_ids(tokenizer, choices)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        rows = [tokenizer.encode(p, add_special_tokens=False) for p in prompts[s : s + batch_size]]
+        T = max(len(r) for r in rows)
+        input_ids = torch.tensor(
+            [[pad] * (T - len(r)) + r for r in rows], device=device
+        )  # (B, T) left-padded
+        mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows], device=device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+        logp = logits.float().log_softmax(-1)  # (B, V)
+        per_choice = torch.stack([logp[:, v].logsumexp(-1) for v in ids], dim=-1)  # (B, C)
+        out.append(per_choice.softmax(-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, len(choices))

@@ -174,3 +174,26 @@ def test_dpo4rec_smoke_in_process(tmp_path):
     for key in ("base/test/map@5", "round0/test/ndcg@5", "aligned/test/map@5", "iter1/reward/mean"):
         assert key in m, key
     assert res["table"]["kind"] == "rerank"
+
+
+def test_reclaif_smoke_in_process(tmp_path):
+    """The LLM as recommender: zero-shot → SFT → one DPO round on judge pairs → the table with SASRec."""
+    res = run(
+        _paper_cfg(tmp_path, "reclaif_movielens", "llm@feedback.strategy.llm=tiny_random",
+                   "profile.rec_max_new_tokens=16", "alignment.distill.require_valid=false",
+                   "alignment.distill.epochs=1", "profile.align_users=6", "profile.eval_users=6"),
+        tmp_path / "a",
+    )  # fmt: skip
+    table = res["table"]
+    assert table["kind"] == "recommend"
+    assert list(table["rows"])[:3] == ["SASRec", "LLM zero-shot", "SFT"], list(table["rows"])
+    for label, row in table["rows"].items():
+        assert 0 <= row["validity"] <= 1 and 0 <= row["hit@1"] <= row["hit@3"] <= 1, (label, row)
+    assert table["rows"]["SASRec"]["validity"] == 1.0
+    llm_rows = [r for k, r in table["rows"].items() if k != "SASRec"]
+    assert all(1 <= r["explainability"] <= 100 for r in llm_rows)  # judge logits → 1–100
+    m = res["metrics"]
+    assert m["distill/kept"] == 6  # require_valid=false keeps every non-empty teacher answer
+    assert m["iter1/judge/pairs"] == 6 and m["iter1/judge/consistent"] + m["iter1/judge/inconsistent"] == 6
+    assert "| SASRec |" in (tmp_path / "a" / "results.md").read_text()
+    assert (tmp_path / "a" / "methods.png").exists()
