@@ -98,7 +98,7 @@ class AlignmentLoop:
         key = fingerprint(
             adapter_fp, self.root.base, "greedy", self.A.max_new_tokens, self.encoder.fingerprint
         )
-        return Knowledge(name, key, table), texts
+        return Knowledge(name, key, table, texts=dict(zip(self.users.tolist(), texts))), texts
 
     def evaluate(self, gen, adapter_fp: str, name: str) -> tuple[Knowledge, list[str]]:
         """Judge mode: the policy's greedy answers on the test questions, scored (validity, Hit@k,
@@ -209,7 +209,7 @@ class AlignmentLoop:
             self.feedback = self.make_feedback()
         if self._fitted_on == knowledge.key:
             return {}
-        info = self.feedback.fit(knowledge.user)
+        info = self.feedback.fit(knowledge.user, texts=knowledge.texts)
         self._fitted_on = knowledge.key
         return info
 

@@ -37,6 +37,7 @@ class Knowledge:
     key: str
     user: np.ndarray | None  # None in judge mode: the texts are the recommendations themselves
     metrics: dict = field(default_factory=dict)  # judge mode: the policy's evaluation
+    texts: dict | None = None  # u → the text the vectors encode (an LLM validator reads text)
 
 
 log = logging.getLogger("rlrec")

@@ -20,8 +20,9 @@ from rlrec.knowledge.index import drop_near_duplicates
 class Feedback(Protocol):
     name: str
 
-    def fit(self, user_vectors: np.ndarray) -> dict:
-        """(Re)train on knowledge vectors for every user: (num_users + 1, D), row 0 = padding."""
+    def fit(self, user_vectors: np.ndarray, texts: dict[int, str] | None = None) -> dict:
+        """(Re)train on the current knowledge of every user: vectors (num_users + 1, D), row 0 =
+        padding, and the texts themselves (u → text) for strategies that read text (an LLM V)."""
 
     def score(self, users: np.ndarray, texts: list[list[str]], vectors: np.ndarray) -> np.ndarray:
         """(U, N) rewards for N candidate texts of each user."""

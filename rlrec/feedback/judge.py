@@ -296,7 +296,7 @@ class JudgeFeedback:
         return self.template.render(option_a=option_a, option_b=option_b, **self._context(user))
 
     # -- Feedback protocol ---------------------------------------------------------------------
-    def fit(self, user_vectors=None) -> dict:
+    def fit(self, user_vectors=None, texts=None) -> dict:
         return {}  # the judge is not trained
 
     def score(self, users, texts: list[list[str]], vectors=None) -> np.ndarray:

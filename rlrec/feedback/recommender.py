@@ -50,7 +50,7 @@ class RecommenderFeedback:
         self.fold_of = user_folds(prep.spec.num_users, folds, seed)
         self.models: list[nn.Module] = []
 
-    def fit(self, user_vectors: np.ndarray) -> dict:
+    def fit(self, user_vectors: np.ndarray, texts: dict[int, str] | None = None) -> dict:
         vec = torch.as_tensor(user_vectors, dtype=torch.float32)
         spec = self.prep.spec.with_knowledge((vec.shape[1],))
         train, valid = self.lists.tensors(), self.valid_lists.tensors()

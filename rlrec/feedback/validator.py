@@ -70,7 +70,7 @@ class CTRValidator:
     def _subset(self, t: dict, keep: torch.Tensor) -> dict:
         return {k: v[keep] for k, v in t.items()}
 
-    def fit(self, user_vectors: np.ndarray) -> dict:
+    def fit(self, user_vectors: np.ndarray, texts: dict[int, str] | None = None) -> dict:
         vec = torch.as_tensor(user_vectors, dtype=torch.float32)
         spec = self.prep.spec.with_knowledge((vec.shape[1],))
         fold_t = torch.as_tensor(self.fold_of)
@@ -125,4 +125,128 @@ class CTRValidator:
                     rewards[sel, j] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
             finally:
                 model.embedding.user_knowledge.copy_(saved)
+        return rewards
+
+
+class LLMValidator:
+    """V = an LLM answering Yes/No (TrackRec's LLM validator). The reward of a text about user u is
+    the mean over u's training samples (item, label) of P(true label), with
+
+        P(Yes) = p(Yes) / (p(Yes) + p(No))
+
+    read from V's next-token distribution after TrackRec's recommendation prompt (`trackrec_rec`)
+    holding the text as the user's summary — the token ids come from V's tokenizer (`choice_probs`).
+    Cross-fitted like `CTRValidator`: one LoRA-tuned V per user fold, and fold k's V scores only
+    users of fold k, so it never saw their labels. `fit` is Rec-tuning: SFT of each V on "Yes."/"No."
+    answers for training samples of the other folds' users, with their current (greedy) texts as
+    summaries; `restart=True` starts each round from the base weights, else continues. `tune=False`
+    uses the base LLM as V (zero-shot)."""
+
+    name = "validator"
+
+    def __init__(
+        self, prep: PreparedData, llm, domain: dict | None = None, template: str = "trackrec_rec",
+        history_len: int = 10, samples_per_user: int = 8, tune: bool = True, tune_samples: int = 512,
+        lora: dict | None = None, optimizer: Callable | None = None, epochs: int = 1, batch_size: int = 4,
+        max_prompt_len: int = 768, folds: int = 2, restart: bool = True, seed: int = 0,
+    ):  # fmt: skip
+        from rlrec.data.prompts import DEFAULT_DOMAIN, PromptTemplate, PromptView
+
+        assert folds >= 2, "cross-fitting needs at least 2 user folds"
+        self.prep, self.llm_cfg, self.tune = prep, llm, tune
+        self.view = PromptView(prep, {**DEFAULT_DOMAIN, **(domain or {})}, history_len)
+        self.template = PromptTemplate(template)
+        self.samples_per_user, self.tune_samples = samples_per_user, tune_samples
+        self.lora = dict(lora or {"r": 8, "alpha": 16, "dropout": 0.0})
+        self.optimizer, self.epochs, self.batch_size = optimizer, epochs, batch_size
+        self.max_prompt_len, self.folds, self.restart, self.seed = max_prompt_len, folds, restart, seed
+        self.fold_of = user_folds(prep.spec.num_users, folds, seed)
+        f = prep.frame
+        rows = prep.rows("train")
+        self.rows_of: dict[int, np.ndarray] = {}
+        rng = np.random.default_rng(seed)
+        users = f["u"].to_numpy()[rows]
+        for u in np.unique(users):
+            mine = rows[users == u]
+            self.rows_of[int(u)] = np.sort(rng.choice(mine, min(samples_per_user, len(mine)), replace=False))
+        self.tasks: list = []
+        self.summaries: dict[int, str] = {}
+
+    def prompt(self, u: int, row: int, summary: str | None) -> str:
+        item = self.view.item(int(self.prep.frame["i"].iat[row]))
+        return self.template.render(
+            user=self.view.user(u), history=self.view.history(u), target=item, summary=summary,
+            domain=self.view.domain,
+        )  # fmt: skip
+
+    def _task(self, k: int):
+        from rlrec.tasks.sft import SFTTask
+
+        if self.restart or len(self.tasks) <= k:
+            task = SFTTask(self.llm_cfg, lora=self.lora, optimizer=self.optimizer)
+            task.configure_model()
+            if len(self.tasks) <= k:
+                self.tasks.append(task)
+            else:
+                self.tasks[k] = task
+        return self.tasks[k]
+
+    def fit(self, user_vectors=None, texts: dict[int, str] | None = None) -> dict:
+        """Rec-tuning on the current texts (u → greedy text); returns mean SFT loss per fold."""
+        self.summaries = dict(texts or {})
+        losses = []
+        for k in range(self.folds):
+            task = self._task(k)
+            if not self.tune:
+                continue
+            import pytorch_lightning as pl
+            from torch.utils.data import DataLoader
+
+            from rlrec.llm.data import SFTDataset
+
+            rng = np.random.default_rng(self.seed + k)
+            pool = [(u, r) for u, rows in self.rows_of.items() if self.fold_of[u] != k for r in rows]
+            pick = rng.choice(len(pool), min(self.tune_samples, len(pool)), replace=False) if pool else []
+            labels = self.prep.frame["label"].to_numpy()
+            examples = [
+                {"prompt": self.prompt(u, r, self.summaries.get(u)), "completion": "Yes." if labels[r] > 0 else "No."}
+                for u, r in (pool[i] for i in pick)
+            ]  # fmt: skip
+            ds = SFTDataset(examples, task.tokenizer, self.max_prompt_len, 4, chat_template=True)
+            loader = DataLoader(ds, batch_size=self.batch_size, shuffle=True, collate_fn=ds.collate,
+                                generator=torch.Generator().manual_seed(self.seed + k))  # fmt: skip
+            trainer = pl.Trainer(accelerator="cpu", max_epochs=self.epochs, logger=False, enable_checkpointing=False,
+                                 enable_model_summary=False, enable_progress_bar=True)  # fmt: skip
+            task.train()
+            trainer.fit(task, loader)
+            task.eval()
+            losses.append(float(trainer.callback_metrics.get("train/sft_loss", float("nan"))))
+        return {"validator/sft_loss": float(np.mean(losses))} if losses else {}
+
+    def p_yes(self, k: int, prompts: list[str]) -> np.ndarray:
+        from rlrec.llm.chat import format_chat
+        from rlrec.llm.logps import choice_probs
+
+        task = self._task(k) if len(self.tasks) <= k else self.tasks[k]
+        tok = task.tokenizer
+        formatted = [format_chat(tok, p) for p in prompts]
+        return choice_probs(task.policy.eval(), tok, formatted, ("Yes", "No"), self.batch_size).numpy()[:, 0]
+
+    def score(self, users: np.ndarray, texts: list[list[str]], vectors=None) -> np.ndarray:
+        users = np.asarray(users)
+        N = len(texts[0]) if texts else 0
+        rewards = np.full((len(users), N), np.nan)
+        labels = self.prep.frame["label"].to_numpy()
+        for k in range(self.folds):
+            sel = [s for s in range(len(users)) if self.fold_of[int(users[s])] == k]
+            jobs = [(s, j, r) for s in sel for j in range(N) for r in self.rows_of.get(int(users[s]), [])]
+            if not jobs:
+                continue
+            prompts = [self.prompt(int(users[s]), r, texts[s][j]) for s, j, r in jobs]
+            p = self.p_yes(k, prompts)
+            pt = p_true(p, labels[[r for _, _, r in jobs]])
+            for s in sel:
+                for j in range(N):
+                    mine = [x for (s2, j2, _), x in zip(jobs, pt) if s2 == s and j2 == j]
+                    rewards[s, j] = float(np.mean(mine)) if mine else np.nan
         return rewards

@@ -197,3 +197,17 @@ def test_reclaif_smoke_in_process(tmp_path):
     assert m["iter1/judge/pairs"] == 6 and m["iter1/judge/consistent"] + m["iter1/judge/inconsistent"] == 6
     assert "| SASRec |" in (tmp_path / "a" / "results.md").read_text()
     assert (tmp_path / "a" / "methods.png").exists()
+
+
+def test_trackrec_with_llm_validator_smoke(tmp_path):
+    """TrackRec with V = an LLM answering Yes/No (cross-fitted LoRA Vs, Rec-tuned by SFT)."""
+    res = run(
+        _paper_cfg(tmp_path, "trackrec_movielens", "feedback=llm_validator", "llm@feedback.strategy.llm=tiny_random",
+                   "profile.align_users=4", "compare.seeds=[1]"),
+        tmp_path / "a",
+    )  # fmt: skip
+    m = res["metrics"]
+    assert np.isfinite(m["iter1/validator/sft_loss"])  # Rec-tuning ran before scoring
+    # rewards are mean P(true label) ∈ (0, 1)
+    assert 0 < m["iter1/reward/mean"] < 1 and m["iter1/reward/spread"] >= 0
+    assert set(res["table"]["rows"]) == {"base", "round0", "aligned"}
