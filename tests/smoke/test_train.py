@@ -211,3 +211,45 @@ def test_trackrec_with_llm_validator_smoke(tmp_path):
     # rewards are mean P(true label) ∈ (0, 1)
     assert 0 < m["iter1/reward/mean"] < 1 and m["iter1/reward/spread"] >= 0
     assert set(res["table"]["rows"]) == {"base", "round0", "aligned"}
+
+
+def _write_esci(folder, queries=24, products=120, seed=0):
+    """A small ESCI-shaped folder: each query has 12 Exact and 6 other judged products."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    words = ["lamp", "desk", "usb", "cable", "shoe", "red", "blue", "steel", "wood", "mini", "pro", "case"]
+    titles = [" ".join(rng.choice(words, 3)) + f" {p}" for p in range(products)]
+    rows = []
+    for q in range(queries):
+        picked = rng.choice(products, 18, replace=False)
+        for k, p in enumerate(picked):
+            rows.append({"query": f"{words[q % 12]} {words[(q * 5) % 12]}", "query_id": q, "product_id": f"P{p}",
+                         "product_locale": "us", "esci_label": "E" if k < 12 else "SCI"[k % 3],
+                         "small_version": 1, "large_version": 1, "split": "train"})  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(folder / "shopping_queries_dataset_examples.parquet", index=False)
+    pd.DataFrame({"product_id": [f"P{p}" for p in range(products)], "product_title": titles,
+                  "product_locale": "us"}).to_parquet(folder / "shopping_queries_dataset_products.parquet", index=False)  # fmt: skip
+    return folder
+
+
+def test_reclaif_query_setting_with_retrieval_baselines(tmp_path):
+    """ESCI-style query retrieval: 10 Exact + 5 others per query, BM25 and dense baselines, the LLM rows."""
+    folder = _write_esci(tmp_path / "esci")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "+experiment=reclaif_esci", f"dataset.path={folder}", "profile=smoke", "threads=1",
+            f"output_dir={tmp_path}/run", f"cache_dir={tmp_path}/cache", "llm=tiny_random",
+            "llm@feedback.strategy.llm=tiny_random", "profile.rec_max_new_tokens=12", "alignment.distill.enabled=false",
+            "profile.align_users=4", "profile.eval_users=5", "dataset.max_users=null",
+        ])  # fmt: skip
+    res = run(cfg, tmp_path / "run")
+    rows = res["table"]["rows"]
+    assert (
+        res["table"]["setting"] == "query" and 1 <= res["table"]["users"] <= 5
+    )  # test queries: a seeded 20%
+    assert list(rows)[:3] == ["BM25", "Dense", "LLM (round 0)"], list(rows)
+    for name in ("BM25", "Dense"):  # a retriever always returns k candidates: precision@5 ≥ 0 and validity 1
+        assert rows[name]["validity"] == 1.0 and 0 <= rows[name]["precision@5"] <= 1
+        assert 0 <= rows[name]["ndcg@5"] <= 1 and 0 < rows[name]["diversity"] <= 2
