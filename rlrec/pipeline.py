@@ -36,6 +36,7 @@ class Knowledge:
     name: str
     key: str
     user: np.ndarray | None  # None in judge mode: the texts are the recommendations themselves
+    item: np.ndarray | None = None  # (num_items + 1, D) item knowledge (KAR), row 0 = padding
     metrics: dict = field(default_factory=dict)  # judge mode: the policy's evaluation
     texts: dict | None = None  # u → the text the vectors encode (an LLM validator reads text)
 
@@ -125,10 +126,14 @@ class Pipeline:
         spec = self.datamodule.feature_spec
         if knowledge is None:
             return instantiate(factory)(features=spec)
+        dims = (knowledge.user.shape[1],) + ((knowledge.item.shape[1],) if knowledge.item is not None else ())
         model = instantiate(factory)(
-            features=spec.with_knowledge((knowledge.user.shape[1],)), adapter=instantiate(self.cfg.adapter)
+            features=spec.with_knowledge(dims), adapter=instantiate(self.cfg.adapter)
         )
-        model.embedding.set_knowledge(user=torch.as_tensor(knowledge.user, dtype=torch.float32))
+        model.embedding.set_knowledge(
+            user=torch.as_tensor(knowledge.user, dtype=torch.float32),
+            item=None if knowledge.item is None else torch.as_tensor(knowledge.item, dtype=torch.float32),
+        )
         return model
 
     def fit_backbone(
@@ -311,6 +316,72 @@ class Pipeline:
         self.knowledge = out["knowledge"]
         self.recommend_rows, self.reclaif_task, self.encoder = out["rows"], loop.rec, loop.encoder
         return out
+
+    def kar(self) -> dict:
+        """KAR (Xi et al. 2023) on re-rank lists: the LLM writes user-preference knowledge (KAR's user
+        prompt, from each user's prompt history) and factual item knowledge (KAR's item prompt, for
+        every item in the lists); the encoder embeds both; every re-ranker of `kar.backbones` is
+        trained without and with them (user + item fields through `adapter`, KAR's hybrid-expert
+        adaptor by default) over `compare.seeds`. Generations and vectors are cached: a rerun
+        regenerates nothing."""
+        from scipy.stats import ttest_rel
+
+        from rlrec.cache import fingerprint
+        from rlrec.tasks.llm import LLMTask
+
+        cfg, K, dm = self.cfg, self.cfg.kar, self.datamodule
+        prep = dm.prep
+        llm_cfg, encoder = instantiate(cfg.llm), instantiate(cfg.encoder)
+        view = dm.prompts(K.get("history_len"))
+        users = sorted(view.histories)
+        lists = self.rerank_lists()
+        items = sorted({int(i) for s in SPLITS for i in np.unique(lists[s].items) if i > 0})
+        user_prompts = view.user_prompts(dm.templates.get("user", "user"), users)
+        item_prompts = view.item_prompts(dm.templates.get("item", "item"), items)
+        task = LLMTask(llm_cfg)
+        task.configure_model()
+        gen = self.generator_for(task, llm_cfg)
+        log.info("kar: knowledge for %d users and %d items", len(users), len(items))
+        user_texts = gen.greedy([user_prompts[u] for u in users], int(K.user_max_new_tokens))
+        item_texts = gen.greedy([item_prompts[i] for i in items], int(K.item_max_new_tokens))
+        uv, iv = encoder.encode(user_texts), encoder.encode(item_texts)
+        user = np.zeros((prep.spec.num_users + 1, uv.shape[1]), np.float32)
+        item = np.zeros((prep.spec.num_items + 1, iv.shape[1]), np.float32)
+        user[users], item[items] = uv, iv
+        key = fingerprint(llm_cfg.fingerprint, cfg.dataset, cfg.split, K, encoder.fingerprint, users, items)
+        knowledge = Knowledge("kar", key, user, item=item)
+        seeds = list(cfg.compare.get("seeds") or [cfg.seed])
+        rows: dict[str, dict] = {}
+        paired: dict[str, dict] = {}
+        for name in K.backbones:
+            node = OmegaConf.create(OmegaConf.to_container(cfg.kar.backbone_configs[name], resolve=True))
+            runs = {v: [self.fit_reranker(node, record=False, knowledge=k, seed=int(sd))["metrics"] for sd in seeds]
+                    for v, k in (("base", None), ("kar", knowledge))}  # fmt: skip
+            for v, per in runs.items():
+                keys = per[0].keys()
+                row = {m: float(np.mean([r[m] for r in per])) for m in keys}
+                if len(seeds) > 1:
+                    row.update({f"{m}_std": float(np.std([r[m] for r in per], ddof=1)) for m in keys})
+                rows[f"{name}/{v}"] = row
+                self.results["metrics"].update({f"{name}/{v}/{m}": x for m, x in row.items() if "@" in m})
+            for m in ("test/map@5", "test/ndcg@5"):
+                x, y = np.array([r[m] for r in runs["kar"]]), np.array([r[m] for r in runs["base"]])
+                e = {"mean_diff": float((x - y).mean()), "n": len(seeds)}
+                if len(seeds) > 1 and np.any(x != y):
+                    t = ttest_rel(x, y)
+                    e.update({"t": float(t.statistic), "p": float(t.pvalue)})
+                paired[f"{name}/{m}"] = e
+        self.results["table"] = {"kind": "kar", "rows": rows, "seeds": seeds, "paired": paired,
+                                 "users": len(users), "items": len(items),
+                                 "examples": {"user": user_texts[:2], "item": item_texts[:2]}}  # fmt: skip
+        return rows
+
+    def generator_for(self, task, llm_cfg):
+        from rlrec.llm.generation import Generator
+
+        S = self.cfg.sampling
+        return Generator(task.policy.eval(), task.tokenizer, llm_cfg.fingerprint, Path(self.cfg.cache_dir) / "generations",
+                         batch_size=int(S.batch_size))  # fmt: skip
 
     def recommend(self) -> dict:
         """RecLAIF's table: the classic baselines (next-item: SASRec; query: BM25 and a dense

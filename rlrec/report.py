@@ -52,6 +52,8 @@ def paper_table(results: dict) -> str:
         return ""
     if table["kind"] == "recommend":
         return recommend_table(table)
+    if table["kind"] == "kar":
+        return kar_table(table)
     cols = TABLE_COLUMNS[table["kind"]]
     backbone = results.get("run", {}).get("backbone", "")
     lines = ["| backbone | knowledge | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
@@ -71,6 +73,24 @@ def paper_table(results: dict) -> str:
             lines.append(
                 f"| {pair} | {metric} | {e['mean_diff']:+.4f} | {_fmt(e.get('t'))} | {_fmt(e.get('p'))} |"
             )
+    return "\n".join(lines) + "\n"
+
+
+def kar_table(table: dict) -> str:
+    """KAR's Table: each re-ranker without and with the LLM's user + item knowledge (mean ± std)."""
+    cols = ("test/map@5", "test/ndcg@5", "test/click@5")
+    lines = ["| re-ranker | knowledge | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for key, m in table["rows"].items():
+        name, variant = key.split("/")
+        cells = [_fmt(m.get(c)) + (f" ± {_fmt(m[c + '_std'])}" if c + "_std" in m else "") for c in cols]
+        lines.append(f"| {name} | {'+ KAR' if variant == 'kar' else 'base'} | " + " | ".join(cells) + " |")
+    if table.get("paired"):
+        lines += ["", f"Seeds {table['seeds']}; paired t-tests (+ KAR − base):", "",
+                  "| re-ranker | metric | mean difference | p |", "|---|---|---|---|"]  # fmt: skip
+        for key, e in table["paired"].items():
+            name, metric = key.split("/", 1)
+            lines.append(f"| {name} | {metric} | {e['mean_diff']:+.4f} | {_fmt(e.get('p'))} |")
+    lines += ["", f"Knowledge for {table['users']} users and {table['items']} items."]
     return "\n".join(lines) + "\n"
 
 
@@ -110,6 +130,8 @@ def write_plots(results: dict, out_dir: str | Path) -> list[Path]:
     table = results.get("table")
     if table and table["kind"] == "recommend":
         written.append(_recommend_plot(table, out_dir / "methods.png"))
+    elif table and table["kind"] == "kar":
+        written.append(_kar_plot(table, out_dir / "kar.png"))
     elif table:
         metric = TABLE_COLUMNS[table["kind"]][0]
         labels = list(table["rows"])
@@ -144,6 +166,25 @@ def write_plots(results: dict, out_dir: str | Path) -> list[Path]:
     return written
 
 
+def _kar_plot(table: dict, path: Path) -> Path:
+    """MAP@5 and NDCG@5 per re-ranker, base vs + KAR."""
+    import matplotlib.pyplot as plt
+
+    names = sorted({k.split("/")[0] for k in table["rows"]})
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, metric in zip(axes, ("test/map@5", "test/ndcg@5")):
+        for off, (variant, color) in enumerate((("base", "#999999"), ("kar", "#6a9fd4"))):
+            vals = [table["rows"].get(f"{n}/{variant}", {}).get(metric, float("nan")) for n in names]
+            ax.bar(np.arange(len(names)) + 0.4 * off, vals, width=0.4, color=color, label=variant)
+        ax.set_xticks(np.arange(len(names)) + 0.2, names)
+        ax.set_title(metric)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _recommend_plot(table: dict, path: Path) -> Path:
     """RecLAIF's Figure 3: each metric per method (SFT → DPO rounds), one panel per metric."""
     import matplotlib.pyplot as plt
@@ -173,7 +214,9 @@ def run_markdown(results: dict) -> str:
         + ", ".join(f"{k}={v}" for k, v in run.items() if k != "experiment")
     ]
     kind = (results.get("table") or {}).get("kind")
-    first = "Methods (RecLAIF table)" if kind == "recommend" else "Knowledge variants"
+    first = {"recommend": "Methods (RecLAIF table)", "kar": "Re-rankers ± KAR knowledge"}.get(
+        kind, "Knowledge variants"
+    )
     for title, body in ((first, paper_table(results)), ("Rounds", rounds_table(results))):
         if body:
             lines += ["", f"### {title}", "", body.rstrip()]

@@ -253,3 +253,30 @@ def test_reclaif_query_setting_with_retrieval_baselines(tmp_path):
     for name in ("BM25", "Dense"):  # a retriever always returns k candidates: precision@5 ≥ 0 and validity 1
         assert rows[name]["validity"] == 1.0 and 0 <= rows[name]["precision@5"] <= 1
         assert 0 <= rows[name]["ndcg@5"] <= 1 and 0 < rows[name]["diversity"] <= 2
+
+
+def test_kar_smoke_generates_user_and_item_knowledge_once(tmp_path):
+    """KAR: user + item knowledge → DLCM/PRM/SetRank with and without it; a rerun regenerates nothing."""
+    from rlrec.llm import generation
+
+    overrides = ("profile.kar_item_tokens=8", "kar.backbones=[dlcm,setrank]")
+    res = run(_paper_cfg(tmp_path, "kar_movielens", *overrides), tmp_path / "a")
+    rows = res["table"]["rows"]
+    assert set(rows) == {"dlcm/base", "dlcm/kar", "setrank/base", "setrank/kar"}
+    assert res["table"]["items"] > 0 and res["table"]["users"] > 0
+    for row in rows.values():
+        assert 0 <= row["test/map@5"] <= 1 and 0 <= row["test/ndcg@5"] <= 1
+    assert (
+        rows["dlcm/kar"]["test/ndcg@5"] != rows["dlcm/base"]["test/ndcg@5"]
+    )  # the knowledge reached the model
+    assert "+ KAR" in (tmp_path / "a" / "results.md").read_text() and (tmp_path / "a" / "kar.png").exists()
+    calls = []
+    original = generation.HFBackend.run
+    generation.HFBackend.run = lambda self, requests, *a, **kw: (
+        calls.append(len(requests)) or original(self, requests, *a, **kw)
+    )
+    try:
+        again = run(_paper_cfg(tmp_path, "kar_movielens", *overrides), tmp_path / "b")
+    finally:
+        generation.HFBackend.run = original
+    assert sum(calls) == 0 and again["table"]["rows"] == rows
