@@ -254,7 +254,7 @@ def next_item_instances(
         history = [int(i) for i in items[:t][-history_len:]]
         if len(history) < min_history:
             continue
-        rng = np.random.default_rng([seed, int(u), len(split)])
+        rng = np.random.default_rng([seed, int(u), ("train", "valid", "test").index(split)])
         seen = seen_all[u]
         negatives: list[int] = []
         while len(negatives) < num_candidates - 1 and len(seen) + len(negatives) < num_items:

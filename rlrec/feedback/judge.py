@@ -222,7 +222,10 @@ class JudgeFeedback:
     the decision is read from the judge's next-token distribution over "A"/"B" after
     "Chosen Option:" in both orders, p(1 ≻ 2) = ½[P(A | 1 as A) + P(B | 2 as A)] — the position
     bias cancels — and a pair is decided when |p − ½| > `margin`. `explain` scores one answer's
-    explainability on RecLAIF's 1–100 scale the same two ways (0–5 → 1 + 99·s/5)."""
+    explainability on RecLAIF's 1–100 scale the same two ways (0–5 → 1 + 99·s/5).
+
+    Stats in logits mode: consistent / inconsistent = whether the two orders prefer the same answer
+    on their own; ties = pairs left undecided after averaging (a pair can be inconsistent *and* a tie)."""
 
     name = "judge"
 
@@ -283,8 +286,9 @@ class JudgeFeedback:
         return choice_probs(model, tok, formatted, choices, self.batch_size).numpy()  # (P, C)
 
     # -- prompts -------------------------------------------------------------------------------
-    def _context(self, user: int) -> dict:
-        inst = self.task.instances["train"].get(user) or self.task.instances["test"][user]
+    def _context(self, user: int, split: str = "train") -> dict:
+        """The question a judged answer was written for: `split`'s instance of the user."""
+        inst = self.task.instances[split][user]
         ent = self.task.entity
         history = [{"title": inst.query}] if inst.query is not None else [ent(i) for i in inst.history]
         target = ent(inst.target) if inst.target is not None else {"title": ", ".join(
@@ -339,10 +343,12 @@ class JudgeFeedback:
                 rewards[r, (i, j)[w]] += 1.0
         return rewards
 
-    def explain(self, users, texts: list[str]) -> np.ndarray:
-        """(U,) explainability 1–100 of each user's answer (nan where a generated score is unreadable)."""
+    def explain(self, users, texts: list[str], split: str = "test") -> np.ndarray:
+        """(U,) explainability 1–100 of each user's answer to their `split` question (nan where a
+        generated score is unreadable)."""
         prompts = [
-            self.explain_template.render(option=t, **self._context(int(u))) for u, t in zip(users, texts)
+            self.explain_template.render(option=t, **self._context(int(u), split))
+            for u, t in zip(users, texts)
         ]
         if not prompts:
             return np.zeros(0)

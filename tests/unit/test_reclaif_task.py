@@ -171,7 +171,7 @@ def query_frame(num_queries: int = 30) -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_query_instances():
     frame, users = query_frame()
     out = {
-        s: query_instances(frame, users, s, num_exact=3, num_other=2, seed=1)
+        s: query_instances(frame, users, s, num_exact=3, num_other=2, seed=0)
         for s in ("train", "valid", "test")
     }
     eligible = {q for q in range(1, 31) if q % 2 == 0}
@@ -186,7 +186,7 @@ def test_query_instances():
         assert inst.relevant <= exact and len(inst.relevant) == 3
         assert set(inst.candidates) - inst.relevant <= other
         assert (inst.query, inst.history, inst.target) == (f"query number {q}", [], None)
-    again = query_instances(frame, users, "test", num_exact=3, num_other=2, seed=1)
+    again = query_instances(frame, users, "test", num_exact=3, num_other=2, seed=0)
     assert again == out["test"]
 
 
@@ -434,6 +434,20 @@ def test_judge_explain_generate(monkeypatch):
     assert np.isnan(out[2]) and np.isnan(out[3])  # unreadable, out of range
 
 
+def test_judge_explain_shows_the_test_question_of_a_test_answer(monkeypatch):
+    """`explain` rates the policy's answers to the TEST questions (alignment.evaluate): the judge must
+    see the history and candidate list that answer was written for, not the user's train question."""
+    fb = judge_feedback(mode="generate")
+    seen: list = []
+    monkeypatch.setattr(fb, "_generate", lambda prompts: seen.extend(prompts) or ["Explainability Score: 3"])
+    test = fb.task.instances["test"][1]
+    assert fb.task.instances["train"][1].candidates != test.candidates  # user 1 has both questions
+    answer = answers(fb.task)[1]
+    fb.explain([1], [answer])
+    assert "Watching History: Heat (1995), Casino (1995), Fargo (1996)\n" in seen[0]
+    assert "Available Movies: " + ", ".join(TITLES[i - 1] for i in test.candidates) in seen[0]
+
+
 def test_judge_rejects_bad_mode():
     with pytest.raises(ValueError, match="mode"):
         judge_feedback(mode="vote")
@@ -452,7 +466,7 @@ def test_llm_validator_reward_is_mean_p_true_cross_fitted(tiny_prep, monkeypatch
         calls.append((k, prompts))
         out = []
         for p in prompts:
-            summary = re.search(r"<summary>(.*?)</summary>", p)[1]
+            summary = re.findall(r"<summary>(.*?)</summary>", p)[-1]  # the template names the tags first
             title = re.search(r'target movie "(.*?)"\?', p)[1]
             out.append(p_of(summary, title))
         return np.array(out)
@@ -484,7 +498,7 @@ def test_llm_validator_reward_is_mean_p_true_cross_fitted(tiny_prep, monkeypatch
 def test_paper_table_recommend_rows():
     rows = {
         "popularity": {"hit@1": 0.1, "ndcg@3": 0.123456, "validity": 1.0, "ndcg@5": 0.2, "precision@5": 0.05},
-        "sft": {"hit@1": 0.25, "ndcg@3": float("nan"), "validity": 0.875, "diversity": 0.33333, "explainability": 55.55555},
+        "sft": {"hit@1": 0.25, "ndcg@3": float("nan"), "validity": 0.875, "diversity": 0.33333, "explainability": 55.55556},
     }  # fmt: skip
     md = paper_table(
         {"table": {"kind": "recommend", "rows": rows, "setting": "next_item", "k": 3, "users": 10}}
@@ -497,6 +511,6 @@ def test_paper_table_recommend_rows():
     assert lines[1] == "|---|---|---|---|---|---|---|---|"
     assert lines[2] == "| popularity | 0.1000 | 0.1235 | 1.0000 | – | – | 0.2000 | 0.0500 |"
     assert lines[3] == "| sft | 0.2500 | – | 0.8750 | 0.3333 | 55.5556 | – | – |"
-    assert sum(line.startswith("| ") for line in lines) == 4  # header + one row per method
+    assert sum(line.startswith("| ") for line in lines) == 3  # header + one row per method
     assert "10 test questions (next_item, top-3)" in md
     assert paper_table({}) == ""
