@@ -199,15 +199,18 @@ def test_reclaif_smoke_in_process(tmp_path):
     assert (tmp_path / "a" / "methods.png").exists()
 
 
-def test_trackrec_with_llm_validator_smoke(tmp_path):
-    """TrackRec with V = an LLM answering Yes/No (cross-fitted LoRA Vs, Rec-tuned by SFT)."""
+def test_trackrec_with_llm_validator_and_distillation_smoke(tmp_path):
+    """TrackRec with V = an LLM answering Yes/No (cross-fitted LoRA Vs, Rec-tuned by SFT), after
+    distilling G on a teacher's texts (teacher = G itself here)."""
     res = run(
         _paper_cfg(tmp_path, "trackrec_movielens", "feedback=llm_validator", "llm@feedback.strategy.llm=tiny_random",
-                   "profile.align_users=4", "compare.seeds=[1]"),
+                   "profile.align_users=4", "compare.seeds=[1]", "alignment.distill.enabled=true"),
         tmp_path / "a",
     )  # fmt: skip
     m = res["metrics"]
     assert np.isfinite(m["iter1/validator/sft_loss"])  # Rec-tuning ran before scoring
+    assert m["distill/kept"] == 4 and np.isfinite(m["distill/sft_loss"])  # SFT on the teacher's 4 texts
+    assert res["stages"]["distill"]["cached"] is False
     # rewards are mean P(true label) ∈ (0, 1)
     assert 0 < m["iter1/reward/mean"] < 1 and m["iter1/reward/spread"] >= 0
     assert set(res["table"]["rows"]) == {"base", "round0", "aligned"}
