@@ -161,11 +161,15 @@ def test_trackrec_smoke_in_process_and_resume_without_regenerating(tmp_path):
     generation.HFBackend.run = counting
     try:
         again = run(_paper_cfg(tmp_path, "trackrec_movielens"), tmp_path / "b")
+        # a sweep's second backbone (same cache): the LLM side is reused, only the backbone trains
+        other = run(_paper_cfg(tmp_path, "trackrec_movielens", "backbone=deepfm"), tmp_path / "c")
     finally:
         generation.HFBackend.run = original
-    assert sum(calls) == 0, f"regenerated {sum(calls)} requests on a rerun"
+    assert sum(calls) == 0, f"regenerated {sum(calls)} requests on a rerun / second backbone"
     assert again["metrics"]["aligned/test/auc"] == m["aligned/test/auc"]
     assert again["stages"]["align/round1"]["cached"] and again["stages"]["score/round1"]["cached"]
+    assert other["stages"]["align/round1"]["cached"] and other["run"]["backbone"] == "deepfm"
+    assert not other["stages"]["fit_backbone/deepfm"]["cached"]
 
 
 def test_dpo4rec_smoke_in_process(tmp_path):
