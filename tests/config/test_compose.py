@@ -95,3 +95,13 @@ def test_synthetic_builds_feature_spec_before_models(tmp_path):
     spec = dm.feature_spec
     assert spec.num_users == 200 and spec.num_items == 300
     assert [f.name for f in spec.fields][:1] == ["user_id"]
+
+
+def test_teacher_and_judge_llms_are_group_overrides(tmp_path):
+    """Any configured LLM can be the distillation teacher or the judge; the policy stays the default."""
+    cfg = _compose(["+experiment=reclaif_movielens", "+llm@alignment.distill.teacher=qwen2_5_7b",
+                    "llm@feedback.strategy.llm=llama3_1_8b"], tmp_path)  # fmt: skip
+    assert cfg.alignment.distill.teacher.name == "qwen2_5_7b"
+    assert cfg.feedback.strategy.llm.name == "llama3_1_8b" and cfg.llm.name == "smollm2_135m"
+    judge = instantiate(cfg.feedback.strategy)  # a partial: the task comes from the pipeline
+    assert judge.keywords["mode"] == "logits" and judge.keywords["llm"].name == "llama3_1_8b"
