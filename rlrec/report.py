@@ -14,7 +14,12 @@ import numpy as np
 
 from rlrec.cache import atomic_write_text
 
-DEFAULT_METRICS = ("test/auc", "test/logloss", "test/uauc", "val/auc", "train/samples_per_s", "train/epochs")
+DEFAULT_METRICS = (
+    "test/auc", "test/logloss", "test/uauc", "val/auc", "train/samples_per_s", "train/epochs",
+    # re-rank runs: the re-ranker, then the initial order and a shuffled order of the same test lists
+    "test/map@5", "test/ndcg@5", "test/click@5", "initial/test/map@5", "initial/test/ndcg@5",
+    "shuffled/test/map@5", "shuffled/test/ndcg@5",
+)  # fmt: skip
 GROUP_KEYS = ("experiment", "dataset", "split", "backbone")
 
 
