@@ -15,8 +15,19 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 def _plain(obj: Any) -> Any:
+    """JSON-able form with every config resolved, however deeply it is nested (a config inside a
+    plain dict must hash by its resolved values, not by its `${...}` text).
+
+    >>> cfg = OmegaConf.create({"n": "${m}", "m": 3})
+    >>> _plain({"deps": cfg})
+    {'deps': {'n': 3, 'm': 3}}
+    """
     if isinstance(obj, (DictConfig, ListConfig)):
         return OmegaConf.to_container(obj, resolve=True)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
     return obj
 
 
