@@ -26,6 +26,7 @@ from rlrec.cache import fingerprint
 from rlrec.feedback.base import build_groups
 from rlrec.feedback.judge import JudgeStats
 from rlrec.pipeline import Knowledge, Pipeline
+from rlrec.tasks import inner_trainer
 
 log = logging.getLogger("rlrec")
 
@@ -192,10 +193,8 @@ class AlignmentLoop:
             sft.configure_model()
             loader = DataLoader(ds, batch_size=int(D.batch_size), shuffle=True, collate_fn=ds.collate,
                                 generator=torch.Generator().manual_seed(int(self.cfg.seed)))  # fmt: skip
-            trainer = pl.Trainer(accelerator="cpu", max_epochs=int(D.epochs), logger=False, enable_checkpointing=False,
-                                 enable_model_summary=False, enable_progress_bar=True)  # fmt: skip
             log_ = MetricLog(prefix="distill/")
-            trainer.callbacks.append(log_)
+            trainer = inner_trainer(int(D.epochs), [log_], progress=True)
             trainer.fit(sft, loader)
             sft.save_adapter(work / "adapter")
             return {"metrics": {**log_.means(), **{f"distill/{k}": v for k, v in info.items()}}}
@@ -331,13 +330,11 @@ class AlignmentLoop:
                             generator=torch.Generator().manual_seed(int(self.cfg.seed)))  # fmt: skip
         task.precompute_reference(DataLoader(ds, batch_size=int(P.batch_size), collate_fn=ds.collate))
         task.train()
-        trainer = pl.Trainer(
-            accelerator="cpu", max_epochs=int(P.max_epochs), logger=False, enable_checkpointing=False,
-            enable_model_summary=False, accumulate_grad_batches=int(P.accumulate_grad_batches),
-            gradient_clip_val=P.get("gradient_clip_val"), enable_progress_bar=True, num_sanity_val_steps=0,
-        )  # fmt: skip
         metrics = MetricLog()
-        trainer.callbacks.append(metrics)
+        trainer = inner_trainer(
+            int(P.max_epochs), [metrics], progress=True, accumulate_grad_batches=int(P.accumulate_grad_batches),
+            gradient_clip_val=P.get("gradient_clip_val"),
+        )  # fmt: skip
         trainer.fit(task, loader)
         task.eval()
         task.save_adapter(work / "adapter")

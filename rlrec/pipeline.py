@@ -443,7 +443,7 @@ class Pipeline:
         } if v else None  # fmt: skip
         sasrec = fit_sasrec(seqs, num_items, valid=batch, model=model, max_epochs=int(S.max_epochs),
                             batch_size=int(S.batch_size), patience=S.get("patience"),
-                            seed=int(self.cfg.seed), monitor="val/ndcg@10" if batch else "val/ndcg@10")  # fmt: skip
+                            seed=int(self.cfg.seed))  # fmt: skip
         hist = pad_left([i.history for i in test], max_len)
         cands = np.array([i.candidates for i in test])
         order = rank_candidates(sasrec, hist, cands)

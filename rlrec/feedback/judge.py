@@ -308,9 +308,7 @@ class JudgeFeedback:
         users = [int(u) for u in users]
         self.stats = JudgeStats()  # this call's verdict counts
         N = len(texts[0]) if texts else 0
-        pairs = [
-            (u, i, j) for u, row in zip(users, range(len(users))) for i in range(N) for j in range(i + 1, N)
-        ]
+        pairs = [(u, i, j) for u in users for i in range(N) for j in range(i + 1, N)]
         rewards = np.zeros((len(users), N))
         row_of = {u: r for r, u in enumerate(users)}
         if not pairs:

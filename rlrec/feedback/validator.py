@@ -199,10 +199,10 @@ class LLMValidator:
             task = self._task(k)
             if not self.tune:
                 continue
-            import pytorch_lightning as pl
             from torch.utils.data import DataLoader
 
             from rlrec.llm.data import SFTDataset
+            from rlrec.tasks import inner_trainer
 
             rng = np.random.default_rng(self.seed + k)
             pool = [(u, r) for u, rows in self.rows_of.items() if self.fold_of[u] != k for r in rows]
@@ -215,8 +215,7 @@ class LLMValidator:
             ds = SFTDataset(examples, task.tokenizer, self.max_prompt_len, 4, chat_template=True)
             loader = DataLoader(ds, batch_size=self.batch_size, shuffle=True, collate_fn=ds.collate,
                                 generator=torch.Generator().manual_seed(self.seed + k))  # fmt: skip
-            trainer = pl.Trainer(accelerator="cpu", max_epochs=self.epochs, logger=False, enable_checkpointing=False,
-                                 enable_model_summary=False, enable_progress_bar=True)  # fmt: skip
+            trainer = inner_trainer(self.epochs, progress=True)
             task.train()
             trainer.fit(task, loader)
             task.eval()
@@ -245,8 +244,10 @@ class LLMValidator:
             prompts = [self.prompt(int(users[s]), r, texts[s][j]) for s, j, r in jobs]
             p = self.p_yes(k, prompts)
             pt = p_true(p, labels[[r for _, _, r in jobs]])
-            for s in sel:
-                for j in range(N):
-                    mine = [x for (s2, j2, _), x in zip(jobs, pt) if s2 == s and j2 == j]
-                    rewards[s, j] = float(np.mean(mine)) if mine else np.nan
+            sums, counts = np.zeros((len(users), N)), np.zeros((len(users), N))
+            for (s, j, _), x in zip(jobs, pt):  # mean P(true label) per (user, text)
+                sums[s, j] += x
+                counts[s, j] += 1
+            done = counts > 0
+            rewards[done] = sums[done] / counts[done]
         return rewards

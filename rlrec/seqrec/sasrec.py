@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlrec.tasks import inner_trainer
 from rlrec.tasks.ctr import KeepBest
 
 
@@ -315,17 +316,7 @@ def fit_sasrec(
         callbacks.append(keep)
         if patience is not None:
             callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience))
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=max_epochs,
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=enable_progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-    )
+    trainer = inner_trainer(max_epochs, callbacks, progress=enable_progress_bar, max_steps=max_steps)
     task = SASRecTask(model, optimizer)
     trainer.fit(
         task,

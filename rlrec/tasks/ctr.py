@@ -11,6 +11,7 @@ from torch import nn
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from rlrec.metrics import user_auc
+from rlrec.tasks import inner_trainer
 
 
 class CTRTask(pl.LightningModule):
@@ -113,16 +114,10 @@ def fit_ctr(
     from rlrec.data.ctr import TensorBatches
 
     keep = KeepBest()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=max_epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
+    trainer = inner_trainer(
+        max_epochs,
+        [keep, pl.callbacks.EarlyStopping(monitor="val/auc", mode="max", patience=patience)],
         limit_train_batches=limit_batches or 1.0,
-        callbacks=[keep, pl.callbacks.EarlyStopping(monitor="val/auc", mode="max", patience=patience)],
     )
     task = CTRTask(model, optimizer)
     trainer.fit(

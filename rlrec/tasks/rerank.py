@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlrec.metrics import list_metrics, mean_list_metrics
+from rlrec.tasks import inner_trainer
 
 
 def pointwise_bce(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -116,11 +117,10 @@ def fit_rerank(
     from rlrec.tasks.ctr import KeepBest
 
     keep = KeepBest(f"val/{monitor}")
-    trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=max_epochs, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        callbacks=[keep, pl.callbacks.EarlyStopping(monitor=f"val/{monitor}", mode="max", patience=patience)],
-    )  # fmt: skip
+    trainer = inner_trainer(
+        max_epochs,
+        [keep, pl.callbacks.EarlyStopping(monitor=f"val/{monitor}", mode="max", patience=patience)],
+    )
     trainer.fit(
         RerankTask(model, optimizer, loss),
         TensorBatches(train, batch_size, shuffle=True, seed=seed),
