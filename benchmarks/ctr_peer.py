@@ -9,7 +9,10 @@ rating >= 4; rows sorted by (timestamp, user, item), first 80% train, next 10% v
 bucket, occupation, first zip char, first genre, release decade; behaviour sequence = up to 20 most
 recent strictly earlier items (each as item id, genre, decade). Vocabularies fitted on train,
 unseen → OOV. Embedding dim 16, Adam lr 1e-3, batch 1024, <= 10 epochs, early stopping on
-validation AUC (patience 2), test AUC / log-loss of the best-validation epoch.
+validation AUC (patience 2), test AUC / log-loss of the best-validation epoch. Each side builds Adam
+as its library does (rlrec: conf/train.yaml's, fused; DeepCTR-Torch: `compile("adam")`'s
+torch.optim.Adam); where the peer fixes a hyper-parameter rlrec's yaml sets differently, rlrec is
+run at the peer's value (`same_settings`), so both sides train the same architecture.
 
 rlrec prepares the data once (`rlrec.data.features.prepare`); the encoded arrays are written to an
 .npz that the peer side (`_peer_side.py`, run with benchmarks/.venv-peer/bin/python) reads, so both
@@ -124,6 +127,28 @@ def backbone_config(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "backbone" / f"{name}.yaml"), resolve=True)
 
 
+def same_settings(name: str, c: dict) -> tuple[dict, list[str]]:
+    """rlrec's yaml `c` with the hyper-parameters the peer has fixed set to the peer's values, so
+    both sides train the same architecture (same width, same work); the changes as notes."""
+    c, notes = dict(c), []
+    if name == "autoint" and c["num_heads"] * c["head_dim"] != c["embed_dim"]:
+        # DeepCTR-Torch's interacting layers are always embed_dim wide (heads × embed_dim / heads)
+        notes.append(
+            f"rlrec run with head_dim={c['embed_dim'] // c['num_heads']} (yaml: {c['head_dim']}) to match "
+            f"the peer's fixed width {c['num_heads']} heads x {c['embed_dim'] // c['num_heads']}"
+        )
+        c["head_dim"] = c["embed_dim"] // c["num_heads"]
+    return c, notes
+
+
+def rlrec_optimizer():
+    """The optimiser partial rlrec trains backbones with (conf/train.yaml)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    return instantiate(OmegaConf.load(ROOT / "conf" / "train.yaml").optimizer)
+
+
 def peer_config(name: str, c: dict) -> tuple[dict, list[str]]:
     """DeepCTR-Torch hyper-parameters equivalent to rlrec's yaml `c`, and the differences that
     remain (what DeepCTR-Torch cannot express, or does differently by construction)."""
@@ -177,13 +202,6 @@ def peer_config(name: str, c: dict) -> tuple[dict, list[str]]:
             "num_heads": c["num_heads"],
             "residual": c["residual"],
         }
-        width = c["num_heads"] * c["head_dim"]
-        if width != c["embed_dim"]:
-            notes.append(
-                f"interacting layers: peer's width is fixed at embed_dim={c['embed_dim']} "
-                f"({c['num_heads']} heads x {c['embed_dim'] // c['num_heads']}); rlrec's is "
-                f"{c['num_heads']} heads x {c['head_dim']} = {width}"
-            )
         if c.get("scale"):
             notes.append("peer's AutoInt never scales attention scores (rlrec: scale=true)")
     elif name == "fibinet":
@@ -215,7 +233,7 @@ def run_rlrec(name: str, prep, seed: int, protocol: dict) -> dict:
     from rlrec.data.ctr import ctr_tensors
 
     torch.manual_seed(seed)
-    model = instantiate(backbone_config(name))(features=prep.spec)
+    model = instantiate(same_settings(name, backbone_config(name))[0])(features=prep.spec)
     tensors = {s: ctr_tensors(prep, s) for s in ("train", "valid", "test")}
 
     def loss_fn(m, batch):  # as rlrec.tasks.ctr.CTRTask.training_step
@@ -230,7 +248,15 @@ def run_rlrec(name: str, prep, seed: int, protocol: dict) -> dict:
         return torch.sigmoid(m(batch))
 
     return _protocol.run(
-        model, tensors["train"], tensors["valid"], tensors["test"], loss_fn, predict, seed=seed, **protocol
+        model,
+        tensors["train"],
+        tensors["valid"],
+        tensors["test"],
+        loss_fn,
+        predict,
+        seed=seed,
+        optimizer=rlrec_optimizer(),
+        **protocol,
     )
 
 
@@ -379,8 +405,9 @@ def main(argv=None) -> None:
         sizes = write_npz(prep, npz)
         print(f"data: {sizes}; arrays in {npz}", file=sys.stderr)
         for name in args.models:
-            ycfg = backbone_config(name)
-            cfg, notes = peer_config(name, ycfg) if name in PEER_MODELS else (None, [])
+            ycfg, notes = same_settings(name, backbone_config(name))
+            cfg, peer_notes = peer_config(name, ycfg) if name in PEER_MODELS else (None, [])
+            notes = notes + peer_notes
             results[name] = {"rlrec": [], "peer": [], "notes": list(notes)}
             for seed in args.seeds:
                 r = run_rlrec(name, prep, seed, protocol)

@@ -47,8 +47,14 @@ class AutoInt(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         fields = self.embedding(batch, pool_history=True)  # (B, F, D)
-        interacted = self.attention(fields)  # (B, F, H·d)
-        logit = self.out(interacted.flatten(1)).squeeze(-1)  # (B, F·H·d) → (B,)
+        if fields.device.type == "cpu":  # the stack stays batch-last: one layout change each way
+            x = fields.permute(2, 1, 0).contiguous()  # (D, F, B)
+            for layer in self.attention:
+                x = layer.forward_batch_last(x)
+            interacted = x.permute(2, 1, 0)  # (B, F, H·d)
+        else:
+            interacted = self.attention(fields)  # (B, F, H·d)
+        logit = self.out(interacted.reshape(len(fields), -1)).squeeze(-1)  # (B, F·H·d) → (B,)
         if self.dnn is not None:
             logit = logit + self.dnn(fields.flatten(1)).squeeze(-1)  # (B, F·D) → (B,)
         return logit  # (B,)

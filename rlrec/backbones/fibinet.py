@@ -9,7 +9,7 @@ from torch import nn
 
 from rlrec.data.features import FeatureSpec
 from rlrec.layers.embedding import FeatureEmbedding
-from rlrec.layers.interaction import BilinearInteraction, FirstOrder, SqueezeExcitation
+from rlrec.layers.interaction import BilinearInteraction, SqueezeExcitation
 from rlrec.layers.mlp import MLP
 
 
@@ -18,8 +18,9 @@ class FiBiNet(nn.Module):
     bilinear-interaction layer turns E into p and V into q (p_ij = (e_i · W) ⊙ e_j, one layer each,
     type `bilinear_type`); the combination layer concatenates [p, q] → DNN → y_d; the output layer
     is ŷ = σ(w_0 + Σ_i w_i x_i + y_d), so the returned logit adds the first-order term
-    (`FirstOrder`: one scalar per field value; `first_order: false` drops it). Knowledge fields
-    take part in SENET and both bilinear interactions."""
+    (one scalar per field value, a column of the embedding table; the DNN's output bias plays w_0;
+    `first_order: false` drops it). Knowledge fields take part in SENET and both bilinear
+    interactions."""
 
     def __init__(
         self,
@@ -36,20 +37,19 @@ class FiBiNet(nn.Module):
         adapter: Callable[..., nn.Module] | None = None,
     ):
         super().__init__()
-        self.embedding = FeatureEmbedding(features, embed_dim, adapter)
+        self.embedding = FeatureEmbedding(features, embed_dim, adapter, first_order=first_order)
         num_fields = self.embedding.num_fields(pool_history=True)
         self.senet = SqueezeExcitation(num_fields, reduction_ratio, excitation_activation)
         self.bilinear_e = BilinearInteraction(num_fields, embed_dim, bilinear_type)
         self.bilinear_v = BilinearInteraction(num_fields, embed_dim, bilinear_type)
-        self.first_order = FirstOrder(features, pool_history=True) if first_order else None
         in_dim = num_fields * (num_fields - 1) * embed_dim  # 2 · F(F−1)/2 pairs of D
         self.dnn = MLP(in_dim, tuple(mlp_dims), 1, dropout, activation, batch_norm)
 
     def forward(self, batch: dict) -> torch.Tensor:
-        e = self.embedding(batch, pool_history=True)  # (B, F, D)
+        e, linear = self.embedding.lookup(batch, pool_history=True)  # (B, F, D), (B,) or None
         v = self.senet(e)  # (B, F, D)
         p, q = self.bilinear_e(e), self.bilinear_v(v)  # (B, P, D) each
         logit = self.dnn(torch.cat([p, q], dim=1).flatten(1)).squeeze(-1)  # (B, 2P·D) → (B,)
-        if self.first_order is not None:
-            logit = logit + self.first_order(batch)  # (B,)
+        if linear is not None:
+            logit = logit + linear  # (B,)
         return logit  # (B,)

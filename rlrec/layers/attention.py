@@ -32,9 +32,57 @@ class TargetAttention(nn.Module):
         return torch.einsum("bl,bld->bd", self.scores(query, keys, mask), keys)  # (B, D)
 
 
+class FewFieldAttention(torch.autograd.Function):
+    """softmax(q kᵀ · scale) v over a handful of fields, in batch-last layout: q, k, v (H, d, F, B)
+    → (H, d, F, B). With F ≈ 10 and d ≈ 8 every (sample, head) is a tiny problem: batched matmuls
+    and the fused SDPA kernel pay a per-problem overhead that dominates AutoInt's step on CPU. Here
+    the batch is the innermost, contiguous dimension, so the scores, the softmax, the weighted sum
+    and the hand-written backward are O(F + d) vectorised passes over all B samples at once."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        H, d, F_, B = q.shape
+        s = q.new_zeros(H, F_, F_, B)  # s[h, i, j] = Σ_t q[h, t, i] k[h, t, j]
+        for t in range(d):
+            s.addcmul_(q[:, t, :, None], k[:, t, None])
+        if scale != 1.0:
+            s.mul_(scale)
+        a = torch.softmax(s, dim=2)  # over the attended fields j
+        out = q.new_zeros(H, d, F_, B)  # out[h, :, i] = Σ_j a[h, i, j] v[h, :, j]
+        for j in range(F_):
+            out.addcmul_(a[:, None, :, j], v[:, :, j, None])
+        ctx.save_for_backward(q, k, v, a)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        q, k, v, a = ctx.saved_tensors
+        d, F_ = q.shape[1], q.shape[2]
+        grad = grad.contiguous()
+        grad_a = torch.zeros_like(a)  # ∂L/∂a[h, i, j] = Σ_t g[h, t, i] v[h, t, j]
+        for t in range(d):
+            grad_a.addcmul_(grad[:, t, :, None], v[:, t, None])
+        grad_v = torch.zeros_like(v)  # ∂L/∂v[h, :, j] = Σ_i a[h, i, j] g[h, :, i]
+        for i in range(F_):
+            grad_v.addcmul_(a[:, None, i], grad[:, :, i, None])
+        grad_s = a * (grad_a - (grad_a * a).sum(2, keepdim=True))  # softmax backward
+        if ctx.scale != 1.0:
+            grad_s.mul_(ctx.scale)
+        grad_q, grad_k = torch.zeros_like(q), torch.zeros_like(k)
+        for j in range(F_):  # ∂L/∂q[h, :, i] = Σ_j s'[h, i, j] k[h, :, j]
+            grad_q.addcmul_(grad_s[:, None, :, j], k[:, :, j, None])
+        for i in range(F_):  # ∂L/∂k[h, :, j] = Σ_i s'[h, i, j] q[h, :, i]
+            grad_k.addcmul_(grad_s[:, None, i], q[:, :, i, None])
+        return grad_q, grad_k, grad_v, None
+
+
 class FieldSelfAttention(nn.Module):
-    """AutoInt's interacting layer (Song et al. 2019, eqs. 5–8): multi-head scaled dot-product
-    attention over fields, with a residual projection and ReLU. (B, F, D_in) → (B, F, H·d)."""
+    """AutoInt's interacting layer (Song et al. 2019, eqs. 5–8): multi-head dot-product attention
+    over fields, with a residual projection and ReLU. (B, F, D_in) → (B, F, H·d).
+
+    On CPU the layer runs batch-last (`forward_batch_last`, `FewFieldAttention`); elsewhere (GPU)
+    torch's fused `scaled_dot_product_attention`. Same parameters, same function."""
 
     def __init__(
         self, in_dim: int, head_dim: int = 16, num_heads: int = 2, residual: bool = True, scale: bool = True
@@ -46,11 +94,13 @@ class FieldSelfAttention(nn.Module):
         self.residual = nn.Linear(in_dim, out, bias=False) if residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            return self.forward_batch_last(x.permute(2, 1, 0).contiguous()).permute(2, 1, 0)
         B, F, _ = x.shape
         q, k, v = (
             self.qkv(x).view(B, F, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         )  # each (B, H, F, d)
-        # softmax(q kᵀ [/ √d]) v in one fused kernel (eq. 5–6; AutoInt's paper does not scale)
+        # softmax(q kᵀ [/ √d]) v (eq. 5–6; AutoInt's paper does not scale)
         out = nn.functional.scaled_dot_product_attention(
             q, k, v, scale=None if self.scale else 1.0
         )  # (B, H, F, d)
@@ -58,3 +108,15 @@ class FieldSelfAttention(nn.Module):
         if self.residual is not None:
             out = out + self.residual(x)
         return torch.relu(out)
+
+    def forward_batch_last(self, x: torch.Tensor) -> torch.Tensor:
+        """The same layer on (D_in, F, B) → (H·d, F, B): every projection is one matmul over all
+        F·B positions, and stacked layers stay in this layout."""
+        _, F, B = x.shape
+        flat = x.reshape(x.shape[0], F * B)  # (D_in, F·B)
+        qkv = (self.qkv.weight @ flat).view(3, self.num_heads, self.head_dim, F, B)
+        scale = self.head_dim**-0.5 if self.scale else 1.0
+        out = FewFieldAttention.apply(qkv[0], qkv[1], qkv[2], scale).reshape(-1, F * B)  # (H·d, F·B)
+        if self.residual is not None:
+            out = out + self.residual.weight @ flat
+        return torch.relu(out).view(-1, F, B)

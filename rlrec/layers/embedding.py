@@ -16,6 +16,9 @@ class FeatureEmbedding(nn.Module):
     """Field embeddings from catalogue indices.
 
     One table holds every field's rows (offsets per field), so a whole batch is one lookup.
+    With `first_order=True` the table has one more column: each field value's first-order weight
+    w (FM / LR's linear term), looked up with the same indices as its embedding, so models with a
+    linear term pay for one lookup and one embedding backward, not two (`lookup`).
     Knowledge: per-user / per-item dense vectors (buffers `user_knowledge`, `item_knowledge`,
     set with `set_knowledge`, or given per sample in the batch) go through `adapter` into K more
     D-dim fields. With `features.knowledge_dims == ()` there is no adapter and no extra field:
@@ -28,6 +31,7 @@ class FeatureEmbedding(nn.Module):
         embed_dim: int = 16,
         adapter: Callable[..., nn.Module] | None = None,
         init_std: float = 1e-4,
+        first_order: bool = False,
     ):
         """`adapter`: a factory `(in_dims, embed_dim) -> nn.Module` (a `_partial_` config), built
         only when the FeatureSpec carries knowledge dims."""
@@ -45,7 +49,8 @@ class FeatureEmbedding(nn.Module):
         self.register_buffer(
             "item_table", torch.as_tensor(features.item_table) + offsets[n_user:], persistent=False
         )
-        self.embedding = nn.Embedding(int(vocab.sum()), embed_dim)
+        self.first_order = first_order
+        self.embedding = nn.Embedding(int(vocab.sum()), embed_dim + int(first_order))
         nn.init.normal_(self.embedding.weight, std=init_std)
         self.num_user_fields, self.num_item_fields = n_user, len(features.item_fields)
 
@@ -108,22 +113,33 @@ class FeatureEmbedding(nn.Module):
     def history(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Behaviour history: (B, L, Fi, D) item-field embeddings and (B, L) bool mask of real items."""
         hist = batch["history"]  # (B, L) catalogue indices, 0 = padding
-        h = F.embedding(hist, self.item_rows())  # (B, L, Fi·D)
-        return h.view(*hist.shape, self.num_item_fields, self.embed_dim), hist > 0
+        h = F.embedding(hist, self.item_rows()).view(*hist.shape, self.num_item_fields, -1)  # (B, L, Fi, D')
+        return (h[..., : self.embed_dim] if self.first_order else h), hist > 0
 
-    def forward(self, batch: dict, pool_history: bool = False) -> torch.Tensor:
-        """(B, F, D): user fields, target-item fields, [mean-pooled history per item field], [knowledge]."""
+    def lookup(self, batch: dict, pool_history: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, F, D) fields as `forward`, and with `first_order=True` the (B,) first-order term
+        Σ_f w_f over the user, target-item and (pooled) history fields (None otherwise; knowledge
+        fields are dense vectors, not field values, so they have no first-order weight)."""
         idx = torch.cat(
             [self.user_table[batch["user"]], self.item_table[batch["item"]]], dim=1
         )  # (B, Fu + Fi)
-        parts = [self.embedding(idx)]
+        parts = [self.embedding(idx)]  # (B, Fu + Fi, D')  D' = D (+ 1 with first_order)
         if pool_history:
             # mean over the real history items (padding id 0 excluded; an empty history gives 0)
             pooled = F.embedding_bag(batch["history"], self.item_rows(), mode="mean", padding_idx=0)
-            parts.append(pooled.view(-1, self.num_item_fields, self.embed_dim))  # (B, Fi, D)
+            parts.append(pooled.view(len(pooled), self.num_item_fields, -1))  # (B, Fi, D')
+        linear = None
+        if self.first_order:
+            values = torch.cat(parts, dim=1)  # (B, F', D + 1)
+            linear = values[..., -1].sum(1)  # (B,)
+            parts = [values[..., :-1]]
         if self.adapter is not None:
             parts.append(self.knowledge_fields(batch))
-        return torch.cat(parts, dim=1)
+        return (torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]), linear
+
+    def forward(self, batch: dict, pool_history: bool = False) -> torch.Tensor:
+        """(B, F, D): user fields, target-item fields, [mean-pooled history per item field], [knowledge]."""
+        return self.lookup(batch, pool_history)[0]
 
     def list_fields(self, batch: dict) -> torch.Tensor:
         """Re-rank lists: batch {user (B,), items (B, N)[, user_knowledge (B, Du), item_knowledge (B, N, Di)]}

@@ -1,31 +1,13 @@
-"""Feature-interaction blocks shared by the CTR backbones: first-order term, FM second-order
-term, cross network (DCN / DCN-V2), squeeze-excitation and bilinear interaction (FiBiNet)."""
+"""Feature-interaction blocks shared by the CTR backbones: FM second-order term, cross network
+(DCN / DCN-V2), squeeze-excitation and bilinear interaction (FiBiNet). The first-order term is a
+column of the embedding table (`FeatureEmbedding(first_order=True)`, `.lookup`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from rlrec.data.features import FeatureSpec
-from rlrec.layers.embedding import FeatureEmbedding
 from rlrec.layers.mlp import activation
-
-
-class FirstOrder(nn.Module):
-    """Linear (first-order) term of FM / LR: w_0 + Σ_f w_{f, x_f}, one learned scalar per field
-    value — a second 1-dim `FeatureEmbedding` keyed by the same indices (so it covers user fields,
-    target-item fields and, with `pool_history`, the mean-pooled history weights). Knowledge fields
-    are dense vectors, not field values: they enter the model through its interaction parts only."""
-
-    def __init__(self, features: FeatureSpec, pool_history: bool = True):
-        super().__init__()
-        self.weights = FeatureEmbedding(features.with_knowledge(()), embed_dim=1)
-        self.bias = nn.Parameter(torch.zeros(1))
-        self.pool_history = pool_history
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        w = self.weights(batch, pool_history=self.pool_history)  # (B, F', 1)
-        return w.sum(dim=(1, 2)) + self.bias  # (B,)
 
 
 class FactorizationMachine(nn.Module):
@@ -98,7 +80,7 @@ class BilinearInteraction(nn.Module):
             f"bilinear_type must be one of {self.TYPES}, got {bilinear_type!r}"
         )
         self.bilinear_type = bilinear_type
-        i, j = torch.triu_indices(num_fields, num_fields, offset=1)
+        i, j = torch.triu_indices(num_fields, num_fields, offset=1)  # the P pairs i < j, i-major
         self.register_buffer("i", i, persistent=False)
         self.register_buffer("j", j, persistent=False)
         # field_each: the last field is never the left side of a pair i < j, so F − 1 matrices
@@ -108,11 +90,22 @@ class BilinearInteraction(nn.Module):
             nn.init.xavier_uniform_(w)
 
     def forward(self, fields: torch.Tensor) -> torch.Tensor:
-        vi, vj = fields.index_select(1, self.i), fields.index_select(1, self.j)  # (B, P, D) each
-        if self.bilinear_type == "field_all":
-            left = vi @ self.weight[0]  # (B, P, D)
-        elif self.bilinear_type == "field_each":
-            left = torch.einsum("bfd,fde->bfe", fields[:, :-1], self.weight)[:, self.i]  # (B, P, D)
+        B, F, D = fields.shape
+        if self.bilinear_type == "field_interaction":
+            # pairs run i-major (triu order): for a left field i, the blocks W_i,i+1 … W_i,F−1 side
+            # by side are one (D, n_i·D) matrix, so v_i W_ij for all j > i is one small matmul — no
+            # batched matmul over P tiny D×D problems, no (B, P, D) gather of v_i
+            blocks = self.weight.permute(1, 0, 2).reshape(D, -1)  # (D, P·D)
+            cols, parts, start = fields.unbind(1), [], 0
+            for i in range(F - 1):
+                n = F - 1 - i
+                parts.append(cols[i] @ blocks[:, start * D : (start + n) * D])  # (B, n_i·D)
+                start += n
+            left = torch.cat(parts, dim=1).view(B, -1, D)  # (B, P, D): v_i W_ij
         else:
-            left = torch.einsum("bpd,pde->bpe", vi, self.weight)  # (B, P, D)
-        return left * vj  # (B, P, D)
+            if self.bilinear_type == "field_all":
+                left = fields[:, :-1] @ self.weight[0]  # (B, F−1, D): v_i W
+            else:
+                left = torch.einsum("bfd,fde->bfe", fields[:, :-1], self.weight)  # v_i W_i
+            left = left.index_select(1, self.i)  # (B, P, D)
+        return left * fields.index_select(1, self.j)  # (B, P, D): p_ij = (v_i W) ⊙ v_j
