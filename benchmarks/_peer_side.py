@@ -253,6 +253,7 @@ def main() -> None:
     deepctr_torch = import_deepctr()
     cfg = json.loads(args.config)
     protocol = cfg.pop("protocol")
+    fused = bool(cfg.pop("fused_adam", False))  # ctr_peer.py --peer-fused-adam: not the library's default
 
     with np.load(args.npz, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -295,8 +296,11 @@ def main() -> None:
     def predict(m, batch):
         return m(batch["x"]).squeeze(-1)
 
+    optimizer = (
+        (lambda params: torch.optim.Adam(params, lr=protocol.get("lr", 1e-3), fused=True)) if fused else None
+    )
     result = _protocol.run(model, tensors["train"], tensors["valid"], tensors["test"], loss_fn, predict,
-                           seed=args.seed, **protocol)  # fmt: skip
+                           seed=args.seed, optimizer=optimizer, **protocol)  # fmt: skip
     result.update(
         library="deepctr-torch",
         library_version=deepctr_torch.__version__,

@@ -4,10 +4,11 @@ Imported by `ctr_peer.py` (rlrec's environment) and by `_peer_side.py` (the peer
 it needs nothing but torch and numpy: both sides train, select, time and score with this exact code.
 
 Protocol: Adam (lr 1e-3; each side builds it as its library does — rlrec from conf/train.yaml,
-fused; DeepCTR-Torch as its `compile("adam")`, torch.optim.Adam with default lr), batches of 1024 cut from one seeded permutation of the training set per
-epoch (the same permutation on both sides for the same seed), at most `max_epochs` epochs, early
-stopping on validation AUC (patience 2: stop after two epochs without a strict improvement), test
-AUC / log-loss of the best-validation epoch's weights.
+fused; DeepCTR-Torch as its `compile("adam")`, torch.optim.Adam with default lr), batches of 1024
+cut from one seeded permutation of the training set per epoch (the same permutation on both sides
+for the same seed), at most `max_epochs` epochs, early stopping on validation AUC (patience 2:
+stop after two epochs without a strict improvement), test AUC / log-loss of the best-validation
+epoch's weights.
 
 Throughput: training samples / training seconds, where the clock runs from the start of each epoch
 (the permutation gather included, i.e. data loading) to its last optimizer step; validation and
@@ -87,8 +88,14 @@ def run(
     """Train `model` under the protocol above; return test metrics of the best-validation epoch,
     training throughput and bookkeeping. `loss_fn(model, batch)` returns the scalar training loss
     (any data preparation it does per batch, e.g. negative sampling, is timed as training).
-    `optimizer(params)` builds the optimiser (default: torch.optim.Adam(params, lr))."""
-    optimizer = optimizer(model.parameters()) if optimizer else torch.optim.Adam(model.parameters(), lr=lr)
+    `optimizer(params)` builds the optimiser (default: torch.optim.Adam(params, lr)); it must use
+    the protocol's lr."""
+    if optimizer is None:
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    else:
+        optimizer = optimizer(model.parameters())
+        got = {g["lr"] for g in optimizer.param_groups}
+        assert got == {lr}, f"the optimiser's lr {got} is not the protocol's {lr}"
     generator = torch.Generator().manual_seed(seed)
     n = len(train["label"])
     best_auc, best_state, best_epoch, wait = -float("inf"), None, 0, 0

@@ -68,6 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--limit-batches", type=int, default=None, help="training batches per epoch (quick checks)"
     )
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--peer-fused-adam",
+        action="store_true",
+        help="give the peer torch's fused Adam too (its compile('adam') builds the loop version)",
+    )
     ap.add_argument("--out", default=str(HERE / "results" / "ctr_peer.md"))
     ap.add_argument("--peer-python", default=str(PEER_PYTHON))
     ap.add_argument("--data-path", default=None, help="folder with MovieLens100k_*.parquet.brotli")
@@ -274,7 +279,7 @@ def run_peer(name: str, npz: Path, seed: int, cfg: dict, protocol: dict, args) -
         "--threads",
         str(args.threads),
         "--config",
-        json.dumps({**cfg, "protocol": protocol}),
+        json.dumps({**cfg, "protocol": protocol, "fused_adam": args.peer_fused_adam}),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -361,6 +366,12 @@ def report(results: dict, args, sizes: dict, meta: dict) -> str:
         f"- rlrec {meta['rlrec']} (torch {meta['torch']}, Python {meta['python']})",
         f"- peer: deepctr-torch {meta.get('peer_version', 'n/a')} (torch {meta.get('peer_torch', 'n/a')}), "
         f"virtualenv {args.peer_python}",
+        "- optimiser: rlrec fused Adam (conf/train.yaml); peer "
+        + (
+            "fused Adam (--peer-fused-adam)"
+            if args.peer_fused_adam
+            else "torch.optim.Adam, as its compile('adam')"
+        ),
         f"- machine: {meta['machine']}",
         f"- command: `python benchmarks/{Path(__file__).name} {' '.join(meta['argv'])}`",
         "",

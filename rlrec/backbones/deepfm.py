@@ -19,8 +19,8 @@ class DeepFM(nn.Module):
     y_FM = <w, x> + Σ_{i<j} <V_i, V_j> (eq. 2): the first-order term is a learned scalar per field
     value (the paper's w: one more column of the embedding table, looked up with the same indices,
     `FeatureEmbedding(first_order=True)`; the DNN's output bias plays w_0), the second-order term
-    is the FM identity over the field embeddings. y_DNN: MLP over the flattened field embeddings, which are shared with
-    the FM part (eqs. 3–5). Fields: user, item, mean-pooled history per item field, knowledge
+    is the FM identity over the field embeddings. y_DNN: MLP over the flattened field embeddings,
+    which are shared with the FM part (eqs. 3–5). Fields: user, item, mean-pooled history per item field, knowledge
     (knowledge fields take part in the FM and DNN parts; they have no first-order weight)."""
 
     def __init__(

@@ -56,6 +56,7 @@ class FewFieldAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         q, k, v, a = ctx.saved_tensors
         d, F_ = q.shape[1], q.shape[2]

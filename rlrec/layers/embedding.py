@@ -110,11 +110,34 @@ class FeatureEmbedding(nn.Module):
         cuts the embedding backward's index sort by about Fi× — it dominated small models."""
         return self.embedding(self.item_table).flatten(1)
 
+    def small_catalogue(self, hist: torch.Tensor) -> bool:
+        """Whether the per-step item table (`item_rows`) is cheaper than per-sample lookups: it
+        costs O(num_items) per step, so only when the catalogue is no larger than the batch's
+        history (B·L positions); a large catalogue falls back to looking up L·Fi rows per sample."""
+        return len(self.item_table) <= hist.numel()
+
     def history(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Behaviour history: (B, L, Fi, D) item-field embeddings and (B, L) bool mask of real items."""
         hist = batch["history"]  # (B, L) catalogue indices, 0 = padding
-        h = F.embedding(hist, self.item_rows()).view(*hist.shape, self.num_item_fields, -1)  # (B, L, Fi, D')
+        if self.small_catalogue(hist):
+            h = F.embedding(hist, self.item_rows()).view(*hist.shape, self.num_item_fields, -1)
+        else:
+            h = self.embedding(self.item_table[hist])  # (B, L, Fi, D')
         return (h[..., : self.embed_dim] if self.first_order else h), hist > 0
+
+    def pooled_history(self, hist: torch.Tensor) -> torch.Tensor:
+        """(B, Fi, D') mean of the real history items' field embeddings (padding id 0 excluded; an
+        empty history gives 0)."""
+        if self.small_catalogue(hist):
+            pooled = F.embedding_bag(hist, self.item_rows(), mode="mean", padding_idx=0)
+            return pooled.view(len(hist), self.num_item_fields, -1)
+        B, L = hist.shape
+        real = (hist > 0).to(self.embedding.weight.dtype)
+        weights = real / real.sum(1, keepdim=True).clamp_min(1)  # (B, L): 1/len on real items
+        idx = self.item_table[hist].transpose(1, 2).reshape(B * self.num_item_fields, L)  # (B·Fi, L)
+        w = weights.repeat_interleave(self.num_item_fields, dim=0)  # (B·Fi, L)
+        pooled = F.embedding_bag(idx, self.embedding.weight, mode="sum", per_sample_weights=w)
+        return pooled.view(B, self.num_item_fields, -1)
 
     def lookup(self, batch: dict, pool_history: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, F, D) fields as `forward`, and with `first_order=True` the (B,) first-order term
@@ -125,9 +148,7 @@ class FeatureEmbedding(nn.Module):
         )  # (B, Fu + Fi)
         parts = [self.embedding(idx)]  # (B, Fu + Fi, D')  D' = D (+ 1 with first_order)
         if pool_history:
-            # mean over the real history items (padding id 0 excluded; an empty history gives 0)
-            pooled = F.embedding_bag(batch["history"], self.item_rows(), mode="mean", padding_idx=0)
-            parts.append(pooled.view(len(pooled), self.num_item_fields, -1))  # (B, Fi, D')
+            parts.append(self.pooled_history(batch["history"]))  # (B, Fi, D')
         linear = None
         if self.first_order:
             values = torch.cat(parts, dim=1)  # (B, F', D + 1)

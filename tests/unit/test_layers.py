@@ -79,3 +79,28 @@ def test_first_order_column_is_the_linear_term(tiny_prep, tiny_batch):
     torch.testing.assert_close(fields, full[..., :4])
     torch.testing.assert_close(linear, full[..., 4].sum(1))
     assert FeatureEmbedding(tiny_prep.spec, embed_dim=4).lookup(tiny_batch)[1] is None
+
+
+def test_large_catalogue_path_equals_per_step_item_table(tiny_prep, tiny_batch, monkeypatch):
+    """The history lookups switch to per-sample rows when the catalogue outgrows the batch; both
+    paths give the same embeddings, pooled means and gradients."""
+    torch.manual_seed(0)
+    emb = FeatureEmbedding(tiny_prep.spec, embed_dim=4, first_order=True)
+    batch = {**tiny_batch, "history": tiny_batch["history"].clone()}
+    batch["history"][0] = 0  # one empty history: its pooled mean is 0 on both paths
+
+    def run():
+        emb.zero_grad()
+        fields, linear = emb.lookup(batch, pool_history=True)
+        hist, mask = emb.history(batch)
+        (fields.square().sum() + linear.sum() + hist.square().sum()).backward()
+        return fields, linear, hist, mask, emb.embedding.weight.grad.clone()
+
+    assert emb.small_catalogue(batch["history"])  # 40 items < 48 × 8 history positions
+    small = run()
+    monkeypatch.setattr(FeatureEmbedding, "small_catalogue", lambda self, hist: False)
+    large = run()
+    for a, b in zip(small, large):
+        torch.testing.assert_close(a, b)
+    n_item = emb.num_user_fields + emb.num_item_fields
+    torch.testing.assert_close(small[0][0, n_item:], torch.zeros(emb.num_item_fields, 4))
