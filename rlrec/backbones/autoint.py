@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from rlrec.data.features import FeatureSpec
-from rlrec.layers.attention import FieldSelfAttention
+from rlrec.layers.attention import FieldSelfAttention, FieldSelfAttentionStack
 from rlrec.layers.embedding import FeatureEmbedding
 from rlrec.layers.mlp import MLP
 
@@ -38,7 +38,7 @@ class AutoInt(nn.Module):
         self.embedding = FeatureEmbedding(features, embed_dim, adapter)
         num_fields = self.embedding.num_fields(pool_history=True)
         dims = [embed_dim] + [num_heads * head_dim] * num_layers
-        self.attention = nn.Sequential(
+        self.attention = FieldSelfAttentionStack(
             *(FieldSelfAttention(d, head_dim, num_heads, residual, scale) for d in dims[:-1])
         )
         self.out = nn.Linear(num_fields * dims[-1], 1)
@@ -47,13 +47,7 @@ class AutoInt(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         fields = self.embedding(batch, pool_history=True)  # (B, F, D)
-        if fields.device.type == "cpu":  # the stack stays batch-last: one layout change each way
-            x = fields.permute(2, 1, 0).contiguous()  # (D, F, B)
-            for layer in self.attention:
-                x = layer.forward_batch_last(x)
-            interacted = x.permute(2, 1, 0)  # (B, F, H·d)
-        else:
-            interacted = self.attention(fields)  # (B, F, H·d)
+        interacted = self.attention(fields)  # (B, F, H·d)
         logit = self.out(interacted.reshape(len(fields), -1)).squeeze(-1)  # (B, F·H·d) → (B,)
         if self.dnn is not None:
             logit = logit + self.dnn(fields.flatten(1)).squeeze(-1)  # (B, F·D) → (B,)

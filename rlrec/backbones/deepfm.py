@@ -20,8 +20,9 @@ class DeepFM(nn.Module):
     value (the paper's w: one more column of the embedding table, looked up with the same indices,
     `FeatureEmbedding(first_order=True)`; the DNN's output bias plays w_0), the second-order term
     is the FM identity over the field embeddings. y_DNN: MLP over the flattened field embeddings,
-    which are shared with the FM part (eqs. 3–5). Fields: user, item, mean-pooled history per item field, knowledge
-    (knowledge fields take part in the FM and DNN parts; they have no first-order weight)."""
+    which are shared with the FM part (eqs. 3–5). Fields: user, item, mean-pooled history per item
+    field, knowledge (knowledge fields take part in the FM and DNN parts; they have no first-order
+    weight)."""
 
     def __init__(
         self,

@@ -121,3 +121,16 @@ class FieldSelfAttention(nn.Module):
         if self.residual is not None:
             out = out + self.residual.weight @ flat
         return torch.relu(out).view(-1, F, B)
+
+
+class FieldSelfAttentionStack(nn.Sequential):
+    """Stacked `FieldSelfAttention` layers (AutoInt), (B, F, D) → (B, F, H·d). On CPU the whole
+    stack runs batch-last, with one layout change on the way in and one on the way out."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        x = x.permute(2, 1, 0).contiguous()  # (D, F, B)
+        for layer in self:
+            x = layer.forward_batch_last(x)
+        return x.permute(2, 1, 0)  # (B, F, H·d)
