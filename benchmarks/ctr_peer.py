@@ -18,7 +18,9 @@ rlrec prepares the data once (`rlrec.data.features.prepare`); the encoded arrays
 .npz that the peer side (`_peer_side.py`, run with benchmarks/.venv-peer/bin/python) reads, so both
 sides see the same samples, vocabularies and histories. Both sides train with the same loop
 (`_protocol.py`: same batches in the same seeded order, same early stopping, same metric code,
-same throughput clock), one after the other, never concurrently, with the same thread count.
+same throughput clock), one after the other, never concurrently, with the same thread count; which
+side runs first alternates from seed to seed, because this kind of machine's speed drifts over
+minutes.
 rlrec's models are built from conf/backbone/<name>.yaml; the peer's hyper-parameters are mapped
 from the same yaml (`peer_config`), and whatever the peer cannot match is listed in the output.
 
@@ -360,7 +362,8 @@ def report(results: dict, args, sizes: dict, meta: dict) -> str:
         "## Run",
         "",
         f"- date: {meta['date']}; wall time {meta['wall']:.0f} s",
-        f"- threads: {args.threads} per side (torch.set_num_threads, OMP_NUM_THREADS); sides run one after the other",
+        f"- threads: {args.threads} per side (torch.set_num_threads, OMP_NUM_THREADS); sides run one after the other, "
+        "rlrec first for the 1st, 3rd, … seed and the peer first for the others",
         f"- max epochs {args.max_epochs}, patience {args.patience}, "
         f"limit-batches {args.limit_batches if args.limit_batches is not None else 'none (full epochs)'}",
         f"- rlrec {meta['rlrec']} (torch {meta['torch']}, Python {meta['python']})",
@@ -420,19 +423,22 @@ def main(argv=None) -> None:
             cfg, peer_notes = peer_config(name, ycfg) if name in PEER_MODELS else (None, [])
             notes = notes + peer_notes
             results[name] = {"rlrec": [], "peer": [], "notes": list(notes)}
-            for seed in args.seeds:
-                r = run_rlrec(name, prep, seed, protocol)
-                results[name]["rlrec"].append(r)
-                print(f"{name} seed {seed} rlrec: {json.dumps(r)}", file=sys.stderr)
-                if cfg is None:
-                    continue
-                p = run_peer(name, npz, seed, cfg, protocol, args)
-                results[name]["peer"].append(p)
-                meta["peer_version"], meta["peer_torch"] = p["library_version"], p["torch_version"]
-                for note in p.get("notes", []):
-                    if note not in results[name]["notes"]:
-                        results[name]["notes"].append(note)
-                print(f"{name} seed {seed} peer:  {json.dumps(p)}", file=sys.stderr)
+            for k, seed in enumerate(args.seeds):
+                # the machine's speed drifts over minutes: alternate which side runs first
+                sides = ["rlrec", "peer"] if cfg is not None else ["rlrec"]
+                for side in sides if k % 2 == 0 else sides[::-1]:
+                    if side == "rlrec":
+                        r = run_rlrec(name, prep, seed, protocol)
+                        results[name]["rlrec"].append(r)
+                        print(f"{name} seed {seed} rlrec: {json.dumps(r)}", file=sys.stderr)
+                        continue
+                    p = run_peer(name, npz, seed, cfg, protocol, args)
+                    results[name]["peer"].append(p)
+                    meta["peer_version"], meta["peer_torch"] = p["library_version"], p["torch_version"]
+                    for note in p.get("notes", []):
+                        if note not in results[name]["notes"]:
+                            results[name]["notes"].append(note)
+                    print(f"{name} seed {seed} peer:  {json.dumps(p)}", file=sys.stderr)
     meta["wall"] = time.perf_counter() - t_start
     text = report(results, args, sizes, meta)
     print(text)

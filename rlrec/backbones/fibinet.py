@@ -9,7 +9,7 @@ from torch import nn
 
 from rlrec.data.features import FeatureSpec
 from rlrec.layers.embedding import FeatureEmbedding
-from rlrec.layers.interaction import BilinearInteraction, SqueezeExcitation
+from rlrec.layers.interaction import BilinearInteraction, SqueezeExcitation, bilinear_combination
 from rlrec.layers.mlp import MLP
 
 
@@ -48,8 +48,8 @@ class FiBiNet(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         e, linear = self.embedding.lookup(batch, pool_history=True)  # (B, F, D), (B,) or None
         v = self.senet(e)  # (B, F, D)
-        p, q = self.bilinear_e(e), self.bilinear_v(v)  # (B, P, D) each
-        logit = self.dnn(torch.cat([p, q], dim=1).flatten(1)).squeeze(-1)  # (B, 2P·D) → (B,)
+        pq = bilinear_combination([self.bilinear_e, self.bilinear_v], [e, v])  # (B, 2P·D): [p, q]
+        logit = self.dnn(pq).squeeze(-1)  # (B,)
         if linear is not None:
             logit = logit + linear  # (B,)
         return logit  # (B,)

@@ -36,13 +36,48 @@ class CrossNet(nn.Module):
             self.w = nn.ModuleList(nn.Linear(in_dim, in_dim) for _ in range(num_layers))
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        if self.version == "v1":
+            return CrossV1.apply(x0, *(w.weight[0] for w in self.w), *self.b)
         x = x0
-        for i, w in enumerate(self.w):
-            if self.version == "v1":
-                x = x0 * w(x) + self.b[i] + x  # (B, d) · (B, 1) scalar per sample
-            else:
-                x = x0 * w(x) + x  # (B, d)
+        for w in self.w:
+            x = x0 * w(x) + x  # (B, d)
         return x
+
+
+class CrossV1(torch.autograd.Function):
+    """The v1 cross stack x_{l+1} = x_0 (x_lᵀ w_l) + b_l + x_l (DCN eq. 3) with a hand-written
+    backward: two passes over (B, d) per layer forward, five backward, where autograd's graph of
+    a Linear(d, 1), a broadcast multiply and two adds makes about twice as many, each allocating.
+    Arguments: x_0 (B, d), then the L weight vectors w_l (d,), then the L biases b_l (d,)."""
+
+    @staticmethod
+    def forward(ctx, x0: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        L = len(params) // 2
+        xs, ss, x = [], [], x0
+        for w, b in zip(params[:L], params[L:]):
+            s = (x @ w).unsqueeze(1)  # (B, 1): x_lᵀ w_l
+            xs.append(x)
+            ss.append(s)
+            x = torch.addcmul(x, x0, s).add_(b)  # (B, d)
+        ctx.save_for_backward(x0, *params[:L], *xs, *ss)
+        ctx.L = L
+        return x
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        L = ctx.L
+        saved = ctx.saved_tensors
+        x0, ws, xs, ss = saved[0], saved[1 : 1 + L], saved[1 + L : 1 + 2 * L], saved[1 + 2 * L :]
+        gx0 = torch.zeros_like(x0)
+        gw, gb = [None] * L, [None] * L
+        for l in reversed(range(L)):
+            gb[l] = g.sum(0)  # ∂/∂b_l
+            gs = (g * x0).sum(1)  # (B,): ∂/∂s_l
+            gx0.addcmul_(g, ss[l])  # x_0 term of layer l
+            gw[l] = xs[l].t() @ gs  # (d,): ∂/∂w_l = Σ_b x_l gs
+            g = torch.addr(g, gs, ws[l])  # ∂/∂x_l = g + gs w_lᵀ
+        return (gx0.add_(g), *gw, *gb)
 
 
 class SqueezeExcitation(nn.Module):
@@ -66,11 +101,75 @@ class SqueezeExcitation(nn.Module):
         return fields * a.unsqueeze(-1)  # (B, F, D)
 
 
+class BilinearPairs(torch.autograd.Function):
+    """FiBiNet's bilinear interaction and combination layer in one pass. For each input X_s (B, F, D)
+    with its pair matrices W_s (P, D, D): p_ij = (x_i W_ij) ⊙ x_j for the P pairs i < j (i-major),
+    written straight into slot s of the (B, S·P·D) output [p⁽¹⁾, …, p⁽ˢ⁾] that the DNN reads.
+    For a left field i the blocks W_i,i+1 … W_i,F−1 side by side are one (D, n_i·D) matrix, so
+    x_i W_ij for all j > i is one small matmul, and x_j for all j > i is a (B, n_i·D) view of X:
+    no batched matmul over P tiny problems, no gathered (B, P, D) copies, no concatenations. The
+    backward is written by hand over the same views."""
+
+    @staticmethod
+    def forward(ctx, *args: torch.Tensor) -> torch.Tensor:
+        S = len(args) // 2
+        xs = [x.contiguous() for x in args[:S]]
+        B, F_, D = xs[0].shape
+        P = F_ * (F_ - 1) // 2
+        out = xs[0].new_empty(B, S, P * D)
+        lefts, blocks = [], []
+        for s in range(S):
+            x = xs[s]
+            blk = args[S + s].permute(1, 0, 2).reshape(D, P * D)  # (D, P·D): W_ij side by side
+            left = x.new_empty(B, P * D)  # x_i W_ij for every pair, kept for the backward
+            for i, cols, n in _left_blocks(F_, D):
+                torch.mm(x[:, i], blk[:, cols], out=left[:, cols])  # (B, n·D)
+                torch.mul(left[:, cols], x[:, i + 1 :].reshape(B, n * D), out=out[:, s, cols])
+            lefts.append(left)
+            blocks.append(blk)
+        ctx.save_for_backward(*xs, *lefts, *blocks)
+        ctx.S = S
+        return out.view(B, S * P * D)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        S = ctx.S
+        saved = ctx.saved_tensors
+        xs, lefts, blocks = saved[:S], saved[S : 2 * S], saved[2 * S :]
+        B, F_, D = xs[0].shape
+        grad = grad.view(B, S, -1)
+        grad_x, grad_w = [], []
+        for s in range(S):
+            x, left, blk = xs[s], lefts[s], blocks[s]
+            gx = torch.zeros_like(x)  # (B, F, D)
+            gblk = torch.empty_like(blk)  # (D, P·D)
+            for i, cols, n in _left_blocks(F_, D):
+                g = grad[:, s, cols]  # (B, n·D) = ∂L/∂p_ij for j > i
+                gx[:, i + 1 :].reshape(B, n * D).addcmul_(g, left[:, cols])  # ∂/∂x_j = g ⊙ x_i W_ij
+                h = g * x[:, i + 1 :].reshape(B, n * D)  # ∂L/∂(x_i W_ij)
+                gx[:, i].addmm_(h, blk[:, cols].t())  # ∂/∂x_i = h W_ijᵀ
+                torch.mm(x[:, i].t(), h, out=gblk[:, cols])  # ∂/∂W_ij = x_iᵀ h
+            grad_x.append(gx)
+            grad_w.append(gblk.view(D, -1, D).permute(1, 0, 2))  # (P, D, D)
+        return (*grad_x, *grad_w)
+
+
+def _left_blocks(num_fields: int, dim: int):
+    """(i, columns of the pairs (i, j > i) in a (·, P·D) row, n_i = F − 1 − i) for each left field."""
+    start = 0
+    for i in range(num_fields - 1):
+        n = num_fields - 1 - i
+        yield i, slice(start * dim, (start + n) * dim), n
+        start += n
+
+
 class BilinearInteraction(nn.Module):
     """FiBiNet's bilinear interaction (Huang et al. 2019, Bilinear-Interaction-layer equations):
     p_ij = (v_i · W) ⊙ v_j for every field pair i < j, with W shared by all fields ("field_all"),
     one W_i per field ("field_each") or one W_ij per pair ("field_interaction").
-    (B, F, D) → (B, P, D), P = F(F−1)/2."""
+    (B, F, D) → (B, P, D), P = F(F−1)/2; `bilinear_combination` runs several layers into one
+    (B, S·P·D) DNN input."""
 
     TYPES = ("field_all", "field_each", "field_interaction")
 
@@ -89,23 +188,22 @@ class BilinearInteraction(nn.Module):
         for w in self.weight:
             nn.init.xavier_uniform_(w)
 
-    def forward(self, fields: torch.Tensor) -> torch.Tensor:
-        B, F, D = fields.shape
+    def pair_weights(self) -> torch.Tensor:
+        """(P, D, D): the matrix W of every pair i < j under this layer's type."""
+        P, D = len(self.i), self.weight.shape[-1]
         if self.bilinear_type == "field_interaction":
-            # pairs run i-major (triu order): for a left field i, the blocks W_i,i+1 … W_i,F−1 side
-            # by side are one (D, n_i·D) matrix, so v_i W_ij for all j > i is one small matmul — no
-            # batched matmul over P tiny D×D problems, no (B, P, D) gather of v_i
-            blocks = self.weight.permute(1, 0, 2).reshape(D, -1)  # (D, P·D)
-            cols, parts, start = fields.unbind(1), [], 0
-            for i in range(F - 1):
-                n = F - 1 - i
-                parts.append(cols[i] @ blocks[:, start * D : (start + n) * D])  # (B, n_i·D)
-                start += n
-            left = torch.cat(parts, dim=1).view(B, -1, D)  # (B, P, D): v_i W_ij
-        else:
-            if self.bilinear_type == "field_all":
-                left = fields[:, :-1] @ self.weight[0]  # (B, F−1, D): v_i W
-            else:
-                left = torch.einsum("bfd,fde->bfe", fields[:, :-1], self.weight)  # v_i W_i
-            left = left.index_select(1, self.i)  # (B, P, D)
-        return left * fields.index_select(1, self.j)  # (B, P, D): p_ij = (v_i W) ⊙ v_j
+            return self.weight
+        if self.bilinear_type == "field_all":
+            return self.weight.expand(P, D, D)
+        return self.weight.index_select(0, self.i)  # field_each: W_i for every pair of i
+
+    def forward(self, fields: torch.Tensor) -> torch.Tensor:
+        B, _, D = fields.shape
+        return bilinear_combination([self], [fields]).view(B, -1, D)  # (B, P, D)
+
+
+def bilinear_combination(layers: list[BilinearInteraction], inputs: list[torch.Tensor]) -> torch.Tensor:
+    """FiBiNet's combination layer: [p⁽¹⁾, …, p⁽ˢ⁾] flattened, (B, S·P·D), where p⁽ˢ⁾ is
+    `layers[s](inputs[s])` (each input (B, F, D))."""
+    assert len(layers) == len(inputs), "one input per bilinear layer"
+    return BilinearPairs.apply(*inputs, *(layer.pair_weights() for layer in layers))
