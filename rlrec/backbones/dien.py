@@ -139,7 +139,7 @@ class DIEN(nn.Module):
         pos = behaviours[:, 1:][valid]  # (N, Fi·D) e_b[t+1]
         # negatives: uniform random catalogue items, embedded through the item table
         neg_items = torch.randint(1, self.num_items + 1, (n,), device=h.device)  # (N,)
-        neg = self.embedding.embedding(self.embedding.item_table[neg_items])  # (N, Fi, D)
+        neg = self.embedding.rows(self.embedding.item_table[neg_items])  # (N, Fi, D)
         neg = neg.reshape(n, -1)  # (N, Fi·D) ê_b[t+1]
         pair = torch.cat([h.repeat(2, 1), torch.cat([pos, neg])], dim=1)  # (2N, H + Fi·D)
         logit_pos, logit_neg = self.aux_net(pair).squeeze(-1).split(n)  # (N,), (N,)

@@ -12,6 +12,62 @@ from torch import nn
 from rlrec.data.features import FeatureSpec
 
 
+class WeightedBag(torch.autograd.Function):
+    """out[r] = Σ_l w[r, l] · table[idx[r, l]] for idx, w (R, L): embedding_bag's weighted-sum
+    forward (its fast path; mean mode with a padding_idx leaves it and is about 15× slower on
+    CPU), and a backward that scatters g through one sparse (rows × R) matrix product instead of
+    sorting the R·L indices. `w` gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(idx, w)
+        ctx.rows = table.shape[0]
+        return F.embedding_bag(idx, table, mode="sum", per_sample_weights=w)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        idx, w = ctx.saved_tensors
+        R, L = idx.shape
+        bag = torch.arange(R, device=idx.device).repeat_interleave(L)
+        scatter = torch.sparse_coo_tensor(
+            torch.stack([idx.reshape(-1), bag]), w.reshape(-1), (ctx.rows, R), check_invariants=False
+        )
+        return torch.sparse.mm(scatter, g), None, None
+
+
+class GatherRows(torch.autograd.Function):
+    """table[idx] (idx of any shape → (*idx.shape, D)) with an `index_add_` backward: on CPU it
+    beats the embedding backward's sort of the indices."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(idx)
+        ctx.rows = table.shape[0]
+        return table.index_select(0, idx.reshape(-1)).view(*idx.shape, table.shape[1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        (idx,) = ctx.saved_tensors
+        flat = idx.reshape(-1)
+        return g.new_zeros(ctx.rows, g.shape[-1]).index_add_(0, flat, g.reshape(len(flat), -1)), None
+
+
+def weighted_bag(table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(R, D) = Σ_l w[r, l] · table[idx[r, l]]; idx, w (R, L)."""
+    if table.device.type == "cpu" and torch.is_grad_enabled() and table.requires_grad:
+        return WeightedBag.apply(table, idx, w)
+    return F.embedding_bag(idx, table, mode="sum", per_sample_weights=w)
+
+
+def gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """table[idx]: (*idx.shape, D)."""
+    if table.device.type == "cpu" and torch.is_grad_enabled() and table.requires_grad:
+        return GatherRows.apply(table, idx)
+    return F.embedding(idx, table)
+
+
 class FeatureEmbedding(nn.Module):
     """Field embeddings from catalogue indices.
 
@@ -108,7 +164,11 @@ class FeatureEmbedding(nn.Module):
         """(num_items + 1, Fi·D): every catalogue item's field embeddings, flattened. Looking the
         history up in this small per-step table (instead of L·Fi rows of the big one per sample)
         cuts the embedding backward's index sort by about Fi× — it dominated small models."""
-        return self.embedding(self.item_table).flatten(1)
+        return self.rows(self.item_table).flatten(1)
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """(*idx.shape, D') rows of the field table (idx already offset per field)."""
+        return gather_rows(self.embedding.weight, idx)
 
     def small_catalogue(self, hist: torch.Tensor) -> bool:
         """Whether the per-step item table (`item_rows`) is cheaper than per-sample lookups: it
@@ -120,24 +180,22 @@ class FeatureEmbedding(nn.Module):
         """Behaviour history: (B, L, Fi, D) item-field embeddings and (B, L) bool mask of real items."""
         hist = batch["history"]  # (B, L) catalogue indices, 0 = padding
         if self.small_catalogue(hist):
-            h = F.embedding(hist, self.item_rows()).view(*hist.shape, self.num_item_fields, -1)
+            h = gather_rows(self.item_rows(), hist).view(*hist.shape, self.num_item_fields, -1)
         else:
-            h = self.embedding(self.item_table[hist])  # (B, L, Fi, D')
+            h = self.rows(self.item_table[hist])  # (B, L, Fi, D')
         return (h[..., : self.embed_dim] if self.first_order else h), hist > 0
 
     def pooled_history(self, hist: torch.Tensor) -> torch.Tensor:
         """(B, Fi, D') mean of the real history items' field embeddings (padding id 0 excluded; an
         empty history gives 0)."""
-        if self.small_catalogue(hist):
-            pooled = F.embedding_bag(hist, self.item_rows(), mode="mean", padding_idx=0)
-            return pooled.view(len(hist), self.num_item_fields, -1)
         B, L = hist.shape
         real = (hist > 0).to(self.embedding.weight.dtype)
         weights = real / real.sum(1, keepdim=True).clamp_min(1)  # (B, L): 1/len on real items
+        if self.small_catalogue(hist):
+            return weighted_bag(self.item_rows(), hist, weights).view(B, self.num_item_fields, -1)
         idx = self.item_table[hist].transpose(1, 2).reshape(B * self.num_item_fields, L)  # (B·Fi, L)
         w = weights.repeat_interleave(self.num_item_fields, dim=0)  # (B·Fi, L)
-        pooled = F.embedding_bag(idx, self.embedding.weight, mode="sum", per_sample_weights=w)
-        return pooled.view(B, self.num_item_fields, -1)
+        return weighted_bag(self.embedding.weight, idx, w).view(B, self.num_item_fields, -1)
 
     def lookup(self, batch: dict, pool_history: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, F, D) fields as `forward`, and with `first_order=True` the (B,) first-order term
@@ -146,7 +204,7 @@ class FeatureEmbedding(nn.Module):
         idx = torch.cat(
             [self.user_table[batch["user"]], self.item_table[batch["item"]]], dim=1
         )  # (B, Fu + Fi)
-        parts = [self.embedding(idx)]  # (B, Fu + Fi, D')  D' = D (+ 1 with first_order)
+        parts = [self.rows(idx)]  # (B, Fu + Fi, D')  D' = D (+ 1 with first_order)
         if pool_history:
             parts.append(self.pooled_history(batch["history"]))  # (B, Fi, D')
         linear = None

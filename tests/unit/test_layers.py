@@ -1,6 +1,7 @@
 """Shared CTR layers against their definitions: the batch-last few-field attention (AutoInt's CPU
 path), the bilinear interaction's pair order and hand-written backward, the v1 cross stack's
-backward, and the first-order column of the embedding table."""
+backward, the embedding lookups' scatter backwards, and the first-order column of the embedding
+table."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck
 
 from rlrec.layers.attention import FewFieldAttention, FieldSelfAttention
-from rlrec.layers.embedding import FeatureEmbedding
+from rlrec.layers.embedding import FeatureEmbedding, GatherRows, WeightedBag, gather_rows, weighted_bag
 from rlrec.layers.interaction import BilinearInteraction, CrossNet, bilinear_combination
 
 
@@ -104,6 +105,35 @@ def test_cross_v1_backward_matches_autograd_of_the_definition():
     for got, want in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
         torch.testing.assert_close(got, want)
     assert gradcheck(net, (x0,))
+
+
+def test_weighted_bag_and_gather_rows_match_torch_with_exact_gradients():
+    """The CPU lookups with scatter backwards equal embedding_bag (mean over real ids, padding 0
+    excluded, an empty bag gives 0) and F.embedding, values and gradients."""
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(9, 3, dtype=torch.double, generator=g, requires_grad=True)
+    idx = torch.tensor([[1, 4, 4, 0], [0, 0, 0, 0], [8, 2, 1, 5]])  # a repeat, padding, an empty bag
+    real = (idx > 0).double()
+    w = real / real.sum(1, keepdim=True).clamp_min(1)
+    out = weighted_bag(table, idx, w)
+    ref = F.embedding_bag(idx, table, mode="mean", padding_idx=0)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(out[1], torch.zeros(3, dtype=torch.double))
+    grad = torch.randn(3, 3, dtype=torch.double, generator=g)
+    (got,) = torch.autograd.grad(out, table, grad)
+    (want,) = torch.autograd.grad(ref, table, grad)
+    torch.testing.assert_close(got, want)
+    assert got[0].abs().sum() == 0  # padding rows get no gradient
+    assert gradcheck(lambda t: WeightedBag.apply(t, idx, w), (table,))
+
+    rows = gather_rows(table, idx)
+    assert rows.shape == (3, 4, 3)
+    torch.testing.assert_close(rows, F.embedding(idx, table))
+    grad = torch.randn(3, 4, 3, dtype=torch.double, generator=g)
+    torch.testing.assert_close(
+        torch.autograd.grad(rows, table, grad)[0], torch.autograd.grad(F.embedding(idx, table), table, grad)[0]
+    )
+    assert gradcheck(lambda t: GatherRows.apply(t, idx), (table,))
 
 
 def test_first_order_column_is_the_linear_term(tiny_prep, tiny_batch):
