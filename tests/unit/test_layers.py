@@ -131,7 +131,8 @@ def test_weighted_bag_and_gather_rows_match_torch_with_exact_gradients():
     torch.testing.assert_close(rows, F.embedding(idx, table))
     grad = torch.randn(3, 4, 3, dtype=torch.double, generator=g)
     torch.testing.assert_close(
-        torch.autograd.grad(rows, table, grad)[0], torch.autograd.grad(F.embedding(idx, table), table, grad)[0]
+        torch.autograd.grad(rows, table, grad)[0],
+        torch.autograd.grad(F.embedding(idx, table), table, grad)[0],
     )
     assert gradcheck(lambda t: GatherRows.apply(t, idx), (table,))
 
