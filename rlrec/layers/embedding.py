@@ -54,16 +54,22 @@ class GatherRows(torch.autograd.Function):
         return g.new_zeros(ctx.rows, g.shape[-1]).index_add_(0, flat, g.reshape(len(flat), -1)), None
 
 
+def _scatter_backward(table: torch.Tensor) -> bool:
+    """Whether a lookup into `table` takes the Functions above: training on CPU (GPU keeps torch's
+    kernels, and without a gradient there is no backward to replace)."""
+    return table.device.type == "cpu" and torch.is_grad_enabled() and table.requires_grad
+
+
 def weighted_bag(table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """(R, D) = Σ_l w[r, l] · table[idx[r, l]]; idx, w (R, L)."""
-    if table.device.type == "cpu" and torch.is_grad_enabled() and table.requires_grad:
+    if _scatter_backward(table):
         return WeightedBag.apply(table, idx, w)
     return F.embedding_bag(idx, table, mode="sum", per_sample_weights=w)
 
 
 def gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """table[idx]: (*idx.shape, D)."""
-    if table.device.type == "cpu" and torch.is_grad_enabled() and table.requires_grad:
+    if _scatter_backward(table):
         return GatherRows.apply(table, idx)
     return F.embedding(idx, table)
 
