@@ -6,7 +6,8 @@ deepctr-torch but not rlrec), e.g.
     benchmarks/.venv-peer/bin/python benchmarks/_peer_side.py --npz data.npz --model deepfm \
         --seed 1 --threads 1 --config '{"dnn_hidden_units": [400, 400, 400], ...}'
 
-and prints one JSON line {auc, logloss, samples_per_s, epochs, ...} on stdout. The input of every
+and prints one JSON line {auc, logloss, samples_per_s, epochs, ...} on stdout. With `--serve` it
+trains in turns instead (`_protocol.StepClock`), driven by `ctr_peer.py` over stdin / stdout. The input of every
 DeepCTR-Torch model is one float tensor whose columns are the features in `model.feature_index`
 order (its own `fit` builds the same tensor); it is built once here and cut into batches by the
 shared protocol (`_protocol.py`), exactly as on rlrec's side.
@@ -240,6 +241,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--config", required=True, help="JSON: hyper-parameters + protocol")
+    ap.add_argument(
+        "--serve",
+        action="store_true",
+        help="interleaved throughput: read one JSON line {\"steps\": k} per turn from stdin, train k "
+        "batches, answer with one JSON line {seconds, samples}; stop at end of input",
+    )
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
@@ -299,6 +306,13 @@ def main() -> None:
     optimizer = (
         (lambda params: torch.optim.Adam(params, lr=protocol.get("lr", 1e-3), fused=True)) if fused else None
     )
+    if args.serve:
+        clock = _protocol.StepClock(model, tensors["train"], loss_fn, seed=args.seed,
+                                    lr=protocol.get("lr", 1e-3), optimizer=optimizer)  # fmt: skip
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            print(json.dumps(clock.steps(int(json.loads(line)["steps"]))), flush=True)
+        return
     result = _protocol.run(model, tensors["train"], tensors["valid"], tensors["test"], loss_fn, predict,
                            seed=args.seed, optimizer=optimizer, **protocol)  # fmt: skip
     result.update(

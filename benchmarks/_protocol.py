@@ -13,6 +13,11 @@ epoch's weights.
 Throughput: training samples / training seconds, where the clock runs from the start of each epoch
 (the permutation gather included, i.e. data loading) to its last optimizer step; validation and
 test are outside the clock.
+
+Interleaved throughput (`StepClock`): the two sides run as two processes that take turns, a few
+dozen training steps each, so that both see the same machine speed. A virtual machine's speed
+drifts by tens of percent over minutes, which whole runs done one after the other cannot separate
+from a real difference between the sides.
 """
 
 from __future__ import annotations
@@ -69,6 +74,31 @@ def evaluate(
     return {"auc": auc(y, p), "logloss": logloss(y, p)}
 
 
+def build_optimizer(
+    model: torch.nn.Module, optimizer: Callable[..., torch.optim.Optimizer] | None, lr: float
+) -> torch.optim.Optimizer:
+    """`optimizer(params)`, checked to use the protocol's lr; default torch.optim.Adam(params, lr)."""
+    if optimizer is None:
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    built = optimizer(model.parameters())
+    got = {g["lr"] for g in built.param_groups}
+    assert got == {lr}, f"the optimiser's lr {got} is not the protocol's {lr}"
+    return built
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor],
+    batch: Batch,
+) -> None:
+    """One optimiser step on `batch`: the unit both throughput clocks time."""
+    loss = loss_fn(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def run(
     model: torch.nn.Module,
     train: Batch,
@@ -90,12 +120,7 @@ def run(
     (any data preparation it does per batch, e.g. negative sampling, is timed as training).
     `optimizer(params)` builds the optimiser (default: torch.optim.Adam(params, lr)); it must use
     the protocol's lr."""
-    if optimizer is None:
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    else:
-        optimizer = optimizer(model.parameters())
-        got = {g["lr"] for g in optimizer.param_groups}
-        assert got == {lr}, f"the optimiser's lr {got} is not the protocol's {lr}"
+    optimizer = build_optimizer(model, optimizer, lr)
     generator = torch.Generator().manual_seed(seed)
     n = len(train["label"])
     best_auc, best_state, best_epoch, wait = -float("inf"), None, 0, 0
@@ -109,11 +134,7 @@ def run(
         for b, s in enumerate(_slices(n, batch_size)):
             if limit_batches is not None and b >= limit_batches:
                 break
-            batch = {k: v[s] for k, v in data.items()}
-            loss = loss_fn(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, loss_fn, {k: v[s] for k, v in data.items()})
             samples += s.stop - s.start
         seconds += time.perf_counter() - t0
         epochs = epoch
@@ -140,6 +161,46 @@ def run(
         "best_epoch": best_epoch,
         "params": sum(p.numel() for p in model.parameters()),
     }
+
+
+class StepClock:
+    """Training throughput measured in turns. `steps(k)` trains `model` for the next k batches
+    (batches of the same seeded per-epoch permutations as `run`; a new epoch's permutation gather
+    is timed, as in `run`) and returns the seconds and samples of those k steps. Both sides of
+    `ctr_peer.py` build one and the caller alternates between them, so the two clocks sample the
+    same stretch of machine time."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        train: Batch,
+        loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor],
+        seed: int,
+        batch_size: int = 1024,
+        lr: float = 1e-3,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+    ):
+        self.model, self.train, self.loss_fn, self.batch_size = model, train, loss_fn, batch_size
+        self.optimizer = build_optimizer(model, optimizer, lr)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.n = len(train["label"])
+        self.data: Batch = {}
+        self.slices: list[slice] = []
+
+    def steps(self, k: int) -> dict:
+        assert k > 0, f"steps(k) needs k >= 1, got {k}"
+        self.model.train()
+        samples = 0
+        t0 = time.perf_counter()
+        for _ in range(k):
+            if not self.slices:  # a new epoch: permutation gather, as at the top of `run`'s epoch
+                perm = torch.randperm(self.n, generator=self.generator)
+                self.data = {key: v[perm] for key, v in self.train.items()}
+                self.slices = list(_slices(self.n, self.batch_size))[::-1]
+            s = self.slices.pop()
+            train_step(self.model, self.optimizer, self.loss_fn, {key: v[s] for key, v in self.data.items()})
+            samples += s.stop - s.start
+        return {"seconds": time.perf_counter() - t0, "samples": samples}
 
 
 def set_threads(threads: int) -> None:

@@ -2,6 +2,7 @@
 
     python benchmarks/ctr_peer.py                                   # all models, seeds 1,2,3
     python benchmarks/ctr_peer.py --models din,deepfm --seeds 1 --max-epochs 1 --limit-batches 10
+    python benchmarks/ctr_peer.py --models fibinet --speed-rounds 60         # longer interleaved phase
 
 Protocol (the CTR reference protocol): embedded MovieLens-100K, every rating one sample, label =
 rating >= 4; rows sorted by (timestamp, user, item), first 80% train, next 10% valid, last 10% test
@@ -21,6 +22,10 @@ sides see the same samples, vocabularies and histories. Both sides train with th
 same throughput clock), one after the other, never concurrently, with the same thread count; which
 side runs first alternates from seed to seed, because this kind of machine's speed drifts over
 minutes.
+After a model's seeds, both sides train once more in turns (`interleaved_speed`): the peer as a
+server process that trains k batches per request, rlrec here, alternating every `--speed-steps`
+steps for `--speed-rounds` rounds. This throughput is not confounded with the machine's drift,
+which on a shared VM reaches tens of percent over minutes; both numbers are reported.
 rlrec's models are built from conf/backbone/<name>.yaml; the peer's hyper-parameters are mapped
 from the same yaml (`peer_config`), and whatever the peer cannot match is listed in the output.
 
@@ -70,6 +75,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--limit-batches", type=int, default=None, help="training batches per epoch (quick checks)"
     )
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--speed-rounds",
+        type=int,
+        default=20,
+        help="interleaved throughput: rounds of turns per model (0: whole-run throughput only)",
+    )
+    ap.add_argument("--speed-steps", type=int, default=10, help="training steps per side per round")
+    ap.add_argument("--speed-warmup", type=int, default=10, help="untimed steps per side before the rounds")
     ap.add_argument(
         "--peer-fused-adam",
         action="store_true",
@@ -231,8 +244,8 @@ def peer_config(name: str, c: dict) -> tuple[dict, list[str]]:
 
 
 # ---- the two sides ---------------------------------------------------------------------------
-def run_rlrec(name: str, prep, seed: int, protocol: dict) -> dict:
-    import _protocol
+def rlrec_side(name: str, prep, seed: int):
+    """rlrec's model (seeded), its train/valid/test tensors and the protocol's loss / predict."""
     import torch
     import torch.nn.functional as F
     from hydra.utils import instantiate
@@ -254,6 +267,13 @@ def run_rlrec(name: str, prep, seed: int, protocol: dict) -> dict:
     def predict(m, batch):
         return torch.sigmoid(m(batch))
 
+    return model, tensors, loss_fn, predict
+
+
+def run_rlrec(name: str, prep, seed: int, protocol: dict) -> dict:
+    import _protocol
+
+    model, tensors, loss_fn, predict = rlrec_side(name, prep, seed)
     return _protocol.run(
         model,
         tensors["train"],
@@ -267,7 +287,7 @@ def run_rlrec(name: str, prep, seed: int, protocol: dict) -> dict:
     )
 
 
-def run_peer(name: str, npz: Path, seed: int, cfg: dict, protocol: dict, args) -> dict:
+def peer_command(name: str, npz: Path, seed: int, cfg: dict, protocol: dict, args) -> tuple[list[str], dict]:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     cmd = [
         args.peer_python,
@@ -283,10 +303,70 @@ def run_peer(name: str, npz: Path, seed: int, cfg: dict, protocol: dict, args) -
         "--config",
         json.dumps({**cfg, "protocol": protocol, "fused_adam": args.peer_fused_adam}),
     ]
+    return cmd, env
+
+
+def run_peer(name: str, npz: Path, seed: int, cfg: dict, protocol: dict, args) -> dict:
+    cmd, env = peer_command(name, npz, seed, cfg, protocol, args)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"peer side failed for {name} seed {seed}:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def interleaved_speed(name: str, prep, npz: Path, seed: int, cfg: dict, protocol: dict, args) -> dict:
+    """Training throughput of both sides measured in turns: the peer trains in a server process
+    (`_peer_side.py --serve`) and waits, blocked on its stdin, while rlrec trains here. After
+    `--speed-warmup` steps each, `--speed-rounds` rounds of `--speed-steps` steps per side; which
+    side goes first alternates from round to round. Returns per-round samples/s and ratios."""
+    import _protocol
+
+    cmd, env = peer_command(name, npz, seed, cfg, protocol, args)
+    peer = subprocess.Popen(cmd + ["--serve"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def peer_steps(k: int) -> dict:
+        peer.stdin.write(json.dumps({"steps": k}) + "\n")
+        peer.stdin.flush()
+        line = peer.stdout.readline()
+        if not line:
+            raise RuntimeError(f"peer side of {name} stopped during the interleaved speed phase (see stderr)")
+        return json.loads(line)
+
+    try:
+        if not peer.stdout.readline():  # {"ready": true} once the peer's model and data are built
+            raise RuntimeError(f"peer side of {name} failed to start its speed server (see stderr)")
+        model, tensors, loss_fn, _ = rlrec_side(name, prep, seed)
+        clock = _protocol.StepClock(model, tensors["train"], loss_fn, seed=seed, optimizer=rlrec_optimizer())
+        sides = {"rlrec": clock.steps, "peer": peer_steps}
+        for step in sides.values():  # warm-up: allocator, caches, first-call dispatch
+            step(args.speed_warmup)
+        rounds: dict = {"rlrec": [], "peer": []}  # per round: {seconds, samples}
+        for r in range(args.speed_rounds):
+            for side in ["rlrec", "peer"] if r % 2 == 0 else ["peer", "rlrec"]:
+                rounds[side].append(sides[side](args.speed_steps))
+        return speed_summary(rounds)
+    finally:
+        peer.stdin.close()
+        peer.wait(timeout=60)
+
+
+def speed_summary(rounds: dict) -> dict:
+    """Pooled samples/s per side (all rounds' samples / all rounds' seconds), their ratio, and the
+    per-round ratios (the spread)."""
+    pooled = {
+        side: sum(t["samples"] for t in ts) / sum(t["seconds"] for t in ts) for side, ts in rounds.items()
+    }
+    per_round = [
+        (a["samples"] / a["seconds"]) / (b["samples"] / b["seconds"])
+        for a, b in zip(rounds["rlrec"], rounds["peer"])
+    ]
+    return {
+        "rlrec_samples_per_s": pooled["rlrec"],
+        "peer_samples_per_s": pooled["peer"],
+        "ratio": pooled["rlrec"] / pooled["peer"],
+        "round_ratios": per_round,
+        "rounds": rounds,
+    }
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -315,8 +395,8 @@ def report(results: dict, args, sizes: dict, meta: dict) -> str:
         f"Test metrics of the best-validation epoch; mean ± std over seeds {','.join(map(str, args.seeds))}.",
         "",
         "| model | rlrec AUC | peer AUC | ΔAUC | rlrec logloss | peer logloss "
-        "| rlrec samples/s | peer samples/s | speed ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| rlrec samples/s | peer samples/s | whole-run ratio | interleaved ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in args.models:
         r, p = results[name]["rlrec"], results[name]["peer"]
@@ -328,12 +408,42 @@ def report(results: dict, args, sizes: dict, meta: dict) -> str:
         lines.append(
             f"| {label} | {_fmt(col(r, 'auc'), 4)} | {_fmt(col(p, 'auc'), 4)} | {_fmt(d_auc, 4, True)} "
             f"| {_fmt(col(r, 'logloss'), 4)} | {_fmt(col(p, 'logloss'), 4)} "
-            f"| {_fmt(col(r, 'samples_per_s'), 0)} | {_fmt(col(p, 'samples_per_s'), 0)} | {_fmt(ratio, 2)} |"
+            f"| {_fmt(col(r, 'samples_per_s'), 0)} | {_fmt(col(p, 'samples_per_s'), 0)} | {_fmt(ratio, 2)} "
+            f"| {_fmt([results[name]['speed']['ratio']] if 'speed' in results[name] else None, 2)} |"
         )
     lines += [
         "",
-        "ΔAUC = rlrec − peer and speed ratio = rlrec / peer samples/s, both per seed, then averaged. "
-        "samples/s: training only (data loading included, validation excluded), same loop on both sides.",
+        "ΔAUC = rlrec − peer and whole-run ratio = rlrec / peer samples/s, both per seed, then averaged. "
+        "samples/s: training only (data loading included, validation excluded), same loop on both sides. "
+        "Whole-run ratio: the runs above, the two sides one after the other. Interleaved ratio: rlrec / peer "
+        "samples/s of the turn-taking measurement below.",
+        "",
+    ]
+    speed = [name for name in args.models if "speed" in results[name]]
+    if speed:
+        lines += [
+            "## Interleaved training throughput",
+            "",
+            f"Each side trains from a fresh model (seed {args.seeds[0]}) in turns: {args.speed_warmup} untimed "
+            f"steps each, then {args.speed_rounds} rounds of {args.speed_steps} steps per side, the first side "
+            "alternating from round to round. The peer waits in its own process, blocked on a pipe, while rlrec "
+            "trains, so both sides sample the same stretch of machine time; whole runs done one after the "
+            "other also measure the machine's drift. samples/s pooled over all rounds (all samples / all "
+            "seconds); ratio = rlrec / peer of those; the per-round ratios show the spread.",
+            "",
+            "| model | rlrec samples/s | peer samples/s | ratio | per-round ratio: median | quartiles | lowest |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name in speed:
+            import numpy as np
+
+            sp = results[name]["speed"]
+            q1, median, q3 = np.quantile(sp["round_ratios"], [0.25, 0.5, 0.75])
+            lines.append(
+                f"| {name} | {sp['rlrec_samples_per_s']:.0f} | {sp['peer_samples_per_s']:.0f} | {sp['ratio']:.2f} "
+                f"| {median:.2f} | {q1:.2f}–{q3:.2f} | {min(sp['round_ratios']):.2f} |"
+            )
+    lines += [
         "",
         "| model | epochs (rlrec / peer) | best epoch | valid AUC (rlrec / peer) | parameters (rlrec / peer) |",
         "|---|---|---|---|---|",
@@ -439,6 +549,10 @@ def main(argv=None) -> None:
                         if note not in results[name]["notes"]:
                             results[name]["notes"].append(note)
                     print(f"{name} seed {seed} peer:  {json.dumps(p)}", file=sys.stderr)
+            if cfg is not None and args.speed_rounds > 0:
+                speed = interleaved_speed(name, prep, npz, args.seeds[0], cfg, protocol, args)
+                results[name]["speed"] = speed
+                print(f"{name} interleaved speed: {json.dumps(speed)}", file=sys.stderr)
     meta["wall"] = time.perf_counter() - t_start
     text = report(results, args, sizes, meta)
     print(text)

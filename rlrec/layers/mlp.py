@@ -40,8 +40,54 @@ class Dice(nn.Module):
         return p * x + (1 - p) * self.alpha * x
 
 
+class ReLUStack(torch.autograd.Function):
+    """Linear layers with ReLU after the first `num_relu` of them, x → (B, out), as one autograd node.
+    Forward: per layer one matmul into a fresh buffer, then the bias and the ReLU in place on it.
+    Backward, written by hand: every layer's input gradient is a fresh matmul result, so the ReLU mask
+    of the layer below is applied to it in place (`threshold_backward` writing into its own input).
+    Autograd of nn.Linear → nn.ReLU would instead copy the bias into each output before the matmul and
+    allocate a new tensor for every ReLU output and every masked gradient, full (B, width) passes
+    over memory that take about as long as a 400×400 matmul on CPU. Same values as the layers."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, num_relu: int, *params: torch.Tensor) -> torch.Tensor:
+        inputs = []
+        h = x
+        for k in range(len(params) // 2):
+            inputs.append(h)
+            h = torch.mm(h, params[2 * k].t())  # (B, out_k)
+            h.add_(params[2 * k + 1])
+            if k < num_relu:
+                h.relu_()
+        top_relu = num_relu == len(params) // 2  # no output layer: the result itself is a ReLU output
+        ctx.save_for_backward(*inputs, *params, *((h,) if top_relu else ()))
+        ctx.layers, ctx.top_relu = len(inputs), top_relu
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        L = ctx.layers
+        saved = ctx.saved_tensors
+        inputs, params = saved[:L], saved[L : 3 * L]
+        g = torch.ops.aten.threshold_backward(grad, saved[-1], 0) if ctx.top_relu else grad
+        grads: list[torch.Tensor | None] = [None] * (2 * L)
+        grad_x = None
+        for k in reversed(range(L)):
+            grads[2 * k] = g.t().mm(inputs[k])  # ∂W_k = gᵀ a_{k−1}
+            grads[2 * k + 1] = g.sum(0)  # ∂b_k
+            if k > 0:
+                below = g.mm(params[2 * k])  # ∂a_{k−1}, a fresh buffer: mask it in place
+                g = torch.ops.aten.threshold_backward.grad_input(below, inputs[k], 0, grad_input=below)
+            elif ctx.needs_input_grad[0]:
+                grad_x = g.mm(params[0])
+        return (grad_x, None, *grads)
+
+
 class MLP(nn.Sequential):
-    """Linear → [BatchNorm] → activation → [Dropout] per hidden width, then an optional output layer."""
+    """Linear → [BatchNorm] → activation → [Dropout] per hidden width, then an optional output layer.
+    A plain ReLU stack (no BatchNorm, no dropout) runs as one `ReLUStack` node over the same
+    parameters; anything else runs the layers one by one (ReLU in place)."""
 
     def __init__(
         self,
@@ -67,9 +113,20 @@ class MLP(nn.Sequential):
             d = out_dim
         super().__init__(*layers)
         self.in_dim, self.out_dim = in_dim, d
+        for m in self:
+            if isinstance(m, nn.ReLU):
+                m.inplace = True  # its input is a Linear / BatchNorm output no backward needs
+        self.relu_stack = all(isinstance(m, (nn.Linear, nn.ReLU)) for m in self) and len(self) > 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if any(isinstance(m, nn.BatchNorm1d) for m in self) and x.dim() > 2:
-            shape = x.shape
-            return super().forward(x.reshape(-1, shape[-1])).reshape(*shape[:-1], self.out_dim)
+        shape = x.shape
+        if x.dim() == 1:
+            return super().forward(x)
+        if x.dim() > 2:  # (…, in) → (N, in): BatchNorm and the fused stack work on 2-D rows
+            return self.forward(x.reshape(-1, shape[-1])).reshape(*shape[:-1], self.out_dim)
+        if self.relu_stack:
+            linears = [m for m in self if isinstance(m, nn.Linear)]
+            num_relu = len(self) - len(linears)
+            params = [p for m in linears for p in (m.weight, m.bias)]
+            return ReLUStack.apply(x, num_relu, *params)
         return super().forward(x)

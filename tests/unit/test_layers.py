@@ -13,6 +13,7 @@ from torch.autograd import gradcheck
 from rlrec.layers.attention import FewFieldAttention, FieldSelfAttention
 from rlrec.layers.embedding import FeatureEmbedding, GatherRows, WeightedBag, gather_rows, weighted_bag
 from rlrec.layers.interaction import BilinearInteraction, CrossNet, bilinear_combination
+from rlrec.layers.mlp import MLP
 
 
 def reference_attention(q, k, v, scale):
@@ -105,6 +106,41 @@ def test_cross_v1_backward_matches_autograd_of_the_definition():
     for got, want in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
         torch.testing.assert_close(got, want)
     assert gradcheck(net, (x0,))
+
+
+@pytest.mark.parametrize("out_dim", [1, None])  # an output layer (DeepFM, FiBiNet) or a ReLU on top (DCN)
+def test_relu_stack_equals_the_layers_one_by_one(out_dim):
+    torch.manual_seed(0)
+    mlp = MLP(7, (9, 8), out_dim).double()
+    assert mlp.relu_stack
+    for m in mlp:
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.bias)  # some units dead, some alive: the masks matter
+    x = torch.randn(33, 7, dtype=torch.double, requires_grad=True)
+
+    def layers(x):  # Linear → ReLU → … as plain autograd, out of place
+        for m in mlp:
+            x = m(x) if isinstance(m, torch.nn.Linear) else torch.relu(x)
+        return x
+
+    out, ref = mlp(x), layers(x)
+    assert out.shape == (33, out_dim or 8)
+    hidden = torch.relu(mlp[0](x))
+    assert (hidden == 0).any() and (hidden > 0).any()
+    torch.testing.assert_close(out, ref)
+    params = [x, *mlp.parameters()]
+    grad = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
+        torch.testing.assert_close(got, want)
+    assert gradcheck(mlp, (x,))
+    seq = torch.randn(4, 5, 7, dtype=torch.double)  # (B, L, in) rows, as DIN's attention unit feeds it
+    torch.testing.assert_close(mlp(seq), layers(seq.reshape(-1, 7)).reshape(4, 5, -1))
+
+
+def test_mlp_with_batch_norm_or_dropout_runs_layer_by_layer():
+    assert not MLP(7, (9,), 1, dropout=0.1).relu_stack
+    assert not MLP(7, (9,), 1, batch_norm=True).relu_stack
+    assert not MLP(7, (9,), 1, activation_fn="tanh").relu_stack
 
 
 def test_weighted_bag_and_gather_rows_match_torch_with_exact_gradients():
