@@ -244,7 +244,7 @@ def main() -> None:
     ap.add_argument(
         "--serve",
         action="store_true",
-        help="interleaved throughput: read one JSON line {\"steps\": k} per turn from stdin, train k "
+        help='interleaved throughput: read one JSON line {"steps": k} per turn from stdin, train k '
         "batches, answer with one JSON line {seconds, samples}; stop at end of input",
     )
     args = ap.parse_args()

@@ -322,7 +322,9 @@ def interleaved_speed(name: str, prep, npz: Path, seed: int, cfg: dict, protocol
     import _protocol
 
     cmd, env = peer_command(name, npz, seed, cfg, protocol, args)
-    peer = subprocess.Popen(cmd + ["--serve"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    peer = subprocess.Popen(
+        cmd + ["--serve"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
 
     def peer_steps(k: int) -> dict:
         peer.stdin.write(json.dumps({"steps": k}) + "\n")
