@@ -43,7 +43,11 @@ class DCN(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         x0 = self.embedding(batch, pool_history=True).flatten(1)  # (B, F, D) → (B, F·D)
-        parts = [self.cross(x0)]  # (B, F·D)
+        cross = self.cross(x0)  # (B, F·D)
+        # the combination layer w·[x_L; h_L] + b as one matrix-vector product per part, without
+        # materialising the concatenation (same weights as `self.out`)
+        w = self.out.weight[0]  # (F·D + H_last,)
+        logit = torch.addmv(self.out.bias, cross, w[: cross.shape[1]])  # (B,)
         if self.deep is not None:
-            parts.append(self.deep(x0))  # (B, H_last)
-        return self.out(torch.cat(parts, dim=1)).squeeze(-1)  # (B,)
+            logit = logit.addmv(self.deep(x0), w[cross.shape[1] :])  # + h_L · w_deep
+        return logit  # (B,)

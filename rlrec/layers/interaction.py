@@ -15,9 +15,26 @@ class FactorizationMachine(nn.Module):
     Σ_{i<j} <e_i, e_j> = ½ Σ_d [(Σ_f e_{f,d})² − Σ_f e_{f,d}²]. (B, F, D) → (B,)."""
 
     def forward(self, fields: torch.Tensor) -> torch.Tensor:
-        square_of_sum = fields.sum(dim=1).pow(2)  # (B, D)
-        sum_of_square = fields.pow(2).sum(dim=1)  # (B, D)
-        return 0.5 * (square_of_sum - sum_of_square).sum(dim=1)  # (B,)
+        return FMPairs.apply(fields)  # (B,)
+
+
+class FMPairs(torch.autograd.Function):
+    """The FM identity above with its gradient written out: ∂/∂e_{f,d} = Σ_f' e_{f',d} − e_{f,d}.
+    Two passes over (B, F, D) forward (the field sum and the squared norm) and two backward, where
+    autograd's graph of two pows, two sums and a subtraction makes several more, each allocating."""
+
+    @staticmethod
+    def forward(ctx, fields: torch.Tensor) -> torch.Tensor:
+        total = fields.sum(dim=1)  # (B, D): Σ_f e_f
+        squares = torch.linalg.vector_norm(fields.flatten(1), dim=1).square()  # (B,): Σ_f Σ_d e_{f,d}²
+        ctx.save_for_backward(fields, total)
+        return 0.5 * (total.square().sum(dim=1) - squares)  # (B,)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        fields, total = ctx.saved_tensors
+        return torch.sub(total.unsqueeze(1), fields).mul_(grad.view(-1, 1, 1))  # (B, F, D)
 
 
 class CrossNet(nn.Module):

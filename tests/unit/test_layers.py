@@ -12,7 +12,8 @@ from torch.autograd import gradcheck
 
 from rlrec.layers.attention import FewFieldAttention, FieldSelfAttention
 from rlrec.layers.embedding import FeatureEmbedding, GatherRows, WeightedBag, gather_rows, weighted_bag
-from rlrec.layers.interaction import BilinearInteraction, CrossNet, bilinear_combination
+from rlrec.backbones.dcn import DCN
+from rlrec.layers.interaction import BilinearInteraction, CrossNet, FactorizationMachine, bilinear_combination
 from rlrec.layers.mlp import MLP
 
 
@@ -141,6 +142,27 @@ def test_mlp_with_batch_norm_or_dropout_runs_layer_by_layer():
     assert not MLP(7, (9,), 1, dropout=0.1).relu_stack
     assert not MLP(7, (9,), 1, batch_norm=True).relu_stack
     assert not MLP(7, (9,), 1, activation_fn="tanh").relu_stack
+
+
+def test_fm_is_the_sum_over_field_pairs_with_exact_gradients():
+    torch.manual_seed(0)
+    fields = torch.randn(6, 5, 3, dtype=torch.double, requires_grad=True)
+    out = FactorizationMachine()(fields)
+    pairs = sum((fields[:, i] * fields[:, j]).sum(-1) for i in range(5) for j in range(i + 1, 5))
+    torch.testing.assert_close(out, pairs)
+    grad = torch.randn(6, dtype=torch.double)
+    got, want = torch.autograd.grad(out, fields, grad)[0], torch.autograd.grad(pairs, fields, grad)[0]
+    torch.testing.assert_close(got, want)
+    assert gradcheck(FactorizationMachine(), (fields,))
+
+
+@pytest.mark.parametrize("mlp_dims", [(8, 6), ()])
+def test_dcn_combination_layer_is_the_linear_layer_on_the_concatenation(tiny_prep, tiny_batch, mlp_dims):
+    torch.manual_seed(0)
+    model = DCN(tiny_prep.spec, embed_dim=4, mlp_dims=mlp_dims, num_layers=2)
+    x0 = model.embedding(tiny_batch, pool_history=True).flatten(1)
+    parts = [model.cross(x0)] + ([model.deep(x0)] if model.deep is not None else [])
+    torch.testing.assert_close(model(tiny_batch), model.out(torch.cat(parts, 1)).squeeze(-1))
 
 
 def test_weighted_bag_and_gather_rows_match_torch_with_exact_gradients():
