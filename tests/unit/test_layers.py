@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck
 
+from rlrec.backbones.dcn import DCN
 from rlrec.layers.attention import FewFieldAttention, FieldSelfAttention
 from rlrec.layers.embedding import FeatureEmbedding, GatherRows, WeightedBag, gather_rows, weighted_bag
-from rlrec.backbones.dcn import DCN
 from rlrec.layers.interaction import BilinearInteraction, CrossNet, FactorizationMachine, bilinear_combination
 from rlrec.layers.mlp import MLP
 
