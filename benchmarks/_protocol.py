@@ -86,6 +86,13 @@ def build_optimizer(
     return built
 
 
+def shuffled(train: Batch, generator: torch.Generator) -> Batch:
+    """One epoch's order: every tensor gathered once by the same seeded permutation, then cut into
+    batches by cheap slices."""
+    perm = torch.randperm(len(train["label"]), generator=generator)
+    return {k: v[perm] for k, v in train.items()}
+
+
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -129,8 +136,7 @@ def run(
     for epoch in range(1, max_epochs + 1):
         model.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=generator)
-        data = {k: v[perm] for k, v in train.items()}  # one gather per epoch, then cheap slices
+        data = shuffled(train, generator)
         for b, s in enumerate(_slices(n, batch_size)):
             if limit_batches is not None and b >= limit_batches:
                 break
@@ -194,8 +200,7 @@ class StepClock:
         t0 = time.perf_counter()
         for _ in range(k):
             if not self.slices:  # a new epoch: permutation gather, as at the top of `run`'s epoch
-                perm = torch.randperm(self.n, generator=self.generator)
-                self.data = {key: v[perm] for key, v in self.train.items()}
+                self.data = shuffled(self.train, self.generator)
                 self.slices = list(_slices(self.n, self.batch_size))[::-1]
             s = self.slices.pop()
             train_step(self.model, self.optimizer, self.loss_fn, {key: v[s] for key, v in self.data.items()})

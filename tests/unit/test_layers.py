@@ -23,6 +23,14 @@ def reference_attention(q, k, v, scale):
     return torch.einsum("hijb,htjb->htib", s.softmax(dim=2), v)
 
 
+def assert_same_values_and_gradients(out, ref, inputs):
+    """`out` equals `ref`, and so do their gradients w.r.t. `inputs` for one random upstream gradient."""
+    torch.testing.assert_close(out, ref)
+    grad = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(ref, inputs, grad)):
+        torch.testing.assert_close(got, want)
+
+
 def test_few_field_attention_matches_definition_and_gradcheck():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 5, 4, generator=g, dtype=torch.double, requires_grad=True) for _ in range(3))
@@ -100,12 +108,7 @@ def test_cross_v1_backward_matches_autograd_of_the_definition():
             x = x0 * (x @ w.weight[0]).unsqueeze(1) + bias + x
         return x
 
-    out, ref = net(x0), definition(x0)
-    torch.testing.assert_close(out, ref)
-    params = [x0, *net.parameters()]
-    grad = torch.randn_like(out)
-    for got, want in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
-        torch.testing.assert_close(got, want)
+    assert_same_values_and_gradients(net(x0), definition(x0), [x0, *net.parameters()])
     assert gradcheck(net, (x0,))
 
 
@@ -128,11 +131,7 @@ def test_relu_stack_equals_the_layers_one_by_one(out_dim):
     assert out.shape == (33, out_dim or 8)
     hidden = torch.relu(mlp[0](x))
     assert (hidden == 0).any() and (hidden > 0).any()
-    torch.testing.assert_close(out, ref)
-    params = [x, *mlp.parameters()]
-    grad = torch.randn_like(out)
-    for got, want in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(ref, params, grad)):
-        torch.testing.assert_close(got, want)
+    assert_same_values_and_gradients(out, ref, [x, *mlp.parameters()])
     assert gradcheck(mlp, (x,))
     seq = torch.randn(4, 5, 7, dtype=torch.double)  # (B, L, in) rows, as DIN's attention unit feeds it
     torch.testing.assert_close(mlp(seq), layers(seq.reshape(-1, 7)).reshape(4, 5, -1))
@@ -149,10 +148,7 @@ def test_fm_is_the_sum_over_field_pairs_with_exact_gradients():
     fields = torch.randn(6, 5, 3, dtype=torch.double, requires_grad=True)
     out = FactorizationMachine()(fields)
     pairs = sum((fields[:, i] * fields[:, j]).sum(-1) for i in range(5) for j in range(i + 1, 5))
-    torch.testing.assert_close(out, pairs)
-    grad = torch.randn(6, dtype=torch.double)
-    got, want = torch.autograd.grad(out, fields, grad)[0], torch.autograd.grad(pairs, fields, grad)[0]
-    torch.testing.assert_close(got, want)
+    assert_same_values_and_gradients(out, pairs, [fields])
     assert gradcheck(FactorizationMachine(), (fields,))
 
 
