@@ -2,7 +2,7 @@
 
     python benchmarks/ctr_peer.py                                   # all models, seeds 1,2,3
     python benchmarks/ctr_peer.py --models din,deepfm --seeds 1 --max-epochs 1 --limit-batches 10
-    python benchmarks/ctr_peer.py --models fibinet --speed-rounds 60         # longer interleaved phase
+    python benchmarks/ctr_peer.py --models fibinet --speed-seconds 600       # longer interleaved phase
 
 Protocol (the CTR reference protocol): embedded MovieLens-100K, every rating one sample, label =
 rating >= 4; rows sorted by (timestamp, user, item), first 80% train, next 10% valid, last 10% test
@@ -24,8 +24,10 @@ side runs first alternates from seed to seed, because this kind of machine's spe
 minutes.
 After a model's seeds, both sides train once more in turns (`interleaved_speed`): the peer as a
 server process that trains k batches per request, rlrec here, alternating every `--speed-steps`
-steps for `--speed-rounds` rounds. This throughput is not confounded with the machine's drift,
-which on a shared VM reaches tens of percent over minutes; both numbers are reported.
+steps, for at least `--speed-rounds` rounds and until the rounds have taken `--speed-seconds` (so a
+fast model gets more rounds than a slow one, and each model's number spans minutes of machine
+time). This throughput is not confounded with the machine's drift, which on a shared VM reaches
+tens of percent over minutes; both numbers are reported.
 rlrec's models are built from conf/backbone/<name>.yaml; the peer's hyper-parameters are mapped
 from the same yaml (`peer_config`), and whatever the peer cannot match is listed in the output.
 
@@ -79,7 +81,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--speed-rounds",
         type=int,
         default=20,
-        help="interleaved throughput: rounds of turns per model (0: whole-run throughput only)",
+        help="interleaved throughput: at least this many rounds of turns per model (0: whole-run "
+        "throughput only)",
+    )
+    ap.add_argument(
+        "--speed-seconds",
+        type=float,
+        default=120.0,
+        help="interleaved throughput: keep adding pairs of rounds until the rounds took this long",
     )
     ap.add_argument("--speed-steps", type=int, default=10, help="training steps per side per round")
     ap.add_argument("--speed-warmup", type=int, default=10, help="untimed steps per side before the rounds")
@@ -317,8 +326,10 @@ def run_peer(name: str, npz: Path, seed: int, cfg: dict, protocol: dict, args) -
 def interleaved_speed(name: str, prep, npz: Path, seed: int, cfg: dict, protocol: dict, args) -> dict:
     """Training throughput of both sides measured in turns: the peer trains in a server process
     (`_peer_side.py --serve`) and waits, blocked on its stdin, while rlrec trains here. After
-    `--speed-warmup` steps each, `--speed-rounds` rounds of `--speed-steps` steps per side; which
-    side goes first alternates from round to round. Returns per-round samples/s and ratios."""
+    `--speed-warmup` steps each, rounds of `--speed-steps` steps per side, which side goes first
+    alternating from round to round: at least `--speed-rounds` rounds, then pairs of rounds (each
+    side first once) until the rounds have taken `--speed-seconds`. Returns per-round samples/s
+    and ratios."""
     import _protocol
 
     cmd, env = peer_command(name, npz, seed, cfg, protocol, args)
@@ -343,9 +354,11 @@ def interleaved_speed(name: str, prep, npz: Path, seed: int, cfg: dict, protocol
         for step in sides.values():  # warm-up: allocator, caches, first-call dispatch
             step(args.speed_warmup)
         rounds: dict = {"rlrec": [], "peer": []}  # per round: {seconds, samples}
-        for r in range(args.speed_rounds):
+        start, r = time.perf_counter(), 0
+        while r < args.speed_rounds or r % 2 or time.perf_counter() - start < args.speed_seconds:
             for side in ["rlrec", "peer"] if r % 2 == 0 else ["peer", "rlrec"]:
                 rounds[side].append(sides[side](args.speed_steps))
+            r += 1
         return speed_summary(rounds)
     finally:
         peer.stdin.close()
@@ -427,14 +440,16 @@ def report(results: dict, args, sizes: dict, meta: dict) -> str:
             "## Interleaved training throughput",
             "",
             f"Each side trains from a fresh model (seed {args.seeds[0]}) in turns: {args.speed_warmup} untimed "
-            f"steps each, then {args.speed_rounds} rounds of {args.speed_steps} steps per side, the first side "
+            f"steps each, then rounds of {args.speed_steps} steps per side (at least {args.speed_rounds}, and "
+            f"until the rounds took {args.speed_seconds:.0f} s; counts below), the first side "
             "alternating from round to round. The peer waits in its own process, blocked on a pipe, while rlrec "
             "trains, so both sides sample the same stretch of machine time; whole runs done one after the "
             "other also measure the machine's drift. samples/s pooled over all rounds (all samples / all "
             "seconds); ratio = rlrec / peer of those; the per-round ratios show the spread.",
             "",
-            "| model | rlrec samples/s | peer samples/s | ratio | per-round ratio: median | quartiles | lowest |",
-            "|---|---|---|---|---|---|---|",
+            "| model | rounds | rlrec samples/s | peer samples/s | ratio | per-round ratio: median | quartiles "
+            "| lowest |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name in speed:
             import numpy as np
@@ -442,7 +457,7 @@ def report(results: dict, args, sizes: dict, meta: dict) -> str:
             sp = results[name]["speed"]
             q1, median, q3 = np.quantile(sp["round_ratios"], [0.25, 0.5, 0.75])
             lines.append(
-                f"| {name} | {sp['rlrec_samples_per_s']:.0f} | {sp['peer_samples_per_s']:.0f} | {sp['ratio']:.2f} "
+                f"| {name} | {len(sp['round_ratios'])} | {sp['rlrec_samples_per_s']:.0f} | {sp['peer_samples_per_s']:.0f} | {sp['ratio']:.2f} "
                 f"| {median:.2f} | {q1:.2f}–{q3:.2f} | {min(sp['round_ratios']):.2f} |"
             )
     lines += [

@@ -36,18 +36,22 @@ class DCN(nn.Module):
         self.embedding = FeatureEmbedding(features, embed_dim, adapter)
         in_dim = self.embedding.num_fields(pool_history=True) * embed_dim
         self.cross = CrossNet(in_dim, num_layers, version)
+        # The combination layer w·[x_L; h_L] + b (DCN eq. 5) split by its input: `out` holds the
+        # cross part w_c (and b when there is no deep part); the deep part's w_d and b are the
+        # deep MLP's output layer, so the MLP runs as one fused stack down to the logit.
         self.deep = (
-            MLP(in_dim, tuple(mlp_dims), None, dropout, activation, batch_norm) if len(mlp_dims) else None
+            MLP(in_dim, tuple(mlp_dims), 1, dropout, activation, batch_norm) if len(mlp_dims) else None
         )
-        self.out = nn.Linear(in_dim + (self.deep.out_dim if self.deep is not None else 0), 1)
+        self.out = nn.Linear(in_dim, 1, bias=self.deep is None)
+        if self.deep is not None:  # the init of one Linear over the concatenation [x_L; h_L]
+            bound = (in_dim + mlp_dims[-1]) ** -0.5
+            with torch.no_grad():
+                for p in (self.out.weight, self.deep[-1].weight, self.deep[-1].bias):
+                    p.uniform_(-bound, bound)
 
     def forward(self, batch: dict) -> torch.Tensor:
         x0 = self.embedding(batch, pool_history=True).flatten(1)  # (B, F, D) → (B, F·D)
         cross = self.cross(x0)  # (B, F·D)
-        # the combination layer w·[x_L; h_L] + b as one matrix-vector product per part, without
-        # materialising the concatenation (same weights as `self.out`)
-        w = self.out.weight[0]  # (F·D + H_last,)
-        logit = torch.addmv(self.out.bias, cross, w[: cross.shape[1]])  # (B,)
-        if self.deep is not None:
-            logit = logit.addmv(self.deep(x0), w[cross.shape[1] :])  # + h_L · w_deep
-        return logit  # (B,)
+        if self.deep is None:
+            return self.out(cross).squeeze(-1)  # (B,)
+        return torch.addmv(self.deep(x0).view(-1), cross, self.out.weight[0])  # h_L·w_d + b + x_L·w_c

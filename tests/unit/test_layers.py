@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.autograd import gradcheck
 
 from rlrec.backbones.dcn import DCN
@@ -157,8 +158,20 @@ def test_dcn_combination_layer_is_the_linear_layer_on_the_concatenation(tiny_pre
     torch.manual_seed(0)
     model = DCN(tiny_prep.spec, embed_dim=4, mlp_dims=mlp_dims, num_layers=2)
     x0 = model.embedding(tiny_batch, pool_history=True).flatten(1)
-    parts = [model.cross(x0)] + ([model.deep(x0)] if model.deep is not None else [])
-    torch.testing.assert_close(model(tiny_batch), model.out(torch.cat(parts, 1)).squeeze(-1))
+    if model.deep is None:
+        torch.testing.assert_close(model(tiny_batch), model.out(model.cross(x0)).squeeze(-1))
+        return
+    *hidden, head = list(model.deep)  # the deep MLP's output layer holds w_d and the bias b
+    h = x0
+    for layer in hidden:
+        h = layer(h)
+    assert h.shape[1] == mlp_dims[-1] and head.out_features == 1
+    combination = nn.Linear(x0.shape[1] + h.shape[1], 1)  # w·[x_L; h_L] + b, DCN eq. 5
+    with torch.no_grad():
+        combination.weight.copy_(torch.cat([model.out.weight, head.weight], 1))
+        combination.bias.copy_(head.bias)
+    want = combination(torch.cat([model.cross(x0), h], 1)).squeeze(-1)
+    torch.testing.assert_close(model(tiny_batch), want)
 
 
 def test_weighted_bag_and_gather_rows_match_torch_with_exact_gradients():
