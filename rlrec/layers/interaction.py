@@ -124,7 +124,10 @@ class BilinearPairs(torch.autograd.Function):
     written straight into slot s of the (B, S·P·D) output [p⁽¹⁾, …, p⁽ˢ⁾] that the DNN reads.
     For a left field i the blocks W_i,i+1 … W_i,F−1 side by side are one (D, n_i·D) matrix, so
     x_i W_ij for all j > i is one small matmul, and x_j for all j > i is a (B, n_i·D) view of X:
-    no batched matmul over P tiny problems, no gathered (B, P, D) copies, no concatenations. The
+    no batched matmul over P tiny problems, no gathered (B, P, D) copies, no concatenations.
+    The products x_i W_ij go to one (B, (F−1)·D) scratch buffer reused by every left field, which
+    stays in cache, and the backward recomputes them there (a K = D matmul) instead of saving a
+    (B, P·D) tensor per input: the step is bound by memory traffic, not by these matmuls. The
     backward is written by hand over the same views."""
 
     @staticmethod
@@ -134,17 +137,16 @@ class BilinearPairs(torch.autograd.Function):
         B, F_, D = xs[0].shape
         P = F_ * (F_ - 1) // 2
         out = xs[0].new_empty(B, S, P * D)
-        lefts, blocks = [], []
+        scratch = xs[0].new_empty(B, (F_ - 1) * D)
+        blocks = []
         for s in range(S):
             x = xs[s]
             blk = args[S + s].permute(1, 0, 2).reshape(D, P * D)  # (D, P·D): W_ij side by side
-            left = x.new_empty(B, P * D)  # x_i W_ij for every pair, kept for the backward
             for i, cols, n in _left_blocks(F_, D):
-                torch.mm(x[:, i], blk[:, cols], out=left[:, cols])  # (B, n·D)
-                torch.mul(left[:, cols], x[:, i + 1 :].reshape(B, n * D), out=out[:, s, cols])
-            lefts.append(left)
+                left = torch.mm(x[:, i], blk[:, cols], out=scratch[:, : n * D])  # x_i W_ij, (B, n·D)
+                torch.mul(left, x[:, i + 1 :].reshape(B, n * D), out=out[:, s, cols])
             blocks.append(blk)
-        ctx.save_for_backward(*xs, *lefts, *blocks)
+        ctx.save_for_backward(*xs, *blocks)
         ctx.S = S
         return out.view(B, S * P * D)
 
@@ -153,19 +155,21 @@ class BilinearPairs(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         S = ctx.S
         saved = ctx.saved_tensors
-        xs, lefts, blocks = saved[:S], saved[S : 2 * S], saved[2 * S :]
+        xs, blocks = saved[:S], saved[S:]
         B, F_, D = xs[0].shape
         grad = grad.view(B, S, -1)
+        scratch = grad.new_empty(2, B, (F_ - 1) * D)  # x_i W_ij and ∂L/∂(x_i W_ij) of one left field
         grad_x, grad_w = [], []
         for s in range(S):
-            x, left, blk = xs[s], lefts[s], blocks[s]
+            x, blk = xs[s], blocks[s]
             gx = torch.zeros_like(x)  # (B, F, D)
             gblk = torch.empty_like(blk)  # (D, P·D)
             for i, cols, n in _left_blocks(F_, D):
                 g = grad[:, s, cols]  # (B, n·D) = ∂L/∂p_ij for j > i
-                gx[:, i + 1 :].reshape(B, n * D).addcmul_(g, left[:, cols])  # ∂/∂x_j = g ⊙ x_i W_ij
-                h = g * x[:, i + 1 :].reshape(B, n * D)  # ∂L/∂(x_i W_ij)
-                gx[:, i].addmm_(h, blk[:, cols].t())  # ∂/∂x_i = h W_ijᵀ
+                left = torch.mm(x[:, i], blk[:, cols], out=scratch[0, :, : n * D])  # x_i W_ij again
+                gx[:, i + 1 :].reshape(B, n * D).addcmul_(g, left)  # ∂/∂x_j = g ⊙ x_i W_ij
+                h = torch.mul(g, x[:, i + 1 :].reshape(B, n * D), out=scratch[1, :, : n * D])
+                gx[:, i].addmm_(h, blk[:, cols].t())  # ∂/∂x_i = h W_ijᵀ, h = ∂L/∂(x_i W_ij)
                 torch.mm(x[:, i].t(), h, out=gblk[:, cols])  # ∂/∂W_ij = x_iᵀ h
             grad_x.append(gx)
             grad_w.append(gblk.view(D, -1, D).permute(1, 0, 2))  # (P, D, D)
