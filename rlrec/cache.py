@@ -68,3 +68,27 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 def read_json(path: str | Path) -> Any:
     with open(path) as fh:
         return json.load(fh)
+
+
+def file_hash(path: Path, chunk: int = 1 << 16) -> str:
+    """sha256 of the size and three 64 KiB samples (start, middle, end): catches weights fine-tuned
+    in place without reading gigabytes."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        for offset in sorted({0, max(0, size // 2 - chunk // 2), max(0, size - chunk)}):
+            fh.seek(offset)
+            h.update(fh.read(chunk))
+    return h.hexdigest()[:16]
+
+
+def folder_identity(folder: Path) -> dict:
+    """What a model folder's outputs depend on: config.json and the weight files (not the folder's
+    path, so an embedded model and a copy of it share one cache)."""
+    weights = sorted(
+        p for pattern in ("*.safetensors", "*.bin", "*.pt") for p in folder.glob(pattern) if p.is_file()
+    )
+    return {
+        "config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:16],
+        "weights": [[p.name, file_hash(p)] for p in weights],
+    }

@@ -3,12 +3,15 @@ indexes it once, exposes the FeatureSpec before any model is built, and serves C
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 
+import pandas as pd
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from rlrec.cache import fingerprint
 from rlrec.data.ctr import TensorBatches, ctr_tensors
 from rlrec.data.features import FeatureSpec, PreparedData, prepare
 from rlrec.data.prompts import PromptView
@@ -61,6 +64,7 @@ class RecDataModule(pl.LightningDataModule):
         self.max_users = max_users  # keep a seeded random subset of users (CPU-scale runs)
         self.prep: PreparedData | None = None
         self._tensors: dict = {}
+        self._fingerprint: str | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.prep is not None:
@@ -71,6 +75,23 @@ class RecDataModule(pl.LightningDataModule):
             data, self.label_threshold, self.split_cfg, self.history_len, self.history_positive_only
         )
         self.setup_seconds = time.perf_counter() - t0
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the prepared data by content (the loaded frames, hashed) and by how it was
+        prepared (labels, split, history): editing a data file changes it, moving it does not."""
+        self.setup()
+        if self._fingerprint is None:
+            raw = self.prep.raw
+            content = [
+                hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()).hexdigest()
+                for df in (raw.interactions, raw.users, raw.items)
+            ]
+            self._fingerprint = fingerprint(
+                self.name, content, self.label_threshold, self.split_cfg.__dict__, self.history_len,
+                self.history_positive_only, self.max_users, self.seed,
+            )  # fmt: skip
+        return self._fingerprint
 
     @property
     def feature_spec(self) -> FeatureSpec:

@@ -1,110 +1,48 @@
-"""The small protocol every feedback strategy follows, and preference-pair construction.
+"""The protocol every feedback strategy follows (the second arrow of the loop):
 
-A strategy scores texts about users:  rewards = feedback.score(users, texts, vectors)  with
-users (U,) catalogue indices, texts U lists of N strings, vectors (U, N, D) their encodings, and
-returns (U, N) rewards (higher = better). `fit(users, vectors)` (re)trains whatever the strategy
-needs on the current knowledge (one vector per user, e.g. the policy's greedy texts), which is
-also TrackRec's Rec-tuning step after each alignment round.
+    feedback.refit(probe)                          # (re)train on the policy's current texts
+    rewards = feedback.score(users, texts, vectors)  # (U, N), higher = better
+
+`users` (U,) catalogue indices, `texts` U lists of N strings, `vectors` (U, N, D) their encodings.
+`refit` is TrackRec's Rec-tuning when called after each round; strategies with nothing to train
+return {}. `key` identifies what the scores depend on besides the texts (the strategy's config,
+the data, the encoder, model weights), so rewards are a stage keyed by content. Every strategy is
+built as `instantiate(cfg.feedback)(ctx=ctx, downstream=downstream)`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from rlrec.knowledge.index import drop_near_duplicates
+from rlrec.cache import fingerprint
+from rlrec.results import Probe
 
 
 class Feedback(Protocol):
-    name: str
+    key: str
 
-    def fit(self, user_vectors: np.ndarray, texts: dict[int, str] | None = None) -> dict:
-        """(Re)train on the current knowledge of every user: vectors (num_users + 1, D), row 0 =
-        padding, and the texts themselves (u → text) for strategies that read text (an LLM V)."""
+    def refit(self, probe: Probe) -> dict:
+        """Train on the current knowledge of every user; returns metrics of the fit."""
 
     def score(self, users: np.ndarray, texts: list[list[str]], vectors: np.ndarray) -> np.ndarray:
         """(U, N) rewards for N candidate texts of each user."""
 
 
-@dataclass
-class PairStats:
-    users: int = 0
-    groups: int = 0
-    dropped_all_equal: int = 0
-    dropped_duplicates: int = 0  # near-duplicate texts removed before pairing
-    dropped_ties: int = 0  # negatives tied with the best
-    extra: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {f"pairs/{k}": v for k, v in self.__dict__.items() if k != "extra"} | self.extra
+def feedback_key(ctx, name: str, config, *weights) -> str:
+    """The identity of a strategy's scores: its name and config, the data's content, the encoder's
+    weights and any model weights it reads (fingerprints)."""
+    return fingerprint(name, config, ctx.data_key, ctx.encoder.fingerprint, *weights)
 
 
-def build_groups(
-    prompts: list[str],
-    texts: list[list[str]],
-    rewards: np.ndarray,
-    vectors: np.ndarray | None = None,
-    mode: str = "best_vs_all",
-    dedup_threshold: float | None = 0.98,
-    min_gap: float = 0.0,
-) -> tuple[list[dict], PairStats]:
-    """Preference examples {prompt, chosen, rejected: [..], rewards} from scored samples.
-
-    mode "best_vs_worst" (DPO): one rejected, the lowest reward. mode "best_vs_all" (S-DPO, TrackRec):
-    every other text with a reward below best − min_gap. Near-duplicates of a kept text (cosine >
-    dedup_threshold) are dropped first, so pairs are informative; all-equal groups are dropped.
-
-    >>> ex, st = build_groups(["p"], [["a", "b", "c"]], np.array([[0.2, 0.9, 0.5]]), mode="best_vs_worst")
-    >>> ex[0]["chosen"], ex[0]["rejected"]
-    ('b', ['a'])
-    """
-    assert mode in ("best_vs_all", "best_vs_worst"), (
-        f"pairs.mode must be best_vs_all or best_vs_worst, got {mode!r}"
-    )
-    rewards = np.asarray(rewards, float)
-    U, N = rewards.shape
-    assert len(prompts) == len(texts) == U and all(len(t) == N for t in texts)
-    keep = np.ones((U, N), bool)
-    stats = PairStats(users=U)
-    if vectors is not None and dedup_threshold is not None:
-        groups = np.repeat(np.arange(U), N)
-        keep = drop_near_duplicates(vectors.reshape(U * N, -1), dedup_threshold, groups=groups).reshape(U, N)
-        # identical strings are duplicates whatever the encoder says
-        for u in range(U):
-            seen: set[str] = set()
-            for j in range(N):
-                if texts[u][j] in seen:
-                    keep[u, j] = False
-                seen.add(texts[u][j])
-        stats.dropped_duplicates = int((~keep).sum())
-    examples = []
-    for u in range(U):
-        idx = np.flatnonzero(keep[u])
-        if len(idx) < 2:
-            stats.dropped_all_equal += 1
-            continue
-        r = rewards[u, idx]
-        if np.allclose(r, r[0]):
-            stats.dropped_all_equal += 1
-            continue
-        best = idx[int(np.argmax(r))]
-        worse = [j for j in idx if j != best and rewards[u, j] < rewards[u, best] - min_gap]
-        stats.dropped_ties += len(idx) - 1 - len(worse)
-        if not worse:
-            stats.dropped_all_equal += 1
-            continue
-        if mode == "best_vs_worst":
-            worse = [min(worse, key=lambda j: rewards[u, j])]
-        examples.append(
-            {
-                "prompt": prompts[u],
-                "chosen": texts[u][best],
-                "rejected": [texts[u][j] for j in worse],
-                "reward_chosen": float(rewards[u, best]),
-                "reward_rejected": [float(rewards[u, j]) for j in worse],
-            }
-        )
-    stats.groups = len(examples)
-    return examples, stats
+def knowledge_table(ctx, probe: Probe) -> np.ndarray:
+    """The probe's knowledge vectors (num_users + 1, D), or its texts encoded into such a table when
+    the downstream's probe carries no vectors (the LLM-as-recommender's answers)."""
+    if probe.vectors is not None:
+        return probe.vectors
+    users = sorted(probe.texts)
+    vecs = ctx.encoder.encode([probe.texts[u] for u in users])
+    table = np.zeros((ctx.prep.spec.num_users + 1, vecs.shape[1]), np.float32)
+    table[users] = vecs
+    return table

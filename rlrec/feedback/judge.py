@@ -15,8 +15,15 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from rlrec.cache import fingerprint
+from rlrec.feedback.base import feedback_key
+from rlrec.llm.generation import SamplingConfig
 
 CRITERIA = ("relevance", "diversity", "explainability")
 
@@ -224,83 +231,64 @@ class JudgeFeedback:
     bias cancels — and a pair is decided when |p − ½| > `margin`. `explain` scores one answer's
     explainability on RecLAIF's 1–100 scale the same two ways (0–5 → 1 + 99·s/5).
 
+    The question an answer was written for comes from `downstream.context(user, split)`, so the
+    judge can compare any two texts the downstream asks for (recommendations, knowledge texts).
     Stats in logits mode: consistent / inconsistent = whether the two orders prefer the same answer
     on their own; ties = pairs left undecided after averaging (a pair can be inconsistent *and* a tie)."""
 
-    name = "judge"
-
     def __init__(
-        self, task, llm, template, explain_template, mode: str = "logits", margin: float = 0.0,
+        self, downstream, llm, template, explain_template, mode: str = "logits", margin: float = 0.0,
         max_new_tokens: int = 384, batch_size: int = 8, cache_dir: str | None = None, progress: bool = True,
-        base_url: str | None = None, api_model: str | None = None,
+        base_url: str | None = None, api_model: str | None = None, ctx=None,
     ):  # fmt: skip
         from rlrec.data.prompts import PromptTemplate
 
         if mode not in ("generate", "logits"):
-            raise ValueError(f"feedback.strategy.mode must be 'generate' or 'logits', got {mode!r}")
-        self.task, self.llm_cfg, self.mode, self.margin = task, llm, mode, float(margin)
+            raise ValueError(f"feedback.mode must be 'generate' or 'logits', got {mode!r}")
+        if base_url and mode == "logits":
+            raise ValueError("an endpoint judge (feedback.base_url) needs feedback.mode=generate")
+        self.downstream, self.mode, self.margin = downstream, mode, float(margin)
+        self.llm_cfg = instantiate(llm) if isinstance(llm, DictConfig) else llm
         self.template = PromptTemplate(template) if isinstance(template, str) else template
         self.explain_template = (
             PromptTemplate(explain_template) if isinstance(explain_template, str) else explain_template
         )
         self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
-        self.cache_dir, self.progress = cache_dir, progress
-        self.base_url, self.api_model = base_url, api_model
-        if base_url and mode == "logits":
-            raise ValueError(
-                "an endpoint judge (feedback.strategy.base_url) needs feedback.strategy.mode=generate"
-            )
-        self._model = self._tokenizer = self._generator = None
+        self.ctx, self.progress, self.base_url, self.api_model = ctx, progress, base_url, api_model
+        self.cache_dir = cache_dir if cache_dir is not None or ctx is None else ctx.generation_cache
+        weights = api_model if base_url else (self.llm_cfg.fingerprint if self.llm_cfg is not None else None)
+        config = [getattr(self.template, "path", template).__str__(), str(getattr(self.explain_template, "path", "")),
+                  mode, margin, max_new_tokens, base_url, weights]  # fmt: skip
+        self.key = feedback_key(ctx, "judge", config) if ctx is not None else fingerprint("judge", config)
         self.stats = JudgeStats()
 
-    # -- the judge model (loaded on first use) -------------------------------------------------
-    def _load(self):
-        if self._model is None:
-            from rlrec.llm.loading import load_model
+    # -- the judge model (a frozen policy, loaded on first use) ---------------------------------------
+    @cached_property
+    def judge(self):
+        from rlrec.policy import Policy
 
-            self._model, self._tokenizer = load_model(self.llm_cfg)
-            self._model.eval()
-        return self._model, self._tokenizer
+        sampling = SamplingConfig(batch_size=self.batch_size)
+        if self.base_url:
+            sampling = SamplingConfig(backend="openai", base_url=self.base_url, api_model=self.api_model)
+        device = self.ctx.device if self.ctx is not None else "cpu"
+        return Policy.frozen(self.llm_cfg, sampling, self.cache_dir, device, progress=self.progress)
 
     def _generate(self, prompts: list[str]) -> list[str]:
-        if self._generator is None:
-            from rlrec.llm.generation import Generator
-
-            if self.base_url:
-                self._generator = Generator(self.api_model, None, f"openai:{self.api_model}", self.cache_dir,
-                                            backend="openai", base_url=self.base_url)  # fmt: skip
-                return self._generator.greedy(prompts, self.max_new_tokens, adapter_fingerprint="judge")
-            model, tok = self._load()
-            self._generator = Generator(
-                model, tok, self.llm_cfg.fingerprint, self.cache_dir, batch_size=self.batch_size,
-                progress=self.progress,
-            )  # fmt: skip
-        return self._generator.greedy(prompts, self.max_new_tokens, adapter_fingerprint="judge")
+        return self.judge.greedy(prompts, self.max_new_tokens)
 
     def _choice(self, prompts: list[str], prefix: str, choices: Sequence[str]):
         from rlrec.llm.chat import format_chat
         from rlrec.llm.logps import choice_probs
 
-        model, tok = self._load()
+        model, tok = self.judge.task.model, self.judge.tokenizer
         formatted = [format_chat(tok, p) + prefix for p in prompts]
         return choice_probs(model, tok, formatted, choices, self.batch_size).numpy()  # (P, C)
 
-    # -- prompts -------------------------------------------------------------------------------
-    def _context(self, user: int, split: str = "train") -> dict:
-        """The question a judged answer was written for: `split`'s instance of the user."""
-        inst = self.task.instances[split][user]
-        ent = self.task.entity
-        history = [{"title": inst.query}] if inst.query is not None else [ent(i) for i in inst.history]
-        target = ent(inst.target) if inst.target is not None else {"title": ", ".join(
-            self.task.titles[i] for i in sorted(inst.relevant))}  # fmt: skip
-        return {"history": history, "candidates": [ent(i) for i in inst.candidates], "target": target,
-                "domain": self.task.domain, "k": self.task.k, "query": inst.query}  # fmt: skip
-
     def judge_prompt(self, user: int, option_a: str, option_b: str) -> str:
-        return self.template.render(option_a=option_a, option_b=option_b, **self._context(user))
+        return self.template.render(option_a=option_a, option_b=option_b, **self.downstream.context(user, "train"))
 
-    # -- Feedback protocol ---------------------------------------------------------------------
-    def fit(self, user_vectors=None, texts=None) -> dict:
+    # -- Feedback protocol -------------------------------------------------------------------------
+    def refit(self, probe=None) -> dict:
         return {}  # the judge is not trained
 
     def score(self, users, texts: list[list[str]], vectors=None) -> np.ndarray:
@@ -341,11 +329,15 @@ class JudgeFeedback:
                 rewards[r, (i, j)[w]] += 1.0
         return rewards
 
+    def score_info(self) -> dict:
+        """The verdict counts of the last `score` call."""
+        return self.stats.as_dict()
+
     def explain(self, users, texts: list[str], split: str = "test") -> np.ndarray:
         """(U,) explainability 1–100 of each user's answer to their `split` question (nan where a
         generated score is unreadable)."""
         prompts = [
-            self.explain_template.render(option=t, **self._context(int(u), split))
+            self.explain_template.render(option=t, **self.downstream.context(int(u), split))
             for u, t in zip(users, texts)
         ]
         if not prompts:

@@ -1,97 +1,83 @@
-"""DPO4Rec's recommender feedback: the reward of a text about user u is u's NDCG@k (mean over
-u's re-rank lists) of a knowledge-augmented re-ranker when that text is u's knowledge.
-
-The re-ranker that scores u never trained on u's lists (cross-fitting over user folds);
-otherwise the reward would pay for what the re-ranker memorised about u, not for the text.
-"""
+"""DPO4Rec's recommender feedback: the reward of a text about user u is u's NDCG@k (mean over u's
+re-rank lists) of a knowledge-augmented re-ranker when that text is u's knowledge. The re-ranker
+that scores u never trained on u's lists (cross-fitting over user folds, `crossfit.py`);
+otherwise the reward would pay for what the re-ranker memorised about u, not for the text."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch import nn
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
-from rlrec.data.features import PreparedData
-from rlrec.data.rerank import RerankLists
-from rlrec.feedback.validator import user_folds
+from rlrec.data.ctr import TensorBatches
+from rlrec.downstream.fit import build_model, fit
+from rlrec.downstream.lists import rerank_lists
+from rlrec.feedback.base import feedback_key, knowledge_table
+from rlrec.feedback.crossfit import UserFolds, mean_by_slot
 from rlrec.metrics import list_metrics
-from rlrec.tasks.rerank import fit_rerank
+from rlrec.results import Probe
+from rlrec.tasks.rerank import RerankTask
 
 log = logging.getLogger("rlrec")
 
 
 class RecommenderFeedback:
-    name = "recommender"
-
     def __init__(
-        self,
-        prep: PreparedData,
-        lists: RerankLists,
-        valid_lists: RerankLists,
-        reranker: Callable[..., nn.Module],
-        adapter: Callable[..., nn.Module],
-        optimizer: Callable[..., torch.optim.Optimizer],
-        k: int = 5,
-        folds: int = 2,
-        loss: str = "listwise",
-        max_epochs: int = 10,
-        patience: int = 3,
-        batch_size: int = 256,
+        self, ctx, downstream, reranker: DictConfig, adapter: DictConfig, optimizer: DictConfig, k: int = 5,
+        folds: int = 2, loss: str = "listwise", max_epochs: int = 10, patience: int = 3, batch_size: int = 256,
         seed: int = 0,
-    ):
-        assert folds >= 2, "cross-fitting needs at least 2 user folds"
-        self.prep, self.lists, self.valid_lists = prep, lists, valid_lists
+    ):  # fmt: skip
+        self.ctx, self.prep = ctx, ctx.prep
+        lists = rerank_lists(ctx)
+        self.lists, self.valid_lists = lists["train"], lists["valid"]
         self.reranker, self.adapter, self.optimizer = reranker, adapter, optimizer
-        self.k, self.folds, self.loss = k, folds, loss
-        self.max_epochs, self.patience, self.batch_size, self.seed = max_epochs, patience, batch_size, seed
-        self.fold_of = user_folds(prep.spec.num_users, folds, seed)
-        self.models: list[nn.Module] = []
+        self.k, self.loss, self.max_epochs, self.patience = int(k), loss, int(max_epochs), int(patience)
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.folds = UserFolds(self.prep.spec.num_users, folds, seed)
+        self.key = feedback_key(ctx, "recommender", [reranker, adapter, optimizer, k, folds, loss, max_epochs,
+                                                     patience, batch_size, seed, ctx.cfg.rerank])  # fmt: skip
+        self.models: list = []
 
-    def fit(self, user_vectors: np.ndarray, texts: dict[int, str] | None = None) -> dict:
-        vec = torch.as_tensor(user_vectors, dtype=torch.float32)
-        spec = self.prep.spec.with_knowledge((vec.shape[1],))
+    def refit(self, probe: Probe) -> dict:
+        vec = torch.as_tensor(knowledge_table(self.ctx, probe), dtype=torch.float32)
         train, valid = self.lists.tensors(), self.valid_lists.tensors()
-        fold = self.fold_of[self.lists.user]
         self.models, scores = [], []
-        for k in range(self.folds):
+        for k in range(self.folds.folds):
             torch.manual_seed(self.seed + k)
-            model = self.reranker(features=spec, adapter=self.adapter)
-            model.embedding.set_knowledge(user=vec)
-            tr = {key: v[torch.as_tensor(fold != k)] for key, v in train.items()}
-            model, best = fit_rerank(
-                model, tr, valid, self.optimizer, self.loss, self.max_epochs, self.patience, self.batch_size,
-                self.seed + k, f"ndcg@{self.k}",
+            model = build_model(instantiate(self.reranker), self.prep.spec, instantiate(self.adapter), vec)
+            tr = {key: v[torch.as_tensor(self.folds.train_rows(self.lists.user, k))] for key, v in train.items()}
+            fitted = fit(
+                lambda **kw: self.ctx.trainer(max_epochs=self.max_epochs, **kw),
+                RerankTask(model, instantiate(self.optimizer), self.loss),
+                TensorBatches(tr, self.batch_size, shuffle=True, seed=self.seed + k), TensorBatches(valid, 4096),
+                monitor=f"val/ndcg@{self.k}", patience=self.patience,
             )  # fmt: skip
-            self.models.append(model)
-            scores.append(best)
+            self.models.append(fitted.model)
+            scores.append(fitted.best)
         log.info("recommender refit: fold val NDCG@%d %s", self.k, [round(s, 4) for s in scores])
         return {f"recommender/val_ndcg@{self.k}": float(np.mean(scores))}
 
     @torch.no_grad()
     def score(self, users: np.ndarray, texts: list[list[str]], vectors: np.ndarray) -> np.ndarray:
-        assert self.models, "call fit() before score()"
+        assert self.models, "call refit() before score()"
         users = np.asarray(users)
         U, N, _ = vectors.shape
         rewards = np.full((U, N), np.nan)
         t = self.lists.tensors()
-        for k, model in enumerate(self.models):
-            sel = np.flatnonzero(self.fold_of[users] == k)
+        for k, sel in self.folds.groups(users):
             rows = np.flatnonzero(np.isin(self.lists.user, users[sel]))
             if not len(rows):
                 continue
             batch = {key: v[rows] for key, v in t.items()}
-            slot = np.searchsorted(users[sel], self.lists.user[rows], sorter=np.argsort(users[sel]))
-            slot = np.argsort(users[sel])[slot]
-            counts = np.bincount(slot, minlength=len(sel))
+            order = np.argsort(users[sel])
+            slot = order[np.searchsorted(users[sel], self.lists.user[rows], sorter=order)]
             for j in range(N):
                 uk = torch.as_tensor(vectors[sel, j], dtype=torch.float32)[torch.as_tensor(slot)]
-                scores = model({**batch, "user_knowledge": uk}).numpy()
-                ndcg = list_metrics(scores, batch["labels"].numpy(), batch["mask"].numpy(), (self.k,))[
-                    f"ndcg@{self.k}"
-                ]
-                sums = np.bincount(slot, weights=ndcg, minlength=len(sel))
-                rewards[sel, j] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+                scores = self.models[k]({**batch, "user_knowledge": uk}).numpy()
+                labels, mask = batch["labels"].numpy(), batch["mask"].numpy()
+                ndcg = list_metrics(scores, labels, mask, (self.k,))[f"ndcg@{self.k}"]
+                rewards[sel, j] = mean_by_slot(ndcg, slot, len(sel))
         return rewards

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlrec.cache import fingerprint
+from rlrec.cache import fingerprint, folder_identity
 
 log = logging.getLogger("rlrec")
 
@@ -88,30 +88,6 @@ def resolve_encoder_source(source: str) -> Path | str:
             )
         return p
     return source
-
-
-def _sampled_hash(path: Path, chunk: int = 1 << 16) -> str:
-    """sha256 of the size and three 64 KiB samples (start, middle, end): catches weights fine-tuned
-    in place without reading gigabytes."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as fh:
-        for offset in sorted({0, max(0, size // 2 - chunk // 2), max(0, size - chunk)}):
-            fh.seek(offset)
-            h.update(fh.read(chunk))
-    return h.hexdigest()[:16]
-
-
-def _folder_identity(folder: Path) -> dict:
-    """What the vectors depend on: config.json and the weight files (not the folder's path, so the
-    embedded model and a copy of it share one cache)."""
-    weights = sorted(
-        p for pattern in ("*.safetensors", "*.bin", "*.pt") for p in folder.glob(pattern) if p.is_file()
-    )
-    return {
-        "config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:16],
-        "weights": [[p.name, _sampled_hash(p)] for p in weights],
-    }
 
 
 def _hub_commit(repo_id: str) -> str | None:
@@ -255,7 +231,7 @@ class TextEncoder:
         if self._fingerprint is None:
             where = self.where
             if isinstance(where, Path):
-                identity = _folder_identity(where)
+                identity = folder_identity(where)
             else:
                 commit = _hub_commit(where)
                 if commit is None:  # not cached yet: loading downloads it (or explains why it cannot)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from rlrec.cache import fingerprint
+from rlrec.cache import file_hash, fingerprint, folder_identity
 
 log = logging.getLogger("rlrec")
 
@@ -40,8 +40,33 @@ class LLMConfig:
 
     @property
     def fingerprint(self) -> str:
-        """Identity of the base weights (not of any adapter trained on top)."""
-        return fingerprint(self.name, self.source, self.gguf_file, self.dtype, self.random_init, self.seed)
+        """Identity of the base weights (not of any adapter trained on top), by content: the GGUF
+        file or the folder's config and weight files (sampled hashes), or the hub snapshot's
+        commit; a random model by its config and seed. Replacing the weights changes it."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self.dtype, self.random_init, self.seed, weights_identity(self))
+        return self._fingerprint
+
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
+
+
+def weights_identity(cfg: LLMConfig) -> dict | str:
+    """What the base weights' outputs depend on (see `LLMConfig.fingerprint`)."""
+    try:
+        src = resolve_source(cfg.source, cfg.name)
+    except LLMNotFoundError:
+        return {"unresolved": cfg.source}  # loading will raise the clear error
+    if not isinstance(src, Path):  # a hub id: the locally cached snapshot's commit
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(src, "config.json")
+        return {"hub": src, "commit": Path(path).parent.name if isinstance(path, str) else None}
+    if cfg.gguf_file:
+        gguf = src / cfg.gguf_file
+        if cfg.random_init is not None:  # only the tokenizer is read from the file
+            return {"tokenizer_of": cfg.gguf_file}
+        return {"gguf": cfg.gguf_file, "hash": file_hash(gguf) if gguf.exists() else None}
+    return folder_identity(src) if (src / "config.json").exists() else {"folder": str(src)}
 
 
 def resolve_source(source: str, name: str = "llm") -> Path | str:

@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlrec.tasks import inner_trainer
-from rlrec.tasks.ctr import KeepBest
+from rlrec.tasks.callbacks import KeepBest
 
 
 def pad_left(seqs: Sequence[Sequence[int]], max_len: int) -> torch.Tensor:
@@ -290,6 +289,7 @@ def fit_sasrec(
     monitor: str = "val/ndcg@10",
     seed: int = 0,
     enable_progress_bar: bool = False,
+    trainer: Callable[..., pl.Trainer] | None = None,
 ) -> SASRec:
     """Train SASRec on user sequences (chronological item ids 1..num_items) and return it in eval mode.
 
@@ -298,6 +298,8 @@ def fit_sasrec(
     weights with the best `monitor` (one of val/{hit,ndcg}@{1,3,10}) are kept in memory and loaded,
     with early stopping after `patience` epochs without improvement if set. Without `valid`, the
     last weights are returned. `seed` seeds torch (model init, shuffling, negatives, dropout).
+    `trainer(max_epochs=, callbacks=, progress=, max_steps=)` builds the Lightning Trainer (a run's
+    `Context.trainer`, so the accelerator comes from config); None = a CPU Trainer with no logger.
     Nothing is written to disk."""
     from rlrec.data.ctr import TensorBatches
 
@@ -316,9 +318,10 @@ def fit_sasrec(
         callbacks.append(keep)
         if patience is not None:
             callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience))
-    trainer = inner_trainer(max_epochs, callbacks, progress=enable_progress_bar, max_steps=max_steps)
+    make = trainer or _plain_trainer
+    fitter = make(max_epochs=max_epochs, callbacks=callbacks, progress=enable_progress_bar, max_steps=max_steps)
     task = SASRecTask(model, optimizer)
-    trainer.fit(
+    fitter.fit(
         task,
         TensorBatches(train, batch_size, shuffle=True, seed=seed),
         TensorBatches(valid, max(batch_size, 1024)) if valid is not None else None,
@@ -329,6 +332,14 @@ def fit_sasrec(
         )
         model.load_state_dict(keep.state)
     return model.eval()
+
+
+def _plain_trainer(max_epochs: int, callbacks, progress: bool, **kw) -> pl.Trainer:
+    """The Trainer of a standalone `fit_sasrec` call (library use, outside a run)."""
+    return pl.Trainer(
+        max_epochs=max_epochs, callbacks=callbacks, enable_progress_bar=progress, logger=False,
+        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0, **kw,
+    )  # fmt: skip
 
 
 @torch.no_grad()

@@ -11,7 +11,6 @@ from torch import nn
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from rlrec.metrics import user_auc
-from rlrec.tasks import inner_trainer
 
 
 class CTRTask(pl.LightningModule):
@@ -82,49 +81,3 @@ class CTRTask(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rlrec_config"] = self.config
-
-
-class KeepBest(pl.Callback):
-    """Keep the best validation weights in memory (no checkpoint files for inner-loop fits)."""
-
-    def __init__(self, monitor: str = "val/auc"):
-        self.monitor, self.best, self.state = monitor, -float("inf"), None
-
-    def on_validation_end(self, trainer, module):
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is not None and float(value) > self.best:
-            self.best = float(value)
-            self.state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
-
-
-def fit_ctr(
-    model: nn.Module,
-    train: dict,
-    valid: dict,
-    optimizer: Callable[..., torch.optim.Optimizer],
-    max_epochs: int = 10,
-    patience: int = 2,
-    batch_size: int = 1024,
-    seed: int = 0,
-    limit_batches: int | float | None = None,
-) -> tuple[nn.Module, float]:
-    """Train `model` on tensor dicts with early stopping on val/auc; return it with the best
-    validation weights loaded, and that AUC. Used inside feedback strategies (validators), where
-    a full run's logging and checkpoint files would be noise."""
-    from rlrec.data.ctr import TensorBatches
-
-    keep = KeepBest()
-    trainer = inner_trainer(
-        max_epochs,
-        [keep, pl.callbacks.EarlyStopping(monitor="val/auc", mode="max", patience=patience)],
-        limit_train_batches=limit_batches or 1.0,
-    )
-    task = CTRTask(model, optimizer)
-    trainer.fit(
-        task,
-        TensorBatches(train, batch_size, shuffle=True, seed=seed),
-        TensorBatches(valid, max(batch_size, 4096)),
-    )
-    if keep.state is not None:
-        model.load_state_dict(keep.state)
-    return model.eval(), keep.best

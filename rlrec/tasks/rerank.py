@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlrec.metrics import list_metrics, mean_list_metrics
-from rlrec.tasks import inner_trainer
 
 
 def pointwise_bce(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -97,35 +96,3 @@ class RerankTask(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rlrec_config"] = self.config
-
-
-def fit_rerank(
-    model: nn.Module,
-    train: dict,
-    valid: dict,
-    optimizer: Callable[..., torch.optim.Optimizer],
-    loss: str = "listwise",
-    max_epochs: int = 10,
-    patience: int = 3,
-    batch_size: int = 256,
-    seed: int = 0,
-    monitor: str = "ndcg@5",
-) -> tuple[nn.Module, float]:
-    """Train a re-ranker on list tensors with early stopping on the validation metric; return it
-    with the best validation weights loaded (in memory; for inner-loop fits such as rewards)."""
-    from rlrec.data.ctr import TensorBatches
-    from rlrec.tasks.ctr import KeepBest
-
-    keep = KeepBest(f"val/{monitor}")
-    trainer = inner_trainer(
-        max_epochs,
-        [keep, pl.callbacks.EarlyStopping(monitor=f"val/{monitor}", mode="max", patience=patience)],
-    )
-    trainer.fit(
-        RerankTask(model, optimizer, loss),
-        TensorBatches(train, batch_size, shuffle=True, seed=seed),
-        TensorBatches(valid, 4096),
-    )
-    if keep.state is not None:
-        model.load_state_dict(keep.state)
-    return model.eval(), keep.best

@@ -1,0 +1,93 @@
+"""The shared objects of a run, each built once and lazily through `instantiate`: the config, the
+artifact store, the DataModule, the text encoder, the LLM config, a Trainer factory from
+`cfg.trainer` (every fit of the run gets its Trainer here, so `trainer=gpu` reaches all of them),
+the device the LLM lives on, and the seed."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rlrec.store import Store
+
+
+class Context:
+    def __init__(self, cfg: DictConfig, output_dir: str | Path):
+        self.cfg = cfg
+        self.output_dir = Path(output_dir)
+        self.seed = int(cfg.seed)
+        self.reuse = bool(cfg.get("use_cache", True))
+        self.store = Store(Path(cfg.cache_dir), reuse=self.reuse)
+        self.memo: dict = {}  # derived objects built once per run by the modules that own them
+
+    @cached_property
+    def datamodule(self):
+        dm = instantiate(self.cfg.dataset)
+        dm.setup()
+        return dm
+
+    @property
+    def prep(self):
+        return self.datamodule.prep
+
+    @property
+    def data_key(self) -> str:
+        return self.datamodule.fingerprint
+
+    @cached_property
+    def encoder(self):
+        # use_cache=false: an in-memory vector cache, so every vector of this run is recomputed
+        return instantiate(self.cfg.encoder, **({} if self.reuse else {"cache_dir": None}))
+
+    @cached_property
+    def llm(self):
+        return instantiate(self.cfg.llm)
+
+    @property
+    def generation_cache(self) -> Path | None:
+        """Where generated texts are cached (None with use_cache=false: every text is regenerated)."""
+        return Path(self.cfg.cache_dir) / "generations" if self.reuse else None
+
+    @cached_property
+    def device(self) -> torch.device:
+        """The device of `cfg.trainer.accelerator`: where the LLM is loaded for sampling."""
+        acc = str(self.cfg.trainer.get("accelerator", "cpu"))
+        if acc in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+            return torch.device("cuda")
+        if acc == "mps" and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+
+    def loggers(self) -> list:
+        return [instantiate(c) for c in (self.cfg.get("logger") or [])]
+
+    def trainer(self, *, inner: bool = True, max_epochs: int | None = None, callbacks=(), progress=None, **kw):
+        """A Lightning Trainer built from `cfg.trainer` (accelerator, devices, precision, strategy).
+        `inner=True` (fits inside a stage: feedback models, preference / SFT rounds, SASRec): no
+        logger, no checkpoint files, no batch limits of the profile; the caller keeps what it
+        needs. `inner=False`: the run's loggers and the profile's batch limits (the paper table's
+        fits). `kw` overrides any Trainer argument."""
+        args: dict = {"callbacks": list(callbacks)}
+        if inner:
+            args.update(
+                logger=False, enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+                limit_train_batches=1.0, limit_val_batches=1.0, limit_test_batches=1.0,
+                enable_progress_bar=False,
+            )  # fmt: skip
+        else:
+            args["logger"] = self.loggers() or False
+            args["callbacks"] += [instantiate(c) for c in (self.cfg.get("callbacks") or {}).values()]
+        if max_epochs is not None:
+            args["max_epochs"] = int(max_epochs)
+        if progress is not None:
+            args["enable_progress_bar"] = bool(progress)
+        args.update(kw)
+        return instantiate(self.cfg.trainer, **args)
+
+    def node(self, key: str) -> DictConfig:
+        """A config node as a standalone resolved copy (e.g. a model factory to instantiate)."""
+        return OmegaConf.create(OmegaConf.to_container(OmegaConf.select(self.cfg, key), resolve=True))

@@ -1,0 +1,70 @@
+"""One fit for every CTR backbone and re-ranker, outer (the paper table's models, with the run's
+loggers and the profile's batch limits) and inner (feedback models fitted inside a stage): early
+stopping on a validation metric, the best weights kept in memory and loaded back, then (if asked)
+validation and test metrics of those weights. Model selection never looks at test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from rlrec.data.features import FeatureSpec
+from rlrec.tasks.callbacks import KeepBest, Throughput
+
+
+@dataclass
+class Fitted:
+    model: nn.Module  # eval mode, best validation weights loaded
+    best: float  # best value of the monitored validation metric
+    metrics: dict = field(default_factory=dict)  # val/*, test/* of the best weights, train/* speed
+
+
+def fit(
+    make_trainer: Callable[..., pl.Trainer], task: pl.LightningModule, train, valid, test=None, *,
+    monitor: str, patience: int,
+) -> Fitted:  # fmt: skip
+    """Train `task` (a CTRTask / RerankTask around `task.model`) on the `train` loader, early-stopping
+    on `monitor` over `valid`; `make_trainer(callbacks=[...])` builds the Trainer from config.
+    With a `test` loader, returns the best weights' val/* and test/* metrics too."""
+    keep, speed = KeepBest(monitor), Throughput()
+    stop = pl.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=int(patience))
+    trainer = make_trainer(callbacks=[keep, stop, speed])
+    trainer.fit(task, train, valid)
+    if keep.state is not None:
+        task.model.load_state_dict(keep.state)
+    metrics = {}
+    if test is not None:
+        tst = trainer.test(task, test, verbose=False)
+        val = trainer.validate(task, valid, verbose=False)
+        metrics = {k: float(v) for k, v in {**val[0], **tst[0]}.items()}
+        metrics["train/samples_per_s"] = round(speed.rate, 1)
+        metrics["train/epochs"] = trainer.current_epoch
+    return Fitted(task.model.eval(), keep.best, metrics)
+
+
+def build_model(
+    factory: Callable[..., nn.Module], spec: FeatureSpec, adapter: Callable | None = None,
+    user: np.ndarray | torch.Tensor | None = None, item: np.ndarray | torch.Tensor | None = None,
+) -> nn.Module:  # fmt: skip
+    """A backbone / re-ranker from its `_partial_` factory and the FeatureSpec; with knowledge
+    vectors (`user` (num_users + 1, D), optionally `item`), one more field per table through
+    `adapter`, loaded with those vectors. Without, exactly the base model."""
+    if user is None:
+        return factory(features=spec)
+    user = torch.as_tensor(user, dtype=torch.float32)
+    item = None if item is None else torch.as_tensor(item, dtype=torch.float32)
+    dims = (user.shape[1],) + ((item.shape[1],) if item is not None else ())
+    model = factory(features=spec.with_knowledge(dims), adapter=adapter)
+    model.embedding.set_knowledge(user=user, item=item)
+    return model
+
+
+def factory(node) -> Callable[..., nn.Module]:
+    """`instantiate` of a `_partial_` model / adapter / optimizer node (None stays None)."""
+    return None if node is None else instantiate(node)

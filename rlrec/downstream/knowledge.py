@@ -1,0 +1,237 @@
+"""Knowledge for a recommender model: the policy writes one preference text per user (TrackRec's
+CoT prompt, KAR's user prompt), the encoder embeds it, the adapter turns the vector into one more
+feature field of the model. KAR adds item knowledge (`item_prompt`).
+
+`ctr` (TrackRec): CTR backbones on CTR samples. `rerank` (DPO4Rec; KAR = item prompts and
+`align.rounds=0`): re-rankers on re-rank lists. The table fits the model (`downstream.model`)
+without knowledge, with the un-aligned policy's (round 0) and with the aligned policy's (last
+round) knowledge, once per seed, with paired t-tests across the seeds.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rlrec.cache import fingerprint
+from rlrec.data.ctr import TensorBatches
+from rlrec.downstream import stats
+from rlrec.downstream.fit import build_model, fit
+from rlrec.downstream.lists import SPLITS, initial_scores, rerank_lists
+from rlrec.metrics import list_metrics, mean_list_metrics
+from rlrec.results import Probe, Round, Table
+
+LABELS = {
+    "base": "base (no knowledge)",
+    "round0": "+ un-aligned knowledge (round 0, KAR-style)",
+    "aligned": "+ aligned knowledge (round {t})",
+}
+PAIRS = [("round0", "base"), ("aligned", "base"), ("aligned", "round0")]
+
+
+class KnowledgeDownstream:
+    columns: tuple[str, ...] = ()
+    paired_metrics: tuple[str, ...] = ()
+    monitor = ""
+
+    def __init__(
+        self, ctx, model: DictConfig, adapter: DictConfig | None, optimizer: DictConfig, prompt: str,
+        history_len: int | None = None, max_new_tokens: int | None = None, item_prompt: str | None = None,
+        item_max_new_tokens: int | None = None, variants=("base", "round0", "aligned"), seeds=(1,), patience: int = 2,
+    ):  # fmt: skip
+        self.ctx, self.model_cfg, self.adapter_cfg, self.optimizer_cfg = ctx, model, adapter, optimizer
+        self.prompt, self.history_len, self.max_new_tokens = prompt, history_len, max_new_tokens
+        self.item_prompt, self.item_max_new_tokens = item_prompt, item_max_new_tokens
+        self.variants, self.seeds, self.patience = tuple(variants), [int(s) for s in seeds], int(patience)
+        self.uses_policy = any(v != "base" for v in self.variants)
+        self.name = (model.get("_target_") or "model").rsplit(".", 1)[-1].lower()
+
+    # ---- what the policy is asked ----------------------------------------------------------------
+    @cached_property
+    def view(self):
+        return self.ctx.datamodule.prompts(self.history_len)
+
+    @cached_property
+    def users(self) -> np.ndarray:
+        return np.array(sorted(self.view.histories), dtype=np.int64)
+
+    @cached_property
+    def questions(self) -> dict[int, str]:
+        templates = self.ctx.datamodule.templates
+        return self.view.user_prompts(templates.get(self.prompt, self.prompt), self.users.tolist())
+
+    @cached_property
+    def train_users(self) -> np.ndarray:
+        f = self.ctx.prep.frame
+        train = set(f.loc[f["split"] == "train", "u"].tolist())
+        return np.array([u for u in self.users if int(u) in train], dtype=np.int64)
+
+    def context(self, user: int) -> dict:
+        """What a judge sees of a user's question: the prompt history, no candidates or target."""
+        return {"history": self.view.history(user), "candidates": [], "target": None,
+                "domain": self.view.domain, "k": None, "query": None}  # fmt: skip
+
+    def valid_answer(self, user: int, text: str) -> bool:
+        return bool(text.strip())
+
+    # ---- a probe: greedy knowledge of every user (and item) ---------------------------------------
+    def probe(self, policy, name: str) -> Probe:
+        users = self.users.tolist()
+        texts = policy.greedy([self.questions[u] for u in users], self.max_new_tokens)
+        encoder, spec = self.ctx.encoder, self.ctx.prep.spec
+        vecs = encoder.encode(texts)
+        user = np.zeros((spec.num_users + 1, vecs.shape[1]), np.float32)
+        user[users] = vecs
+        item, item_texts = None, []
+        if self.item_prompt is not None:
+            items = self.knowledge_items()
+            template = self.ctx.datamodule.templates.get(self.item_prompt, self.item_prompt)
+            prompts = self.view.item_prompts(template, items)
+            item_texts = policy.greedy([prompts[i] for i in items], self.item_max_new_tokens)
+            iv = encoder.encode(item_texts)
+            item = np.zeros((spec.num_items + 1, iv.shape[1]), np.float32)
+            item[items] = iv
+        key = fingerprint(texts, item_texts, encoder.fingerprint)
+        metrics = {"knowledge_tokens": float(np.mean([len(t.split()) for t in texts])) if texts else 0.0}
+        return Probe(name, key, dict(zip(users, texts)), user, item, metrics)
+
+    def knowledge_items(self) -> list[int]:
+        return list(range(1, self.ctx.prep.spec.num_items + 1))
+
+    # ---- the table ---------------------------------------------------------------------------------
+    def evaluate(self, rounds: list[Round]) -> tuple[Table, dict]:
+        probes: dict[str, Probe | None] = {"base": None}
+        zero = next((r for r in rounds if r.t == 0), None)
+        if "round0" in self.variants and zero is not None:
+            probes["round0"] = zero.probe
+        if "aligned" in self.variants and rounds and rounds[-1].t > 0:
+            probes["aligned"] = rounds[-1].probe
+        runs = {label: [self.fit(p, seed) for seed in self.seeds] for label, p in probes.items()}
+        last = rounds[-1].t if rounds else 0
+        table = Table(self.title, list(self.columns), notes=[])
+        metrics: dict = {}
+        for label, per_seed in runs.items():
+            row = stats.summarise(per_seed)
+            table.rows[LABELS.get(label, label).format(t=last)] = row
+            # a single variant (no knowledge at all) reports its metrics unprefixed
+            metrics.update({(m if len(runs) == 1 else f"{label}/{m}"): v for m, v in row.items()})
+        table.paired = stats.paired(runs, PAIRS, list(self.paired_metrics))
+        for e in table.paired:
+            metrics[f"paired/{e['comparison']}/{e['metric']}/mean_diff"] = e["mean_diff"]
+            if "p" in e:
+                metrics[f"paired/{e['comparison']}/{e['metric']}/p"] = e["p"]
+        if len(self.seeds) > 1:
+            table.notes.append(f"Mean ± std over seeds {self.seeds}; paired t-tests across seeds.")
+        extra_rows, extra_metrics = self.reference_rows()
+        table.rows.update(extra_rows)
+        metrics.update(extra_metrics)
+        return table, metrics
+
+    def reference_rows(self) -> tuple[dict, dict]:
+        return {}, {}
+
+    def fit(self, knowledge: Probe | None, seed: int) -> dict:
+        """Fit the model with this knowledge (or none) and this seed: a stage."""
+        cfg = self.ctx.cfg
+        deps = {
+            "data": self.ctx.data_key, "model": self.model_cfg, "optimizer": self.optimizer_cfg, "seed": seed,
+            "knowledge": None if knowledge is None else [knowledge.key, self.adapter_cfg],
+            "trainer": {k: cfg.trainer.get(k) for k in ("max_epochs", "limit_train_batches", "limit_val_batches")},
+            "patience": self.patience, **self.fit_deps(),
+        }  # fmt: skip
+
+        def build(work) -> dict:
+            pl.seed_everything(seed, workers=True)
+            user = item = adapter = None
+            if knowledge is not None:
+                user, item, adapter = knowledge.vectors, knowledge.item_vectors, instantiate(self.adapter_cfg)
+            model = build_model(instantiate(self.model_cfg), self.ctx.prep.spec, adapter, user, item)
+            train, valid, test = self.loaders(seed)
+            fitted = fit(
+                lambda **kw: self.ctx.trainer(inner=False, **kw), self.task(model), train, valid, test,
+                monitor=self.monitor, patience=self.patience,
+            )  # fmt: skip
+            return {"metrics": {**fitted.metrics, **self.fit_info()}}
+
+        return self.ctx.store.stage(f"fit/{self.name}", deps, build).data["metrics"]
+
+    def fit_deps(self) -> dict:
+        return {}
+
+    def fit_info(self) -> dict:
+        return {}
+
+
+class CTRDownstream(KnowledgeDownstream):
+    """`downstream=ctr` (TrackRec): a CTR backbone (`model: ${backbone}`) on the CTR samples."""
+
+    title = "Knowledge variants"
+    columns = ("test/auc", "test/logloss", "test/uauc", "val/auc")
+    paired_metrics = ("test/auc", "test/logloss")
+    monitor = "val/auc"
+
+    def task(self, model):
+        from rlrec.tasks.ctr import CTRTask
+
+        return CTRTask(model, instantiate(self.optimizer_cfg), OmegaConf.to_container(self.ctx.cfg, resolve=True))
+
+    def loaders(self, seed: int):
+        dm = self.ctx.datamodule
+        return dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()
+
+
+class RerankDownstream(KnowledgeDownstream):
+    """`downstream=rerank` (DPO4Rec) and `downstream=kar` (KAR): a re-ranker (`model: ${reranker}`)
+    on the lists of `cfg.rerank`; the table adds the initial order and a shuffled order."""
+
+    title = "Knowledge variants (re-ranking)"
+    columns = ("test/map@5", "test/ndcg@5", "test/click@5", "val/map@5", "val/ndcg@5")
+    paired_metrics = ("test/map@5", "test/ndcg@5")
+
+    def __init__(self, ctx, *args, **kwargs):
+        super().__init__(ctx, *args, **kwargs)
+        self.rr = ctx.cfg.rerank
+        self.monitor = f"val/{self.rr.monitor}"
+
+    @property
+    def lists(self):
+        return rerank_lists(self.ctx)
+
+    def knowledge_items(self) -> list[int]:
+        return sorted({int(i) for s in SPLITS for i in np.unique(self.lists[s].items) if i > 0})
+
+    def task(self, model):
+        from rlrec.tasks.rerank import RerankTask
+
+        rr = self.rr
+        return RerankTask(model, instantiate(self.optimizer_cfg), rr.loss, tuple(rr.ks), rr.map_definition,
+                          rr.empty_lists)  # fmt: skip
+
+    def loaders(self, seed: int):
+        bs = int(self.rr.batch_size)
+        return tuple(TensorBatches(self.lists[s].tensors(), bs, shuffle=s == "train", seed=seed) for s in SPLITS)
+
+    def fit_deps(self) -> dict:
+        return {"rerank": self.rr}
+
+    def fit_info(self) -> dict:
+        return {f"lists/{s}": len(self.lists[s]) for s in SPLITS}
+
+    def reference_rows(self) -> tuple[dict, dict]:
+        """The initial order and a shuffled order of the same test lists (what a re-ranker must beat)."""
+        test, rr = self.lists["test"], self.rr
+        rng = np.random.default_rng(self.ctx.seed)
+        rows, metrics = {}, {}
+        for label, scores in (("initial", test.initial), ("shuffled", rng.random(test.items.shape))):
+            per = list_metrics(scores, test.labels, test.mask, tuple(rr.ks), rr.map_definition)
+            row = {f"test/{k}": v for k, v in mean_list_metrics(per, (test.labels > 0).any(1), rr.empty_lists).items()}
+            rows[f"{label} order"] = row
+            metrics.update({f"{label}/{k}": v for k, v in row.items()})
+        if rr.list_style == "librerank":
+            _, ranker = initial_scores(self.ctx)
+            metrics.update({f"initial_ranker/{k}": v for k, v in ranker.items()})
+        return rows, metrics

@@ -1,0 +1,143 @@
+"""`downstream=recommend` (RecLAIF): the LLM is the recommender. The policy is asked recommendation
+questions (a history or a query, a candidate list; RecLAIF's prompt); a probe is the policy's
+greedy answers to the test questions, parsed and scored (validity, Hit@k, NDCG@k, Precision@k,
+diversity) and rated for explainability by an LLM rater (the judge's explain prompt). The table
+puts every policy (zero-shot, SFT, each round) next to the classic baselines: SASRec (next item)
+or BM25 and a dense retriever (query)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from rlrec.cache import fingerprint
+from rlrec.data.prompts import DEFAULT_DOMAIN
+from rlrec.downstream.questions import RecommendationTask, next_item_instances
+from rlrec.results import Probe, Round, Table
+
+COLUMNS = ("hit@1", "ndcg@3", "validity", "diversity", "explainability", "ndcg@5", "precision@5")
+LABELS = {"zero_shot": "LLM zero-shot", "sft": "SFT", "round0": "LLM (round 0)"}
+
+
+class RecommendDownstream:
+    uses_policy = True
+    title = "Methods (RecLAIF table)"
+
+    def __init__(
+        self, ctx, prompt: str, rater: DictConfig, sasrec: DictConfig, max_new_tokens: int | None = None,
+        **questions,
+    ):  # fmt: skip
+        self.ctx, self.prompt, self.max_new_tokens = ctx, prompt, max_new_tokens
+        self.rater_cfg, self.sasrec_cfg, self.options = rater, sasrec, questions
+
+    @cached_property
+    def task(self) -> RecommendationTask:
+        dm = self.ctx.datamodule
+        domain = {**DEFAULT_DOMAIN, **(dm.domain or {})}
+        return RecommendationTask(dm.prep, dm.templates.get(self.prompt, self.prompt), domain, **self.options)
+
+    @cached_property
+    def questions(self) -> dict[int, str]:
+        return self.task.prompts("train")
+
+    @cached_property
+    def train_users(self) -> np.ndarray:
+        return np.array(sorted(self.questions), dtype=np.int64)
+
+    def context(self, user: int, split: str = "train") -> dict:
+        return self.task.context(user, split)
+
+    def valid_answer(self, user: int, text: str) -> bool:
+        """An answer names candidates only (RecLAIF's validity), for distillation's rejection sampling."""
+        return self.task.parse(self.task.instances["train"][user], text).valid
+
+    @cached_property
+    def rater(self):
+        """Rates explainability (1–100) of an answer: the judge's explain prompt, its own LLM."""
+        return instantiate(self.rater_cfg)(downstream=self, ctx=self.ctx)
+
+    # ---- a probe: the policy's answers to the test questions, scored ---------------------------
+    def probe(self, policy, name: str) -> Probe:
+        prompts = self.task.prompts("test")
+        users = sorted(prompts)
+        texts = policy.greedy([prompts[u] for u in users], self.max_new_tokens)
+        key = fingerprint(texts)
+        deps = {"answers": key, "questions": self.options, "data": self.ctx.data_key,
+                "rater": [self.rater_cfg, self.rater.llm_cfg.fingerprint if self.rater.llm_cfg else None],
+                "encoder": self.ctx.encoder.fingerprint}  # fmt: skip
+
+        def build(work) -> dict:
+            metrics, parsed = self.task.evaluate("test", dict(zip(users, texts)), encode=self.ctx.encoder.encode)
+            metrics["explainability"] = float(np.nanmean(self.rater.explain(users, texts, split="test")))
+            examples = [{"user": u, "answer": t, "valid": parsed[u].valid} for u, t in zip(users[:5], texts)]
+            return {"metrics": metrics, "examples": examples}
+
+        art = self.ctx.store.stage("evaluate", deps, build)
+        metrics = {f"eval/{k}": float(v) for k, v in art.data["metrics"].items()}
+        metrics["knowledge_tokens"] = float(np.mean([len(t.split()) for t in texts])) if texts else 0.0
+        return Probe(name, key, dict(zip(users, texts)), metrics=metrics)
+
+    # ---- the table ------------------------------------------------------------------------------
+    def evaluate(self, rounds: list[Round]) -> tuple[Table, dict]:
+        baselines = self.baselines()
+        table = Table(self.title, list(COLUMNS), rows=dict(baselines), plot_metric=None)
+        metrics: dict = {}
+        for label, m in baselines.items():
+            metrics.update({f"{label.lower()}/{k}": v for k, v in m.items()})
+        for r in rounds:
+            row = {k.removeprefix("eval/"): v for k, v in r.probe.metrics.items() if k.startswith("eval/")}
+            table.rows[LABELS.get(r.name, r.name.replace("round", "DPO round "))] = row
+            metrics.update({f"{r.name}/eval/{k}": v for k, v in row.items()})
+        t = self.task
+        table.notes.append(
+            f"{len(t.instances['test'])} test questions ({t.setting}, top-{t.k}); an invalid answer scores 0 on "
+            "relevance; diversity = mean pairwise cosine distance of the recommended items' encoder vectors; "
+            "explainability = the rater's 0–5 rating mapped to 1–100."
+        )
+        return table, metrics
+
+    def baselines(self) -> dict[str, dict]:
+        task = self.task
+        test = [task.instances["test"][u] for u in sorted(task.instances["test"])]
+        encode = self.ctx.encoder.encode
+        if task.setting == "next_item":
+            deps = {"data": self.ctx.data_key, "questions": self.options, "sasrec": self.sasrec_cfg, "seed": self.ctx.seed}
+            art = self.ctx.store.stage("baseline/sasrec", deps, lambda work: {"metrics": self._sasrec(test)})
+            return {"SASRec": art.data["metrics"]}
+        from rlrec.seqrec.retrieval import BM25Retriever, DenseRetriever
+
+        corpus = task.texts[1:]  # corpus position p = catalogue item p + 1
+        out = {}
+        for name, retriever in (("BM25", BM25Retriever(corpus)), ("Dense", DenseRetriever(encode, corpus))):
+            ranked = [[p + 1 for p in retriever.rank(i.query, [c - 1 for c in i.candidates], task.k)] for i in test]
+            out[name] = {**task.score_lists(test, ranked, encode), "validity": 1.0}
+        return out
+
+    def _sasrec(self, test: list) -> dict:
+        """SASRec on every user's positives before the test period; each test question's candidates
+        ranked from the same history the LLM sees."""
+        from rlrec.seqrec.sasrec import fit_sasrec, pad_left, rank_candidates
+
+        prep, S, seed = self.ctx.prep, self.sasrec_cfg, self.ctx.seed
+        f = prep.frame[(prep.frame["label"] > 0) & prep.frame["split"].isin(["prompt", "train"])]
+        seqs = {int(u): g["i"].tolist() for u, g in f.groupby("u", sort=True)}
+        num_items, max_len = prep.spec.num_items, int(S.model.max_len)
+        valid = next_item_instances(prep.frame, "valid", num_items, len(test[0].history), len(test[0].candidates), 1, seed)
+        v = [valid[u] for u in sorted(valid)]
+        batch = {"seq": torch.as_tensor(pad_left([i.history for i in v], max_len)),
+                 "target": torch.tensor([i.target for i in v]),
+                 "candidates": torch.tensor([i.candidates for i in v])} if v else None  # fmt: skip
+        model = fit_sasrec(
+            seqs, num_items, valid=batch, model=instantiate(S.model), max_epochs=int(S.max_epochs),
+            batch_size=int(S.batch_size), patience=S.get("patience"), seed=seed, trainer=self.ctx.trainer,
+        )  # fmt: skip
+        cands = np.array([i.candidates for i in test])
+        order = rank_candidates(model, pad_left([i.history for i in test], max_len), cands)
+        ranked = np.take_along_axis(cands, order, 1)[:, : self.task.k].tolist()
+        scored = self.task.score_lists(test, ranked, self.ctx.encoder.encode)
+        return {**scored, "validity": 1.0, "explainability": float("nan")}
+

@@ -1,0 +1,181 @@
+"""The LLM policy: base weights + (optionally) a LoRA adapter, and the one place a text Generator
+is built — from the live `cfg.sampling` (backend hf / openai / vllm, N, temperature, top-p,
+chat template, system prompt, seed).
+
+    texts  = policy.sample(prompts, seed)    # (U, N), N = sampling.num_samples
+    greedy = policy.greedy(prompts)          # (U,)
+    policy = policy.train_on(groups)         # a preference round (DPO / S-DPO / IPO) → a new Policy
+
+`key` identifies the weights by content (the base weights' fingerprint, then the chain of
+preference / SFT data each adapter was trained on); it keys the generation cache and every stage
+that depends on the policy.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rlrec.cache import fingerprint
+from rlrec.llm.generation import SamplingConfig
+from rlrec.store import Store
+
+log = logging.getLogger("rlrec")
+
+
+class Policy:
+    def __init__(
+        self, llm, sampling: DictConfig, preference: DictConfig, store: Store, trainer, device="cpu",
+        cache_dir: str | Path | None = None, adapter: str | Path | None = None, key: str = "base",
+        task=None, seed: int = 0,
+    ):  # fmt: skip
+        self.llm, self.sampling_cfg, self.preference = llm, sampling, preference
+        self.store, self.trainer, self.device = store, trainer, torch.device(device)
+        self.cache_dir, self.adapter, self.key, self.seed = cache_dir, adapter, key, int(seed)
+        self.training: dict = {}  # metrics of the fit that produced this policy
+        self.progress = True
+        if task is not None:
+            self.__dict__["task"] = task
+
+    @classmethod
+    def from_context(cls, ctx, llm=None, sampling: DictConfig | None = None) -> Policy:
+        return cls(
+            llm if llm is not None else ctx.llm, sampling if sampling is not None else ctx.cfg.sampling,
+            ctx.cfg.preference, ctx.store, ctx.trainer, ctx.device, ctx.generation_cache, seed=ctx.seed,
+        )  # fmt: skip
+
+    @classmethod
+    def frozen(cls, llm, sampling: SamplingConfig, cache_dir=None, device="cpu", progress: bool = True) -> Policy:
+        """A policy that is never trained (a judge, a teacher): no adapter; one copy of the weights per
+        (model, device) in the process, shared by every frozen policy of that model."""
+        policy = cls(llm, sampling, None, None, None, device, cache_dir)
+        policy.progress = progress
+        if llm is not None and sampling.backend == "hf":
+            shared = _FROZEN.get((llm.fingerprint, str(policy.device)))
+            if shared is not None:
+                policy.__dict__["task"] = shared
+        return policy
+
+    def with_adapter(self, adapter: str | Path, key: str, task=None) -> Policy:
+        return Policy(
+            self.llm, self.sampling_cfg, self.preference, self.store, self.trainer, self.device, self.cache_dir,
+            adapter=adapter, key=key, task=task, seed=self.seed,
+        )  # fmt: skip
+
+    @property
+    def base_key(self) -> str:
+        """The base weights' identity (the served model's name for an endpoint policy)."""
+        return self.llm.fingerprint if self.llm is not None else f"openai:{self.sampling.api_model}"
+
+    # ---- the model (loaded on first use, on the trainer's device) ---------------------------------
+    @cached_property
+    def task(self):
+        """The PreferenceTask holding the weights (LoRA on the base unless `preference.task.lora`
+        is null), continuing from `adapter` when set."""
+        from rlrec.tasks.llm import LLMTask
+        from rlrec.tasks.preference import PreferenceTask
+
+        if self.preference is None:  # frozen: the plain model, shared by the process's frozen policies
+            task = LLMTask(self.llm, lora=None)
+            task.configure_model()
+            task.model.requires_grad_(False)
+            task = task.to(self.device).eval()
+            _FROZEN[(self.llm.fingerprint, str(self.device))] = task
+            return task
+        kwargs = OmegaConf.to_container(self.preference.task, resolve=True)
+        for k in ("_target_", "llm"):
+            kwargs.pop(k, None)
+        kwargs["optimizer"] = instantiate(self.preference.task.optimizer)
+        task = PreferenceTask(self.llm, adapter_path=None if self.adapter is None else str(self.adapter), **kwargs)
+        task.configure_model()
+        return task.to(self.device)
+
+    @property
+    def tokenizer(self):
+        return self.task.tokenizer
+
+    @cached_property
+    def sampling(self) -> SamplingConfig:
+        return instantiate(self.sampling_cfg) if not isinstance(self.sampling_cfg, SamplingConfig) else self.sampling_cfg
+
+    @cached_property
+    def generator(self):
+        """The Generator of `sampling.backend`: hf = this process's (adapted) model; openai = the
+        served `sampling.api_model` at `sampling.base_url`; vllm = vLLM in process on the base
+        weights' folder."""
+        from rlrec.llm.loading import model_folder
+
+        s = self.sampling
+        if s.backend == "hf":
+            model, tok = self.task.policy.eval(), self.task.tokenizer
+        elif s.backend == "openai":
+            model, tok = s.api_model, None
+        else:
+            model, tok = str(model_folder(self.llm)), None
+        return s.generator(model, tok, self.base_key, self.cache_dir, adapter_fingerprint=self.key,
+                           progress=self.progress)  # fmt: skip
+
+    # ---- texts --------------------------------------------------------------------------------
+    def sample(self, prompts: list[str], seed: int | None = None) -> list[list[str]]:
+        """(len(prompts), N) sampled texts, N = sampling.num_samples."""
+        s = self.sampling
+        return self.generator.sample(
+            prompts, int(s.num_samples), float(s.temperature), float(s.top_p), int(s.max_new_tokens),
+            seed=int(s.seed if seed is None else seed), adapter_fingerprint=self.key,
+        )  # fmt: skip
+
+    def greedy(self, prompts: list[str], max_new_tokens: int | None = None) -> list[str]:
+        n = int(self.sampling.max_new_tokens if max_new_tokens is None else max_new_tokens)
+        return self.generator.greedy(prompts, n, adapter_fingerprint=self.key)
+
+    # ---- preference optimisation --------------------------------------------------------------
+    def train_on(self, groups: list[dict]) -> Policy:
+        """One preference-optimisation round on `groups` ({prompt, chosen, rejected: [..]}); the
+        adapter is a stage keyed by this policy, the groups' content and `cfg.preference`."""
+        deps = {"policy": self.key, "base": self.base_key, "groups": fingerprint(groups), "preference": self.preference}
+        trained = {}
+
+        def build(work: Path) -> dict:
+            trained["task"], metrics = self._fit(groups, work / "adapter")
+            return {"metrics": metrics, "examples": len(groups)}
+
+        art = self.store.stage("align", deps, build)
+        policy = self.with_adapter(art.path("adapter"), art.key, task=trained.get("task"))
+        policy.training = dict(art.data["metrics"])
+        return policy
+
+    def _fit(self, groups: list[dict], out: Path):
+        from torch.utils.data import DataLoader
+
+        from rlrec.llm.data import PreferenceDataset
+        from rlrec.tasks.callbacks import MetricLog
+
+        P, task = self.preference, self.task
+        ds = PreferenceDataset(
+            groups, task.tokenizer, int(P.max_prompt_len), int(P.max_completion_len), bool(P.chat_template),
+            num_negatives=int(P.num_negatives),
+        )  # fmt: skip
+        loader = DataLoader(ds, batch_size=int(P.batch_size), shuffle=True, collate_fn=ds.collate,
+                            generator=torch.Generator().manual_seed(self.seed))  # fmt: skip
+        task.precompute_reference(DataLoader(ds, batch_size=int(P.batch_size), collate_fn=ds.collate))
+        task.train()
+        metrics = MetricLog()
+        trainer = self.trainer(
+            max_epochs=int(P.max_epochs), callbacks=[metrics], progress=True,
+            accumulate_grad_batches=int(P.accumulate_grad_batches), gradient_clip_val=P.get("gradient_clip_val"),
+        )  # fmt: skip
+        trainer.fit(task, loader)
+        task.eval()
+        task.save_adapter(out)
+        # this object stays the policy it was: the trained weights now belong to the new policy
+        self.__dict__.pop("task", None)
+        self.__dict__.pop("generator", None)
+        return task, metrics.means()
+
+
+_FROZEN: dict = {}  # (weights fingerprint, device) → the frozen LLMTask of `Policy.frozen`

@@ -1,0 +1,80 @@
+"""A run has one fixed shape:
+
+    prepare → [distill] → align (T ≥ 0 rounds) → evaluate
+
+`downstream` (what the policy is asked, what a probe produces, the final table) and `feedback`
+(how sampled texts are scored) are the two plug-in axes, both built by `instantiate`; nothing here
+names a paper. A downstream that needs no policy (a backbone or re-ranker alone) skips the LLM.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from hydra.utils import instantiate
+
+from rlrec import loop
+from rlrec.context import Context
+from rlrec.policy import Policy
+from rlrec.results import Round, RunResult
+
+log = logging.getLogger("rlrec")
+
+
+def run(ctx: Context) -> RunResult:
+    cfg = ctx.cfg
+    torch.set_num_threads(int(cfg.threads))
+    data = ctx.datamodule.describe()  # prepare
+    downstream = instantiate(cfg.downstream)(ctx=ctx)
+    rounds: list[Round] = []
+    if downstream.uses_policy:
+        policy = Policy.from_context(ctx)
+        first = "round0"
+        if cfg.get("distill") is not None:
+            rounds.append(Round(-1, "zero_shot", policy.key, downstream.probe(policy, "zero_shot")))
+            rounds[-1].metrics.update(rounds[-1].probe.metrics)
+            policy = instantiate(cfg.distill)(ctx=ctx)(policy, downstream)
+            first = "sft"
+        feedback = instantiate(cfg.feedback)(ctx=ctx, downstream=downstream)
+        A = cfg.align
+        rounds += loop.align(
+            policy, feedback, downstream, ctx.store, ctx.encoder.encode, rounds=int(A.rounds), users=int(A.users),
+            seed=ctx.seed, pairs=str(cfg.preference.pairs), dedup_threshold=A.get("dedup_threshold"),
+            min_gap=float(A.get("min_gap", 0.0)), first=first,
+        )  # fmt: skip
+        if first == "sft":
+            rounds[1].metrics.update(policy.training)
+    table, metrics = downstream.evaluate(rounds)  # evaluate
+    metrics.update(round_metrics(rounds))
+    return RunResult(run=summary(cfg), metrics=metrics, table=table, rounds=[r.summary() for r in rounds if r.t > 0],
+                     stages=list(ctx.store.events), data=data,
+                     examples={r.name: dict(list(r.probe.texts.items())[:2]) for r in rounds})  # fmt: skip
+
+
+def round_metrics(rounds: list[Round]) -> dict:
+    """Flat metric keys of the rounds: `iter{t}/…` per preference round, `round0/…` and the
+    distillation's metrics before them, `rounds_done`."""
+    out: dict = {}
+    for r in rounds:
+        if r.t > 0:
+            out.update({f"iter{r.t}/{k}": v for k, v in r.metrics.items()})
+        elif r.t == 0:
+            out.update({k: v for k, v in r.metrics.items() if k.startswith("distill/")})
+            out.update({f"round0/{k}": v for k, v in r.metrics.items() if not k.startswith(("distill/", "eval/"))})
+    if rounds:
+        out["rounds_done"] = max(r.t for r in rounds)
+    return out
+
+
+def summary(cfg) -> dict:
+    """The run's identity (the report groups runs by these)."""
+    target = (cfg.downstream.get("model") or {}).get("_target_", "")
+    return {
+        "experiment": cfg.get("experiment_name", cfg.task_name),
+        "dataset": cfg.dataset.name,
+        "split": cfg.split.protocol + ("+guard" if cfg.split.leakage_guard else ""),
+        "backbone": target.rsplit(".", 1)[-1].lower() if target else "llm",
+        "seed": cfg.seed,
+        "profile": cfg.get("profile_name", "custom"),
+    }

@@ -1,0 +1,56 @@
+"""Lightning callbacks shared by the fits: keep the best weights in memory, measure training
+throughput, collect the per-step training metrics of a preference / SFT round."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytorch_lightning as pl
+
+
+class KeepBest(pl.Callback):
+    """Keep the best validation weights of `module.model` in memory (`mode="max"`)."""
+
+    def __init__(self, monitor: str = "val/auc"):
+        self.monitor, self.best, self.state = monitor, -float("inf"), None
+
+    def on_validation_end(self, trainer, module):
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and float(value) > self.best:
+            self.best = float(value)
+            self.state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+
+
+class Throughput(pl.Callback):
+    """Training samples/s over the whole fit (data loading included, validation excluded)."""
+
+    def __init__(self, key: str = "label"):
+        self.key, self.samples, self.seconds, self._t = key, 0, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.seconds += time.perf_counter() - self._t
+        self.samples += len(batch[self.key])
+
+    @property
+    def rate(self) -> float:
+        return self.samples / self.seconds if self.seconds else float("nan")
+
+
+class MetricLog(pl.Callback):
+    """Collects the logged `train/*` metrics of every step; `means()` averages them under `prefix`."""
+
+    def __init__(self, prefix: str = "align/"):
+        self.values: dict[str, list[float]] = {}
+        self.prefix = prefix
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        for k, v in trainer.callback_metrics.items():
+            if k.startswith("train/"):
+                self.values.setdefault(k.replace("train/", self.prefix), []).append(float(v))
+
+    def means(self) -> dict:
+        return {k: float(np.mean(v)) for k, v in self.values.items()}
