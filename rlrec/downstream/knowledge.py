@@ -145,12 +145,12 @@ class KnowledgeDownstream:
         }  # fmt: skip
 
         def build(work) -> dict:
+            train, valid, test = self.loaders(seed)  # first: building lists may fit an initial ranker
             pl.seed_everything(seed, workers=True)
             user = item = adapter = None
             if knowledge is not None:
                 user, item, adapter = knowledge.vectors, knowledge.item_vectors, instantiate(self.adapter_cfg)
             model = build_model(instantiate(self.model_cfg), self.ctx.prep.spec, adapter, user, item)
-            train, valid, test = self.loaders(seed)
             fitted = fit(
                 lambda **kw: self.ctx.trainer(inner=False, **kw), self.task(model), train, valid, test,
                 monitor=self.monitor, patience=self.patience,

@@ -23,17 +23,18 @@ class KeepBest(pl.Callback):
 
 
 class Throughput(pl.Callback):
-    """Training samples/s over the whole fit (data loading included, validation excluded)."""
+    """Training rows/s (samples, or lists for a re-ranker) over the whole fit (data loading
+    included, validation excluded)."""
 
-    def __init__(self, key: str = "label"):
-        self.key, self.samples, self.seconds, self._t = key, 0, 0.0, 0.0
+    def __init__(self):
+        self.samples, self.seconds, self._t = 0, 0.0, 0.0
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self._t = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.seconds += time.perf_counter() - self._t
-        self.samples += len(batch[self.key])
+        self.samples += len(next(iter(batch.values())))
 
     @property
     def rate(self) -> float:
