@@ -34,3 +34,24 @@ def tiny_batch(tiny_prep):
 
     t = ctr_tensors(tiny_prep, "train")
     return {k: v[:48] for k, v in t.items()}
+
+
+def make_context(tmp_path, prep=None, overrides=(), encoder=None):
+    """A run Context from the real config tree (`dataset=synthetic`, tiny random LLM, no progress
+    bars); with `prep`, that PreparedData stands in for the DataModule's."""
+    from types import SimpleNamespace
+
+    from hydra import compose, initialize_config_dir
+
+    from rlrec.context import Context
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["dataset=synthetic", "llm=tiny_random", "profile=smoke", "threads=1",
+                                          f"output_dir={tmp_path}/run", f"cache_dir={tmp_path}/cache",
+                                          "trainer.enable_progress_bar=false", *overrides])  # fmt: skip
+    ctx = Context(cfg, tmp_path / "run")
+    if prep is not None:
+        ctx.__dict__["datamodule"] = SimpleNamespace(prep=prep, fingerprint="test-data-" + str(id(prep)))
+    if encoder is not None:
+        ctx.__dict__["encoder"] = encoder
+    return ctx

@@ -13,8 +13,7 @@ from omegaconf import OmegaConf
 from rlrec.knowledge.adapters import HybridExpertAdaptor, MLPConnector
 from tests.conftest import CONF
 
-RERANKERS = {"dlcm", "prm", "setrank"}
-BACKBONES = sorted(p.stem for p in (CONF / "backbone").glob("*.yaml") if p.stem not in RERANKERS)
+BACKBONES = sorted(p.stem for p in (CONF / "backbone").glob("*.yaml"))
 
 
 def build(name: str, spec, seed: int = 0, adapter=None, **overrides):

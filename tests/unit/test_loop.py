@@ -1,0 +1,129 @@
+"""The loop alone, in milliseconds: a fake policy (texts are strings that name the policy's
+version), a scripted feedback (rewards read off the text) and a stub downstream (a probe records
+which policy it saw). No LLM, no data, no encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rlrec import loop
+from rlrec.cache import fingerprint
+from rlrec.results import Probe
+from rlrec.store import Store
+
+N = 3
+
+
+class FakePolicy:
+    """Sample j of a prompt is "<prompt>|v<version>|<j>"; training returns version + 1."""
+
+    def __init__(self, version: int = 0, log: list | None = None):
+        self.version, self.log = version, log if log is not None else []
+        self.key = f"v{version}"
+        self.training = {"align/loss": 1.0 / (version + 1)} if version else {}
+
+    def sample(self, prompts, seed=None):
+        self.log.append(("sample", self.version, len(prompts)))
+        return [[f"{p}|v{self.version}|{j}" for j in range(N)] for p in prompts]
+
+    def train_on(self, groups):
+        self.log.append(("train", self.version, [(g["chosen"], list(g["rejected"])) for g in groups]))
+        return FakePolicy(self.version + 1, self.log)
+
+
+class ScriptedFeedback:
+    """Reward of a text = its sample index j (so the last sample is always best), except users in
+    `flat`, whose texts all score 0.5 (no informative pair)."""
+
+    key = "scripted"
+
+    def __init__(self, flat=()):
+        self.flat, self.refits, self.scored = set(flat), [], 0
+
+    def refit(self, probe):
+        self.refits.append(probe.name)
+        return {"scripted/refits": len(self.refits)}
+
+    def score(self, users, texts, vectors):
+        self.scored += 1
+        r = np.array([[float(t.rsplit("|", 1)[1]) for t in row] for row in texts])
+        r[[i for i, u in enumerate(users) if int(u) in self.flat]] = 0.5
+        return r
+
+
+class StubDownstream:
+    def __init__(self, users=(1, 2, 3, 4, 5)):
+        self.train_users = np.array(users)
+        self.questions = {u: f"q{u}" for u in users}
+        self.probed: list[str] = []
+
+    def probe(self, policy, name):
+        self.probed.append(f"{name}:{policy.key}")
+        return Probe(name, fingerprint(name, policy.key), {1: policy.key}, metrics={"probe/version": policy.version})
+
+
+def encode(texts):
+    """Distinct unit vectors per distinct text (no near-duplicates)."""
+    return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8) for t in texts])
+
+
+def run(tmp_path, rounds, feedback=None, downstream=None, users=3, pairs="best_vs_all"):
+    log: list = []
+    feedback = feedback or ScriptedFeedback()
+    downstream = downstream or StubDownstream()
+    out = loop.align(FakePolicy(0, log), feedback, downstream, Store(tmp_path), encode, rounds=rounds,
+                     users=users, seed=7, pairs=pairs)  # fmt: skip
+    return out, log, feedback, downstream
+
+
+def test_rounds_run_in_order_and_the_policy_is_replaced_after_each(tmp_path):
+    rounds, log, fb, ds = run(tmp_path, rounds=3)
+    assert [r.t for r in rounds] == [0, 1, 2, 3] and [r.name for r in rounds] == ["round0", "round1", "round2", "round3"]
+    assert [r.policy_key for r in rounds] == ["v0", "v1", "v2", "v3"]
+    # each round samples from the policy the previous round produced, then trains it
+    assert [(e[0], e[1]) for e in log] == [("sample", 0), ("train", 0), ("sample", 1), ("train", 1),
+                                          ("sample", 2), ("train", 2)]  # fmt: skip
+    assert ds.probed == ["round0:v0", "round1:v1", "round2:v2", "round3:v3"]
+    # the feedback is refit on the last probe before each round's scoring (Rec-tuning)
+    assert fb.refits == ["round0", "round1", "round2"]
+    assert rounds[1].metrics["align/loss"] == 0.5 and rounds[3].metrics["probe/version"] == 3
+
+
+def test_rewards_reach_the_pairs(tmp_path):
+    rounds, log, _, _ = run(tmp_path, rounds=1, users=2)
+    trained = log[1][2]
+    assert len(trained) == 2
+    for chosen, rejected in trained:  # best = the highest sample index, against all others
+        assert chosen.endswith("|2") and sorted(r[-1] for r in rejected) == ["0", "1"]
+    m = rounds[1].metrics
+    assert m["reward/mean"] == pytest.approx(1.0) and m["reward/best_mean"] == 2.0 and m["reward/spread"] == 2.0
+    assert m["pairs/groups"] == 2
+
+
+def test_best_vs_worst_keeps_one_rejected(tmp_path):
+    _, log, _, _ = run(tmp_path, rounds=1, users=2, pairs="best_vs_worst")
+    assert all(r == [c.rsplit("|", 1)[0] + "|0"] for c, r in log[1][2])
+
+
+def test_zero_rounds_give_the_round0_probe_only(tmp_path):
+    rounds, log, fb, ds = run(tmp_path, rounds=0)
+    assert [r.t for r in rounds] == [0] and log == [] and fb.refits == [] and ds.probed == ["round0:v0"]
+
+
+def test_no_informative_group_stops_with_the_policy_unchanged(tmp_path):
+    rounds, log, _, _ = run(tmp_path, rounds=2, feedback=ScriptedFeedback(flat=range(10)))
+    assert [r.t for r in rounds] == [0, 1] and rounds[1].metrics["stopped"] == 1.0
+    assert rounds[1].policy_key == "v0" and rounds[1].probe is rounds[0].probe
+    assert [e[0] for e in log] == ["sample"]
+
+
+def test_rewards_are_a_stage_keyed_by_the_texts(tmp_path):
+    _, _, fb, _ = run(tmp_path, rounds=2)
+    assert fb.scored == 2
+    _, _, again, _ = run(tmp_path, rounds=2)  # same texts, same feedback: every reward comes from the store
+    assert again.scored == 0 and again.refits == []
+    other = StubDownstream()
+    other.questions = {u: f"edited prompt {u}" for u in other.questions}  # other prompts → other texts
+    _, _, edited, _ = run(tmp_path, rounds=1, downstream=other)
+    assert edited.scored == 1
