@@ -70,8 +70,9 @@ class KnowledgeDownstream:
         train = set(f.loc[f["split"] == "train", "u"].tolist())
         return np.array([u for u in self.users if int(u) in train], dtype=np.int64)
 
-    def context(self, user: int) -> dict:
-        """What a judge sees of a user's question: the prompt history, no candidates or target."""
+    def context(self, user: int, split: str = "train") -> dict:
+        """What a judge sees of a user's question: the prompt history (the same for every split),
+        no candidates or target."""
         return {"history": self.view.history(user), "candidates": [], "target": None,
                 "domain": self.view.domain, "k": None, "query": None}  # fmt: skip
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
@@ -56,13 +57,89 @@ def test_experiment_composes_and_resolves(experiment, tmp_path):
         assert callable(_import(target)), f"{experiment}: {path}._target_={target} does not import"
 
 
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _instantiate(group: str, cfg, tmp_path):
+    """Build the group's node the way the run does: plain nodes by `instantiate`, the two axes and
+    distillation as partials called with a context on synthetic data (nothing heavy is loaded)."""
+    node = cfg.get(group)
+    if node is None or group in ("profile", "callbacks"):  # profiles only set other nodes' values
+        return node
+    if group == "trainer" and node.accelerator != "cpu" and not torch.cuda.is_available():
+        return instantiate(node, accelerator="cpu", devices=1, precision="32-true", sync_batchnorm=False)
+    obj = instantiate(node)
+    if group in ("downstream", "feedback", "distill"):
+        from rlrec.context import Context
+
+        ctx = Context(cfg, tmp_path / "run")
+        downstream = instantiate(cfg.downstream)(ctx=ctx)
+        obj = downstream if group == "downstream" else obj(ctx=ctx, **({"downstream": downstream} if group == "feedback" else {}))
+    return obj
+
+
 @pytest.mark.parametrize("group", GROUPS)
-def test_every_option_of_every_group_composes(group, tmp_path):
-    for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
-        cfg = _compose([f"{group}={option}"], tmp_path)
+def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
+    """A new yaml in any group is tested without editing a list."""
+    for option in _options(group):
+        cfg = _compose([f"{group}={option}", "dataset=synthetic", "llm=tiny_random"] if group != "dataset"
+                       else [f"{group}={option}"], tmp_path)  # fmt: skip
         OmegaConf.resolve(cfg)
         for path, target in _targets(cfg):
             assert callable(_import(target)), f"{group}={option}: {path}._target_={target} does not import"
+        obj = _instantiate(group, cfg, tmp_path)
+        assert obj is not None or group in ("distill", "profile"), f"{group}={option} built nothing"
+
+
+@pytest.mark.parametrize("axis", ["downstream", "feedback"])
+def test_every_profile_bundle_composes_with_its_axis_option(axis, tmp_path):
+    """profile/<axis>/<profile>_<option>.yaml: the per-paper scale knobs of each profile."""
+    for path in sorted((CONF / "profile" / axis).glob("*.yaml")):
+        profile, option = path.stem.split("_", 1)
+        assert option in _options(axis), f"{path.name}: no {axis} option {option!r}"
+        base = _compose([f"profile={profile}", f"{axis}={option}"], tmp_path)
+        bundle = OmegaConf.load(path)
+        for key in OmegaConf.to_container(bundle):  # every key it sets is a key of the composed config
+            assert key in base, f"{path.name} sets {key!r}, which the config does not have"
+        for dotted, value in _leaves(bundle):
+            assert OmegaConf.select(base, dotted) == value, f"{path.name}: {dotted} not applied"
+
+
+def _leaves(node, prefix=""):
+    if OmegaConf.is_dict(node):
+        for k, v in node.items():
+            yield from _leaves(v, f"{prefix}{k}.")
+    else:
+        yield prefix[:-1], OmegaConf.to_container(node) if OmegaConf.is_list(node) else node
+
+
+def test_two_axes_combine_without_code(tmp_path):
+    """A judge scoring knowledge texts, a recommender reward for the LLM as recommender: any
+    feedback with any downstream builds from config alone."""
+    from rlrec.context import Context
+
+    for downstream, feedback in (("ctr", "judge"), ("recommend", "recommender"), ("rerank", "validator")):
+        cfg = _compose([f"downstream={downstream}", f"feedback={feedback}", "dataset=synthetic", "llm=tiny_random"],
+                       tmp_path)  # fmt: skip
+        ctx = Context(cfg, tmp_path / "run")
+        d = instantiate(cfg.downstream)(ctx=ctx)
+        f = instantiate(cfg.feedback)(ctx=ctx, downstream=d)
+        assert hasattr(f, "score") and hasattr(f, "refit") and isinstance(f.key, str)
+        user = int(d.train_users[0])
+        assert isinstance(d.context(user, "train")["history"], list)
+
+
+def test_n_has_one_name(tmp_path):
+    """N is sampling.num_samples and nothing else; an override reaches it in every experiment."""
+    for experiment in EXPERIMENTS:
+        cfg = _compose([f"+experiment={experiment}", "sampling.num_samples=7"], tmp_path)
+        assert cfg.sampling.num_samples == 7
+        text = OmegaConf.to_yaml(cfg)
+        assert "num_samples: 7" in text
+    for path in CONF.rglob("*.yaml"):
+        body = path.read_text()
+        assert "alignment." not in body and "${profile." not in body, f"{path}: a stale config name"
 
 
 @pytest.mark.parametrize("override", ["dataset=nope", "backbone=nope"])
@@ -99,9 +176,10 @@ def test_synthetic_builds_feature_spec_before_models(tmp_path):
 
 def test_teacher_and_judge_llms_are_group_overrides(tmp_path):
     """Any configured LLM can be the distillation teacher or the judge; the policy stays the default."""
-    cfg = _compose(["+experiment=reclaif_movielens", "+llm@alignment.distill.teacher=qwen2_5_7b",
-                    "llm@feedback.strategy.llm=llama3_1_8b"], tmp_path)  # fmt: skip
-    assert cfg.alignment.distill.teacher.name == "qwen2_5_7b"
-    assert cfg.feedback.strategy.llm.name == "llama3_1_8b" and cfg.llm.name == "smollm2_135m"
-    judge = instantiate(cfg.feedback.strategy)  # a partial: the task comes from the pipeline
+    cfg = _compose(["+experiment=reclaif_movielens", "distill=teacher", "llm@distill.teacher=qwen2_5_7b",
+                    "llm@feedback.llm=llama3_1_8b"], tmp_path)  # fmt: skip
+    assert cfg.distill.teacher.name == "qwen2_5_7b" and cfg.distill.require_valid is True
+    assert cfg.feedback.llm.name == "llama3_1_8b" and cfg.llm.name == "smollm2_135m"
+    assert cfg.downstream.rater.llm.name == "llama3_1_8b"  # explainability is rated by the judge's LLM
+    judge = instantiate(cfg.feedback)  # a partial: the downstream comes from the run
     assert judge.keywords["mode"] == "logits" and judge.keywords["llm"].name == "llama3_1_8b"
