@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
-from scipy.stats import spearmanr
-
 from rlrec.alignment import AlignmentLoop
 from rlrec.pipeline import Pipeline
+from scipy.stats import spearmanr
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -65,7 +65,9 @@ class Context:
     def loggers(self) -> list:
         return [instantiate(c) for c in (self.cfg.get("logger") or [])]
 
-    def trainer(self, *, inner: bool = True, max_epochs: int | None = None, callbacks=(), progress=None, **kw):
+    def trainer(
+        self, *, inner: bool = True, max_epochs: int | None = None, callbacks=(), progress=None, **kw
+    ):
         """A Lightning Trainer built from `cfg.trainer` (accelerator, devices, precision, strategy).
         `inner=True` (fits inside a stage: feedback models, preference / SFT rounds, SASRec): no
         logger, no checkpoint files, no batch limits of the profile; the caller keeps what it

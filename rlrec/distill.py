@@ -72,7 +72,9 @@ class Distill:
             return bool(a.strip()) and (not self.require_valid or downstream.valid_answer(u, a))
 
         redo = [k for k, (u, a) in enumerate(zip(users, answers)) if not ok(u, a)]
-        if self.require_valid and self.num_samples and redo:  # try the teacher's samples, keep the first usable
+        if (
+            self.require_valid and self.num_samples and redo
+        ):  # try the teacher's samples, keep the first usable
             s = teacher.sampling
             extra = teacher.generator.sample(
                 [prompts[k] for k in redo], self.num_samples, float(s.temperature), float(s.top_p),

@@ -36,7 +36,9 @@ def align(
         chosen = pick_users(downstream.train_users, users, seed, t)
         prompts = [downstream.questions[int(u)] for u in chosen]
         texts = policy.sample(prompts, seed=seed * 1000 + t)  # (U, N)
-        vectors = encode([s for row in texts for s in row]).reshape(len(chosen), len(texts[0]), -1)  # (U, N, D)
+        vectors = encode([s for row in texts for s in row]).reshape(
+            len(chosen), len(texts[0]), -1
+        )  # (U, N, D)
         rewards, info = score(store, refit, [r.probe for r in history], chosen, texts, vectors)
         groups, stats = build_groups(prompts, texts, rewards, vectors, mode=pairs,
                                      dedup_threshold=dedup_threshold, min_gap=min_gap)  # fmt: skip
@@ -44,12 +46,16 @@ def align(
         log.info("round %d/%d: %d users, mean reward %.4f, %d groups", t, rounds, len(chosen),
                  metrics["reward/mean"], len(groups))  # fmt: skip
         if not groups:
-            log.warning("round %d: no informative preference groups; the loop stops with the policy unchanged", t)
+            log.warning(
+                "round %d: no informative preference groups; the loop stops with the policy unchanged", t
+            )
             history.append(Round(t, f"round{t}", policy.key, history[-1].probe, {**metrics, "stopped": 1.0}))
             break
         policy = policy.train_on(groups)
         probe = downstream.probe(policy, f"round{t}")
-        history.append(Round(t, f"round{t}", policy.key, probe, {**metrics, **policy.training, **probe.metrics}))
+        history.append(
+            Round(t, f"round{t}", policy.key, probe, {**metrics, **policy.training, **probe.metrics})
+        )
     return history
 
 

@@ -50,7 +50,9 @@ class Policy:
         )  # fmt: skip
 
     @classmethod
-    def frozen(cls, llm, sampling: SamplingConfig, cache_dir=None, device="cpu", progress: bool = True) -> Policy:
+    def frozen(
+        cls, llm, sampling: SamplingConfig, cache_dir=None, device="cpu", progress: bool = True
+    ) -> Policy:
         """A policy that is never trained (a judge, a teacher): no adapter; one copy of the weights per
         (model, device) in the process, shared by every frozen policy of that model."""
         policy = cls(llm, sampling, None, None, None, device, cache_dir)
@@ -91,7 +93,9 @@ class Policy:
         for k in ("_target_", "llm"):
             kwargs.pop(k, None)
         kwargs["optimizer"] = instantiate(self.preference.task.optimizer)
-        task = PreferenceTask(self.llm, adapter_path=None if self.adapter is None else str(self.adapter), **kwargs)
+        task = PreferenceTask(
+            self.llm, adapter_path=None if self.adapter is None else str(self.adapter), **kwargs
+        )
         task.configure_model()
         return task.to(self.device)
 
@@ -101,7 +105,11 @@ class Policy:
 
     @cached_property
     def sampling(self) -> SamplingConfig:
-        return instantiate(self.sampling_cfg) if not isinstance(self.sampling_cfg, SamplingConfig) else self.sampling_cfg
+        return (
+            instantiate(self.sampling_cfg)
+            if not isinstance(self.sampling_cfg, SamplingConfig)
+            else self.sampling_cfg
+        )
 
     @cached_property
     def generator(self):
@@ -137,7 +145,12 @@ class Policy:
     def train_on(self, groups: list[dict]) -> Policy:
         """One preference-optimisation round on `groups` ({prompt, chosen, rejected: [..]}); the
         adapter is a stage keyed by this policy, the groups' content and `cfg.preference`."""
-        deps = {"policy": self.key, "base": self.base_key, "groups": fingerprint(groups), "preference": self.preference}
+        deps = {
+            "policy": self.key,
+            "base": self.base_key,
+            "groups": fingerprint(groups),
+            "preference": self.preference,
+        }
         trained = {}
 
         def build(work: Path) -> dict:

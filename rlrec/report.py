@@ -126,7 +126,10 @@ def run_markdown(results: dict) -> str:
         + ", ".join(f"{k}={v}" for k, v in run.items() if k != "experiment")
     ]
     table = results.get("table") or {}
-    for title, body in ((table.get("title", "Table"), table_markdown(table)), ("Rounds", rounds_table(results))):
+    for title, body in (
+        (table.get("title", "Table"), table_markdown(table)),
+        ("Rounds", rounds_table(results)),
+    ):
         if body:
             lines += ["", f"### {title}", "", body.rstrip()]
     lines += ["", "### All metrics", "", "| metric | value |", "|---|---|"]

@@ -61,7 +61,9 @@ def round_metrics(rounds: list[Round]) -> dict:
             out.update({f"iter{r.t}/{k}": v for k, v in r.metrics.items()})
         elif r.t == 0:
             out.update({k: v for k, v in r.metrics.items() if k.startswith("distill/")})
-            out.update({f"round0/{k}": v for k, v in r.metrics.items() if not k.startswith(("distill/", "eval/"))})
+            out.update(
+                {f"round0/{k}": v for k, v in r.metrics.items() if not k.startswith(("distill/", "eval/"))}
+            )
     if rounds:
         out["rounds_done"] = max(r.t for r in rounds)
     return out

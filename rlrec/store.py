@@ -83,7 +83,13 @@ class Store:
         self._seen.add((name, key))
         log.info("stage %s: %s (%s)", name, "cached" if art.cached else f"built in {art.seconds:.1f}s", final)
         self.events.append(
-            {"stage": name, "key": key, "cached": art.cached, "seconds": round(art.seconds, 2), "dir": str(final)}
+            {
+                "stage": name,
+                "key": key,
+                "cached": art.cached,
+                "seconds": round(art.seconds, 2),
+                "dir": str(final),
+            }
         )
         return art
 

@@ -1,4 +1,7 @@
-"""`python -m rlrec.data describe dataset=<name> [overrides...]`: counts, positive rate, split sizes."""
+"""`python -m rlrec.data describe dataset=<name> [overrides...]`: counts, positive rate, split sizes.
+
+The whole dataset is described (`dataset.max_users=null`) unless an override says otherwise; the
+profiles' user subsets are a property of a run, not of the data."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 def describe(overrides: list[str]) -> dict:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=False)
+        cfg = compose("train", overrides=["dataset.max_users=null", *overrides], return_hydra_config=False)
     # `cache_dir` interpolates hydra:runtime, which compose() outside a run does not set
     dm = instantiate(cfg.dataset)
     return dm.describe()

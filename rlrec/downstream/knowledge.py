@@ -178,7 +178,9 @@ class CTRDownstream(KnowledgeDownstream):
     def task(self, model):
         from rlrec.tasks.ctr import CTRTask
 
-        return CTRTask(model, instantiate(self.optimizer_cfg), OmegaConf.to_container(self.ctx.cfg, resolve=True))
+        return CTRTask(
+            model, instantiate(self.optimizer_cfg), OmegaConf.to_container(self.ctx.cfg, resolve=True)
+        )
 
     def loaders(self, seed: int):
         dm = self.ctx.datamodule
@@ -214,7 +216,9 @@ class RerankDownstream(KnowledgeDownstream):
 
     def loaders(self, seed: int):
         bs = int(self.rr.batch_size)
-        return tuple(TensorBatches(self.lists[s].tensors(), bs, shuffle=s == "train", seed=seed) for s in SPLITS)
+        return tuple(
+            TensorBatches(self.lists[s].tensors(), bs, shuffle=s == "train", seed=seed) for s in SPLITS
+        )
 
     def fit_deps(self) -> dict:
         return {"rerank": self.rr}
@@ -229,7 +233,10 @@ class RerankDownstream(KnowledgeDownstream):
         rows, metrics = {}, {}
         for label, scores in (("initial", test.initial), ("shuffled", rng.random(test.items.shape))):
             per = list_metrics(scores, test.labels, test.mask, tuple(rr.ks), rr.map_definition)
-            row = {f"test/{k}": v for k, v in mean_list_metrics(per, (test.labels > 0).any(1), rr.empty_lists).items()}
+            row = {
+                f"test/{k}": v
+                for k, v in mean_list_metrics(per, (test.labels > 0).any(1), rr.empty_lists).items()
+            }
             rows[f"{label} order"] = row
             metrics.update({f"{label}/{k}": v for k, v in row.items()})
         if rr.list_style == "librerank":

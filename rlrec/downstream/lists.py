@@ -56,7 +56,9 @@ def initial_scores(ctx) -> tuple[dict[str, np.ndarray], dict]:
         with torch.no_grad():
             for split in ("valid", "test"):
                 chunks = [fitted.model(b) for b in TensorBatches(dm.tensors(split), 8192)]
-                np.save(work / f"{split}.npy", torch.cat(chunks).numpy() if chunks else np.zeros(0, np.float32))
+                np.save(
+                    work / f"{split}.npy", torch.cat(chunks).numpy() if chunks else np.zeros(0, np.float32)
+                )
         return {"metrics": fitted.metrics}
 
     art = ctx.store.stage("initial_ranker", deps, build)

@@ -26,8 +26,6 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
-import numpy as np
-
 try:  # optional: faster; its ratio is the same Indel-normalised similarity difflib approximates
     from rapidfuzz.fuzz import ratio as _rapidfuzz_ratio
 except ImportError:  # pragma: no cover - depends on the environment

@@ -139,7 +139,9 @@ class RecommendationTask:
     def context(self, user: int, split: str = "train") -> dict:
         """What a judge sees of the question `user`'s answer was written for (`split`'s instance)."""
         inst = self.instances[split][user]
-        history = [{"title": inst.query}] if inst.query is not None else [self.entity(i) for i in inst.history]
+        history = (
+            [{"title": inst.query}] if inst.query is not None else [self.entity(i) for i in inst.history]
+        )
         target = self.entity(inst.target) if inst.target is not None else {"title": ", ".join(
             self.titles[i] for i in sorted(inst.relevant))}  # fmt: skip
         return {"history": history, "candidates": [self.entity(i) for i in inst.candidates], "target": target,

@@ -71,7 +71,9 @@ class RecommendDownstream:
                 "encoder": self.ctx.encoder.fingerprint}  # fmt: skip
 
         def build(work) -> dict:
-            metrics, parsed = self.task.evaluate("test", dict(zip(users, texts)), encode=self.ctx.encoder.encode)
+            metrics, parsed = self.task.evaluate(
+                "test", dict(zip(users, texts)), encode=self.ctx.encoder.encode
+            )
             metrics["explainability"] = float(np.nanmean(self.rater.explain(users, texts, split="test")))
             examples = [{"user": u, "answer": t, "valid": parsed[u].valid} for u, t in zip(users[:5], texts)]
             return {"metrics": metrics, "examples": examples}
@@ -105,7 +107,12 @@ class RecommendDownstream:
         test = [task.instances["test"][u] for u in sorted(task.instances["test"])]
         encode = self.ctx.encoder.encode
         if task.setting == "next_item":
-            deps = {"data": self.ctx.data_key, "questions": self.options, "sasrec": self.sasrec_cfg, "seed": self.ctx.seed}
+            deps = {
+                "data": self.ctx.data_key,
+                "questions": self.options,
+                "sasrec": self.sasrec_cfg,
+                "seed": self.ctx.seed,
+            }
             art = self.ctx.store.stage("baseline/sasrec", deps, lambda work: {"metrics": self._sasrec(test)})
             return {"SASRec": art.data["metrics"]}
         from rlrec.seqrec.retrieval import BM25Retriever, DenseRetriever
@@ -113,7 +120,9 @@ class RecommendDownstream:
         corpus = task.texts[1:]  # corpus position p = catalogue item p + 1
         out = {}
         for name, retriever in (("BM25", BM25Retriever(corpus)), ("Dense", DenseRetriever(encode, corpus))):
-            ranked = [[p + 1 for p in retriever.rank(i.query, [c - 1 for c in i.candidates], task.k)] for i in test]
+            ranked = [
+                [p + 1 for p in retriever.rank(i.query, [c - 1 for c in i.candidates], task.k)] for i in test
+            ]
             out[name] = {**task.score_lists(test, ranked, encode), "validity": 1.0}
         return out
 
@@ -126,7 +135,9 @@ class RecommendDownstream:
         f = prep.frame[(prep.frame["label"] > 0) & prep.frame["split"].isin(["prompt", "train"])]
         seqs = {int(u): g["i"].tolist() for u, g in f.groupby("u", sort=True)}
         num_items, max_len = prep.spec.num_items, int(S.model.max_len)
-        valid = next_item_instances(prep.frame, "valid", num_items, len(test[0].history), len(test[0].candidates), 1, seed)
+        valid = next_item_instances(
+            prep.frame, "valid", num_items, len(test[0].history), len(test[0].candidates), 1, seed
+        )
         v = [valid[u] for u in sorted(valid)]
         batch = {"seq": torch.as_tensor(pad_left([i.history for i in v], max_len)),
                  "target": torch.tensor([i.target for i in v]),
@@ -140,4 +151,3 @@ class RecommendDownstream:
         ranked = np.take_along_axis(cands, order, 1)[:, : self.task.k].tolist()
         scored = self.task.score_lists(test, ranked, self.ctx.encoder.encode)
         return {**scored, "validity": 1.0, "explainability": float("nan")}
-

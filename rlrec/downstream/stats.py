@@ -39,4 +39,3 @@ def paired(runs: dict[str, list[dict]], pairs: list[tuple[str, str]], metrics: l
                 e.update({"t": float(t.statistic), "p": float(t.pvalue)})
             out.append(e)
     return out
-

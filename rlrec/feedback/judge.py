@@ -285,7 +285,9 @@ class JudgeFeedback:
         return choice_probs(model, tok, formatted, choices, self.batch_size).numpy()  # (P, C)
 
     def judge_prompt(self, user: int, option_a: str, option_b: str) -> str:
-        return self.template.render(option_a=option_a, option_b=option_b, **self.downstream.context(user, "train"))
+        return self.template.render(
+            option_a=option_a, option_b=option_b, **self.downstream.context(user, "train")
+        )
 
     # -- Feedback protocol -------------------------------------------------------------------------
     def refit(self, probe=None) -> dict:

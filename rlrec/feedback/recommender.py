@@ -48,7 +48,9 @@ class RecommenderFeedback:
         for k in range(self.folds.folds):
             torch.manual_seed(self.seed + k)
             model = build_model(instantiate(self.reranker), self.prep.spec, instantiate(self.adapter), vec)
-            tr = {key: v[torch.as_tensor(self.folds.train_rows(self.lists.user, k))] for key, v in train.items()}
+            tr = {
+                key: v[torch.as_tensor(self.folds.train_rows(self.lists.user, k))] for key, v in train.items()
+            }
             fitted = fit(
                 lambda **kw: self.ctx.trainer(max_epochs=self.max_epochs, **kw),
                 RerankTask(model, instantiate(self.optimizer), self.loss),

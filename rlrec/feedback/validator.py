@@ -57,12 +57,20 @@ class ValidatorFeedback:
         for k in range(self.folds.folds):
             if self.restart or len(self.models) <= k:
                 torch.manual_seed(self.seed + k)
-                model = build_model(instantiate(self.backbone), self.prep.spec, instantiate(self.adapter), vec)
+                model = build_model(
+                    instantiate(self.backbone), self.prep.spec, instantiate(self.adapter), vec
+                )
             else:
                 model = self.models[k]
                 model.embedding.set_knowledge(user=vec)
-            tr = {key: v[torch.as_tensor(self.folds.train_rows(self.train["user"], k))] for key, v in self.train.items()}
-            va = {key: v[torch.as_tensor(self.folds.train_rows(self.valid["user"], k))] for key, v in self.valid.items()}
+            tr = {
+                key: v[torch.as_tensor(self.folds.train_rows(self.train["user"], k))]
+                for key, v in self.train.items()
+            }
+            va = {
+                key: v[torch.as_tensor(self.folds.train_rows(self.valid["user"], k))]
+                for key, v in self.valid.items()
+            }
             make = lambda **kw: self.ctx.trainer(  # noqa: E731
                 max_epochs=self.max_epochs, limit_train_batches=self.limit_batches or 1.0, **kw
             )
@@ -71,7 +79,7 @@ class ValidatorFeedback:
                 TensorBatches(tr, self.batch_size, shuffle=True, seed=self.seed + k),
                 TensorBatches(va, max(self.batch_size, 4096)), monitor="val/auc", patience=self.patience,
             )  # fmt: skip
-            self.models[k:k + 1] = [fitted.model]
+            self.models[k : k + 1] = [fitted.model]
             aucs.append(fitted.best)
         log.info("validator refit: fold val AUC %s", [round(a, 4) for a in aucs])
         return {"validator/val_auc": float(np.mean(aucs))}
@@ -101,5 +109,3 @@ class ValidatorFeedback:
             finally:
                 model.embedding.user_knowledge.copy_(saved)
         return rewards
-
-

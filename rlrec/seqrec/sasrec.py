@@ -319,7 +319,9 @@ def fit_sasrec(
         if patience is not None:
             callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience))
     make = trainer or _plain_trainer
-    fitter = make(max_epochs=max_epochs, callbacks=callbacks, progress=enable_progress_bar, max_steps=max_steps)
+    fitter = make(
+        max_epochs=max_epochs, callbacks=callbacks, progress=enable_progress_bar, max_steps=max_steps
+    )
     task = SASRecTask(model, optimizer)
     fitter.fit(
         task,

@@ -75,7 +75,11 @@ def _instantiate(group: str, cfg, tmp_path):
 
         ctx = Context(cfg, tmp_path / "run")
         downstream = instantiate(cfg.downstream)(ctx=ctx)
-        obj = downstream if group == "downstream" else obj(ctx=ctx, **({"downstream": downstream} if group == "feedback" else {}))
+        obj = (
+            downstream
+            if group == "downstream"
+            else obj(ctx=ctx, **({"downstream": downstream} if group == "feedback" else {}))
+        )
     return obj
 
 

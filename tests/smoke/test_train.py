@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 from hydra import compose, initialize_config_dir
@@ -32,6 +35,13 @@ def _cfg(tmp_path, *overrides, experiment="backbone_only"):
         )
 
 
+def stage(results: dict, name: str, which: int = -1) -> dict:
+    """The run's event of stage `name` (the last one by default)."""
+    events = [e for e in results["stages"] if e["stage"] == name]
+    assert events, f"no stage {name!r} in {[e['stage'] for e in results['stages']]}"
+    return events[which]
+
+
 def test_backbone_only_in_process_then_cached(tmp_path):
     res = run(_cfg(tmp_path), tmp_path / "run")
     m = res["metrics"]
@@ -46,13 +56,13 @@ def test_backbone_only_in_process_then_cached(tmp_path):
     ):
         assert key in m, key
     assert 0.0 <= m["test/auc"] <= 1.0 and m["test/logloss"] > 0
-    assert res["stages"]["fit_backbone/din"]["cached"] is False
+    assert stage(res, "fit/din")["cached"] is False
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["metrics"]["test/auc"] == m["test/auc"]
     assert (tmp_path / "run" / "config.yaml").exists() and (tmp_path / "run" / "results.md").exists()
     # the same command again reuses the fitted stage and reproduces its numbers
     again = run(_cfg(tmp_path), tmp_path / "run2")
-    assert again["stages"]["fit_backbone/din"]["cached"] is True
+    assert stage(again, "fit/din")["cached"] is True
     assert again["metrics"]["test/auc"] == m["test/auc"]
     assert not list((tmp_path / "cache").rglob("*.partial")), "no partial artifact may be left behind"
 
@@ -108,9 +118,9 @@ def test_rerank_only_both_list_styles(tmp_path):
     for style, split in (("librerank", "temporal"), ("kar", "user")):
         cfg = _cfg(
             tmp_path,
-            f"rerank.list_style={style}",
+            f"rerank={style}",
             f"split={split}",
-            "backbone=setrank",
+            "reranker=setrank",
             experiment="rerank_only",
         )
         res = run(cfg, tmp_path / style)["metrics"]
@@ -130,8 +140,7 @@ def test_rerank_only_both_list_styles(tmp_path):
 
 
 def _paper_cfg(tmp_path, experiment, *overrides):
-    return _cfg(tmp_path, "llm=tiny_random", "profile.max_new_tokens=12", "profile.validator_epochs=2",
-                *overrides, experiment=experiment)  # fmt: skip
+    return _cfg(tmp_path, "llm=tiny_random", "sampling.max_new_tokens=12", *overrides, experiment=experiment)
 
 
 def test_trackrec_smoke_in_process_and_resume_without_regenerating(tmp_path):
@@ -147,9 +156,12 @@ def test_trackrec_smoke_in_process_and_resume_without_regenerating(tmp_path):
         "iter1/pairs/groups",
     ):
         assert key in m, key
-    assert res["table"]["kind"] == "ctr" and set(res["table"]["rows"]) == {"base", "round0", "aligned"}
+    assert list(res["table"]["rows"]) == ["base (no knowledge)", "+ un-aligned knowledge (round 0, KAR-style)",
+                                          "+ aligned knowledge (round 1)"]  # fmt: skip
     assert (tmp_path / "a" / "results.md").read_text().count("knowledge") >= 3
-    assert (tmp_path / "a" / "rounds.png").exists() and (tmp_path / "a" / "knowledge_variants.png").exists()
+    assert (tmp_path / "a" / "rounds.png").exists() and (tmp_path / "a" / "table.png").exists()
+    # the aligned policy is a new adapter, and its knowledge differs from round 0's
+    assert m["round0/test/auc"] != m["aligned/test/auc"] and m["iter1/pairs/groups"] > 0
     # the same command again: every generation comes from the cache, every stage is reused
     calls = []
     original = generation.HFBackend.run
@@ -167,9 +179,9 @@ def test_trackrec_smoke_in_process_and_resume_without_regenerating(tmp_path):
         generation.HFBackend.run = original
     assert sum(calls) == 0, f"regenerated {sum(calls)} requests on a rerun / second backbone"
     assert again["metrics"]["aligned/test/auc"] == m["aligned/test/auc"]
-    assert again["stages"]["align/round1"]["cached"] and again["stages"]["score/round1"]["cached"]
-    assert other["stages"]["align/round1"]["cached"] and other["run"]["backbone"] == "deepfm"
-    assert not other["stages"]["fit_backbone/deepfm"]["cached"]
+    assert stage(again, "align")["cached"] and stage(again, "score")["cached"]
+    assert stage(other, "align")["cached"] and other["run"]["backbone"] == "deepfm"
+    assert not stage(other, "fit/deepfm")["cached"]
 
 
 def test_dpo4rec_smoke_in_process(tmp_path):
@@ -177,19 +189,18 @@ def test_dpo4rec_smoke_in_process(tmp_path):
     m = res["metrics"]
     for key in ("base/test/map@5", "round0/test/ndcg@5", "aligned/test/map@5", "iter1/reward/mean"):
         assert key in m, key
-    assert res["table"]["kind"] == "rerank"
+    rows = res["table"]["rows"]
+    assert {"initial order", "shuffled order", "+ aligned knowledge (round 1)"} <= set(rows)
 
 
 def test_reclaif_smoke_in_process(tmp_path):
     """The LLM as recommender: zero-shot → SFT → one DPO round on judge pairs → the table with SASRec."""
     res = run(
-        _paper_cfg(tmp_path, "reclaif_movielens", "llm@feedback.strategy.llm=tiny_random",
-                   "profile.rec_max_new_tokens=16", "alignment.distill.require_valid=false",
-                   "alignment.distill.epochs=1", "profile.align_users=6", "profile.eval_users=6"),
+        _paper_cfg(tmp_path, "reclaif_movielens", "llm@feedback.llm=tiny_random", "sampling.max_new_tokens=16",
+                   "distill.require_valid=false", "distill.epochs=1", "align.users=6", "downstream.eval_users=6"),
         tmp_path / "a",
     )  # fmt: skip
     table = res["table"]
-    assert table["kind"] == "recommend"
     assert list(table["rows"])[:3] == ["SASRec", "LLM zero-shot", "SFT"], list(table["rows"])
     for label, row in table["rows"].items():
         assert 0 <= row["validity"] <= 1 and 0 <= row["hit@1"] <= row["hit@3"] <= 1, (label, row)
@@ -200,24 +211,24 @@ def test_reclaif_smoke_in_process(tmp_path):
     assert m["distill/kept"] == 6  # require_valid=false keeps every non-empty teacher answer
     assert m["iter1/judge/pairs"] == 6 and m["iter1/judge/consistent"] + m["iter1/judge/inconsistent"] == 6
     assert "| SASRec |" in (tmp_path / "a" / "results.md").read_text()
-    assert (tmp_path / "a" / "methods.png").exists()
+    assert (tmp_path / "a" / "table.png").exists()
 
 
 def test_trackrec_with_llm_validator_and_distillation_smoke(tmp_path):
     """TrackRec with V = an LLM answering Yes/No (cross-fitted LoRA Vs, Rec-tuned by SFT), after
     distilling G on a teacher's texts (teacher = G itself here)."""
     res = run(
-        _paper_cfg(tmp_path, "trackrec_movielens", "feedback=llm_validator", "llm@feedback.strategy.llm=tiny_random",
-                   "profile.align_users=4", "compare.seeds=[1]", "alignment.distill.enabled=true"),
+        _paper_cfg(tmp_path, "trackrec_movielens", "feedback=llm_validator", "llm@feedback.llm=tiny_random",
+                   "align.users=4", "distill=self"),
         tmp_path / "a",
     )  # fmt: skip
     m = res["metrics"]
     assert np.isfinite(m["iter1/validator/sft_loss"])  # Rec-tuning ran before scoring
     assert m["distill/kept"] == 4 and np.isfinite(m["distill/sft_loss"])  # SFT on the teacher's 4 texts
-    assert res["stages"]["distill"]["cached"] is False
+    assert stage(res, "distill")["cached"] is False
     # rewards are mean P(true label) ∈ (0, 1)
     assert 0 < m["iter1/reward/mean"] < 1 and m["iter1/reward/spread"] >= 0
-    assert set(res["table"]["rows"]) == {"base", "round0", "aligned"}
+    assert len(res["table"]["rows"]) == 3
 
 
 def _write_esci(folder, queries=24, products=120, seed=0):
@@ -248,14 +259,12 @@ def test_reclaif_query_setting_with_retrieval_baselines(tmp_path):
         cfg = compose("train", overrides=[
             "+experiment=reclaif_esci", f"dataset.path={folder}", "profile=smoke", "threads=1",
             f"output_dir={tmp_path}/run", f"cache_dir={tmp_path}/cache", "llm=tiny_random",
-            "llm@feedback.strategy.llm=tiny_random", "profile.rec_max_new_tokens=12", "alignment.distill.enabled=false",
-            "profile.align_users=4", "profile.eval_users=5", "dataset.max_users=null",
+            "llm@feedback.llm=tiny_random", "sampling.max_new_tokens=12", "distill=none",
+            "align.users=4", "downstream.eval_users=5", "dataset.max_users=null",
         ])  # fmt: skip
     res = run(cfg, tmp_path / "run")
     rows = res["table"]["rows"]
-    assert (
-        res["table"]["setting"] == "query" and 1 <= res["table"]["users"] <= 5
-    )  # test queries: a seeded 20%
+    assert "(query, top-5)" in res["table"]["notes"][0]  # test queries: a seeded 20%
     assert list(rows)[:3] == ["BM25", "Dense", "LLM (round 0)"], list(rows)
     for name in ("BM25", "Dense"):  # a retriever always returns k candidates: precision@5 ≥ 0 and validity 1
         assert rows[name]["validity"] == 1.0 and 0 <= rows[name]["precision@5"] <= 1
@@ -263,20 +272,21 @@ def test_reclaif_query_setting_with_retrieval_baselines(tmp_path):
 
 
 def test_kar_smoke_generates_user_and_item_knowledge_once(tmp_path):
-    """KAR: user + item knowledge → DLCM/PRM/SetRank with and without it; a rerun regenerates nothing."""
+    """KAR: user + item knowledge from the un-aligned LLM → the re-ranker with and without it; a
+    rerun regenerates nothing."""
     from rlrec.llm import generation
 
-    overrides = ("profile.kar_item_tokens=8", "kar.backbones=[dlcm,setrank]")
+    overrides = ("downstream.item_max_new_tokens=8", "reranker=dlcm")
     res = run(_paper_cfg(tmp_path, "kar_movielens", *overrides), tmp_path / "a")
     rows = res["table"]["rows"]
-    assert set(rows) == {"dlcm/base", "dlcm/kar", "setrank/base", "setrank/kar"}
-    assert res["table"]["items"] > 0 and res["table"]["users"] > 0
-    for row in rows.values():
+    base, kar = rows["base (no knowledge)"], rows["+ un-aligned knowledge (round 0, KAR-style)"]
+    assert set(rows) == {"base (no knowledge)", "+ un-aligned knowledge (round 0, KAR-style)", "initial order",
+                         "shuffled order"}  # fmt: skip
+    assert res["rounds"] == [] and res["metrics"]["rounds_done"] == 0  # align.rounds=0: no preference round
+    for row in (base, kar):
         assert 0 <= row["test/map@5"] <= 1 and 0 <= row["test/ndcg@5"] <= 1
-    assert (
-        rows["dlcm/kar"]["test/ndcg@5"] != rows["dlcm/base"]["test/ndcg@5"]
-    )  # the knowledge reached the model
-    assert "+ KAR" in (tmp_path / "a" / "results.md").read_text() and (tmp_path / "a" / "kar.png").exists()
+    assert kar["test/ndcg@5"] != base["test/ndcg@5"]  # the knowledge reached the model
+    assert "+ un-aligned knowledge" in (tmp_path / "a" / "results.md").read_text()
     calls = []
     original = generation.HFBackend.run
     generation.HFBackend.run = lambda self, requests, *a, **kw: (
@@ -287,3 +297,140 @@ def test_kar_smoke_generates_user_and_item_knowledge_once(tmp_path):
     finally:
         generation.HFBackend.run = original
     assert sum(calls) == 0 and again["table"]["rows"] == rows
+
+
+class _SeededOpenAI(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat server whose texts depend on the request's seed (varied samples)."""
+
+    requests: list = []
+    WORDS = (
+        "drama",
+        "comedy",
+        "thriller",
+        "romance",
+        "western",
+        "horror",
+        "musical",
+        "war",
+        "crime",
+        "sci-fi",
+    )
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(body)
+        rng = np.random.default_rng(body["seed"])
+        choices = [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content":
+                    "The user likes " + " and ".join(rng.choice(self.WORDS, 3, replace=False)) + " titles."}}
+                   for i in range(body["n"])]  # fmt: skip
+        data = json.dumps({"choices": choices}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_main_job_samples_through_the_openai_backend(tmp_path):
+    """`sampling.backend=openai` reaches the loop: every text of the main job's smoke profile (round-0
+    knowledge, the round's samples, the aligned policy's knowledge) comes from the server."""
+    _SeededOpenAI.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SeededOpenAI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        res = run(_paper_cfg(tmp_path, "trackrec_movielens", "sampling.backend=openai", f"sampling.base_url={url}",
+                             "sampling.api_model=served", "sampling.api_key_env=''"), tmp_path / "a")  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    reqs = _SeededOpenAI.requests
+    assert reqs and all(r["model"] == "served" for r in reqs)
+    sampled = [r for r in reqs if r["temperature"] > 0]
+    assert sampled and all(r["n"] == 2 for r in sampled)  # N = sampling.num_samples of the smoke profile
+    examples = res["examples"]["round0"]
+    assert all(t.startswith("The user likes ") for t in examples.values())
+    assert res["metrics"]["iter1/pairs/groups"] > 0 and stage(res, "align")["cached"] is False
+
+
+def test_editing_a_prompt_template_or_a_data_file_never_reuses_stale_stages(tmp_path):
+    """Stage keys follow content: a changed template changes the prompts, hence the texts, the rewards
+    and the knowledge fits; a changed data file changes every fit; the same file elsewhere reuses all."""
+    import pandas as pd
+
+    from rlrec.data.movielens import embedded_movielens100k_dir
+    from rlrec.llm import generation
+
+    src = embedded_movielens100k_dir()
+    data = tmp_path / "ml"
+    data.mkdir()
+    frame = pd.read_parquet(src / "MovieLens100k_data.parquet.brotli")
+    frame = frame[frame["user_id"] <= 60]
+    frame.to_parquet(data / "MovieLens100k_data.parquet.brotli", compression="brotli")
+    for name in ("items", "users"):
+        pd.read_parquet(src / f"MovieLens100k_{name}.parquet.brotli").to_parquet(
+            data / f"MovieLens100k_{name}.parquet.brotli", compression="brotli"
+        )
+    template = tmp_path / "summary.j2"
+    template.write_text("Summarise this viewer: {% for h in history %}{{ h.title }}, {% endfor %}")
+
+    def job(out, where=data):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("train", overrides=[
+                "+experiment=trackrec_movielens", "profile=smoke", "threads=1", "llm=tiny_random",
+                "sampling.max_new_tokens=8", "dataset=movielens100k", f"dataset.path={where}", "dataset.max_users=null",
+                f"downstream.prompt={template}", f"output_dir={tmp_path}/{out}", f"cache_dir={tmp_path}/cache",
+            ])  # fmt: skip
+        calls: list = []
+        original = generation.HFBackend.run
+        generation.HFBackend.run = lambda self, r, *a, **kw: (
+            calls.append(len(r)) or original(self, r, *a, **kw)
+        )
+        try:
+            return run(cfg, tmp_path / out), sum(calls)
+        finally:
+            generation.HFBackend.run = original
+
+    first, generated = job("a")
+    assert generated > 0 and not stage(first, "score")["cached"]
+    # the same files in another folder: everything is reused
+    copy = tmp_path / "ml_copy"
+    shutil.copytree(data, copy)
+    same, generated = job("b", copy)
+    assert generated == 0 and all(e["cached"] for e in same["stages"])
+    # an edited template: new prompts → new texts, new rewards, new knowledge fits
+    template.write_text(
+        "Describe the taste of this viewer: {% for h in history %}{{ h.title }}; {% endfor %}"
+    )
+    edited, generated = job("c")
+    assert generated > 0
+    assert not stage(edited, "score")["cached"] and not stage(edited, "align")["cached"]
+    assert not stage(edited, "fit/din", which=1)["cached"]  # round-0 knowledge changed (base is reused)
+    assert stage(edited, "fit/din", which=0)["cached"]
+    # an edited data file: every fit is rebuilt, generations of unchanged prompts are reused
+    frame.loc[frame.index[0], "rating"] = 1 if frame["rating"].iloc[0] >= 4 else 5
+    frame.to_parquet(data / "MovieLens100k_data.parquet.brotli", compression="brotli")
+    changed, _ = job("d")
+    assert not any(e["cached"] for e in changed["stages"] if e["stage"].startswith(("fit/", "score")))
+
+
+def test_every_fit_gets_its_trainer_from_config(tmp_path, monkeypatch):
+    """A Trainer option set on the command line reaches every fit of a run: the table's backbones,
+    the cross-fitted validators, the preference round."""
+    import pytorch_lightning as pl
+
+    seen: list = []
+    original = pl.Trainer.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("default_root_dir"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "__init__", spy)
+    marker = str(tmp_path / "marker")
+    run(_paper_cfg(tmp_path, "trackrec_movielens", f"+trainer.default_root_dir={marker}"), tmp_path / "a")
+    # 3 table fits + 2 validator folds + 1 preference round, every one built from cfg.trainer
+    assert len(seen) >= 6 and set(seen) == {marker}

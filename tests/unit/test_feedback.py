@@ -7,13 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from rlrec.data.features import prepare
 from rlrec.data.rerank import kar_lists
 from rlrec.data.splits import SplitConfig
 from rlrec.data.synthetic import THEMES, load_synthetic
-from omegaconf import OmegaConf
-
 from rlrec.feedback.recommender import RecommenderFeedback
 from rlrec.feedback.validator import ValidatorFeedback
 from rlrec.llm.pairs import build_groups

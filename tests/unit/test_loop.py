@@ -60,7 +60,9 @@ class StubDownstream:
 
     def probe(self, policy, name):
         self.probed.append(f"{name}:{policy.key}")
-        return Probe(name, fingerprint(name, policy.key), {1: policy.key}, metrics={"probe/version": policy.version})
+        return Probe(
+            name, fingerprint(name, policy.key), {1: policy.key}, metrics={"probe/version": policy.version}
+        )
 
 
 def encode(texts):
@@ -79,7 +81,12 @@ def run(tmp_path, rounds, feedback=None, downstream=None, users=3, pairs="best_v
 
 def test_rounds_run_in_order_and_the_policy_is_replaced_after_each(tmp_path):
     rounds, log, fb, ds = run(tmp_path, rounds=3)
-    assert [r.t for r in rounds] == [0, 1, 2, 3] and [r.name for r in rounds] == ["round0", "round1", "round2", "round3"]
+    assert [r.t for r in rounds] == [0, 1, 2, 3] and [r.name for r in rounds] == [
+        "round0",
+        "round1",
+        "round2",
+        "round3",
+    ]
     assert [r.policy_key for r in rounds] == ["v0", "v1", "v2", "v3"]
     # each round samples from the policy the previous round produced, then trains it
     assert [(e[0], e[1]) for e in log] == [("sample", 0), ("train", 0), ("sample", 1), ("train", 1),
@@ -97,7 +104,9 @@ def test_rewards_reach_the_pairs(tmp_path):
     for chosen, rejected in trained:  # best = the highest sample index, against all others
         assert chosen.endswith("|2") and sorted(r[-1] for r in rejected) == ["0", "1"]
     m = rounds[1].metrics
-    assert m["reward/mean"] == pytest.approx(1.0) and m["reward/best_mean"] == 2.0 and m["reward/spread"] == 2.0
+    assert (
+        m["reward/mean"] == pytest.approx(1.0) and m["reward/best_mean"] == 2.0 and m["reward/spread"] == 2.0
+    )
     assert m["pairs/groups"] == 2
 
 

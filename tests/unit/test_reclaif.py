@@ -12,10 +12,10 @@ import pytest
 
 from rlrec import metrics
 from rlrec.downstream import parse
+from rlrec.downstream.parse import parse_recommendation
 from rlrec.feedback import judge
 from rlrec.feedback.judge import JudgeStats, explainability_score, judge_pair, judge_pairs, parse_verdict
 from rlrec.metrics import diversity, hit_at_k, ndcg_at_k_single, precision_at_k
-from rlrec.downstream.parse import parse_recommendation
 
 MOVIES = [
     "Toy Story (1995)",

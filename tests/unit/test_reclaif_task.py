@@ -16,10 +16,10 @@ import torch
 from omegaconf import OmegaConf
 
 from rlrec.data.prompts import DEFAULT_DOMAIN
+from rlrec.downstream.questions import Instance, RecommendationTask, next_item_instances, query_instances
 from rlrec.feedback.judge import DECISION_PREFIX, EXPLAIN_PREFIX, JudgeFeedback
 from rlrec.feedback.llm_validator import LLMValidatorFeedback
 from rlrec.llm.logps import choice_probs, choice_token_ids
-from rlrec.downstream.questions import Instance, RecommendationTask, next_item_instances, query_instances
 from rlrec.report import table_markdown
 from tests.conftest import CONF
 
@@ -506,11 +506,15 @@ def test_table_markdown_renders_any_table():
                 "hit@1_std": 0.05},
     }  # fmt: skip
     cols = ["hit@1", "ndcg@3", "validity", "diversity", "explainability", "ndcg@5", "precision@5"]
-    paired = [{"comparison": "sft-popularity", "metric": "hit@1", "mean_diff": 0.15, "n": 3, "t": 2.0, "p": 0.18}]
+    paired = [
+        {"comparison": "sft-popularity", "metric": "hit@1", "mean_diff": 0.15, "n": 3, "t": 2.0, "p": 0.18}
+    ]
     md = table_markdown({"title": "Methods", "columns": cols, "rows": rows, "paired": paired,
                          "notes": ["10 test questions (next_item, top-3)"]})  # fmt: skip
     lines = md.splitlines()
-    assert lines[0] == "| row | hit@1 | ndcg@3 | validity | diversity | explainability | ndcg@5 | precision@5 |"
+    assert (
+        lines[0] == "| row | hit@1 | ndcg@3 | validity | diversity | explainability | ndcg@5 | precision@5 |"
+    )
     assert lines[1] == "|---|---|---|---|---|---|---|---|"
     assert lines[2] == "| popularity | 0.1000 | 0.1235 | 1.0000 | – | – | 0.2000 | 0.0500 |"
     assert lines[3] == "| sft | 0.2500 ± 0.0500 | – | 0.8750 | 0.3333 | 55.5556 | – | – |"
