@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import open_dict
-from rlrec.alignment import AlignmentLoop
-from rlrec.pipeline import Pipeline
+from rlrec.context import Context
+from rlrec.loop import pick_users
+from rlrec.policy import Policy
 from scipy.stats import spearmanr
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -30,32 +32,25 @@ def main(overrides: list[str]) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["+experiment=trackrec_movielens", "output_dir=/tmp/reward_reliability",
                                           *overrides])  # fmt: skip
-    pipe = Pipeline(cfg, "/tmp/reward_reliability")
-    loop = AlignmentLoop(pipe)
-    A = loop.A
-    task = loop.task()
-    gen = loop.generator(task)
-    k0, _ = loop.knowledge(gen, "base", "round0")
-    users = loop.sample_users(1)
-    prompts = [loop.prompts[int(u)] for u in users]
-    samples = gen.sample(prompts, int(A.num_samples), float(A.temperature), float(A.top_p), int(A.max_new_tokens),
-                         seed=int(cfg.seed) * 1000 + 1, adapter_fingerprint="base")  # fmt: skip
-    vecs = loop.encoder.encode([s for row in samples for s in row]).reshape(
-        len(users), int(A.num_samples), -1
-    )
+    ctx = Context(cfg, "/tmp/reward_reliability")
+    downstream = instantiate(cfg.downstream)(ctx=ctx)
+    policy = Policy.from_context(ctx)
+    probe = downstream.probe(policy, "round0")
+    users = pick_users(downstream.train_users, int(cfg.align.users), ctx.seed, 1)
+    samples = policy.sample([downstream.questions[int(u)] for u in users], seed=ctx.seed * 1000 + 1)
+    N = len(samples[0])
+    vecs = ctx.encoder.encode([s for row in samples for s in row]).reshape(len(users), N, -1)
     rewards = []
     for seed in (cfg.seed, cfg.seed + 1):
         with open_dict(cfg):
-            cfg.feedback.strategy.seed = int(seed)
-        loop.feedback = None
-        loop._fitted_on = None
-        loop.fit_feedback(k0)
-        rewards.append(loop.feedback.score(users, samples, vecs))
+            cfg.feedback.seed = int(seed)
+        feedback = instantiate(cfg.feedback)(ctx=ctx, downstream=downstream)
+        feedback.refit(probe)
+        rewards.append(feedback.score(users, samples, vecs))
     a, b = rewards
     ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
     a, b = a[ok], b[ok]
     rho = [spearmanr(x, y).statistic for x, y in zip(a, b) if np.ptp(x) > 0 and np.ptp(y) > 0]
-    N = a.shape[1]
     print(f"users scored: {len(a)}, N = {N}, validator seeds {cfg.seed} vs {cfg.seed + 1}")
     print(f"mean within-user Spearman between the two validators: {np.nanmean(rho):+.3f} (n = {len(rho)})")
     print(f"same best text: {np.mean(a.argmax(1) == b.argmax(1)):.3f} (chance {1 / N:.3f})")
