@@ -20,10 +20,11 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
+from scipy.stats import spearmanr
+
 from rlrec.context import Context
 from rlrec.loop import pick_users
 from rlrec.policy import Policy
-from scipy.stats import spearmanr
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -55,3 +55,20 @@ def make_context(tmp_path, prep=None, overrides=(), encoder=None):
     if encoder is not None:
         ctx.__dict__["encoder"] = encoder
     return ctx
+
+
+class JSONHandler:
+    """Mixin for the fake HTTP servers of the tests: reply with a JSON body, log nothing."""
+
+    def send_json(self, reply: dict) -> None:
+        import json
+
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass

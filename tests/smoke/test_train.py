@@ -14,7 +14,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from rlrec.train import run
-from tests.conftest import CONF, ROOT
+from tests.conftest import CONF, ROOT, JSONHandler
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
 
@@ -299,7 +299,7 @@ def test_kar_smoke_generates_user_and_item_knowledge_once(tmp_path):
     assert sum(calls) == 0 and again["table"]["rows"] == rows
 
 
-class _SeededOpenAI(http.server.BaseHTTPRequestHandler):
+class _SeededOpenAI(JSONHandler, http.server.BaseHTTPRequestHandler):
     """An OpenAI-compatible chat server whose texts depend on the request's seed (varied samples)."""
 
     requests: list = []
@@ -323,15 +323,7 @@ class _SeededOpenAI(http.server.BaseHTTPRequestHandler):
         choices = [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content":
                     "The user likes " + " and ".join(rng.choice(self.WORDS, 3, replace=False)) + " titles."}}
                    for i in range(body["n"])]  # fmt: skip
-        data = json.dumps({"choices": choices}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.send_json({"choices": choices})
 
 
 def test_main_job_samples_through_the_openai_backend(tmp_path):

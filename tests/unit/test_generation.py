@@ -20,6 +20,7 @@ from scipy.stats import chisquare
 from rlrec.llm.chat import format_chat
 from rlrec.llm.generation import GenerationCache, Generator, OpenAIBackend, SamplingConfig
 from rlrec.llm.sampler import Job, PrefixSharingSampler, top_p_keep
+from tests.conftest import JSONHandler
 
 V = 64
 EOS, PAD = 1, 0
@@ -246,7 +247,7 @@ def test_cache_needs_a_model_fingerprint(tmp_path):
 # ----------------------------------------------------------------------------- openai
 
 
-class _FakeOpenAI(http.server.BaseHTTPRequestHandler):
+class _FakeOpenAI(JSONHandler, http.server.BaseHTTPRequestHandler):
     requests: list = []
     fail_first: list = []  # status codes to answer before succeeding
 
@@ -276,16 +277,9 @@ class _FakeOpenAI(http.server.BaseHTTPRequestHandler):
             choices = [
                 {"index": i, "text": f"{body['prompt']}#{i}", "finish_reason": "length"} for i in range(n)
             ]
-        reply = {"choices": choices[::-1], "usage": {"completion_tokens": 5 * n}}  # out of order on purpose
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(
+            {"choices": choices[::-1], "usage": {"completion_tokens": 5 * n}}
+        )  # out of order on purpose
 
 
 @pytest.fixture()
