@@ -25,8 +25,8 @@ test:  ## fast tests (unit + config + smoke; excludes `slow`)
 test-all:  ## every test, slow ones included
 	$(PYTHON) -m pytest -q -p no:cacheprovider
 
-smoke:  ## the smoke profile of the main experiment (minutes on 2 CPU cores)
-	$(PYTHON) -m rlrec.train +experiment=backbone_only profile=smoke
+smoke:  ## the smoke profile of the main job (minutes on 2 CPU cores)
+	$(PYTHON) -m rlrec.train +experiment=trackrec_movielens profile=smoke
 
 lint:  ## ruff check + format check
 	ruff check .
@@ -37,7 +37,7 @@ format:  ## apply ruff fixes and formatting
 	ruff format .
 
 train:  ## the main job on the embedded defaults (EXP=... to pick another experiment)
-	$(PYTHON) -m rlrec.train +experiment=$(or $(EXP),backbone_only)
+	$(PYTHON) -m rlrec.train +experiment=$(or $(EXP),trackrec_movielens)
 
 sweep:  ## 7 backbones x 3 seeds on MovieLens-100K, then the report table
 	$(PYTHON) -m rlrec.train -m +experiment=backbone_only backbone=din,dien,deepfm,dcn,autoint,fibinet,fignn seed=1,2,3

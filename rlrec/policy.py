@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlrec.cache import fingerprint
 from rlrec.llm.generation import SamplingConfig
 from rlrec.store import Store
+from rlrec.tasks.preference import fit_preference
 
 log = logging.getLogger("rlrec")
 
@@ -115,10 +116,16 @@ class Policy:
     def generator(self):
         """The Generator of `sampling.backend`: hf = this process's (adapted) model; openai = the
         served `sampling.api_model` at `sampling.base_url`; vllm = vLLM in process on the base
-        weights' folder."""
+        weights' folder. The openai and vllm backends serve the base weights: a trained adapter
+        is not loaded into them yet, and a warning says so."""
         from rlrec.llm.loading import model_folder
 
         s = self.sampling
+        if s.backend != "hf" and self.adapter is not None:
+            log.warning(
+                "sampling.backend=%s samples from the served base weights, not from this round's LoRA "
+                "adapter (%s); use sampling.backend=hf to sample from the adapted policy", s.backend, self.adapter,
+            )  # fmt: skip
         if s.backend == "hf":
             model, tok = self.task.policy.eval(), self.task.tokenizer
         elif s.backend == "openai":
@@ -154,41 +161,19 @@ class Policy:
         trained = {}
 
         def build(work: Path) -> dict:
-            trained["task"], metrics = self._fit(groups, work / "adapter")
+            task = self.task
+            metrics = fit_preference(task, groups, self.preference, self.trainer, self.seed)
+            task.save_adapter(work / "adapter")
+            # this object stays the policy it was: the trained weights now belong to the new policy
+            self.__dict__.pop("task", None)
+            self.__dict__.pop("generator", None)
+            trained["task"] = task
             return {"metrics": metrics, "examples": len(groups)}
 
         art = self.store.stage("align", deps, build)
         policy = self.with_adapter(art.path("adapter"), art.key, task=trained.get("task"))
         policy.training = dict(art.data["metrics"])
         return policy
-
-    def _fit(self, groups: list[dict], out: Path):
-        from torch.utils.data import DataLoader
-
-        from rlrec.llm.data import PreferenceDataset
-        from rlrec.tasks.callbacks import MetricLog
-
-        P, task = self.preference, self.task
-        ds = PreferenceDataset(
-            groups, task.tokenizer, int(P.max_prompt_len), int(P.max_completion_len), bool(P.chat_template),
-            num_negatives=int(P.num_negatives),
-        )  # fmt: skip
-        loader = DataLoader(ds, batch_size=int(P.batch_size), shuffle=True, collate_fn=ds.collate,
-                            generator=torch.Generator().manual_seed(self.seed))  # fmt: skip
-        task.precompute_reference(DataLoader(ds, batch_size=int(P.batch_size), collate_fn=ds.collate))
-        task.train()
-        metrics = MetricLog()
-        trainer = self.trainer(
-            max_epochs=int(P.max_epochs), callbacks=[metrics], progress=True,
-            accumulate_grad_batches=int(P.accumulate_grad_batches), gradient_clip_val=P.get("gradient_clip_val"),
-        )  # fmt: skip
-        trainer.fit(task, loader)
-        task.eval()
-        task.save_adapter(out)
-        # this object stays the policy it was: the trained weights now belong to the new policy
-        self.__dict__.pop("task", None)
-        self.__dict__.pop("generator", None)
-        return task, metrics.means()
 
 
 _FROZEN: dict = {}  # (weights fingerprint, device) → the frozen LLMTask of `Policy.frozen`

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
 from rlrec.data.features import FeatureSpec
@@ -63,8 +62,3 @@ def build_model(
     model = factory(features=spec.with_knowledge(dims), adapter=adapter)
     model.embedding.set_knowledge(user=user, item=item)
     return model
-
-
-def factory(node) -> Callable[..., nn.Module]:
-    """`instantiate` of a `_partial_` model / adapter / optimizer node (None stays None)."""
-    return None if node is None else instantiate(node)

@@ -131,3 +131,32 @@ class PreferenceTask(LLMTask):
         for k, v in metrics.items():
             self.log(f"train/{k}", v, batch_size=B)
         return loss
+
+
+def fit_preference(task: PreferenceTask, groups: list[dict], preference, make_trainer, seed: int) -> dict:
+    """One preference-optimisation round of `task` on `groups` ({prompt, chosen, rejected: [..]}):
+    the reference log-probs first (the model before the round), then `preference.max_epochs` over
+    the groups in a seeded order. `make_trainer(max_epochs=, callbacks=, progress=, **kw)` builds
+    the Trainer from the run's config. Returns the mean of each logged training metric."""
+    from torch.utils.data import DataLoader
+
+    from rlrec.llm.data import PreferenceDataset
+    from rlrec.tasks.callbacks import MetricLog
+
+    P = preference
+    ds = PreferenceDataset(
+        groups, task.tokenizer, int(P.max_prompt_len), int(P.max_completion_len), bool(P.chat_template),
+        num_negatives=int(P.num_negatives),
+    )  # fmt: skip
+    loader = DataLoader(ds, batch_size=int(P.batch_size), shuffle=True, collate_fn=ds.collate,
+                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    task.precompute_reference(DataLoader(ds, batch_size=int(P.batch_size), collate_fn=ds.collate))
+    task.train()
+    metrics = MetricLog()
+    trainer = make_trainer(
+        max_epochs=int(P.max_epochs), callbacks=[metrics], progress=True,
+        accumulate_grad_batches=int(P.accumulate_grad_batches), gradient_clip_val=P.get("gradient_clip_val"),
+    )  # fmt: skip
+    trainer.fit(task, loader)
+    task.eval()
+    return metrics.means()

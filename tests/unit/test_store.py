@@ -77,3 +77,12 @@ def test_two_processes_build_a_stage_once(tmp_path):
     assert (tmp_path / "n").read_text().count("built") == 1  # one built, the other waited
     assert sorted(r["cached"] for r in results) == [False, True]
     assert results[0]["value"] == results[1]["value"]  # both read the one artifact
+
+
+def test_use_cache_false_reaches_the_generation_and_vector_caches(tmp_path):
+    from tests.conftest import make_context
+
+    cached = make_context(tmp_path)
+    assert cached.store.reuse and cached.generation_cache is not None and cached.encoder.cache_dir is not None
+    fresh = make_context(tmp_path, overrides=["use_cache=false"])
+    assert not fresh.store.reuse and fresh.generation_cache is None and fresh.encoder.cache_dir is None

@@ -1,0 +1,37 @@
+"""The protocol every downstream follows (the second plug-in axis, `cfg.downstream`):
+
+    downstream = instantiate(cfg.downstream)(ctx=ctx)
+    downstream.questions[u]            # the prompt the policy is aligned on for training user u
+    downstream.train_users             # (U,) users whose samples may be scored
+    probe = downstream.probe(policy, "round1")   # what the downstream makes of a policy
+    table, metrics = downstream.evaluate(rounds) # the paper-style table after the last round
+
+`ctr` and `rerank` / `kar` (knowledge.py) turn the policy's greedy texts into a feature field of a
+CTR backbone or a re-ranker; `recommend` (recommend.py) asks the policy for recommendations.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from rlrec.results import Probe, Round, Table
+
+
+class Downstream(Protocol):
+    uses_policy: bool  # False: the table needs no LLM (a backbone or re-ranker alone)
+    questions: dict[int, str]
+    train_users: np.ndarray
+
+    def context(self, user: int, split: str = "train") -> dict:
+        """What a judge sees of the question a text answers (history, candidates, target, domain)."""
+
+    def valid_answer(self, user: int, text: str) -> bool:
+        """Whether `text` is an acceptable answer to `user`'s question (distillation keeps only these)."""
+
+    def probe(self, policy, name: str) -> Probe:
+        """The policy's greedy texts as this downstream uses them (knowledge vectors or an evaluation)."""
+
+    def evaluate(self, rounds: list[Round]) -> tuple[Table, dict]:
+        """The final table and its flat metrics, from the rounds' probes."""
