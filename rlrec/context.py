@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlrec.store import Store
 
+DISPLAY = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "default_root_dir")
+
 
 class Context:
     def __init__(self, cfg: DictConfig, output_dir: str | Path):
@@ -62,6 +64,13 @@ class Context:
             return torch.device("mps")
         return torch.device("cpu")
 
+    @property
+    def trainer_key(self) -> dict:
+        """What of `cfg.trainer` can change a fit's result (everything but display settings): part
+        of every fit's stage key."""
+        node = OmegaConf.to_container(self.cfg.trainer, resolve=True)
+        return {k: v for k, v in node.items() if k not in DISPLAY}
+
     def loggers(self) -> list:
         return [instantiate(c) for c in (self.cfg.get("logger") or [])]
 
@@ -81,7 +90,8 @@ class Context:
                 enable_progress_bar=False,
             )  # fmt: skip
         else:
-            args["logger"] = self.loggers() or False
+            # best weights are kept in memory and saved by the stage; no Lightning checkpoint files
+            args.update(logger=self.loggers() or False, enable_checkpointing=False)
             args["callbacks"] += [instantiate(c) for c in (self.cfg.get("callbacks") or {}).values()]
         if max_epochs is not None:
             args["max_epochs"] = int(max_epochs)

@@ -10,6 +10,8 @@ candidates only); `num_samples` extra samples per question are tried when the gr
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -38,8 +40,10 @@ class Distill:
         if self.base_url:
             sampling = SamplingConfig(backend="openai", base_url=self.base_url, api_model=self.api_model)
             return Policy.frozen(None, sampling, ctx.generation_cache, ctx.device)
-        if self.teacher_cfg is not None:
-            sampling = instantiate(ctx.cfg.sampling)
+        if (
+            self.teacher_cfg is not None
+        ):  # a local model: sampled in this process whatever sampling.backend is
+            sampling = instantiate(ctx.cfg.sampling, backend="hf")
             return Policy.frozen(instantiate(self.teacher_cfg), sampling, ctx.generation_cache, ctx.device)
         return policy
 
@@ -49,13 +53,17 @@ class Distill:
         rng = np.random.default_rng(ctx.seed)
         users = sorted(rng.choice(pool, size=min(self.users, len(pool)), replace=False).tolist())
         teacher = self.teacher(policy)
-        deps = {"policy": policy.key, "teacher": teacher.base_key if teacher is not policy else "self",
+        deps = {"policy": policy.key, "weights": policy.llm.fingerprint, "seed": ctx.seed,
+                "teacher": teacher.base_key, "sampling": asdict(teacher.sampling),
+                "trainer": ctx.trainer_key,
                 "questions": fingerprint([downstream.questions[u] for u in users]),
                 "distill": [self.epochs, self.batch_size, self.optimizer, self.max_new_tokens, self.num_samples,
                             self.require_valid], "preference": ctx.cfg.preference}  # fmt: skip
 
         def build(work) -> dict:
             keep, info = self.answers(teacher, downstream, users)
+            if teacher is not policy:
+                teacher.release()  # a 7B teacher leaves memory before the SFT
             metrics = self.sft(policy, keep, work / "adapter")
             return {"metrics": {**metrics, **{f"distill/{k}": v for k, v in info.items()}}}
 

@@ -33,11 +33,12 @@ class Policy:
     def __init__(
         self, llm, sampling: DictConfig, preference: DictConfig, store: Store, trainer, device="cpu",
         cache_dir: str | Path | None = None, adapter: str | Path | None = None, key: str = "base",
-        task=None, seed: int = 0,
+        task=None, seed: int = 0, fit_key=None,
     ):  # fmt: skip
         self.llm, self.sampling_cfg, self.preference = llm, sampling, preference
         self.store, self.trainer, self.device = store, trainer, torch.device(device)
         self.cache_dir, self.adapter, self.key, self.seed = cache_dir, adapter, key, int(seed)
+        self.fit_key = fit_key  # what of the Trainer config changes a fit (part of the adapter's key)
         self.training: dict = {}  # metrics of the fit that produced this policy
         self.progress = True
         if task is not None:
@@ -48,6 +49,7 @@ class Policy:
         return cls(
             llm if llm is not None else ctx.llm, sampling if sampling is not None else ctx.cfg.sampling,
             ctx.cfg.preference, ctx.store, ctx.trainer, ctx.device, ctx.generation_cache, seed=ctx.seed,
+            fit_key=ctx.trainer_key,
         )  # fmt: skip
 
     @classmethod
@@ -67,13 +69,24 @@ class Policy:
     def with_adapter(self, adapter: str | Path, key: str, task=None) -> Policy:
         return Policy(
             self.llm, self.sampling_cfg, self.preference, self.store, self.trainer, self.device, self.cache_dir,
-            adapter=adapter, key=key, task=task, seed=self.seed,
+            adapter=adapter, key=key, task=task, seed=self.seed, fit_key=self.fit_key,
         )  # fmt: skip
 
     @property
     def base_key(self) -> str:
-        """The base weights' identity (the served model's name for an endpoint policy)."""
-        return self.llm.fingerprint if self.llm is not None else f"openai:{self.sampling.api_model}"
+        """What the texts come from: the base weights' fingerprint, or for `sampling.backend=openai`
+        the served model's name at its URL (the generation cache is keyed by it)."""
+        s = self.sampling
+        if s.backend == "openai":
+            return f"openai:{s.api_model}@{s.base_url}"
+        return self.llm.fingerprint
+
+    def release(self) -> None:
+        """Drop this policy's weights (and a frozen policy's shared copy) from memory."""
+        task = self.__dict__.pop("task", None)
+        self.__dict__.pop("generator", None)
+        for k in [k for k, v in _FROZEN.items() if v is task]:
+            del _FROZEN[k]
 
     # ---- the model (loaded on first use, on the trainer's device) ---------------------------------
     @cached_property
@@ -154,9 +167,11 @@ class Policy:
         adapter is a stage keyed by this policy, the groups' content and `cfg.preference`."""
         deps = {
             "policy": self.key,
-            "base": self.base_key,
+            "weights": self.llm.fingerprint,  # the trained weights: base + this policy's adapter chain
             "groups": fingerprint(groups),
             "preference": self.preference,
+            "seed": self.seed,
+            "trainer": self.fit_key,
         }
         trained = {}
 
@@ -164,13 +179,13 @@ class Policy:
             task = self.task
             metrics = fit_preference(task, groups, self.preference, self.trainer, self.seed)
             task.save_adapter(work / "adapter")
-            # this object stays the policy it was: the trained weights now belong to the new policy
-            self.__dict__.pop("task", None)
-            self.__dict__.pop("generator", None)
             trained["task"] = task
             return {"metrics": metrics, "examples": len(groups)}
 
         art = self.store.stage("align", deps, build)
+        # this object stays the policy it was: its weights (trained in place, or stale after a cached
+        # round) are dropped; the new policy owns the trained ones or loads them from the adapter
+        self.release()
         policy = self.with_adapter(art.path("adapter"), art.key, task=trained.get("task"))
         policy.training = dict(art.data["metrics"])
         return policy

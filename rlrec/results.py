@@ -34,6 +34,11 @@ class Round:
     probe: Probe
     metrics: dict = field(default_factory=dict)
 
+    @property
+    def trained(self) -> bool:
+        """A preference round that produced a new policy (not round 0, not a stopped round)."""
+        return self.t > 0 and not self.metrics.get("stopped")
+
     def summary(self) -> dict:
         return {"round": self.t, "name": self.name, **self.metrics}
 

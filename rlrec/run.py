@@ -32,8 +32,9 @@ def run(ctx: Context) -> RunResult:
         policy = Policy.from_context(ctx)
         first = "round0"
         if cfg.get("distill") is not None:
-            rounds.append(Round(-1, "zero_shot", policy.key, downstream.probe(policy, "zero_shot")))
-            rounds[-1].metrics.update(rounds[-1].probe.metrics)
+            if downstream.zero_shot_row:  # the table shows the policy before distillation
+                rounds.append(Round(-1, "zero_shot", policy.key, downstream.probe(policy, "zero_shot")))
+                rounds[-1].metrics.update(rounds[-1].probe.metrics)
             policy = instantiate(cfg.distill)(ctx=ctx)(policy, downstream)
             first = "sft"
         feedback = instantiate(cfg.feedback)(ctx=ctx, downstream=downstream)
@@ -44,7 +45,7 @@ def run(ctx: Context) -> RunResult:
             min_gap=float(A.get("min_gap", 0.0)), first=first,
         )  # fmt: skip
         if first == "sft":
-            rounds[1].metrics.update(policy.training)
+            next(r for r in rounds if r.t == 0).metrics.update(policy.training)
     table, metrics = downstream.evaluate(rounds)  # evaluate
     metrics.update(round_metrics(rounds))
     return RunResult(run=summary(cfg), metrics=metrics, table=table, rounds=[r.summary() for r in rounds if r.t > 0],
@@ -65,7 +66,7 @@ def round_metrics(rounds: list[Round]) -> dict:
                 {f"round0/{k}": v for k, v in r.metrics.items() if not k.startswith(("distill/", "eval/"))}
             )
     if rounds:
-        out["rounds_done"] = max(r.t for r in rounds)
+        out["rounds_done"] = max([0] + [r.t for r in rounds if r.trained])
     return out
 
 

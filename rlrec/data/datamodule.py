@@ -79,7 +79,8 @@ class RecDataModule(pl.LightningDataModule):
     @property
     def fingerprint(self) -> str:
         """Identity of the prepared data by content (the loaded frames, hashed) and by how it was
-        prepared (labels, split, history): editing a data file changes it, moving it does not."""
+        prepared and served (labels, split, history, batch sizes): editing a data file changes it,
+        moving it does not."""
         self.setup()
         if self._fingerprint is None:
             raw = self.prep.raw
@@ -89,7 +90,7 @@ class RecDataModule(pl.LightningDataModule):
             ]
             self._fingerprint = fingerprint(
                 self.name, content, self.label_threshold, self.split_cfg.__dict__, self.history_len,
-                self.history_positive_only, self.max_users, self.seed,
+                self.history_positive_only, self.max_users, self.seed, self.batch_size, self.eval_batch_size,
             )  # fmt: skip
         return self._fingerprint
 

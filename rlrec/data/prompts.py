@@ -9,6 +9,7 @@ and `domain` (the dataset's nouns: item, plural, verb, history, preference).
 
 from __future__ import annotations
 
+import hashlib
 from functools import cached_property
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class PromptTemplate:
                 names = sorted(p.stem for p in TEMPLATE_DIR.glob("*.j2"))
                 raise DataError(f"prompt template {template!r} is neither a file nor one of {names}")
         self.path = path
+        self.fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]  # by content, not location
         env = jinja2.Environment(
             undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False
         )

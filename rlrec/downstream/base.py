@@ -21,6 +21,8 @@ from rlrec.results import Probe, Round, Table
 
 class Downstream(Protocol):
     uses_policy: bool  # False: the table needs no LLM (a backbone or re-ranker alone)
+    zero_shot_row: bool  # True: with distillation, the table also shows the policy before it
+    judge_template: str  # the judge prompt that compares two of this downstream's texts
     questions: dict[int, str]
     train_users: np.ndarray
 

@@ -14,10 +14,11 @@ from functools import cached_property
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rlrec.cache import fingerprint
+from rlrec.cache import _plain, fingerprint
 from rlrec.data.ctr import TensorBatches
 from rlrec.downstream import stats
 from rlrec.downstream.fit import build_model, fit
@@ -34,6 +35,8 @@ PAIRS = [("round0", "base"), ("aligned", "base"), ("aligned", "round0")]
 
 
 class KnowledgeDownstream:
+    zero_shot_row = False  # the table's variants are base / round 0 / aligned
+    judge_template = "judge_knowledge"  # how a judge compares two knowledge texts of a user
     columns: tuple[str, ...] = ()
     paired_metrics: tuple[str, ...] = ()
     monitor = ""
@@ -96,7 +99,7 @@ class KnowledgeDownstream:
             iv = encoder.encode(item_texts)
             item = np.zeros((spec.num_items + 1, iv.shape[1]), np.float32)
             item[items] = iv
-        key = fingerprint(texts, item_texts, encoder.fingerprint)
+        key = fingerprint(texts, item_texts, encoder.key)
         metrics = {"knowledge_tokens": float(np.mean([len(t.split()) for t in texts])) if texts else 0.0}
         return Probe(name, key, dict(zip(users, texts)), user, item, metrics)
 
@@ -109,10 +112,11 @@ class KnowledgeDownstream:
         zero = next((r for r in rounds if r.t == 0), None)
         if "round0" in self.variants and zero is not None:
             probes["round0"] = zero.probe
-        if "aligned" in self.variants and rounds and rounds[-1].t > 0:
-            probes["aligned"] = rounds[-1].probe
+        trained = [r for r in rounds if r.trained]  # a stopped round changed nothing
+        if "aligned" in self.variants and trained:
+            probes["aligned"] = trained[-1].probe
         runs = {label: [self.fit(p, seed) for seed in self.seeds] for label, p in probes.items()}
-        last = rounds[-1].t if rounds else 0
+        last = trained[-1].t if trained else 0
         table = Table(self.title, list(self.columns), notes=[])
         metrics: dict = {}
         for label, per_seed in runs.items():
@@ -136,12 +140,12 @@ class KnowledgeDownstream:
         return {}, {}
 
     def fit(self, knowledge: Probe | None, seed: int) -> dict:
-        """Fit the model with this knowledge (or none) and this seed: a stage."""
-        cfg = self.ctx.cfg
+        """Fit the model with this knowledge (or none) and this seed: a stage (metrics, and the best
+        weights in `model.pt`)."""
         deps = {
             "data": self.ctx.data_key, "model": self.model_cfg, "optimizer": self.optimizer_cfg, "seed": seed,
             "knowledge": None if knowledge is None else [knowledge.key, self.adapter_cfg],
-            "trainer": {k: cfg.trainer.get(k) for k in ("max_epochs", "limit_train_batches", "limit_val_batches")},
+            "trainer": self.ctx.trainer_key,
             "patience": self.patience, **self.fit_deps(),
         }  # fmt: skip
 
@@ -156,6 +160,8 @@ class KnowledgeDownstream:
                 lambda **kw: self.ctx.trainer(inner=False, **kw), self.task(model), train, valid, test,
                 monitor=self.monitor, patience=self.patience,
             )  # fmt: skip
+            # the best weights, with the resolved model config that rebuilds them
+            torch.save({"state_dict": fitted.model.state_dict(), "deps": _plain(deps)}, work / "model.pt")
             return {"metrics": {**fitted.metrics, **self.fit_info()}}
 
         return self.ctx.store.stage(f"fit/{self.name}", deps, build).data["metrics"]

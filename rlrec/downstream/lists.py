@@ -43,7 +43,7 @@ def initial_scores(ctx) -> tuple[dict[str, np.ndarray], dict]:
     node = ctx.cfg.rerank.initial_ranker
     dm = ctx.datamodule
     deps = {"data": ctx.data_key, "ranker": node, "optimizer": ctx.cfg.optimizer, "seed": ctx.seed,
-            "trainer": {k: ctx.cfg.trainer.get(k) for k in ("max_epochs", "limit_train_batches", "limit_val_batches")},
+            "trainer": ctx.trainer_key,
             "patience": ctx.cfg.early_stopping_patience}  # fmt: skip
 
     def build(work) -> dict:

@@ -25,6 +25,8 @@ LABELS = {"zero_shot": "LLM zero-shot", "sft": "SFT", "round0": "LLM (round 0)"}
 
 class RecommendDownstream:
     uses_policy = True
+    zero_shot_row = True  # RecLAIF's table: zero-shot, SFT, DPO rounds
+    judge_template = "reclaif_judge"
     title = "Methods (RecLAIF table)"
 
     def __init__(
@@ -68,7 +70,7 @@ class RecommendDownstream:
         key = fingerprint(texts)
         deps = {"answers": key, "questions": self.options, "data": self.ctx.data_key,
                 "rater": [self.rater_cfg, self.rater.llm_cfg.fingerprint if self.rater.llm_cfg else None],
-                "encoder": self.ctx.encoder.fingerprint}  # fmt: skip
+                "encoder": self.ctx.encoder.key}  # fmt: skip
 
         def build(work) -> dict:
             metrics, parsed = self.task.evaluate(
@@ -90,14 +92,15 @@ class RecommendDownstream:
         metrics: dict = {}
         for label, m in baselines.items():
             metrics.update({f"{label.lower()}/{k}": v for k, v in m.items()})
-        for r in rounds:
+        for r in (r for r in rounds if r.t <= 0 or r.trained):  # a stopped round changed nothing
             row = {k.removeprefix("eval/"): v for k, v in r.probe.metrics.items() if k.startswith("eval/")}
             table.rows[LABELS.get(r.name, r.name.replace("round", "DPO round "))] = row
             metrics.update({f"{r.name}/eval/{k}": v for k, v in row.items()})
         t = self.task
+        invalid = "an invalid answer scores 0 on relevance" if t.metrics_on == "valid" else (
+            "an answer's recognised candidates are scored even if it also names others")  # fmt: skip
         table.notes.append(
-            f"{len(t.instances['test'])} test questions ({t.setting}, top-{t.k}); an invalid answer scores 0 on "
-            "relevance; diversity = mean pairwise cosine distance of the recommended items' encoder vectors; "
+            f"{len(t.instances['test'])} test questions ({t.setting}, top-{t.k}); {invalid}; diversity = mean pairwise cosine distance of the recommended items' encoder vectors; "
             "explainability = the rater's 0–5 rating mapped to 1–100."
         )
         return table, metrics
@@ -112,6 +115,8 @@ class RecommendDownstream:
                 "questions": self.options,
                 "sasrec": self.sasrec_cfg,
                 "seed": self.ctx.seed,
+                "encoder": self.ctx.encoder.key,
+                "trainer": self.ctx.trainer_key,
             }
             art = self.ctx.store.stage("baseline/sasrec", deps, lambda work: {"metrics": self._sasrec(test)})
             return {"SASRec": art.data["metrics"]}

@@ -32,8 +32,8 @@ class Feedback(Protocol):
 
 def feedback_key(ctx, name: str, config, *weights) -> str:
     """The identity of a strategy's scores: its name and config, the data's content, the encoder's
-    weights and any model weights it reads (fingerprints)."""
-    return fingerprint(name, config, ctx.data_key, ctx.encoder.fingerprint, *weights)
+    vectors, the Trainer settings its fits use, and any model weights it reads (fingerprints)."""
+    return fingerprint(name, config, ctx.data_key, ctx.encoder.key, ctx.trainer_key, *weights)
 
 
 def knowledge_table(ctx, probe: Probe) -> np.ndarray:

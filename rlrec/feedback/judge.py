@@ -249,6 +249,7 @@ class JudgeFeedback:
             raise ValueError("an endpoint judge (feedback.base_url) needs feedback.mode=generate")
         self.downstream, self.mode, self.margin = downstream, mode, float(margin)
         self.llm_cfg = instantiate(llm) if isinstance(llm, DictConfig) else llm
+        template = downstream.judge_template if template is None else template  # the downstream's comparison
         self.template = PromptTemplate(template) if isinstance(template, str) else template
         self.explain_template = (
             PromptTemplate(explain_template) if isinstance(explain_template, str) else explain_template
@@ -257,7 +258,7 @@ class JudgeFeedback:
         self.ctx, self.progress, self.base_url, self.api_model = ctx, progress, base_url, api_model
         self.cache_dir = cache_dir if cache_dir is not None or ctx is None else ctx.generation_cache
         weights = api_model if base_url else (self.llm_cfg.fingerprint if self.llm_cfg is not None else None)
-        config = [getattr(self.template, "path", template).__str__(), str(getattr(self.explain_template, "path", "")),
+        config = [getattr(self.template, "fingerprint", template), getattr(self.explain_template, "fingerprint", None),
                   mode, margin, max_new_tokens, base_url, weights]  # fmt: skip
         self.key = feedback_key(ctx, "judge", config) if ctx is not None else fingerprint("judge", config)
         self.stats = JudgeStats()

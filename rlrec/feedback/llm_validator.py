@@ -41,7 +41,8 @@ class LLMValidatorFeedback:
         self.epochs, self.batch_size, self.max_prompt_len = int(epochs), int(batch_size), int(max_prompt_len)
         self.restart, self.seed = restart, int(seed)
         self.folds = UserFolds(self.prep.spec.num_users, folds, seed)
-        self.key = feedback_key(ctx, "llm_validator", [template, history_len, samples_per_user, tune, tune_samples,
+        self.key = feedback_key(ctx, "llm_validator", [self.template.fingerprint, self.view.domain, history_len,
+                                                       samples_per_user, tune, tune_samples,
                                                        self.lora, optimizer, epochs, batch_size, max_prompt_len,
                                                        folds, restart, seed], self.llm_cfg.fingerprint)  # fmt: skip
         rows = self.prep.rows("train")

@@ -226,8 +226,14 @@ class TextEncoder:
         return self._where
 
     @property
+    def key(self) -> str:
+        """Identity of the vectors `encode` returns (the raw vectors' fingerprint and `normalize`):
+        what stages built on them are keyed by."""
+        return f"{self.fingerprint}{'-l2' if self.normalize else ''}"
+
+    @property
     def fingerprint(self) -> str:
-        """Identity of the vectors this encoder produces: weights, max_length, pooling."""
+        """Identity of the raw vectors this encoder computes (and caches): weights, max_length, pooling."""
         if self._fingerprint is None:
             where = self.where
             if isinstance(where, Path):

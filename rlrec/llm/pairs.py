@@ -43,7 +43,7 @@ def build_groups(
     ('b', ['a'])
     """
     assert mode in ("best_vs_all", "best_vs_worst"), (
-        f"pairs.mode must be best_vs_all or best_vs_worst, got {mode!r}"
+        f"preference.pairs must be best_vs_all or best_vs_worst, got {mode!r}"
     )
     rewards = np.asarray(rewards, float)
     U, N = rewards.shape

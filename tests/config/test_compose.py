@@ -132,6 +132,10 @@ def test_two_axes_combine_without_code(tmp_path):
         assert hasattr(f, "score") and hasattr(f, "refit") and isinstance(f.key, str)
         user = int(d.train_users[0])
         assert isinstance(d.context(user, "train")["history"], list)
+        if feedback == "judge":  # the judge compares two of this downstream's texts with its template
+            prompt = f.judge_prompt(user, "likes westerns", "likes musicals")
+            assert "Option A: likes westerns" in prompt and "Option B: likes musicals" in prompt
+            assert "Chosen Option:" in prompt and d.view.history(user)[0]["title"] in prompt
 
 
 def test_n_has_one_name(tmp_path):
