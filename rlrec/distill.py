@@ -110,6 +110,7 @@ class Distill:
         n = int(self.max_new_tokens or policy.sampling.max_new_tokens)
         ds = SFTDataset(examples, tok, int(P.max_prompt_len), n + 8, bool(P.chat_template))
         lora = OmegaConf.to_container(P.task.lora, resolve=True) if P.task.get("lora") is not None else None
+        torch.manual_seed(self.ctx.seed)  # LoRA init and dropout: independent of what ran before
         sft = SFTTask(policy.llm, lora=lora, optimizer=instantiate(self.optimizer), tokenizer=tok)
         sft.configure_model()
         loader = DataLoader(ds, batch_size=self.batch_size, shuffle=True, collate_fn=ds.collate,

@@ -107,6 +107,7 @@ class Policy:
         for k in ("_target_", "llm"):
             kwargs.pop(k, None)
         kwargs["optimizer"] = instantiate(self.preference.task.optimizer)
+        torch.manual_seed(self.seed)  # the LoRA init: the same whatever ran before in the process
         task = PreferenceTask(
             self.llm, adapter_path=None if self.adapter is None else str(self.adapter), **kwargs
         )
@@ -177,6 +178,7 @@ class Policy:
 
         def build(work: Path) -> dict:
             task = self.task
+            torch.manual_seed(self.seed)  # dropout: the same adapter on a resumed run
             metrics = fit_preference(task, groups, self.preference, self.trainer, self.seed)
             task.save_adapter(work / "adapter")
             trained["task"] = task

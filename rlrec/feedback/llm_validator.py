@@ -66,6 +66,7 @@ class LLMValidatorFeedback:
         from rlrec.tasks.sft import SFTTask
 
         if self.restart or len(self.tasks) <= k:
+            torch.manual_seed(self.seed + k)  # each fold's LoRA init, independent of what ran before
             task = SFTTask(self.llm_cfg, lora=self.lora, optimizer=self.optimizer)
             task.configure_model()
             task.to(self.ctx.device)
