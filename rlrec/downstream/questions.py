@@ -183,11 +183,11 @@ class RecommendationTask:
                 else:
                     m.setdefault(f"ndcg@{k}", []).append(_ndcg_binary(r, inst.relevant, k))
                 m.setdefault(f"precision@{k}", []).append(precision_at_k(r, inst.relevant, k))
-        lists = [r[: self.k] for r in ranked if len(r) >= 2]
-        if lists and encode is not None:
+        lists = [r[: self.k] for r in ranked]
+        if lists and encode is not None:  # an invalid or one-item answer recommends no diversity: 0
             uniq = sorted({i for r in lists for i in r})
-            vec = dict(zip(uniq, encode([self.texts[i] for i in uniq])))
-            m["diversity"] = [diversity(np.stack([vec[i] for i in r])) for r in lists]
+            vec = dict(zip(uniq, encode([self.texts[i] for i in uniq]))) if uniq else {}
+            m["diversity"] = [diversity(np.stack([vec[i] for i in r])) if len(r) >= 2 else 0.0 for r in lists]
         return {k: float(np.mean(v)) for k, v in m.items()}
 
     def evaluate(self, split: str, texts: dict[int, str], encode=None) -> tuple[dict, dict[int, Parsed]]:

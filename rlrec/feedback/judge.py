@@ -42,6 +42,10 @@ _CHOSEN = re.compile(
     r"(?:chosen|preferred|selected|winning|better)\s+option\s*(?:is)?\s*[:\-]?[ \t]*([^\n]*)", re.I
 )
 _DECISION = re.compile(r"decision\s*[:\-][ \t]*([^\n]*)", re.I)  # fallback: "Decision: Option B"
+# the template's own decision line: "- Chosen Option: B"; the last one is the verdict
+_CHOSEN_LINE = re.compile(r"^[\s\-•>]*chosen\s+option\s*[:\-][ \t]*([^\n]*)", re.I | re.M)
+# the explain template's score line: "Explainability Score: 4" (a digit anywhere else is not a score)
+_EXPLAIN_LINE = re.compile(r"^[\s\-•>]*explainability\s*score\s*[:\-]?\s*\[?\s*(\d+(?:\.\d+)?)", re.I | re.M)
 _PICK = re.compile(r"([ab])\b(?!\s*(?:or|/|and|&|,|vs\.?)\s*(?:option\s*)?[ab]\b)")
 _STRICT_PICK = re.compile(r"(?:option\s*([ab])\b|([ab])\s*(?:$|[.;:)\]]))")  # not the article "a"
 _TIE = re.compile(r"(?:tie|tied|neither|both|none|equal|draw|no\s+preference)\b")
@@ -111,9 +115,12 @@ def parse_verdict(text: str) -> Verdict | None:
         return "" if s is None else text[s : next(b for b in bounds if b > s)]
 
     verdict = Verdict(scores_a=_scores(section("A")), scores_b=_scores(section("B")))
+    final = [m[1] for m in _CHOSEN_LINE.finditer(text) if m[1].strip()]
     chosen = [m[1] for m in _CHOSEN.finditer(text) if m[1].strip()]
     decided = [m[1] for m in _DECISION.finditer(text) if m[1].strip()]
-    if chosen:
+    if final:  # the template's "Chosen Option:" line decides, not a "preferred option" phrase earlier
+        verdict.choice, verdict.tie = _read_choice(final[-1])
+    elif chosen:
         verdict.choice, verdict.tie = _read_choice(chosen[0])
     elif decided:
         verdict.choice, verdict.tie = _read_choice(decided[0], strict=True)
@@ -351,9 +358,7 @@ class JudgeFeedback:
             return 1 + 99 * expected / 5
         out = []
         for answer in self._generate(prompts):
-            m = re.search(
-                r"explainability\s*score\s*[:\-]?\s*\[?\s*(\d+(?:\.\d+)?)", answer, re.I
-            ) or re.search(r"\b(\d(?:\.\d+)?)\s*(?:/\s*5)?\b", answer)
+            m = _EXPLAIN_LINE.search(_MARKDOWN.sub("", answer))  # only the score line counts
             s = float(m.group(1)) if m else math.nan
             out.append(1 + 99 * s / 5 if 0 <= s <= 5 else math.nan)
         return np.array(out)

@@ -257,9 +257,8 @@ def test_evaluate_only_valid_answers_score():
     assert m["hit@1"] == m["hit@3"] == 0.5  # user 1 hit at rank 1; user 2 invalid → 0
     assert m["ndcg@3"] == pytest.approx(0.5)
     assert m["precision@3"] == pytest.approx((1 / 3 + 0) / 2)
-    assert m["diversity"] == pytest.approx(
-        2 / 3
-    )  # user 1's [Drama, Crime, Crime]; user 2's empty list dropped
+    # user 1's [Drama, Crime, Crime]: 2/3; user 2's invalid answer recommends nothing: 0, not left out
+    assert m["diversity"] == pytest.approx((2 / 3 + 0) / 2)
     assert all("(" in s for s in calls[0])  # the encoder sees titles with their genres
 
 
@@ -521,3 +520,36 @@ def test_table_markdown_renders_any_table():
     assert "| sft-popularity | hit@1 | +0.1500 | 3 | 2.0000 | 0.1800 |" in lines
     assert lines[-1] == "10 test questions (next_item, top-3)"
     assert table_markdown({}) == ""
+
+
+def test_judge_verdict_is_the_final_chosen_option_line():
+    """A "preferred option" phrase in the reasoning does not decide; the template's last
+    "Chosen Option:" line does."""
+    from rlrec.feedback.judge import parse_verdict
+
+    text = (
+        "Option A Evaluation:\n- Relevance Score: 3\nOption B Evaluation:\n- Relevance Score: 4\n"
+        "Decision:\nThe preferred option is a close call; A looked better at first.\n"
+        "- Chosen Option: B\n- Reasoning: B names the held-out movie."
+    )
+    assert parse_verdict(text).choice == "B"
+    # a draft decision corrected later: the last line wins
+    assert (
+        parse_verdict(text.replace("- Chosen Option: B", "- Chosen Option: A\n- Chosen Option: B")).choice
+        == "B"
+    )
+    # without the line, the old phrases still decide
+    assert parse_verdict("Decision: the preferred option is B.").choice == "B"
+
+
+def test_explain_reads_only_the_score_line(monkeypatch):
+    fb = judge_feedback(mode="generate")
+    replies = iter([
+        "In 2 of 3 reasons the answer is vague.\nExplainability Score: 4",  # a digit before the score line
+        "**Explainability Score:** [5]",
+        "I would give it 3 out of 5.",  # no score line: unreadable, not 3
+    ])  # fmt: skip
+    monkeypatch.setattr(fb, "_generate", lambda prompts: [next(replies) for _ in prompts])
+    answer = answers(fb.downstream)[1]
+    out = fb.explain([1, 1, 1], [answer] * 3)
+    assert out[0] == pytest.approx(1 + 99 * 4 / 5) and out[1] == pytest.approx(100.0) and np.isnan(out[2])
