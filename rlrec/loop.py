@@ -66,17 +66,22 @@ def pick_users(pool: np.ndarray, n: int, seed: int, t: int) -> np.ndarray:
 
 
 class Refit:
-    """Refits the feedback on a probe once, and only when a score is actually computed (cached
-    rewards need no refit)."""
+    """Refits the feedback only when a score is actually computed (cached rewards need no refit).
+    A feedback whose state carries over refits (`continues`, e.g. a validator trained on, not
+    restarted) is refit on every probe it has not seen yet, in order, so its state is the same
+    whichever earlier rounds came from the cache."""
 
     def __init__(self, feedback):
-        self.feedback, self.fitted_on = feedback, None
+        self.feedback = feedback
+        self.fitted: list[str] = []  # probe keys, in the order they were fitted
 
-    def __call__(self, probe: Probe) -> dict:
-        if self.fitted_on == probe.key:
-            return {}
-        info = self.feedback.refit(probe)
-        self.fitted_on = probe.key
+    def __call__(self, probes: list[Probe]) -> dict:
+        todo = probes if getattr(self.feedback, "continues", False) else probes[-1:]
+        info: dict = {}
+        for probe in todo:
+            if probe.key not in self.fitted:
+                info = self.feedback.refit(probe)
+                self.fitted.append(probe.key)
         return info
 
 
@@ -88,7 +93,7 @@ def score(store, refit: Refit, probes: list[Probe], users, texts, vectors) -> tu
             "texts": fingerprint(texts)}  # fmt: skip
 
     def build(work) -> dict:
-        info = refit(probes[-1])
+        info = refit(probes)
         rewards = feedback.score(users, texts, vectors)
         info.update(getattr(feedback, "score_info", dict)())
         np.save(work / "rewards.npy", rewards)

@@ -22,6 +22,7 @@ from rlrec.results import Probe
 
 class Feedback(Protocol):
     key: str
+    continues: bool  # True: refit continues from the last fit (then every probe is fitted, in order)
 
     def refit(self, probe: Probe) -> dict:
         """Train on the current knowledge of every user; returns metrics of the fit."""

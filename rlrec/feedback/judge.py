@@ -269,6 +269,7 @@ class JudgeFeedback:
                   mode, margin, max_new_tokens, base_url, weights]  # fmt: skip
         self.key = feedback_key(ctx, "judge", config) if ctx is not None else fingerprint("judge", config)
         self.stats = JudgeStats()
+        self.continues = False  # the judge is not trained
 
     # -- the judge model (a frozen policy, loaded on first use) ---------------------------------------
     @cached_property

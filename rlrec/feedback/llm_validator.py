@@ -40,6 +40,7 @@ class LLMValidatorFeedback:
         self.optimizer = instantiate(optimizer) if optimizer is not None else None
         self.epochs, self.batch_size, self.max_prompt_len = int(epochs), int(batch_size), int(max_prompt_len)
         self.restart, self.seed = restart, int(seed)
+        self.continues = not restart
         self.folds = UserFolds(self.prep.spec.num_users, folds, seed)
         self.key = feedback_key(ctx, "llm_validator", [self.template.fingerprint, self.view.domain, history_len,
                                                        samples_per_user, tune, tune_samples,

@@ -40,6 +40,7 @@ class RecommenderFeedback:
         self.key = feedback_key(ctx, "recommender", [reranker, adapter, optimizer, k, folds, loss, max_epochs,
                                                      patience, batch_size, seed, ctx.cfg.rerank])  # fmt: skip
         self.models: list = []
+        self.continues = False  # every refit starts from fresh re-rankers
 
     def refit(self, probe: Probe) -> dict:
         vec = torch.as_tensor(knowledge_table(self.ctx, probe), dtype=torch.float32)

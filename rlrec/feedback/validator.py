@@ -45,6 +45,7 @@ class ValidatorFeedback:
         self.backbone, self.adapter, self.optimizer = backbone, adapter, optimizer
         self.max_epochs, self.patience, self.batch_size = int(max_epochs), int(patience), int(batch_size)
         self.limit_batches, self.restart, self.seed = limit_batches, restart, int(seed)
+        self.continues = not restart
         self.folds = UserFolds(self.prep.spec.num_users, folds, seed)
         self.key = feedback_key(ctx, "validator", [backbone, adapter, optimizer, folds, max_epochs, patience,
                                                    batch_size, limit_batches, restart, seed])  # fmt: skip

@@ -146,7 +146,7 @@ def fit_preference(task: PreferenceTask, groups: list[dict], preference, make_tr
     P = preference
     ds = PreferenceDataset(
         groups, task.tokenizer, int(P.max_prompt_len), int(P.max_completion_len), bool(P.chat_template),
-        num_negatives=int(P.num_negatives),
+        num_negatives=None if P.get("num_negatives") is None else int(P.num_negatives),
     )  # fmt: skip
     loader = DataLoader(ds, batch_size=int(P.batch_size), shuffle=True, collate_fn=ds.collate,
                         generator=torch.Generator().manual_seed(seed))  # fmt: skip

@@ -38,8 +38,8 @@ class ScriptedFeedback:
 
     key = "scripted"
 
-    def __init__(self, flat=()):
-        self.flat, self.refits, self.scored = set(flat), [], 0
+    def __init__(self, flat=(), continues=False):
+        self.flat, self.refits, self.scored, self.continues = set(flat), [], 0, continues
 
     def refit(self, probe):
         self.refits.append(probe.name)
@@ -136,3 +136,15 @@ def test_rewards_are_a_stage_keyed_by_the_texts(tmp_path):
     other.questions = {u: f"edited prompt {u}" for u in other.questions}  # other prompts → other texts
     _, _, edited, _ = run(tmp_path, rounds=1, downstream=other)
     assert edited.scored == 1
+
+
+def test_a_continued_feedback_is_refit_on_every_probe_whatever_the_cache(tmp_path):
+    """A validator trained on (not restarted) must have seen every earlier probe, in order, even when
+    the earlier rounds' rewards come from the store."""
+    _, _, first, _ = run(tmp_path, rounds=1, feedback=ScriptedFeedback(continues=True))
+    assert first.refits == ["round0"]
+    _, _, resumed, _ = run(tmp_path, rounds=2, feedback=ScriptedFeedback(continues=True))
+    assert resumed.scored == 1  # round 1's rewards are cached; round 2's are new
+    assert resumed.refits == ["round0", "round1"]  # so round 0's probe is fitted first, then round 1's
+    _, _, restarted, _ = run(tmp_path / "other", rounds=2)
+    assert restarted.refits == ["round0", "round1"]
