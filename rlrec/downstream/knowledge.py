@@ -23,6 +23,7 @@ from rlrec.data.ctr import TensorBatches
 from rlrec.downstream import stats
 from rlrec.downstream.fit import build_model, fit
 from rlrec.downstream.lists import SPLITS, initial_scores, rerank_lists
+from rlrec.knowledge.index import vector_table
 from rlrec.metrics import list_metrics, mean_list_metrics
 from rlrec.results import Probe, Round, Table
 
@@ -87,18 +88,14 @@ class KnowledgeDownstream:
         users = self.users.tolist()
         texts = policy.greedy([self.questions[u] for u in users], self.max_new_tokens)
         encoder, spec = self.ctx.encoder, self.ctx.prep.spec
-        vecs = encoder.encode(texts)
-        user = np.zeros((spec.num_users + 1, vecs.shape[1]), np.float32)
-        user[users] = vecs
+        user = vector_table(spec.num_users, users, encoder.encode(texts))
         item, item_texts = None, []
         if self.item_prompt is not None:
             items = self.knowledge_items()
             template = self.ctx.datamodule.templates.get(self.item_prompt, self.item_prompt)
             prompts = self.view.item_prompts(template, items)
             item_texts = policy.greedy([prompts[i] for i in items], self.item_max_new_tokens)
-            iv = encoder.encode(item_texts)
-            item = np.zeros((spec.num_items + 1, iv.shape[1]), np.float32)
-            item[items] = iv
+            item = vector_table(spec.num_items, items, encoder.encode(item_texts))
         key = fingerprint(texts, item_texts, encoder.key)
         metrics = {"knowledge_tokens": float(np.mean([len(t.split()) for t in texts])) if texts else 0.0}
         return Probe(name, key, dict(zip(users, texts)), user, item, metrics)

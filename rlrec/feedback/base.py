@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from rlrec.cache import fingerprint
+from rlrec.knowledge.index import vector_table
 from rlrec.results import Probe
 
 
@@ -43,7 +44,4 @@ def knowledge_table(ctx, probe: Probe) -> np.ndarray:
     if probe.vectors is not None:
         return probe.vectors
     users = sorted(probe.texts)
-    vecs = ctx.encoder.encode([probe.texts[u] for u in users])
-    table = np.zeros((ctx.prep.spec.num_users + 1, vecs.shape[1]), np.float32)
-    table[users] = vecs
-    return table
+    return vector_table(ctx.prep.spec.num_users, users, ctx.encoder.encode([probe.texts[u] for u in users]))

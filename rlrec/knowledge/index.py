@@ -90,3 +90,15 @@ class VectorIndex:
         k = min(int(k), len(self))
         scores, pos = self.index.search(q, k)  # (Q, k), (Q, k)
         return scores, self.ids[pos]
+
+
+def vector_table(num_rows: int, ids, vectors: np.ndarray) -> np.ndarray:
+    """(num_rows + 1, D) float32 lookup table with `vectors[k]` at row `ids[k]` and zeros elsewhere
+    (row 0 = padding): how per-user / per-item knowledge vectors become an embedding table.
+
+    >>> vector_table(3, [2], np.ones((1, 2))).tolist()
+    [[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]
+    """
+    table = np.zeros((num_rows + 1, vectors.shape[1]), np.float32)
+    table[list(ids)] = vectors
+    return table
