@@ -2,8 +2,9 @@
 
     round 0: probe the policy (its greedy texts, as the downstream uses them)
     round t: refit the feedback on the last probe (TrackRec's Rec-tuning) → sample N texts for a
-             seeded subset of training users → score them (feedback) → preference groups
-             (best vs all / best vs worst) → preference-optimise the policy → probe it
+             seeded subset of training users → score them (feedback; with its split-half
+             reliability) → preference groups (best vs all / best vs worst) → preference-optimise
+             the policy (held-out pairs evaluated) → held-out reward gain → probe it
 
 It imports no paper: the policy, the feedback and the downstream are the three plug-ins, and
 the store keys every expensive step by content (rewards by the texts they score and the probes
@@ -17,6 +18,7 @@ import logging
 import numpy as np
 
 from rlrec.cache import fingerprint
+from rlrec.feedback.ensemble import split_half
 from rlrec.llm.pairs import build_groups
 from rlrec.results import Probe, Round
 
@@ -25,38 +27,94 @@ log = logging.getLogger("rlrec")
 
 def align(
     policy, feedback, downstream, store, encode, *, rounds: int, users: int, seed: int, pairs: str = "best_vs_all",
-    dedup_threshold: float | None = 0.98, min_gap: float = 0.0, first: str = "round0",
+    dedup_threshold: float | None = 0.98, min_gap: float = 0.0, first: str = "round0", heldout: int = 0,
 ) -> list[Round]:  # fmt: skip
     """T = `rounds` preference rounds on `users` users each; returns [round 0, round 1, …]. A round
-    whose samples give no informative group ends the loop with the policy unchanged."""
+    whose samples give no informative group ends the loop with the policy unchanged.
+
+    `heldout` users (a seeded subset of the training users, never in any training pair) measure
+    each round: N texts sampled for them before and after the round, scored by the same feedback,
+    give `heldout/reward_gain` with a paired t-test over users; the pairs of their "before" texts
+    are the preference fit's held-out pairs."""
     history = [Round(0, first, policy.key, downstream.probe(policy, first))]
     history[0].metrics.update(history[0].probe.metrics)
     refit = Refit(feedback)
+    pool, held = split_users(downstream.train_users, heldout, seed)
+    held_prompts = [downstream.questions[int(u)] for u in held]
     for t in range(1, int(rounds) + 1):
-        chosen = pick_users(downstream.train_users, users, seed, t)
+        chosen = pick_users(pool, users, seed, t)
         prompts = [downstream.questions[int(u)] for u in chosen]
-        texts = policy.sample(prompts, seed=seed * 1000 + t)  # (U, N)
-        vectors = encode([s for row in texts for s in row]).reshape(
-            len(chosen), len(texts[0]), -1
-        )  # (U, N, D)
-        rewards, info = score(store, refit, [r.probe for r in history], chosen, texts, vectors)
+        probes = [r.probe for r in history]
+        texts, vectors, rewards, info = sample_scored(policy, store, refit, probes, encode, chosen, prompts,
+                                                      seed * 1000 + t)  # fmt: skip
         groups, stats = build_groups(prompts, texts, rewards, vectors, mode=pairs,
                                      dedup_threshold=dedup_threshold, min_gap=min_gap)  # fmt: skip
         metrics = {**reward_stats(rewards), **info, **stats.as_dict()}
-        log.info("round %d/%d: %d users, mean reward %.4f, %d groups", t, rounds, len(chosen),
-                 metrics["reward/mean"], len(groups))  # fmt: skip
+        log.info("round %d/%d: %d users, mean reward %.4f, %d groups, split-half Spearman %.3f", t, rounds,
+                 len(chosen), metrics["reward/mean"], len(groups), metrics.get("reliability/spearman", np.nan))  # fmt: skip
         if not groups:
             log.warning(
                 "round %d: no informative preference groups; the loop stops with the policy unchanged", t
             )
             history.append(Round(t, f"round{t}", policy.key, history[-1].probe, {**metrics, "stopped": 1.0}))
             break
-        policy = policy.train_on(groups)
+        held_groups, before = [], None
+        if len(held):  # the same seed every round: this round's "before" texts are the last round's "after"
+            before = sample_scored(policy, store, refit, probes, encode, held, held_prompts, seed * 1000)
+            held_groups, _ = build_groups(held_prompts, before[0], before[2], before[1], mode=pairs,
+                                          dedup_threshold=dedup_threshold, min_gap=min_gap)  # fmt: skip
+        policy = policy.train_on(groups, heldout=held_groups)
+        if before is not None:
+            after = sample_scored(policy, store, refit, probes, encode, held, held_prompts, seed * 1000)
+            metrics.update(heldout_gain(before[2], after[2]))
+            metrics["heldout/pairs"] = float(len(held_groups))
+            log.info("round %d: held-out reward %.4f → %.4f (gain %+.4f, p = %.3g, %d users)", t,
+                     metrics["heldout/reward_before"], metrics["heldout/reward_after"],
+                     metrics["heldout/reward_gain"], metrics.get("heldout/p", np.nan), len(held))  # fmt: skip
         probe = downstream.probe(policy, f"round{t}")
-        history.append(
-            Round(t, f"round{t}", policy.key, probe, {**metrics, **policy.training, **probe.metrics})
-        )
+        history.append(Round(t, f"round{t}", policy.key, probe, {**metrics, **policy.training, **probe.metrics},
+                             curve=list(policy.curve)))  # fmt: skip
     return history
+
+
+def split_users(train_users, heldout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the users rounds draw from, the `heldout` users no round trains on): a seeded split."""
+    pool = np.asarray(train_users)
+    held = pick_users(pool, heldout, seed, 0) if heldout else pool[:0]
+    return np.setdiff1d(pool, held), held
+
+
+def sample_scored(policy, store, refit, probes, encode, users, prompts, seed):
+    """N texts sampled for each of `users`, their vectors (U, N, D), rewards (U, N) and the score's info."""
+    texts = policy.sample(prompts, seed=seed)  # (U, N)
+    vectors = encode([s for row in texts for s in row]).reshape(len(users), len(texts[0]), -1)
+    rewards, info = score(store, refit, probes, users, texts, vectors)
+    return texts, vectors, rewards, info
+
+
+def heldout_gain(before: np.ndarray, after: np.ndarray) -> dict:
+    """The loop's primary measure: each held-out user's mean reward over their N texts after the
+    round minus before, averaged, with a paired t-test over users (two-sided p).
+
+    >>> g = heldout_gain(np.array([[0.1, 0.3], [0.2, 0.2], [0.5, 0.1]]), np.array([[0.4, 0.4], [0.3, 0.5], [0.4, 0.4]]))
+    >>> round(g["heldout/reward_gain"], 4), g["heldout/users"]
+    (0.2, 3.0)
+    """
+    from scipy.stats import ttest_rel
+
+    b, a = np.nanmean(before, 1), np.nanmean(after, 1)
+    ok = np.isfinite(a) & np.isfinite(b)
+    b, a = b[ok], a[ok]
+    out = {
+        "heldout/reward_before": float(b.mean()) if len(b) else float("nan"),
+        "heldout/reward_after": float(a.mean()) if len(a) else float("nan"),
+        "heldout/reward_gain": float((a - b).mean()) if len(a) else float("nan"),
+        "heldout/users": float(len(a)),
+    }
+    if len(a) > 1 and np.any(a != b):
+        t = ttest_rel(a, b)
+        out.update({"heldout/t": float(t.statistic), "heldout/p": float(t.pvalue)})
+    return out
 
 
 def pick_users(pool: np.ndarray, n: int, seed: int, t: int) -> np.ndarray:
@@ -96,6 +154,9 @@ def score(store, refit: Refit, probes: list[Probe], users, texts, vectors) -> tu
         info = refit(probes)
         rewards = feedback.score(users, texts, vectors)
         info.update(getattr(feedback, "score_info", dict)())
+        halves = getattr(feedback, "halves", lambda: None)()
+        if halves is not None:  # the reward's own reliability (`feedback/ensemble.py`)
+            info.update(split_half(*halves))
         np.save(work / "rewards.npy", rewards)
         return {"feedback": {k: float(v) for k, v in info.items()}}
 

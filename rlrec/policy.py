@@ -40,6 +40,7 @@ class Policy:
         self.cache_dir, self.adapter, self.key, self.seed = cache_dir, adapter, key, int(seed)
         self.fit_key = fit_key  # what of the Trainer config changes a fit (part of the adapter's key)
         self.training: dict = {}  # metrics of the fit that produced this policy
+        self.curve: list[dict] = []  # its per-step metrics
         self.progress = True
         if task is not None:
             self.__dict__["task"] = task
@@ -163,13 +164,16 @@ class Policy:
         return self.generator.greedy(prompts, n, adapter_fingerprint=self.key)
 
     # ---- preference optimisation --------------------------------------------------------------
-    def train_on(self, groups: list[dict]) -> Policy:
-        """One preference-optimisation round on `groups` ({prompt, chosen, rejected: [..]}); the
-        adapter is a stage keyed by this policy, the groups' content and `cfg.preference`."""
+    def train_on(self, groups: list[dict], heldout: list[dict] | None = None) -> Policy:
+        """One preference-optimisation round on `groups` ({prompt, chosen, rejected: [..]}), evaluated
+        on `heldout` groups of users not trained on; the adapter is a stage keyed by this policy, the
+        groups' content and `cfg.preference`. The new policy's `training` holds the round's metrics
+        and `curve` its per-step ones."""
         deps = {
             "policy": self.key,
             "weights": self.llm.fingerprint,  # the trained weights: base + this policy's adapter chain
             "groups": fingerprint(groups),
+            "heldout": fingerprint(heldout or []),
             "preference": self.preference,
             "seed": self.seed,
             "trainer": self.fit_key,
@@ -179,10 +183,10 @@ class Policy:
         def build(work: Path) -> dict:
             task = self.task
             torch.manual_seed(self.seed)  # dropout: the same adapter on a resumed run
-            metrics = fit_preference(task, groups, self.preference, self.trainer, self.seed)
+            metrics, curve = fit_preference(task, groups, self.preference, self.trainer, self.seed, heldout)
             task.save_adapter(work / "adapter")
             trained["task"] = task
-            return {"metrics": metrics, "examples": len(groups)}
+            return {"metrics": metrics, "examples": len(groups), "curve": curve}
 
         art = self.store.stage("align", deps, build)
         # this object stays the policy it was: its weights (trained in place, or stale after a cached
@@ -190,6 +194,7 @@ class Policy:
         self.release()
         policy = self.with_adapter(art.path("adapter"), art.key, task=trained.get("task"))
         policy.training = dict(art.data["metrics"])
+        policy.curve = list(art.data.get("curve", []))
         return policy
 
 

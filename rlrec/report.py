@@ -34,10 +34,11 @@ def _fmt(x) -> str:
     return f"{x:.1f}" if abs(x) >= 100 else f"{x:.4f}"
 
 
-ROUND_COLUMNS = ("reward/mean", "reward/best_mean", "reward/spread", "pairs/groups", "align/sdpo_loss",
-                 "align/dpo_loss", "align/ipo_loss", "align/reward_acc", "validator/val_auc",
-                 "recommender/val_ndcg@5", "judge/consistency", "eval/validity", "eval/hit@1",
-                 "eval/ndcg@3", "knowledge_tokens")  # fmt: skip
+ROUND_COLUMNS = ("reward/mean", "reward/spread", "reliability/spearman", "reliability/same_best", "pairs/groups",
+                 "align/sdpo_loss", "align/dpo_loss", "align/ipo_loss", "align/final_sdpo_loss",
+                 "align/final_dpo_loss", "align/final_ipo_loss", "align/reward_acc", "align/heldout_reward_acc",
+                 "heldout/reward_gain", "heldout/p", "validator/val_auc", "recommender/val_ndcg@5",
+                 "judge/consistency", "eval/validity", "eval/hit@1", "eval/ndcg@3", "knowledge_tokens")  # fmt: skip
 LOSSES = ("align/sdpo_loss", "align/dpo_loss", "align/ipo_loss")
 
 
@@ -115,7 +116,48 @@ def write_plots(results: dict, out_dir: str | Path) -> list[Path]:
         written.append(out_dir / "rounds.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
+    curves = results.get("curves") or {}
+    if curves:
+        written.append(training_plot(curves, out_dir / "training.png"))
     return written
+
+
+def training_plot(curves: dict[str, list[dict]], path: Path) -> Path:
+    """The preference fits' curves, one colour per round: loss (left) and reward accuracy (right) per
+    step — training batches as lines, held-out pairs as dots where they were evaluated."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for i, (name, curve) in enumerate(curves.items()):
+        colour = f"C{i}"
+        loss = (
+            next((k for k in curve[0] if k.startswith("train/") and k.endswith("_loss")), None)
+            if curve
+            else None
+        )
+        for ax, key in ((axes[0], loss), (axes[1], "train/reward_acc")):
+            if key is None:
+                continue
+            steps = [p["step"] for p in curve if key in p]
+            ax.plot(
+                steps,
+                [p[key] for p in curve if key in p],
+                color=colour,
+                alpha=0.6,
+                lw=1,
+                label=f"{name} train",
+            )
+            val = key.replace("train/", "val/")
+            pts = [(p["step"], p[val]) for p in curve if val in p]
+            if pts:
+                ax.plot(*zip(*pts), "o--", color=colour, label=f"{name} held-out")
+            ax.set_xlabel("step")
+            ax.set_ylabel(key.split("/", 1)[1])
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def run_markdown(results: dict) -> str:

@@ -33,6 +33,7 @@ class Round:
     policy_key: str
     probe: Probe
     metrics: dict = field(default_factory=dict)
+    curve: list[dict] = field(default_factory=list)  # the preference fit's per-step metrics
 
     @property
     def trained(self) -> bool:
@@ -70,6 +71,7 @@ class RunResult:
     stages: list[dict]
     data: dict | None = None
     examples: dict = field(default_factory=dict)
+    curves: dict = field(default_factory=dict)  # round name → the preference fit's per-step metrics
 
     def as_dict(self) -> dict:
         out = asdict(self)

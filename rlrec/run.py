@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 
 from rlrec import loop
 from rlrec.context import Context
+from rlrec.feedback.ensemble import build_feedback
 from rlrec.policy import Policy
 from rlrec.results import Round, RunResult
 
@@ -37,12 +38,12 @@ def run(ctx: Context) -> RunResult:
                 rounds[-1].metrics.update(rounds[-1].probe.metrics)
             policy = instantiate(cfg.distill)(ctx=ctx)(policy, downstream)
             first = "sft"
-        feedback = instantiate(cfg.feedback)(ctx=ctx, downstream=downstream)
+        feedback = build_feedback(cfg.feedback, ctx, downstream)
         A = cfg.align
         rounds += loop.align(
             policy, feedback, downstream, ctx.store, ctx.encoder.encode, rounds=int(A.rounds), users=int(A.users),
             seed=ctx.seed, pairs=str(cfg.preference.pairs), dedup_threshold=A.get("dedup_threshold"),
-            min_gap=float(A.get("min_gap", 0.0)), first=first,
+            min_gap=float(A.get("min_gap", 0.0)), first=first, heldout=int(A.get("heldout_users") or 0),
         )  # fmt: skip
         if first == "sft":
             next(r for r in rounds if r.t == 0).metrics.update(policy.training)
@@ -50,7 +51,8 @@ def run(ctx: Context) -> RunResult:
     metrics.update(round_metrics(rounds))
     return RunResult(run=summary(cfg), metrics=metrics, table=table, rounds=[r.summary() for r in rounds if r.t > 0],
                      stages=list(ctx.store.events), data=data,
-                     examples={r.name: dict(list(r.probe.texts.items())[:2]) for r in rounds})  # fmt: skip
+                     examples={r.name: dict(list(r.probe.texts.items())[:2]) for r in rounds},
+                     curves={r.name: r.curve for r in rounds if r.curve})  # fmt: skip
 
 
 def round_metrics(rounds: list[Round]) -> dict:

@@ -50,6 +50,9 @@ def _log_wandb(results: dict) -> None:
         wandb.run.summary.update({k: v for k, v in results["metrics"].items() if isinstance(v, (int, float))})
         for h in results.get("rounds") or []:
             wandb.log({f"round/{k}": v for k, v in h.items() if isinstance(v, (int, float))})
+        for name, curve in (results.get("curves") or {}).items():  # the preference fits, per step
+            for point in curve:
+                wandb.log({f"{name}/{k}": v for k, v in point.items() if isinstance(v, (int, float))})
 
 
 def _finish_wandb() -> None:

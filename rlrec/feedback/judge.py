@@ -166,6 +166,30 @@ def combine(in_order: Verdict | None, swapped: Verdict | None) -> JudgeResult:
     return JudgeResult(first, "consistent", verdicts, expl)
 
 
+def logit_winners(p_first: np.ndarray, margin: float = 0.0) -> list[int | None]:
+    """Winners (0 = option 1, 1 = option 2, None = undecided) from P(option 1 ≻ option 2) read in both
+    orders, (P, 2): a pair is decided only when both orders prefer the same option on their own and
+    their mean is more than `margin` from ½ (position bias cancels in the mean; a preference that
+    flips with the order carries no signal, as in `combine`).
+
+    >>> logit_winners(np.array([[0.8, 0.7], [0.9, 0.4], [0.2, 0.3], [0.55, 0.52]]), margin=0.05)
+    [0, None, 1, None]
+    """
+    out: list[int | None] = []
+    for a, b in np.asarray(p_first, float):
+        m = 0.5 * (a + b)
+        agree = (a > 0.5) == (b > 0.5) and a != 0.5 and b != 0.5
+        out.append(None if not agree or abs(m - 0.5) <= margin else (0 if m > 0.5 else 1))
+    return out
+
+
+def _first_wins(verdict: Verdict | None, option: str) -> float:
+    """1 when `verdict` chose `option` (where option 1 sat), 0 when it chose the other, ½ otherwise."""
+    if verdict is None or verdict.choice is None:
+        return 0.5
+    return 1.0 if verdict.choice == option else 0.0
+
+
 PromptFn = Callable[[str, str], str]  # (option_a, option_b) -> judge prompt
 
 
@@ -235,13 +259,15 @@ class JudgeFeedback:
     parsed, and kept only when both orders agree (`combine`). mode "logits" (small or local judges):
     the decision is read from the judge's next-token distribution over "A"/"B" after
     "Chosen Option:" in both orders, p(1 ≻ 2) = ½[P(A | 1 as A) + P(B | 2 as A)] — the position
-    bias cancels — and a pair is decided when |p − ½| > `margin`. `explain` scores one answer's
+    bias cancels — and a pair is decided only when both orders prefer the same answer and
+    |p − ½| > `margin` (`logit_winners`). `halves()` gives the rewards each order gives alone. `explain` scores one answer's
     explainability on RecLAIF's 1–100 scale the same two ways (0–5 → 1 + 99·s/5).
 
     The question an answer was written for comes from `downstream.context(user, split)`, so the
     judge can compare any two texts the downstream asks for (recommendations, knowledge texts).
     Stats in logits mode: consistent / inconsistent = whether the two orders prefer the same answer
-    on their own; ties = pairs left undecided after averaging (a pair can be inconsistent *and* a tie)."""
+    on their own; ties = pairs left undecided (every inconsistent pair, and agreeing pairs within the
+    margin)."""
 
     def __init__(
         self, downstream, llm, template, explain_template, mode: str = "logits", margin: float = 0.0,
@@ -309,6 +335,8 @@ class JudgeFeedback:
         N = len(texts[0]) if texts else 0
         pairs = [(u, i, j) for u in users for i in range(N) for j in range(i + 1, N)]
         rewards = np.zeros((len(users), N))
+        halves = np.zeros((2, len(users), N))  # the in-order and the swapped verdicts on their own
+        self._halves = halves
         row_of = {u: r for r, u in enumerate(users)}
         if not pairs:
             return rewards
@@ -318,27 +346,39 @@ class JudgeFeedback:
             results = judge_pairs(self._generate, fns, opts)
             self.stats.update(results)
             winners = [r.winner for r in results]
+            # P(option i wins) per order: 1 / 0 for a verdict, ½ for a tie or an unreadable one
+            p_first = np.array(
+                [[_first_wins(r.verdicts[0], "A"), _first_wins(r.verdicts[1], "B")] for r in results]
+            )
         else:
             prompts = []
             for u, i, j in pairs:
                 a, b = texts[row_of[u]][i], texts[row_of[u]][j]
                 prompts += [self.judge_prompt(u, a, b), self.judge_prompt(u, b, a)]
             p = self._choice(prompts, DECISION_PREFIX, ("A", "B"))  # (2P, 2)
-            first = 0.5 * (p[0::2, 0] + p[1::2, 1])  # P(option i ≻ option j), position bias averaged out
-            winners = [0 if x > 0.5 + self.margin else 1 if x < 0.5 - self.margin else None for x in first]
-            agree = (p[0::2, 0] > 0.5) == (p[1::2, 1] > 0.5)
+            p_first = np.stack([p[0::2, 0], p[1::2, 1]], 1)  # P(option i ≻ option j) read in each order
+            winners = logit_winners(p_first, self.margin)
+            agree = (p_first[:, 0] > 0.5) == (p_first[:, 1] > 0.5)
             self.stats.pairs += len(pairs)
             self.stats.consistent += int(agree.sum())
             self.stats.inconsistent += int((~agree).sum())
             self.stats.ties += int(sum(w is None for w in winners))
-        for (u, i, j), w in zip(pairs, winners):
+        for (u, i, j), w, pf in zip(pairs, winners, p_first):
             r = row_of[u]
             if w is None:
                 rewards[r, i] += 0.5
                 rewards[r, j] += 0.5
             else:
                 rewards[r, (i, j)[w]] += 1.0
+            halves[:, r, i] += pf
+            halves[:, r, j] += 1.0 - pf
         return rewards
+
+    def halves(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The last `score` call's rewards from the in-order verdicts alone and from the swapped ones
+        alone (soft wins): two independent halves of the judge for `split_half`."""
+        h = getattr(self, "_halves", None)
+        return None if h is None else (h[0], h[1])
 
     def score_info(self) -> dict:
         """The verdict counts of the last `score` call."""

@@ -42,16 +42,34 @@ class Throughput(pl.Callback):
 
 
 class MetricLog(pl.Callback):
-    """Collects the logged `train/*` metrics of every step; `means()` averages them under `prefix`."""
+    """Collects the logged `train/*` metrics of every batch and the `val/*` ones of every validation
+    (held-out pairs). `means()`: the training metrics averaged under `prefix`, their last-step
+    values as `<prefix>final_*`, and the last validation's as `<prefix>heldout_*`. `curve`: one
+    dict per batch ({"step", "epoch", train/…}, and val/… where a validation ran after it)."""
 
     def __init__(self, prefix: str = "align/"):
         self.values: dict[str, list[float]] = {}
         self.prefix = prefix
+        self.curve: list[dict] = []
+        self.val: dict[str, float] = {}
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        point = {"step": len(self.curve), "epoch": int(trainer.current_epoch)}
         for k, v in trainer.callback_metrics.items():
             if k.startswith("train/"):
                 self.values.setdefault(k.replace("train/", self.prefix), []).append(float(v))
+                point[k] = float(v)
+        self.curve.append(point)
+
+    def on_validation_end(self, trainer, module):
+        if trainer.sanity_checking:
+            return
+        self.val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if self.curve:
+            self.curve[-1].update(self.val)
 
     def means(self) -> dict:
-        return {k: float(np.mean(v)) for k, v in self.values.items()}
+        out = {k: float(np.mean(v)) for k, v in self.values.items()}
+        out.update({k.replace(self.prefix, f"{self.prefix}final_"): v[-1] for k, v in self.values.items()})
+        out.update({k.replace("val/", f"{self.prefix}heldout_"): v for k, v in self.val.items()})
+        return out

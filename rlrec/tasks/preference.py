@@ -57,8 +57,8 @@ class PreferenceTask(LLMTask):
         self.average_logps = average_logps  # per-token mean log-probs (IPO's convention) instead of sums
         # run each prompt once for its 1+K completions (same values, less work)
         self.share_prompt = share_prompt
-        self.ref_chosen: torch.Tensor | None = None  # (N,) indexed by example index
-        self.ref_rejected: torch.Tensor | None = None  # (N, K)
+        # split → (chosen (N,), rejected (N, K)) reference log-probs, indexed by example index
+        self.refs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward over the concatenated batch → policy log-probs chosen (B,), rejected (B, K)."""
@@ -76,9 +76,10 @@ class PreferenceTask(LLMTask):
         return logps[0], logps[1:].T
 
     @torch.no_grad()
-    def precompute_reference(self, dataloader: Iterable[dict]) -> None:
+    def precompute_reference(self, dataloader: Iterable[dict], split: str = "train") -> None:
         """Score every example of `dataloader` (a PreferenceDataset loader) with the reference
-        and keep the log-probs by example index. Call it once per round, before `fit`."""
+        and keep the log-probs by example index. Call it once per round and split ("train", and
+        "val" for held-out pairs), before `fit`."""
         self.configure_model()
         was_training = self.model.training
         self.model.eval()  # no dropout in the reference
@@ -94,27 +95,29 @@ class PreferenceTask(LLMTask):
         self.model.train(was_training)
         index = torch.cat(index)
         n = int(index.max()) + 1
-        self.ref_chosen = torch.full((n,), float("nan"))
-        self.ref_rejected = torch.full((n, rejected[0].shape[1]), float("nan"))
-        self.ref_chosen[index] = torch.cat(chosen)
-        self.ref_rejected[index] = torch.cat(rejected)
+        ref_chosen = torch.full((n,), float("nan"))
+        ref_rejected = torch.full((n, rejected[0].shape[1]), float("nan"))
+        ref_chosen[index] = torch.cat(chosen)
+        ref_rejected[index] = torch.cat(rejected)
+        self.refs[split] = (ref_chosen, ref_rejected)
 
-    def _reference(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.ref_chosen is None:
+    def _reference(self, index: torch.Tensor, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        if split not in self.refs:
             raise RuntimeError(
-                "no reference log-probs: call task.precompute_reference(train_loader) before fit"
+                f"no reference log-probs for {split!r}: call task.precompute_reference(loader, {split!r}) before fit"
             )
+        ref_chosen, ref_rejected = self.refs[split]
         index = index.cpu()
-        if int(index.max()) >= len(self.ref_chosen) or self.ref_chosen[index].isnan().any():
+        if int(index.max()) >= len(ref_chosen) or ref_chosen[index].isnan().any():
             raise RuntimeError(
                 "reference log-probs missing for some examples: precompute on this very dataset"
             )
-        return self.ref_chosen[index].to(self.device), self.ref_rejected[index].to(self.device)
+        return ref_chosen[index].to(self.device), ref_rejected[index].to(self.device)
 
-    def step(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(loss per example (B,), metrics) — training_step logs what this returns."""
+    def step(self, batch: dict, split: str = "train") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss per example (B,), metrics) — training_step / validation_step log what this returns."""
         chosen, rejected = self.logps(batch)
-        ref_chosen, ref_rejected = self._reference(batch["index"])
+        ref_chosen, ref_rejected = self._reference(batch["index"], split)
         mask = batch["rejected_mask"]
         loss, metrics = self.loss_fn(
             chosen, rejected, ref_chosen, ref_rejected, self.beta, rejected_mask=mask
@@ -132,31 +135,57 @@ class PreferenceTask(LLMTask):
             self.log(f"train/{k}", v, batch_size=B)
         return loss
 
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Held-out pairs (users not trained on): the same loss and metrics as `val/*`, per epoch."""
+        loss, metrics = self.step(batch, "val")
+        B = len(batch["index"])
+        self.log(f"val/{self.loss_name}_loss", loss.mean(), batch_size=B)
+        for k in ("reward_acc", "margin"):
+            self.log(f"val/{k}", metrics[k], batch_size=B)
 
-def fit_preference(task: PreferenceTask, groups: list[dict], preference, make_trainer, seed: int) -> dict:
+
+def fit_preference(
+    task: PreferenceTask, groups: list[dict], preference, make_trainer, seed: int, heldout: list[dict] | None = None,
+) -> tuple[dict, list[dict]]:  # fmt: skip
     """One preference-optimisation round of `task` on `groups` ({prompt, chosen, rejected: [..]}):
     the reference log-probs first (the model before the round), then `preference.max_epochs` over
-    the groups in a seeded order. `make_trainer(max_epochs=, callbacks=, progress=, **kw)` builds
-    the Trainer from the run's config. Returns the mean of each logged training metric."""
+    the groups in a seeded order. `heldout` groups (from users not trained on) are evaluated
+    `preference.val_checks` times per epoch. `make_trainer(max_epochs=, callbacks=, progress=, **kw)`
+    builds the Trainer from the run's config. Returns (the mean of each logged training metric plus
+    the last held-out ones, the per-step curve: one dict of metrics per optimiser step)."""
     from torch.utils.data import DataLoader
 
     from rlrec.llm.data import PreferenceDataset
     from rlrec.tasks.callbacks import MetricLog
 
     P = preference
-    ds = PreferenceDataset(
-        groups, task.tokenizer, int(P.max_prompt_len), int(P.max_completion_len), bool(P.chat_template),
-        num_negatives=None if P.get("num_negatives") is None else int(P.num_negatives),
-    )  # fmt: skip
+
+    def dataset(g):
+        return PreferenceDataset(
+            g, task.tokenizer, int(P.max_prompt_len), int(P.max_completion_len), bool(P.chat_template),
+            num_negatives=None if P.get("num_negatives") is None else int(P.num_negatives),
+        )  # fmt: skip
+
+    ds = dataset(groups)
     loader = DataLoader(ds, batch_size=int(P.batch_size), shuffle=True, collate_fn=ds.collate,
                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
     task.precompute_reference(DataLoader(ds, batch_size=int(P.batch_size), collate_fn=ds.collate))
+    val, extra = None, {}
+    if heldout:
+        vds = dataset(heldout)
+        val = DataLoader(vds, batch_size=max(int(P.batch_size), 4), collate_fn=vds.collate)
+        task.precompute_reference(val, "val")
+        checks = max(1, int(P.get("val_checks", 1) or 1))
+        steps = len(loader)
+        if checks > 1 and steps >= checks:
+            extra["val_check_interval"] = max(1, steps // checks)
     task.train()
     metrics = MetricLog()
     trainer = make_trainer(
         max_epochs=int(P.max_epochs), callbacks=[metrics], progress=True,
         accumulate_grad_batches=int(P.accumulate_grad_batches), gradient_clip_val=P.get("gradient_clip_val"),
+        limit_val_batches=1.0, **extra,
     )  # fmt: skip
-    trainer.fit(task, loader)
+    trainer.fit(task, loader, val)
     task.eval()
-    return metrics.means()
+    return metrics.means(), metrics.curve

@@ -22,13 +22,15 @@ class FakePolicy:
         self.version, self.log = version, log if log is not None else []
         self.key = f"v{version}"
         self.training = {"align/loss": 1.0 / (version + 1)} if version else {}
+        self.curve = [{"step": 0, "train/loss": 1.0}] if version else []
 
     def sample(self, prompts, seed=None):
         self.log.append(("sample", self.version, len(prompts)))
         return [[f"{p}|v{self.version}|{j}" for j in range(N)] for p in prompts]
 
-    def train_on(self, groups):
+    def train_on(self, groups, heldout=None):
         self.log.append(("train", self.version, [(g["chosen"], list(g["rejected"])) for g in groups]))
+        self.heldout = heldout
         return FakePolicy(self.version + 1, self.log)
 
 
@@ -70,12 +72,14 @@ def encode(texts):
     return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8) for t in texts])
 
 
-def run(tmp_path, rounds, feedback=None, downstream=None, users=3, pairs="best_vs_all"):
+def run(
+    tmp_path, rounds, feedback=None, downstream=None, users=3, pairs="best_vs_all", heldout=0, policy=None
+):
     log: list = []
     feedback = feedback or ScriptedFeedback()
     downstream = downstream or StubDownstream()
-    out = loop.align(FakePolicy(0, log), feedback, downstream, Store(tmp_path), encode, rounds=rounds,
-                     users=users, seed=7, pairs=pairs)  # fmt: skip
+    out = loop.align(policy or FakePolicy(0, log), feedback, downstream, Store(tmp_path), encode, rounds=rounds,
+                     users=users, seed=7, pairs=pairs, heldout=heldout)  # fmt: skip
     return out, log, feedback, downstream
 
 
@@ -91,6 +95,7 @@ def test_rounds_run_in_order_and_the_policy_is_replaced_after_each(tmp_path):
     # each round samples from the policy the previous round produced, then trains it
     assert [(e[0], e[1]) for e in log] == [("sample", 0), ("train", 0), ("sample", 1), ("train", 1),
                                           ("sample", 2), ("train", 2)]  # fmt: skip
+    assert [r.curve for r in rounds] == [[]] + [[{"step": 0, "train/loss": 1.0}]] * 3
     assert ds.probed == ["round0:v0", "round1:v1", "round2:v2", "round3:v3"]
     # the feedback is refit on the last probe before each round's scoring (Rec-tuning)
     assert fb.refits == ["round0", "round1", "round2"]
@@ -148,3 +153,61 @@ def test_a_continued_feedback_is_refit_on_every_probe_whatever_the_cache(tmp_pat
     assert resumed.refits == ["round0", "round1"]  # so round 0's probe is fitted first, then round 1's
     _, _, restarted, _ = run(tmp_path / "other", rounds=2)
     assert restarted.refits == ["round0", "round1"]
+
+
+class VersionFeedback(ScriptedFeedback):
+    """Reward = (1 + u/10)·version + j/10: a later policy writes better texts for every user. Its two
+    halves are the reward and the reward with a planted noise (`noise` = scale)."""
+
+    def __init__(self, noise=0.0):
+        super().__init__()
+        self.noise = noise
+
+    def score(self, users, texts, vectors):
+        self.scored += 1
+        r = np.array([[(1 + int(u) / 10) * float(t.split("|v")[1].split("|")[0]) + float(t.rsplit("|", 1)[1]) / 10
+                       for t in row] for u, row in zip(users, texts)])  # fmt: skip
+        rng = np.random.default_rng(self.scored)
+        self.last = (r, r + self.noise * rng.normal(size=r.shape))
+        return r
+
+    def halves(self):
+        return self.last
+
+
+def test_heldout_users_never_train_and_measure_the_round(tmp_path):
+    log: list = []
+    policy = FakePolicy(0, log)
+    ds = StubDownstream(users=tuple(range(1, 11)))
+    rounds, _, fb, _ = run(tmp_path, rounds=2, feedback=VersionFeedback(), downstream=ds, users=4, heldout=3,
+                           policy=policy)  # fmt: skip
+    held = loop.pick_users(ds.train_users, 3, 7, 0)
+    trained_prompts = {c.split("|")[0] for e in log if e[0] == "train" for c, _ in e[2]}
+    assert trained_prompts and not trained_prompts & {f"q{u}" for u in held}
+    # the held-out pairs handed to the fit come from the held-out users only, from the policy before the round
+    assert {g["prompt"] for g in policy.heldout} == {f"q{u}" for u in held}
+    assert all("|v0|" in g["chosen"] for g in policy.heldout)
+    for r in rounds[1:]:  # each round lifts every user's reward by (1 + u/10): a known gain
+        m = r.metrics
+        assert m["heldout/users"] == 3 and m["heldout/pairs"] == 3
+        assert m["heldout/reward_gain"] == pytest.approx(np.mean([1 + u / 10 for u in held]))
+        assert m["heldout/reward_after"] - m["heldout/reward_before"] == pytest.approx(
+            m["heldout/reward_gain"]
+        )
+        assert m["heldout/p"] < 0.01
+
+
+def test_heldout_gain_is_zero_and_untested_when_nothing_changes():
+    r = np.array([[0.1, 0.2], [0.3, 0.4]])
+    g = loop.heldout_gain(r, r.copy())
+    assert g["heldout/reward_gain"] == 0.0 and "heldout/p" not in g
+
+
+def test_each_round_reports_its_rewards_split_half_reliability(tmp_path):
+    rounds, *_ = run(tmp_path, rounds=1, feedback=VersionFeedback(noise=0.0), users=4)
+    m = rounds[1].metrics
+    assert (
+        m["reliability/spearman"] == 1.0 and m["reliability/same_best"] == 1.0 and m["reliability/users"] == 4
+    )
+    rounds, *_ = run(tmp_path / "noisy", rounds=1, feedback=VersionFeedback(noise=10.0), users=5)
+    assert rounds[1].metrics["reliability/spearman"] < 0.9

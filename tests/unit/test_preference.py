@@ -300,12 +300,14 @@ def test_reference_base_disables_the_adapter_and_current_does_not():
     task = PreferenceTask(tiny_llama(), lora=LORA, optimizer=adamw(1e-2))
     task.precompute_reference(loader(ds))
     trainer(3).fit(task, loader(ds))
-    base_ref = task.ref_chosen.clone()
+    base_ref = task.refs["train"][0].clone()
     task.precompute_reference(loader(ds))  # round 2, reference = current model
-    current = task.ref_chosen.clone()
+    current = task.refs["train"][0].clone()
     task.reference = "base"
     task.precompute_reference(loader(ds))
-    assert torch.allclose(task.ref_chosen, base_ref, atol=1e-5) and not torch.allclose(current, base_ref)
+    assert torch.allclose(task.refs["train"][0], base_ref, atol=1e-5) and not torch.allclose(
+        current, base_ref
+    )
     with pytest.raises(ValueError, match="LoRA"):
         PreferenceTask(tiny_llama(), lora=None, reference="base")
 
@@ -326,6 +328,34 @@ def test_planted_preference_generalises_to_held_out_prompts():
     task.precompute_reference(loader(train))
     trainer(40).fit(task, loader(train, batch_size=8, shuffle=True))
     assert held_out_margin(task) > start + 2.0, (start, held_out_margin(task))
+
+
+def test_fit_preference_logs_a_curve_and_evaluates_held_out_pairs():
+    """The round's fit on a planted preference: the loss falls from its zero-margin value log(1+K),
+    and the held-out pairs (other prompts) are evaluated during the fit and end above chance."""
+    from omegaconf import OmegaConf
+
+    from rlrec.tasks.preference import fit_preference
+
+    P = OmegaConf.create({"max_prompt_len": 64, "max_completion_len": 32, "chat_template": False, "num_negatives": None,
+                          "batch_size": 8, "accumulate_grad_batches": 1, "max_epochs": 6, "val_checks": 2,
+                          "gradient_clip_val": None})  # fmt: skip
+    task = PreferenceTask(tiny_llama(), loss="sdpo", beta=0.5, lora=None, optimizer=adamw(3e-3), tokenizer=CharTokenizer())
+
+    def make_trainer(max_epochs, callbacks, progress, **kw):
+        return pl.Trainer(max_epochs=max_epochs, callbacks=callbacks, accelerator="cpu", logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                          num_sanity_val_steps=0, **kw)  # fmt: skip
+
+    metrics, curve = fit_preference(task, pref_examples(32, seed=5), P, make_trainer, seed=0,
+                                    heldout=pref_examples(16, seed=6))  # fmt: skip
+    assert len(curve) == 6 * 4 and [p["step"] for p in curve] == list(range(24))
+    assert curve[0]["train/sdpo_loss"] == pytest.approx(math.log(3), abs=0.02)  # K = 2 negatives
+    val = [p for p in curve if "val/sdpo_loss" in p]
+    assert len(val) == 6 * 2  # two held-out evaluations per epoch
+    assert metrics["align/final_sdpo_loss"] < 0.5 * math.log(3)
+    assert metrics["align/heldout_reward_acc"] > 1 / 3 and metrics["align/heldout_sdpo_loss"] < math.log(3)
+    assert metrics["align/heldout_sdpo_loss"] == val[-1]["val/sdpo_loss"]
 
 
 def test_sft_lowers_completion_loss_and_ignores_prompt_labels():

@@ -369,6 +369,24 @@ def test_judge_logits_three_answers_count_wins(monkeypatch):
     np.testing.assert_allclose(fb.score([1], [["only one answer #0"]]), [[0.0]])  # no pair to judge
 
 
+def test_judge_logits_keeps_only_pairs_whose_orders_agree(monkeypatch):
+    fb = judge_feedback()
+    # in order P(A) = 0.95 for #0; swapped P(A) = 0.6 for #1 → reads 0.95 and 0.4: mean 0.675 > ½,
+    # but the swapped order prefers #1 on its own: undecided, counted as inconsistent and a tie
+    monkeypatch.setattr(fb, "_choice", scripted_choice(lambda a, b: 0.95 if rank_of(a) == 0 else 0.6))
+    np.testing.assert_allclose(fb.score([1], [["answer #0", "answer #1"]]), [[0.5, 0.5]])
+    assert (fb.stats.consistent, fb.stats.inconsistent, fb.stats.ties) == (0, 1, 1)
+
+
+def test_judge_halves_are_each_orders_soft_wins(monkeypatch):
+    fb = judge_feedback()
+    monkeypatch.setattr(fb, "_choice", scripted_choice(lambda a, b: 0.8 if rank_of(a) == 0 else 0.3))
+    fb.score([1], [["answer #0", "answer #1"]])
+    in_order, swapped = fb.halves()  # option #0 wins with P 0.8 in order, 1 − 0.3 = 0.7 swapped
+    np.testing.assert_allclose(in_order, [[0.8, 0.2]])
+    np.testing.assert_allclose(swapped, [[0.7, 0.3]])
+
+
 def verdict(choice: str, expl_a: int = 4, expl_b: int = 2) -> str:
     return (
         f"Option A Evaluation:\n- Relevance Score: 4 ok\n- Diversity Score: 3 ok\n- Explainability Score: {expl_a} ok\n\n"

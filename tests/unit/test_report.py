@@ -23,3 +23,22 @@ def test_aggregate_rerank_runs_show_initial_and_shuffled_rows():
     head = table.splitlines()[0]
     assert "test/ndcg@5 | initial/test/ndcg@5 | shuffled/test/ndcg@5" in head and "test/auc" not in head
     assert "| 0.6900 | 0.6800 | 0.5800 |" in table
+
+
+def test_run_plots_and_rounds_table_show_reliability_heldout_gain_and_curves(tmp_path):
+    from rlrec.report import rounds_table, write_plots
+
+    curve = [{"step": i, "epoch": 0, "train/sdpo_loss": 1.4 - 0.1 * i, "train/reward_acc": 0.1 * i} for i in range(6)]
+    curve[2].update({"val/sdpo_loss": 1.3, "val/reward_acc": 0.3})
+    curve[5].update({"val/sdpo_loss": 1.2, "val/reward_acc": 0.4})
+    results = {
+        "rounds": [{"round": 1, "reward/mean": 0.5, "reliability/spearman": 0.72, "heldout/reward_gain": 0.01,
+                    "heldout/p": 0.004, "align/sdpo_loss": 1.1}],
+        "curves": {"round1": curve},
+    }  # fmt: skip
+    written = write_plots(results, tmp_path)
+    assert [p.name for p in written] == ["rounds.png", "training.png"] and all(p.stat().st_size > 0 for p in written)
+    table = rounds_table(results)
+    head, _, row = table.splitlines()
+    assert "reliability/spearman" in head and "heldout/reward_gain" in head and "heldout/p" in head
+    assert "0.7200" in row and "0.0040" in row
