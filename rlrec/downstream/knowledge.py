@@ -1,6 +1,7 @@
 """Knowledge for a recommender model: the policy writes one preference text per user (TrackRec's
 CoT prompt, KAR's user prompt), the encoder embeds it, the adapter turns the vector into one more
-feature field of the model. KAR adds item knowledge (`item_prompt`).
+feature field of the model. KAR adds item knowledge (`item_prompt`: an LLM text per item);
+`item_text` encodes an item field instead (e.g. its title), so user and item texts can meet.
 
 `ctr` (TrackRec): CTR backbones on CTR samples. `rerank` (DPO4Rec; KAR = item prompts and
 `align.rounds=0`): re-rankers on re-rank lists. The table fits the model (`downstream.model`)
@@ -46,10 +47,18 @@ class KnowledgeDownstream:
         self, ctx, model: DictConfig, adapter: DictConfig | None, optimizer: DictConfig, prompt: str,
         history_len: int | None = None, max_new_tokens: int | None = None, item_prompt: str | None = None,
         item_max_new_tokens: int | None = None, variants=("base", "round0", "aligned"), seeds=(1,), patience: int = 2,
+        item_text: str | None = None,
     ):  # fmt: skip
+        if item_prompt is not None and item_text is not None:
+            raise ValueError("set one of downstream.item_prompt (LLM item knowledge) and downstream.item_text "
+                             f"(an item field, encoded), not both: got {item_prompt!r} and {item_text!r}")  # fmt: skip
         self.ctx, self.model_cfg, self.adapter_cfg, self.optimizer_cfg = ctx, model, adapter, optimizer
         self.prompt, self.history_len, self.max_new_tokens = prompt, history_len, max_new_tokens
-        self.item_prompt, self.item_max_new_tokens = item_prompt, item_max_new_tokens
+        self.item_prompt, self.item_max_new_tokens, self.item_text = (
+            item_prompt,
+            item_max_new_tokens,
+            item_text,
+        )
         self.variants, self.seeds, self.patience = tuple(variants), [int(s) for s in seeds], int(patience)
         self.uses_policy = any(v != "base" for v in self.variants)
         self.name = (model.get("_target_") or "model").rsplit(".", 1)[-1].lower()
@@ -95,6 +104,14 @@ class KnowledgeDownstream:
             template = self.ctx.datamodule.templates.get(self.item_prompt, self.item_prompt)
             prompts = self.view.item_prompts(template, items)
             item_texts = policy.greedy([prompts[i] for i in items], self.item_max_new_tokens)
+            item = vector_table(spec.num_items, items, encoder.encode(item_texts))
+        elif self.item_text is not None:  # the item's own text (e.g. its title), encoded: no LLM
+            items = self.knowledge_items()
+            fields = self.view.item(items[0]) if items else {}
+            if self.item_text not in fields:
+                raise ValueError(f"downstream.item_text={self.item_text!r} is not an item field; items have "
+                                 f"{sorted(fields)}")  # fmt: skip
+            item_texts = [str(self.view.item(i)[self.item_text]) for i in items]
             item = vector_table(spec.num_items, items, encoder.encode(item_texts))
         key = fingerprint(texts, item_texts, encoder.key)
         metrics = {"knowledge_tokens": float(np.mean([len(t.split()) for t in texts])) if texts else 0.0}

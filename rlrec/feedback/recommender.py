@@ -48,7 +48,9 @@ class RecommenderFeedback:
         self.models, scores = [], []
         for k in range(self.folds.folds):
             torch.manual_seed(self.seed + k)
-            model = build_model(instantiate(self.reranker), self.prep.spec, instantiate(self.adapter), vec)
+            model = build_model(
+                instantiate(self.reranker), self.prep.spec, instantiate(self.adapter), vec, probe.item_vectors
+            )
             tr = {
                 key: v[torch.as_tensor(self.folds.train_rows(self.lists.user, k))] for key, v in train.items()
             }

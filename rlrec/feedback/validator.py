@@ -59,7 +59,11 @@ class ValidatorFeedback:
             if self.restart or len(self.models) <= k:
                 torch.manual_seed(self.seed + k)
                 model = build_model(
-                    instantiate(self.backbone), self.prep.spec, instantiate(self.adapter), vec
+                    instantiate(self.backbone),
+                    self.prep.spec,
+                    instantiate(self.adapter),
+                    vec,
+                    probe.item_vectors,
                 )
             else:
                 model = self.models[k]

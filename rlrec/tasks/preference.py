@@ -149,8 +149,8 @@ def fit_preference(
 ) -> tuple[dict, list[dict]]:  # fmt: skip
     """One preference-optimisation round of `task` on `groups` ({prompt, chosen, rejected: [..]}):
     the reference log-probs first (the model before the round), then `preference.max_epochs` over
-    the groups in a seeded order. `heldout` groups (from users not trained on) are evaluated
-    `preference.val_checks` times per epoch. `make_trainer(max_epochs=, callbacks=, progress=, **kw)`
+    the groups in a seeded order. `heldout` groups (from users not trained on; at most
+    `preference.val_pairs`) are evaluated `preference.val_checks` times per epoch. `make_trainer(max_epochs=, callbacks=, progress=, **kw)`
     builds the Trainer from the run's config. Returns (the mean of each logged training metric plus
     the last held-out ones, the per-step curve: one dict of metrics per optimiser step)."""
     from torch.utils.data import DataLoader
@@ -172,7 +172,8 @@ def fit_preference(
     task.precompute_reference(DataLoader(ds, batch_size=int(P.batch_size), collate_fn=ds.collate))
     val, extra = None, {}
     if heldout:
-        vds = dataset(heldout)
+        cap = P.get("val_pairs")
+        vds = dataset(heldout if cap is None else heldout[: int(cap)])
         val = DataLoader(vds, batch_size=max(int(P.batch_size), 4), collate_fn=vds.collate)
         task.precompute_reference(val, "val")
         checks = max(1, int(P.get("val_checks", 1) or 1))

@@ -104,10 +104,31 @@ def test_every_profile_bundle_composes_with_its_axis_option(axis, tmp_path):
         assert option in _options(axis), f"{path.name}: no {axis} option {option!r}"
         base = _compose([f"profile={profile}", f"{axis}={option}"], tmp_path)
         bundle = OmegaConf.load(path)
+        bundle.pop("defaults", None)  # another bundle it builds on (checked on its own)
         for key in OmegaConf.to_container(bundle):  # every key it sets is a key of the composed config
             assert key in base, f"{path.name} sets {key!r}, which the config does not have"
         for dotted, value in _leaves(bundle):
             assert OmegaConf.select(base, dotted) == value, f"{path.name}: {dotted} not applied"
+
+
+PAPERS = {  # the papers' settings (sampling N, rounds T, β, lr, epochs, LoRA or full fine-tuning)
+    "trackrec_movielens": (["llm=qwen2_5_7b", "encoder=bert_base"], 10, 3, 0.1, 1e-5, 1, False),
+    "dpo4rec_movielens": (["llm=llama3_1_8b", "encoder=bert_base"], 10, 3, 0.01, 5e-6, 3, True),
+    "reclaif_movielens": (["llm=mistral_7b"], 2, 4, 0.1, 5e-5, 1, True),
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(PAPERS))
+def test_profile_paper_gives_each_paper_its_settings(experiment, tmp_path):
+    groups, n, t, beta, lr, epochs, lora = PAPERS[experiment]
+    cfg = _compose([f"+experiment={experiment}", "profile=paper", *groups], tmp_path)
+    P = cfg.preference
+    assert (cfg.sampling.num_samples, cfg.align.rounds, P.task.beta, P.task.optimizer.lr, P.max_epochs) == (
+        n, t, beta, lr, epochs)  # fmt: skip
+    assert (P.task.lora is not None) == lora
+    assert cfg.llm.name == groups[0].split("=")[1]
+    if experiment.startswith("reclaif"):
+        assert cfg.feedback.mode == "generate"  # the paper's judge writes its verdict
 
 
 def _leaves(node, prefix=""):

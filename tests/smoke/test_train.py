@@ -154,8 +154,13 @@ def test_trackrec_smoke_in_process_and_resume_without_regenerating(tmp_path):
         "aligned/test/auc",
         "iter1/reward/mean",
         "iter1/pairs/groups",
+        "iter1/reliability/spearman",  # the smoke profile's two-member validator ensemble
+        "iter1/heldout/reward_gain",
+        "iter1/align/heldout_reward_acc",
     ):
         assert key in m, key
+    assert m["iter1/heldout/users"] == 6 and -1 <= m["iter1/reliability/spearman"] <= 1
+    assert res["curves"]["round1"] and (tmp_path / "a" / "training.png").exists()
     assert list(res["table"]["rows"]) == ["base (no knowledge)", "+ un-aligned knowledge (round 0, KAR-style)",
                                           "+ aligned knowledge (round 1)"]  # fmt: skip
     assert (tmp_path / "a" / "results.md").read_text().count("knowledge") >= 3
@@ -182,6 +187,17 @@ def test_trackrec_smoke_in_process_and_resume_without_regenerating(tmp_path):
     assert stage(again, "align")["cached"] and stage(again, "score")["cached"]
     assert stage(other, "align")["cached"] and other["run"]["backbone"] == "deepfm"
     assert not stage(other, "fit/deepfm")["cached"]
+
+
+def test_positive_control_encodes_item_titles_and_planted_feedback_runs(tmp_path):
+    """`trackrec_synthetic`: the item side of the knowledge is the encoded title (no LLM call per
+    item); any feedback runs in it, here the planted one (the loop's own positive control)."""
+    res = run(_paper_cfg(tmp_path, "trackrec_synthetic", "feedback=planted", "feedback.phrase=the",
+                         "downstream.seeds=[1]"), tmp_path / "run")  # fmt: skip
+    m = res["metrics"]
+    assert {"base/test/auc", "round0/test/auc", "aligned/test/auc", "iter1/heldout/reward_gain"} <= set(m)
+    assert m["round0/test/auc"] != m["base/test/auc"]
+    assert "reliability/spearman" not in str(res["rounds"])  # one planted member: no halves to compare
 
 
 def test_dpo4rec_smoke_in_process(tmp_path):

@@ -340,7 +340,9 @@ def test_fit_preference_logs_a_curve_and_evaluates_held_out_pairs():
     P = OmegaConf.create({"max_prompt_len": 64, "max_completion_len": 32, "chat_template": False, "num_negatives": None,
                           "batch_size": 8, "accumulate_grad_batches": 1, "max_epochs": 6, "val_checks": 2,
                           "gradient_clip_val": None})  # fmt: skip
-    task = PreferenceTask(tiny_llama(), loss="sdpo", beta=0.5, lora=None, optimizer=adamw(3e-3), tokenizer=CharTokenizer())
+    task = PreferenceTask(
+        tiny_llama(), loss="sdpo", beta=0.5, lora=None, optimizer=adamw(3e-3), tokenizer=CharTokenizer()
+    )
 
     def make_trainer(max_epochs, callbacks, progress, **kw):
         return pl.Trainer(max_epochs=max_epochs, callbacks=callbacks, accelerator="cpu", logger=False,
