@@ -139,14 +139,13 @@ def training_plot(curves: dict[str, list[dict]], path: Path) -> Path:
             if key is None:
                 continue
             steps = [p["step"] for p in curve if key in p]
-            ax.plot(
-                steps,
-                [p[key] for p in curve if key in p],
-                color=colour,
-                alpha=0.6,
-                lw=1,
-                label=f"{name} train",
-            )
+            values = np.array([p[key] for p in curve if key in p], float)
+            ax.plot(steps, values, color=colour, alpha=0.25, lw=1, label=f"{name} train (per batch)")
+            w = min(8, len(values))  # a running mean over 8 batches: where the fit is heading
+            smooth = np.convolve(values, np.ones(w) / w, mode="valid")
+            ax.plot(steps[w - 1 :], smooth, color=colour, lw=2, label=f"{name} train (mean of {w})")
+            if key == loss and i == 0:  # reference = the policy before the round: batch 0 is at zero margin
+                ax.axhline(values[0], color="grey", ls=":", lw=1, label="zero margin, log(1+K)")
             val = key.replace("train/", "val/")
             pts = [(p["step"], p[val]) for p in curve if val in p]
             if pts:

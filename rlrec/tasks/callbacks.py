@@ -43,8 +43,9 @@ class Throughput(pl.Callback):
 
 class MetricLog(pl.Callback):
     """Collects the logged `train/*` metrics of every batch and the `val/*` ones of every validation
-    (held-out pairs). `means()`: the training metrics averaged under `prefix`, their last-step
-    values as `<prefix>final_*`, and the last validation's as `<prefix>heldout_*`. `curve`: one
+    (held-out pairs). `means()`: the training metrics averaged under `prefix`, their mean over the
+    last quarter of the steps as `<prefix>final_*` (one batch of a few groups is too noisy to
+    say where the fit ended), and the last validation's as `<prefix>heldout_*`. `curve`: one
     dict per batch ({"step", "epoch", train/…}, and val/… where a validation ran after it)."""
 
     def __init__(self, prefix: str = "align/"):
@@ -70,6 +71,7 @@ class MetricLog(pl.Callback):
 
     def means(self) -> dict:
         out = {k: float(np.mean(v)) for k, v in self.values.items()}
-        out.update({k.replace(self.prefix, f"{self.prefix}final_"): v[-1] for k, v in self.values.items()})
+        out.update({k.replace(self.prefix, f"{self.prefix}final_"): float(np.mean(v[-max(1, len(v) // 4) :]))
+                    for k, v in self.values.items()})  # fmt: skip
         out.update({k.replace("val/", f"{self.prefix}heldout_"): v for k, v in self.val.items()})
         return out
