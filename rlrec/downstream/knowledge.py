@@ -30,10 +30,17 @@ from rlrec.results import Probe, Round, Table
 
 LABELS = {
     "base": "base (no knowledge)",
+    "items": "item knowledge only (one shared user vector)",
     "round0": "+ un-aligned knowledge (round 0, KAR-style)",
     "aligned": "+ aligned knowledge (round {t})",
 }
-PAIRS = [("round0", "base"), ("aligned", "base"), ("aligned", "round0")]
+PAIRS = [
+    ("round0", "base"),
+    ("aligned", "base"),
+    ("aligned", "round0"),
+    ("round0", "items"),
+    ("aligned", "items"),
+]
 
 
 class KnowledgeDownstream:
@@ -124,6 +131,8 @@ class KnowledgeDownstream:
     def evaluate(self, rounds: list[Round]) -> tuple[Table, dict]:
         probes: dict[str, Probe | None] = {"base": None}
         zero = next((r for r in rounds if r.t == 0), None)
+        if "items" in self.variants and zero is not None and zero.probe.item_vectors is not None:
+            probes["items"] = items_only(zero.probe)
         if "round0" in self.variants and zero is not None:
             probes["round0"] = zero.probe
         trained = [r for r in rounds if r.trained]  # a stopped round changed nothing
@@ -185,6 +194,15 @@ class KnowledgeDownstream:
 
     def fit_info(self) -> dict:
         return {}
+
+
+def items_only(probe: Probe) -> Probe:
+    """The probe's item knowledge with every user given the same vector (the mean of the users'):
+    what the item side alone contributes, so the user texts' own share can be tested."""
+    users = np.flatnonzero(np.abs(probe.vectors).sum(1) > 0)
+    shared = probe.vectors.copy()
+    shared[users] = probe.vectors[users].mean(0)
+    return Probe("items", fingerprint("items-only", probe.key), {}, shared, probe.item_vectors)
 
 
 class CTRDownstream(KnowledgeDownstream):

@@ -47,3 +47,15 @@ def test_item_text_names_a_missing_field_and_excludes_item_prompt(tmp_path):
         ds.probe(Policy(), "round0")
     with pytest.raises(ValueError, match="not both"):
         downstream(tmp_path, "downstream.item_prompt=item")
+
+
+def test_items_only_keeps_the_item_side_and_gives_every_user_one_vector():
+    from rlrec.downstream.knowledge import items_only
+    from rlrec.results import Probe
+
+    users = np.zeros((4, 3), np.float32)
+    users[1:] = [[1, 0, 0], [0, 1, 0], [0, 0, 4]]
+    items = np.arange(9, dtype=np.float32).reshape(3, 3)
+    probe = items_only(Probe("round0", "k", {1: "a"}, users, items))
+    np.testing.assert_allclose(probe.vectors[1:], np.tile([[1 / 3, 1 / 3, 4 / 3]], (3, 1)))
+    assert not probe.vectors[0].any() and probe.item_vectors is items and probe.key != "k"
