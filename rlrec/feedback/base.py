@@ -7,7 +7,8 @@
 `refit` is TrackRec's Rec-tuning when called after each round; strategies with nothing to train
 return {}. `key` identifies what the scores depend on besides the texts (the strategy's config,
 the data, the encoder, model weights), so rewards are a stage keyed by content. Every strategy is
-built as `instantiate(cfg.feedback)(ctx=ctx, downstream=downstream)`.
+built by `rlrec.feedback.ensemble.build_feedback(cfg.feedback, ctx, downstream)`: one instance, or an
+`Ensemble` of `feedback.ensemble` seeded members (which also exposes `halves()` for reliability).
 """
 
 from __future__ import annotations

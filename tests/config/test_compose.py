@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from rlrec.data.schema import DataError
+from rlrec.feedback.ensemble import build_feedback
 from tests.conftest import CONF
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -69,17 +70,17 @@ def _instantiate(group: str, cfg, tmp_path):
         return node
     if group == "trainer" and node.accelerator != "cpu" and not torch.cuda.is_available():
         return instantiate(node, accelerator="cpu", devices=1, precision="32-true", sync_batchnorm=False)
-    obj = instantiate(node)
+    obj = (
+        instantiate(node) if group != "feedback" else None
+    )  # `ensemble` is build_feedback's, not the class's
     if group in ("downstream", "feedback", "distill"):
         from rlrec.context import Context
 
         ctx = Context(cfg, tmp_path / "run")
         downstream = instantiate(cfg.downstream)(ctx=ctx)
-        obj = (
-            downstream
-            if group == "downstream"
-            else obj(ctx=ctx, **({"downstream": downstream} if group == "feedback" else {}))
-        )
+        if group == "feedback":  # as run.py builds it: one member or an ensemble
+            return build_feedback(cfg.feedback, ctx, downstream)
+        obj = downstream if group == "downstream" else obj(ctx=ctx)
     return obj
 
 
@@ -149,7 +150,7 @@ def test_two_axes_combine_without_code(tmp_path):
                        tmp_path)  # fmt: skip
         ctx = Context(cfg, tmp_path / "run")
         d = instantiate(cfg.downstream)(ctx=ctx)
-        f = instantiate(cfg.feedback)(ctx=ctx, downstream=d)
+        f = build_feedback(cfg.feedback, ctx, d)
         assert hasattr(f, "score") and hasattr(f, "refit") and isinstance(f.key, str)
         user = int(d.train_users[0])
         assert isinstance(d.context(user, "train")["history"], list)
