@@ -87,6 +87,7 @@ class Distill:
             extra = teacher.generator.sample(
                 [prompts[k] for k in redo], self.num_samples, float(s.temperature), float(s.top_p),
                 int(self.max_new_tokens or s.max_new_tokens), seed=self.ctx.seed, adapter_fingerprint=teacher.key,
+                constraints=teacher.constraints([prompts[k] for k in redo]),
             )  # fmt: skip
             for k, row in zip(redo, extra):
                 answers[k] = next((a for a in row if ok(users[k], a)), answers[k])

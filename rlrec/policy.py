@@ -42,6 +42,7 @@ class Policy:
         self.training: dict = {}  # metrics of the fit that produced this policy
         self.curve: list[dict] = []  # its per-step metrics
         self.progress = True
+        self.constrain = None  # prompt → a decoding constraint or None (a downstream's answer format)
         if task is not None:
             self.__dict__["task"] = task
 
@@ -68,10 +69,12 @@ class Policy:
         return policy
 
     def with_adapter(self, adapter: str | Path, key: str, task=None) -> Policy:
-        return Policy(
+        policy = Policy(
             self.llm, self.sampling_cfg, self.preference, self.store, self.trainer, self.device, self.cache_dir,
             adapter=adapter, key=key, task=task, seed=self.seed, fit_key=self.fit_key,
         )  # fmt: skip
+        policy.constrain = self.constrain
+        return policy
 
     @property
     def base_key(self) -> str:
@@ -157,11 +160,18 @@ class Policy:
         return self.generator.sample(
             prompts, int(s.num_samples), float(s.temperature), float(s.top_p), int(s.max_new_tokens),
             seed=int(s.seed if seed is None else seed), adapter_fingerprint=self.key,
+            constraints=self.constraints(prompts),
         )  # fmt: skip
 
     def greedy(self, prompts: list[str], max_new_tokens: int | None = None) -> list[str]:
         n = int(self.sampling.max_new_tokens if max_new_tokens is None else max_new_tokens)
-        return self.generator.greedy(prompts, n, adapter_fingerprint=self.key)
+        return self.generator.greedy(
+            prompts, n, adapter_fingerprint=self.key, constraints=self.constraints(prompts)
+        )
+
+    def constraints(self, prompts: list[str]) -> list | None:
+        """One decoding constraint per prompt (`constrain`), or None when the policy writes freely."""
+        return None if self.constrain is None else [self.constrain(p) for p in prompts]
 
     # ---- preference optimisation --------------------------------------------------------------
     def train_on(self, groups: list[dict], heldout: list[dict] | None = None) -> Policy:

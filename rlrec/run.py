@@ -31,6 +31,7 @@ def run(ctx: Context) -> RunResult:
     rounds: list[Round] = []
     if downstream.uses_policy:
         policy = Policy.from_context(ctx)
+        policy.constrain = getattr(downstream, "constraint", None)  # e.g. RecLAIF: items from the candidates
         first = "round0"
         if cfg.get("distill") is not None:
             if downstream.zero_shot_row:  # the table shows the policy before distillation

@@ -156,6 +156,16 @@ def _is_rec_header(body: str) -> bool:
     return bool(_REC_HEAD.match(body)) and (body.endswith(":") or len(body.split()) <= 8)
 
 
+def is_list_header(line: str) -> bool:
+    """Whether a raw answer line is the recommendation list's header as `parse_recommendation`
+    reads it (constrained decoding starts the item lines after it).
+
+    >>> is_list_header("**Recommended Movies (from most to least likely):**"), is_list_header("I recommend it")
+    (True, False)
+    """
+    return _is_rec_header(_clean(line)[1])
+
+
 def parse_recommendation(
     text: str, candidates: list[str], k: int, threshold: float = FUZZY_THRESHOLD
 ) -> Parsed:

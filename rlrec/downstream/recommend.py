@@ -31,10 +31,17 @@ class RecommendDownstream:
 
     def __init__(
         self, ctx, prompt: str, rater: DictConfig, sasrec: DictConfig, max_new_tokens: int | None = None,
+        constrained: bool = False, preamble_tokens: int = 64, reason_tokens: int = 32, compare_free: bool = True,
         **questions,
     ):  # fmt: skip
         self.ctx, self.prompt, self.max_new_tokens = ctx, prompt, max_new_tokens
         self.rater_cfg, self.sasrec_cfg, self.options = rater, sasrec, questions
+        self.constrained, self.compare_free = bool(constrained), bool(compare_free)
+        self.preamble_tokens, self.reason_tokens = int(preamble_tokens), int(reason_tokens)
+        if self.preamble_tokens < 0 or self.reason_tokens < 1:
+            raise ValueError(
+                f"downstream.preamble_tokens must be >= 0 and reason_tokens >= 1, got {preamble_tokens}, {reason_tokens}"
+            )
 
     @cached_property
     def task(self) -> RecommendationTask:
@@ -53,6 +60,31 @@ class RecommendDownstream:
     def context(self, user: int, split: str = "train") -> dict:
         return self.task.context(user, split)
 
+    @cached_property
+    def _instances_by_prompt(self) -> dict[str, object]:
+        return {
+            self.task.prompt(i): i for split in ("train", "test") for i in self.task.instances[split].values()
+        }
+
+    def constraint(self, prompt: str):
+        """The policy's decoding constraint for one of this downstream's questions (`constrained=true`):
+        the preferences and reasons are free text, each recommendation line names a candidate not
+        named yet, at most k lines (rlrec.llm.constrain). None for a prompt that is not a question."""
+        if not self.constrained:
+            return None
+        inst = self._instances_by_prompt.get(prompt)
+        if inst is None:
+            return None
+        from rlrec.downstream.parse import is_list_header
+        from rlrec.llm.constrain import CandidateList
+
+        plural = str(self.task.domain["plural"]).title()  # the template's `domain.plural | title`
+        return CandidateList(
+            tuple(self.task.titles[i] for i in inst.candidates), self.task.k,
+            f"Recommended {plural} (from most to least likely):", is_header=is_list_header,
+            max_preamble_tokens=self.preamble_tokens, max_reason_tokens=self.reason_tokens,
+        )  # fmt: skip
+
     def valid_answer(self, user: int, text: str) -> bool:
         """An answer names candidates only (RecLAIF's validity), for distillation's rejection sampling."""
         return self.task.parse(self.task.instances["train"][user], text).valid
@@ -67,6 +99,20 @@ class RecommendDownstream:
         prompts = self.task.prompts("test")
         users = sorted(prompts)
         texts = policy.greedy([prompts[u] for u in users], self.max_new_tokens)
+        metrics = {f"eval/{k}": v for k, v in self._score(users, texts).items()}
+        metrics["knowledge_tokens"] = float(np.mean([len(t.split()) for t in texts])) if texts else 0.0
+        if self.constrained and self.compare_free and policy.constrain is not None:
+            # the same policy writing freely: the row constrained decoding is compared against
+            saved, policy.constrain = policy.constrain, None
+            try:
+                free = policy.greedy([prompts[u] for u in users], self.max_new_tokens)
+            finally:
+                policy.constrain = saved
+            metrics.update({f"eval_free/{k}": v for k, v in self._score(users, free).items()})
+        return Probe(name, fingerprint(texts), dict(zip(users, texts)), metrics=metrics)
+
+    def _score(self, users: list[int], texts: list[str]) -> dict:
+        """Test metrics of answers `texts` (one per user), with the rater's explainability: a stage."""
         key = fingerprint(texts)
         deps = {"answers": key, "questions": self.options, "data": self.ctx.data_key,
                 "rater": [self.rater_cfg, self.rater.llm_cfg.fingerprint if self.rater.llm_cfg else None],
@@ -81,9 +127,7 @@ class RecommendDownstream:
             return {"metrics": metrics, "examples": examples}
 
         art = self.ctx.store.stage("evaluate", deps, build)
-        metrics = {f"eval/{k}": float(v) for k, v in art.data["metrics"].items()}
-        metrics["knowledge_tokens"] = float(np.mean([len(t.split()) for t in texts])) if texts else 0.0
-        return Probe(name, key, dict(zip(users, texts)), metrics=metrics)
+        return {k: float(v) for k, v in art.data["metrics"].items()}
 
     # ---- the table ------------------------------------------------------------------------------
     def evaluate(self, rounds: list[Round]) -> tuple[Table, dict]:
@@ -92,10 +136,21 @@ class RecommendDownstream:
         metrics: dict = {}
         for label, m in baselines.items():
             metrics.update({f"{label.lower()}/{k}": v for k, v in m.items()})
+        free_rows: dict[str, dict] = {}  # the same policies writing freely, after the constrained rows
         for r in (r for r in rounds if r.t <= 0 or r.trained):  # a stopped round changed nothing
+            label = LABELS.get(r.name, r.name.replace("round", "DPO round "))
             row = {k.removeprefix("eval/"): v for k, v in r.probe.metrics.items() if k.startswith("eval/")}
-            table.rows[LABELS.get(r.name, r.name.replace("round", "DPO round "))] = row
+            table.rows[label] = row
             metrics.update({f"{r.name}/eval/{k}": v for k, v in row.items()})
+            free = {
+                k.removeprefix("eval_free/"): v
+                for k, v in r.probe.metrics.items()
+                if k.startswith("eval_free/")
+            }
+            if free:
+                free_rows[f"{label} (unconstrained)"] = free
+                metrics.update({f"{r.name}/eval_free/{k}": v for k, v in free.items()})
+        table.rows.update(free_rows)
         t = self.task
         invalid = "an invalid answer scores 0 on relevance" if t.metrics_on == "valid" else (
             "an answer's recognised candidates are scored even if it also names others")  # fmt: skip
@@ -103,6 +158,12 @@ class RecommendDownstream:
             f"{len(t.instances['test'])} test questions ({t.setting}, top-{t.k}); {invalid}; diversity = mean pairwise cosine distance of the recommended items' encoder vectors; "
             "explainability = the rater's 0–5 rating mapped to 1–100."
         )
+        if self.constrained:
+            table.notes.append(
+                "LLM rows decode each recommendation line from the question's candidates (downstream.constrained=true: "
+                "no repeats, at most k lines; preferences and reasons free text); '(unconstrained)' rows are the same "
+                "policy's free-text answers."
+            )
         return table, metrics
 
     def baselines(self) -> dict[str, dict]:

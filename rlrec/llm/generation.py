@@ -99,6 +99,7 @@ class Request:
     seeds: list[int]
     tags: list  # opaque ids handed back with each result
     add_special_tokens: bool = False  # a templated string already has its special tokens
+    constraint: object | None = None  # what the answers must look like (rlrec.llm.constrain.CandidateList)
 
 
 @dataclass
@@ -219,11 +220,15 @@ class HFBackend:
             supports_prefix_sharing,
         )
 
+        vocab = self.model.get_output_embeddings().weight.shape[0]  # logits width (≥ len(tokenizer))
         jobs = [
             Job(
                 list(self.tokenizer(r.text, add_special_tokens=r.add_special_tokens)["input_ids"]),
                 r.seeds,
                 r.tags,
+                None
+                if r.constraint is None
+                else r.constraint.compile(self.tokenizer, vocab, self.stop_ids, max_new_tokens),
             )
             for r in requests
         ]
@@ -329,6 +334,8 @@ class OpenAIBackend:
             "seed": r.seeds[0] % 2**31,  # one seed per request: servers draw the n samples from it
             **self.extra_body,
         }
+        if r.constraint is not None:  # vLLM's structured outputs (≥ 0.12; older servers: guided_regex)
+            body["structured_outputs"] = {"regex": r.constraint.regex()}
         if r.messages is not None:
             path, body["messages"] = "/chat/completions", r.messages
         else:
@@ -383,7 +390,7 @@ class VLLMBackend:
         self.forward_calls = 0
 
     def run(self, requests: list[Request], temperature, top_p, max_new_tokens, on_done) -> None:
-        rows = [(r.text, seed, tag) for r in requests for seed, tag in zip(r.seeds, r.tags)]
+        rows = [(r.text, seed, tag, r.constraint) for r in requests for seed, tag in zip(r.seeds, r.tags)]
         for i in range(0, len(rows), self.batch_size):
             chunk = rows[i : i + self.batch_size]
             params = [
@@ -393,10 +400,11 @@ class VLLMBackend:
                     top_p=top_p if temperature > 0 else 1.0,
                     max_tokens=max_new_tokens,
                     seed=seed % 2**31,
+                    **self._structured(constraint),
                 )
-                for _, seed, _ in chunk
+                for _, seed, _, constraint in chunk
             ]
-            outs = self.llm.generate([text for text, _, _ in chunk], params, use_tqdm=False)
+            outs = self.llm.generate([row[0] for row in chunk], params, use_tqdm=False)
             self.forward_calls += 1
             on_done(
                 [
@@ -406,9 +414,16 @@ class VLLMBackend:
                         len(o.outputs[0].token_ids),
                         o.outputs[0].finish_reason or "stop",
                     )
-                    for (_, _, tag), o in zip(chunk, outs)
+                    for (_, _, tag, _), o in zip(chunk, outs)
                 ]
             )
+
+    def _structured(self, constraint) -> dict:
+        if constraint is None:
+            return {}
+        from vllm.sampling_params import StructuredOutputsParams
+
+        return {"structured_outputs": StructuredOutputsParams(regex=constraint.regex())}
 
 
 BACKENDS = {"hf": HFBackend, "openai": OpenAIBackend, "vllm": VLLMBackend}
@@ -478,12 +493,14 @@ class Generator:
         *,
         adapter_fingerprint: str | None = None,
         callback: Callable[[int, int], None] | None = None,
+        constraints: Sequence | None = None,
     ) -> list[list[str]]:
         """N texts per prompt: (len(prompts), n). `callback(done, total)` runs after each batch of
-        samples is committed to the cache (raise from it to stop; a rerun resumes)."""
+        samples is committed to the cache (raise from it to stop; a rerun resumes). `constraints`:
+        one per prompt (None = free), e.g. `rlrec.llm.constrain.CandidateList`."""
         rows = self.sample_records(
             prompts, n, temperature, top_p, max_new_tokens, seed,
-            adapter_fingerprint=adapter_fingerprint, callback=callback,
+            adapter_fingerprint=adapter_fingerprint, callback=callback, constraints=constraints,
         )  # fmt: skip
         return [[s.text for s in row] for row in rows]
 
@@ -494,6 +511,7 @@ class Generator:
         *,
         adapter_fingerprint: str | None = None,
         callback: Callable[[int, int], None] | None = None,
+        constraints: Sequence | None = None,
     ) -> list[str]:
         rows = self.sample_records(
             prompts,
@@ -504,6 +522,7 @@ class Generator:
             0,
             adapter_fingerprint=adapter_fingerprint,
             callback=callback,
+            constraints=constraints,
         )
         return [row[0].text for row in rows]
 
@@ -518,9 +537,15 @@ class Generator:
         *,
         adapter_fingerprint: str | None = None,
         callback: Callable[[int, int], None] | None = None,
+        constraints: Sequence | None = None,
     ) -> list[list[Sample]]:
         """Like `sample`, with token counts, finish reasons and whether each came from the cache."""
         assert n >= 1 and max_new_tokens >= 1, (n, max_new_tokens)
+        if constraints is not None and len(constraints) != len(prompts):
+            raise ValueError(
+                f"constraints: one per prompt expected, got {len(constraints)} for {len(prompts)} prompts"
+            )
+        constraints = list(constraints) if constraints is not None else [None] * len(prompts)
         assert temperature >= 0 and 0 < top_p <= 1, (temperature, top_p)
         t0 = time.perf_counter()
         greedy = temperature == 0
@@ -528,6 +553,11 @@ class Generator:
         params["max_new_tokens"] = int(max_new_tokens)
         adapter = adapter_fingerprint if adapter_fingerprint is not None else self.adapter_fingerprint
         views = [self._view(p) for p in prompts]  # (text, messages, key text) per prompt
+        # a constrained prompt's key also names its constraint (unconstrained keys stay as they were)
+        views = [
+            v if c is None else (v[0], v[1], f"{v[2]}\x1fconstraint:{c.key}")
+            for v, c in zip(views, constraints)
+        ]
         keys = [
             [
                 fingerprint(self.model_fingerprint, adapter, self.backend.name, v[2], params, 0 if greedy else seed, i, length=32)
@@ -551,6 +581,7 @@ class Generator:
                 seeds=[sample_seed(0 if greedy else seed, views[pos][2], i) for i in missing],
                 tags=[(pos, i) for i in missing],
                 add_special_tokens=not self.chat,
+                constraint=constraints[pos],
             )
             for pos, missing in pending.values()
         ]

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from rlrec.llm.constrain import apply_constraints
+
 log = logging.getLogger("rlrec")
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -57,6 +59,9 @@ class Job:
     prompt_ids: list[int]
     seeds: list[int]  # one 64-bit seed per wanted sample
     tags: list = field(default_factory=list)  # opaque, handed back with each result
+    constraint: object | None = (
+        None  # a compiled constraint (rlrec.llm.constrain): start() → a state per sample
+    )
 
 
 @dataclass
@@ -291,6 +296,7 @@ class PrefixSharingSampler:
         self.seeds = np.zeros((slots, n), dtype=np.uint64)
         self.slot_job: list[Job | None] = [None] * slots
         self.tokens: dict[tuple[int, int], list[int]] = {}
+        self.states: dict[tuple[int, int], object] = {}  # constrained rows: (slot, sample) → state
         self.n = n
 
     def _common_prefix(self, jobs: list[Job]) -> tuple[int, object] | None:
@@ -338,7 +344,15 @@ class PrefixSharingSampler:
         self.seeds[s] = 0
         self.seeds[s, :k] = np.array(job.seeds, dtype=np.uint64)
         logits = out.logits[0, -1].float().cpu().unsqueeze(0).expand(k, -1)  # (k, V)
+        states = None
+        if job.constraint is not None:
+            states = [job.constraint.start() for _ in range(k)]
+            self.states.update({(s, i): st for i, st in enumerate(states)})
+            logits = apply_constraints(logits.clone(), states)
         first = sample_from_logits(logits, self.temperature, self.top_p, self.seeds[s, :k], np.zeros(k))
+        if states is not None:
+            for st, tok in zip(states, first.tolist()):
+                st.advance(tok)
         rows = torch.full((k,), s, dtype=torch.long), torch.arange(k)
         return self._record(rows, first)
 
@@ -356,6 +370,7 @@ class PrefixSharingSampler:
                 job = self.slot_job[p]
                 tag = job.tags[i] if job.tags else i
                 done.append(Finished(tag, self.tokens.pop((p, i)), "stop" if stopped[r] else "length"))
+                self.states.pop((p, i), None)
                 self.alive[p, i] = False
         for p in set(pi.tolist()):
             if not self.alive[p].any():
@@ -373,7 +388,13 @@ class PrefixSharingSampler:
         self.forward_calls += 1
         self.step[pi, si] += 1
         seeds = self.seeds[pi.numpy(), si.numpy()]
+        states = [self.states.get(key) for key in zip(pi.tolist(), si.tolist())] if self.states else []
+        if any(st is not None for st in states):
+            apply_constraints(logits, states)
         new = sample_from_logits(logits, self.temperature, self.top_p, seeds, self.step[pi, si].numpy())
+        for st, tok in zip(states, new.tolist()):
+            if st is not None:
+                st.advance(tok)
         return self._record((pi, si), new)
 
     def _forward_rows(self, tokens, pos, pi, si, st) -> torch.Tensor:
@@ -466,7 +487,15 @@ def generate_fallback(
 ) -> None:
     """`model.generate` on left-padded batches of sample rows; seeded per batch from the rows'
     seeds, so deterministic for the same call (not independent of batch composition)."""
-    rows = [(j.prompt_ids, seed, j.tags[i] if j.tags else i) for j in jobs for i, seed in enumerate(j.seeds)]
+    from transformers import LogitsProcessorList
+
+    from rlrec.llm.constrain import ConstraintLogitsProcessor
+
+    rows = [
+        (j.prompt_ids, seed, j.tags[i] if j.tags else i, j.constraint)
+        for j in jobs
+        for i, seed in enumerate(j.seeds)
+    ]
     stop = set(stop_ids)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -478,6 +507,9 @@ def generate_fallback(
         kwargs = (
             dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else {}
         )
+        if any(r[3] is not None for r in chunk):
+            states = [r[3].start() if r[3] is not None else None for r in chunk]
+            kwargs["logits_processor"] = LogitsProcessorList([ConstraintLogitsProcessor(states)])
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,

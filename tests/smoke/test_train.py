@@ -212,7 +212,7 @@ def test_dpo4rec_smoke_in_process(tmp_path):
 def test_reclaif_smoke_in_process(tmp_path):
     """The LLM as recommender: zero-shot → SFT → one DPO round on judge pairs → the table with SASRec."""
     res = run(
-        _paper_cfg(tmp_path, "reclaif_movielens", "llm@feedback.llm=tiny_random", "sampling.max_new_tokens=16",
+        _paper_cfg(tmp_path, "reclaif_movielens", "llm@feedback.llm=tiny_random", "sampling.max_new_tokens=48",
                    "distill.require_valid=false", "distill.epochs=1", "align.users=6", "downstream.eval_users=6"),
         tmp_path / "a",
     )  # fmt: skip
@@ -223,6 +223,10 @@ def test_reclaif_smoke_in_process(tmp_path):
     assert table["rows"]["SASRec"]["validity"] == 1.0
     llm_rows = [r for k, r in table["rows"].items() if k != "SASRec"]
     assert all(1 <= r["explainability"] <= 100 for r in llm_rows)  # judge logits → 1–100
+    constrained = [k for k in table["rows"] if k != "SASRec" and "(unconstrained)" not in k]
+    assert all(table["rows"][k]["validity"] == 1.0 for k in constrained)  # valid even from random weights
+    free = [k for k in table["rows"] if k.endswith("(unconstrained)")]
+    assert free == [f"{k} (unconstrained)" for k in constrained]
     m = res["metrics"]
     assert m["distill/kept"] == 6  # require_valid=false keeps every non-empty teacher answer
     assert m["iter1/judge/pairs"] == 6 and m["iter1/judge/consistent"] + m["iter1/judge/inconsistent"] == 6

@@ -571,3 +571,23 @@ def test_explain_reads_only_the_score_line(monkeypatch):
     answer = answers(fb.downstream)[1]
     out = fb.explain([1, 1, 1], [answer] * 3)
     assert out[0] == pytest.approx(1 + 99 * 4 / 5) and out[1] == pytest.approx(100.0) and np.isnan(out[2])
+
+
+def test_the_downstream_constrains_its_own_questions_to_their_candidates():
+    from rlrec.downstream.recommend import RecommendDownstream
+
+    task = make_task()
+    down = RecommendDownstream(None, "recommender", rater=None, sasrec=None, constrained=True)
+    down.__dict__["task"] = task
+    inst = task.instances["test"][1]
+    prompt = task.prompt(inst)
+    c = down.constraint(prompt)
+    assert c.titles == tuple(TITLES[i - 1] for i in inst.candidates) and c.k == task.k
+    assert c.header in prompt  # the header the template asks for is the one forced
+    assert c.key != down.constraint(task.prompt(task.instances["test"][2])).key
+    assert down.constraint("a prompt that is no question") is None
+    free = RecommendDownstream(None, "recommender", rater=None, sasrec=None, constrained=False)
+    free.__dict__["task"] = task
+    assert free.constraint(prompt) is None
+    with pytest.raises(ValueError, match="preamble_tokens"):
+        RecommendDownstream(None, "recommender", rater=None, sasrec=None, preamble_tokens=-1)
