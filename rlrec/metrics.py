@@ -35,6 +35,27 @@ def rank_by_score(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> n
     return ranked
 
 
+def list_loglik(scores, labels, mask=None) -> np.ndarray:
+    """Per-list listwise log-likelihood of the positives: the mean over a list's positives of
+    log softmax(scores over the list's valid slots) — the smooth counterpart of NDCG (a small change
+    of the scores moves it; NDCG moves only when two items swap). Lists with no positive: nan.
+    scores/labels/mask (M, L) → (M,).
+
+    >>> v = list_loglik([[2.0, 0.0, 0.0]], [[1, 0, 0]])
+    >>> round(float(v[0]), 4)  # log(e² / (e² + 2))
+    -0.2395
+    """
+    scores, labels = np.asarray(scores, float), np.asarray(labels, float)
+    mask = np.ones_like(labels, bool) if mask is None else np.asarray(mask, bool)
+    s = np.where(mask, scores, -np.inf)
+    m = s.max(1, keepdims=True)
+    logp = s - m - np.log(np.exp(s - m).sum(1, keepdims=True))  # (M, L)
+    pos = (labels > 0) & mask
+    n = pos.sum(1)
+    total = np.where(pos, logp, 0.0).sum(1)
+    return np.divide(total, n, out=np.full(len(n), np.nan), where=n > 0)
+
+
 def list_metrics(
     scores, labels, mask=None, ks=(1, 3, 5), map_definition: str = "kar"
 ) -> dict[str, np.ndarray]:

@@ -1,5 +1,7 @@
 """DPO4Rec's recommender feedback: the reward of a text about user u is u's NDCG@k (mean over u's
-re-rank lists) of a knowledge-augmented re-ranker when that text is u's knowledge. The re-ranker
+re-rank lists) of a knowledge-augmented re-ranker when that text is u's knowledge (`reward=ndcg`,
+the paper), or the re-ranker's listwise log-likelihood of u's positives (`reward=loglik`: smooth in
+the text's vector, where NDCG changes only when two items swap). The re-ranker
 that scores u never trained on u's lists (cross-fitting over user folds, `crossfit.py`);
 otherwise the reward would pay for what the re-ranker memorised about u, not for the text."""
 
@@ -17,7 +19,7 @@ from rlrec.downstream.fit import build_model, fit
 from rlrec.downstream.lists import rerank_lists
 from rlrec.feedback.base import feedback_key, knowledge_table
 from rlrec.feedback.crossfit import UserFolds, mean_by_slot
-from rlrec.metrics import list_metrics
+from rlrec.metrics import list_loglik, list_metrics
 from rlrec.results import Probe
 from rlrec.tasks.rerank import RerankTask
 
@@ -28,8 +30,11 @@ class RecommenderFeedback:
     def __init__(
         self, ctx, downstream, reranker: DictConfig, adapter: DictConfig, optimizer: DictConfig, k: int = 5,
         folds: int = 2, loss: str = "listwise", max_epochs: int = 10, patience: int = 3, batch_size: int = 256,
-        seed: int = 0,
+        seed: int = 0, reward: str = "ndcg",
     ):  # fmt: skip
+        if reward not in ("ndcg", "loglik"):
+            raise ValueError(f"feedback.reward must be 'ndcg' (DPO4Rec) or 'loglik', got {reward!r}")
+        self.reward = reward
         self.ctx, self.prep = ctx, ctx.prep
         lists = rerank_lists(ctx)
         self.lists, self.valid_lists = lists["train"], lists["valid"]
@@ -38,7 +43,7 @@ class RecommenderFeedback:
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.folds = UserFolds(self.prep.spec.num_users, folds, seed)
         self.key = feedback_key(ctx, "recommender", [reranker, adapter, optimizer, k, folds, loss, max_epochs,
-                                                     patience, batch_size, seed, ctx.cfg.rerank])  # fmt: skip
+                                                     patience, batch_size, seed, ctx.cfg.rerank, reward])  # fmt: skip
         self.models: list = []
         self.continues = False  # every refit starts from fresh re-rankers
 
@@ -83,6 +88,10 @@ class RecommenderFeedback:
                 uk = torch.as_tensor(vectors[sel, j], dtype=torch.float32)[torch.as_tensor(slot)]
                 scores = self.models[k]({**batch, "user_knowledge": uk}).numpy()
                 labels, mask = batch["labels"].numpy(), batch["mask"].numpy()
-                ndcg = list_metrics(scores, labels, mask, (self.k,))[f"ndcg@{self.k}"]
-                rewards[sel, j] = mean_by_slot(ndcg, slot, len(sel))
+                if self.reward == "ndcg":
+                    per_list = list_metrics(scores, labels, mask, (self.k,))[f"ndcg@{self.k}"]
+                else:  # lists without a positive carry no evidence: left out of the user's mean
+                    per_list = list_loglik(scores, labels, mask)
+                keep = ~np.isnan(per_list)
+                rewards[sel, j] = mean_by_slot(per_list[keep], slot[keep], len(sel))
         return rewards

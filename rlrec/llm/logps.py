@@ -183,7 +183,9 @@ def choice_probs(
         )  # (B, T) left-padded
         mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows], device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+        logits = model(  # only the last position's logits: (B, 1, V), not (B, T, V)
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
+        ).logits[:, -1]
         logp = logits.float().log_softmax(-1)  # (B, V)
         per_choice = torch.stack([logp[:, v].logsumexp(-1) for v in ids], dim=-1)  # (B, C)
         out.append(per_choice.softmax(-1).cpu())

@@ -74,7 +74,8 @@ def test_validator_prefers_informative_text(world, tmp_path):
     )
 
 
-def test_recommender_prefers_informative_text(world, tmp_path):
+@pytest.mark.parametrize("reward", ["ndcg", "loglik"])
+def test_recommender_prefers_informative_text(world, tmp_path, reward):
     torch.set_num_threads(1)
     prep, true, wrong, v_true, v_wrong, table, enc = world
     lists = kar_lists(prep, "train", chunk=4, list_len=10, seed=0)
@@ -83,12 +84,12 @@ def test_recommender_prefers_informative_text(world, tmp_path):
     ctx.memo["rerank_lists"] = {"train": lists, "valid": valid}
     setrank = node("rlrec.rerankers.setrank.SetRank", embed_dim=8, model_dim=32, num_layers=1)
     fb = RecommenderFeedback(ctx, None, setrank, ADAPTER, node("torch.optim.AdamW", lr=3e-3), k=5, folds=2,
-                             max_epochs=15, patience=4, batch_size=64, seed=0)  # fmt: skip
+                             max_epochs=15, patience=4, batch_size=64, seed=0, reward=reward)  # fmt: skip
     fb.refit(probe(table))
     users = np.unique(lists.user)[:60]
     vecs = np.stack([v_true[users - 1], v_wrong[users - 1]], axis=1)
     r = fb.score(users, [[true[u - 1], wrong[u - 1]] for u in users], vecs)
-    assert np.isfinite(r).all() and ((r >= 0) & (r <= 1)).all()
+    assert np.isfinite(r).all() and (((r >= 0) & (r <= 1)).all() if reward == "ndcg" else (r < 0).all())
     differ = ~np.isclose(r[:, 0], r[:, 1])  # NDCG ties (e.g. lists without positives) carry no preference
     assert differ.sum() >= 15
     won = (r[:, 0] > r[:, 1])[differ].mean()
@@ -106,3 +107,20 @@ def test_pairs_best_vs_all_drops_ties_duplicates_and_flat_groups():
     assert st.dropped_all_equal == 1 and st.dropped_duplicates == 1 and st.dropped_ties == 1
     ex2, _ = build_groups(["p0"], [texts[0]], rewards[:1], mode="best_vs_worst")
     assert ex2[0]["rejected"] == ["b"]
+
+
+def test_list_loglik_is_the_mean_log_softmax_of_the_positives():
+    from rlrec.metrics import list_loglik
+
+    scores = np.array([[1.0, 2.0, 3.0, 9.0], [0.0, 0.0, 5.0, 5.0], [1.0, 1.0, 1.0, 1.0]])
+    labels = np.array([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]], bool)  # slot 3 of list 0 is padding
+    out = list_loglik(scores, labels, mask)
+    z = np.log(np.exp([1.0, 2.0, 3.0]).sum())
+    assert out[0] == pytest.approx(((1 - z) + (3 - z)) / 2)  # the padded 9.0 is not in the softmax
+    assert np.isnan(out[1])  # no positive: no evidence
+    assert out[2] == pytest.approx(np.log(0.25))
+    with pytest.raises(ValueError, match="feedback.reward"):
+        RecommenderFeedback.__init__(
+            object.__new__(RecommenderFeedback), None, None, None, None, None, reward="auc"
+        )
