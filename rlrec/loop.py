@@ -64,9 +64,20 @@ def align(
             held_groups, _ = build_groups(held_prompts, before[0], before[2], before[1], mode=pairs,
                                           dedup_threshold=dedup_threshold, min_gap=min_gap)  # fmt: skip
         policy = policy.train_on(groups, heldout=held_groups)
-        if before is not None:
+        if before is not None and getattr(feedback, "pairwise", False):
+            # a pairwise feedback (a judge) ranks a user's answers against each other, so each user's mean
+            # reward is fixed: judge the answers after the round against those before it, head to head
+            after = policy.sample(held_prompts, seed=seed * 1000)  # (U, N)
+            joint = [b + a for b, a in zip(before[0], after)]  # (U, 2N): before's N, then after's N
+            vec = encode([x for row in joint for x in row]).reshape(len(held), len(joint[0]), -1)
+            both, _ = score(store, refit, probes, held, joint, vec)
+            n = len(before[0][0])
+            metrics.update(heldout_gain(both[:, :n], both[:, n:]))
+            metrics["heldout/head_to_head"] = 1.0
+        elif before is not None:
             after = sample_scored(policy, store, refit, probes, encode, held, held_prompts, seed * 1000)
             metrics.update(heldout_gain(before[2], after[2]))
+        if before is not None:
             metrics["heldout/pairs"] = float(len(held_groups))
             log.info("round %d: held-out reward %.4f → %.4f (gain %+.4f, p = %.3g, %d users)", t,
                      metrics["heldout/reward_before"], metrics["heldout/reward_after"],

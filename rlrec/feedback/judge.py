@@ -269,6 +269,8 @@ class JudgeFeedback:
     on their own; ties = pairs left undecided (every inconsistent pair, and agreeing pairs within the
     margin)."""
 
+    pairwise = True  # a user's rewards rank its answers against each other (the loop's held-out gain judges head to head)
+
     def __init__(
         self, downstream, llm, template, explain_template, mode: str = "logits", margin: float = 0.0,
         max_new_tokens: int = 384, batch_size: int = 8, cache_dir: str | None = None, progress: bool = True,

@@ -211,3 +211,34 @@ def test_each_round_reports_its_rewards_split_half_reliability(tmp_path):
     )
     rounds, *_ = run(tmp_path / "noisy", rounds=1, feedback=VersionFeedback(noise=10.0), users=5)
     assert rounds[1].metrics["reliability/spearman"] < 0.9
+
+
+class PairwiseFeedback(ScriptedFeedback):
+    """A judge: each text's reward is its share of wins against the user's other texts, and the
+    text from the newer policy wins (ties split)."""
+
+    pairwise = True
+
+    def __init__(self):
+        super().__init__()
+        self.widths: list[int] = []
+
+    def score(self, users, texts, vectors):
+        self.scored += 1
+        self.widths.append(len(texts[0]))
+        v = np.array(
+            [[int(t.split("|")[1][1:]) + 0.1 * int(t.rsplit("|", 1)[1]) for t in row] for row in texts]
+        )
+        wins = (v[:, :, None] > v[:, None, :]).sum(-1) + 0.5 * ((v[:, :, None] == v[:, None, :]).sum(-1) - 1)
+        return wins / (v.shape[1] - 1)
+
+
+def test_a_pairwise_feedback_judges_heldout_answers_head_to_head(tmp_path):
+    """A user's mean reward under a pairwise judge is fixed (0.5), so before/after scored apart would
+    show no gain; judged together, the newer policy's answers win."""
+    fb = PairwiseFeedback()
+    hist, _, _, _ = run(tmp_path, 1, feedback=fb, downstream=StubDownstream(tuple(range(1, 9))), heldout=4)
+    m = hist[1].metrics
+    assert m["heldout/head_to_head"] == 1.0 and m["heldout/users"] == 4
+    assert m["heldout/reward_after"] > m["heldout/reward_before"] and m["heldout/reward_gain"] > 0.4
+    assert 2 * N in fb.widths  # the before and after answers of a user in one judged set
