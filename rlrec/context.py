@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rlrec.launch import TrainerFactory
 from rlrec.store import Store
 
 DISPLAY = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "default_root_dir")
@@ -71,35 +72,23 @@ class Context:
         node = OmegaConf.to_container(self.cfg.trainer, resolve=True)
         return {k: v for k, v in node.items() if k not in DISPLAY}
 
-    def loggers(self) -> list:
-        return [instantiate(c) for c in (self.cfg.get("logger") or [])]
-
-    def trainer(
-        self, *, inner: bool = True, max_epochs: int | None = None, callbacks=(), progress=None, **kw
-    ):
-        """A Lightning Trainer built from `cfg.trainer` (accelerator, devices, precision, strategy).
-        `inner=True` (fits inside a stage: feedback models, preference / SFT rounds, SASRec): no
-        logger, no checkpoint files, no batch limits of the profile; the caller keeps what it
-        needs. `inner=False`: the run's loggers and the profile's batch limits (the paper table's
-        fits). `kw` overrides any Trainer argument."""
-        args: dict = {"callbacks": list(callbacks)}
-        if inner:
-            args.update(
-                logger=False, enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-                limit_train_batches=1.0, limit_val_batches=1.0, limit_test_batches=1.0,
-                enable_progress_bar=False,
-            )  # fmt: skip
-        else:
-            # best weights are kept in memory and saved by the stage; no Lightning checkpoint files
-            args.update(logger=self.loggers() or False, enable_checkpointing=False)
-            args["callbacks"] += [instantiate(c) for c in (self.cfg.get("callbacks") or {}).values()]
-        if max_epochs is not None:
-            args["max_epochs"] = int(max_epochs)
-        if progress is not None:
-            args["enable_progress_bar"] = bool(progress)
-        args.update(kw)
-        return instantiate(self.cfg.trainer, **args)
+    @cached_property
+    def trainer(self) -> TrainerFactory:
+        """Builds every Trainer of the run from `cfg.trainer`: `ctx.trainer(inner=True, max_epochs=,
+        callbacks=, progress=, **kw)` (see `TrainerFactory`). Picklable, so a multi-process fit
+        (`trainer.devices > 1`) takes it to its launched ranks (`cfg.launch`, `rlrec.launch`)."""
+        return TrainerFactory(
+            trainer=OmegaConf.to_container(self.cfg.trainer, resolve=True),
+            callbacks=_plain(self.cfg.get("callbacks")) or {},
+            loggers=_plain(self.cfg.get("logger")) or [],
+            launch=_plain(self.cfg.get("launch")) or {},
+            threads=int(self.cfg.get("threads", 1)),
+        )
 
     def node(self, key: str) -> DictConfig:
         """A config node as a standalone resolved copy (e.g. a model factory to instantiate)."""
         return OmegaConf.create(OmegaConf.to_container(OmegaConf.select(self.cfg, key), resolve=True))
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

@@ -103,8 +103,7 @@ class Distill:
         from torch.utils.data import DataLoader
 
         from rlrec.llm.data import SFTDataset
-        from rlrec.tasks.callbacks import MetricLog
-        from rlrec.tasks.sft import SFTTask
+        from rlrec.tasks.sft import SFTTask, fit_sft
 
         P = self.ctx.cfg.preference
         tok = policy.tokenizer
@@ -116,7 +115,5 @@ class Distill:
         sft.configure_model()
         loader = DataLoader(ds, batch_size=self.batch_size, shuffle=True, collate_fn=ds.collate,
                             generator=torch.Generator().manual_seed(self.ctx.seed))  # fmt: skip
-        log = MetricLog(prefix="distill/")
-        self.ctx.trainer(max_epochs=self.epochs, callbacks=[log], progress=True).fit(sft, loader)
-        sft.save_adapter(out)
-        return log.means()
+        _, means, _ = fit_sft(sft, loader, self.ctx.trainer, self.epochs, "distill/", out)
+        return means

@@ -40,9 +40,22 @@ class TensorBatches:
         self.n = next(iter(sizes.values()))
         self.generator = torch.Generator().manual_seed(seed)
 
-    def __len__(self) -> int:
+    def _starts(self) -> range:
+        """Row offsets of this process's batches. Inside a multi-process fit (a launched DDP rank)
+        every rank draws the same seeded order and takes every world-th batch: a training epoch
+        gives each rank the same number of batches (DDP steps together), evaluation covers all."""
+        from rlrec.launch import world
+
         n = (self.n + self.batch_size - 1) // self.batch_size
-        return n - 1 if self.shuffle and self.n > 1 and self.n % self.batch_size == 1 else n
+        if self.shuffle and self.n > 1 and self.n % self.batch_size == 1:
+            n -= 1  # a training batch of one sample breaks BatchNorm/Dice; it is reshuffled next epoch
+        rank, size = world()
+        if size > 1 and self.shuffle:
+            n -= n % size
+        return range(rank * self.batch_size, n * self.batch_size, size * self.batch_size)
+
+    def __len__(self) -> int:
+        return len(self._starts())
 
     def __iter__(self):
         if self.shuffle:
@@ -50,7 +63,5 @@ class TensorBatches:
             data = {k: v[perm] for k, v in self.tensors.items()}  # one gather per epoch, then cheap slices
         else:
             data = self.tensors
-        for s in range(0, self.n, self.batch_size):
-            if self.shuffle and self.n - s == 1 and self.n > 1:
-                break  # a training batch of one sample breaks BatchNorm/Dice; it is reshuffled next epoch
+        for s in self._starts():
             yield {k: v[s : s + self.batch_size] for k, v in data.items()}

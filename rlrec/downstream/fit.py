@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from rlrec import launch
 from rlrec.data.features import FeatureSpec
 from rlrec.tasks.callbacks import KeepBest, Throughput
 
@@ -30,7 +31,13 @@ def fit(
 ) -> Fitted:  # fmt: skip
     """Train `task` (a CTRTask / RerankTask around `task.model`) on the `train` loader, early-stopping
     on `monitor` over `valid`; `make_trainer(callbacks=[...])` builds the Trainer from config.
-    With a `test` loader, returns the best weights' val/* and test/* metrics too."""
+    With a `test` loader, returns the best weights' val/* and test/* metrics too. A multi-process
+    Trainer (`trainer.devices > 1`) runs the whole fit on launched ranks (`rlrec.launch`)."""
+    return launch.run(_fit, make_trainer, task, train, valid, test, monitor=monitor, patience=patience,
+                      factory=make_trainer)  # fmt: skip
+
+
+def _fit(make_trainer, task, train, valid, test, *, monitor: str, patience: int) -> Fitted:
     keep, speed = KeepBest(monitor), Throughput()
     stop = pl.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=int(patience))
     trainer = make_trainer(callbacks=[keep, stop, speed])

@@ -11,7 +11,7 @@ round) knowledge, once per seed, with paired t-tests across the seeds.
 
 from __future__ import annotations
 
-from functools import cached_property
+from functools import cached_property, partial
 
 import numpy as np
 import pytorch_lightning as pl
@@ -180,7 +180,7 @@ class KnowledgeDownstream:
                 user, item, adapter = knowledge.vectors, knowledge.item_vectors, instantiate(self.adapter_cfg)
             model = build_model(instantiate(self.model_cfg), self.ctx.prep.spec, adapter, user, item)
             fitted = fit(
-                lambda **kw: self.ctx.trainer(inner=False, **kw), self.task(model), train, valid, test,
+                partial(self.ctx.trainer, inner=False), self.task(model), train, valid, test,
                 monitor=self.monitor, patience=self.patience,
             )  # fmt: skip
             # the best weights, with the resolved model config that rebuilds them

@@ -4,6 +4,8 @@ Shared by the re-rank downstream and the recommender feedback."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -50,7 +52,7 @@ def initial_scores(ctx) -> tuple[dict[str, np.ndarray], dict]:
         pl.seed_everything(ctx.seed, workers=True)
         task = CTRTask(build_model(instantiate(node), dm.feature_spec), instantiate(ctx.cfg.optimizer))
         fitted = fit(
-            lambda **kw: ctx.trainer(inner=False, **kw), task, dm.train_dataloader(), dm.val_dataloader(),
+            partial(ctx.trainer, inner=False), task, dm.train_dataloader(), dm.val_dataloader(),
             dm.test_dataloader(), monitor="val/auc", patience=ctx.cfg.early_stopping_patience,
         )  # fmt: skip
         with torch.no_grad():

@@ -79,6 +79,7 @@ class LLMValidatorFeedback:
         from torch.utils.data import DataLoader
 
         from rlrec.llm.data import SFTDataset
+        from rlrec.tasks.sft import fit_sft
 
         self.summaries = dict(probe.texts)
         labels = self.prep.frame["label"].to_numpy()
@@ -97,11 +98,10 @@ class LLMValidatorFeedback:
             ds = SFTDataset(examples, task.tokenizer, self.max_prompt_len, 4, chat_template=True)
             loader = DataLoader(ds, batch_size=self.batch_size, shuffle=True, collate_fn=ds.collate,
                                 generator=torch.Generator().manual_seed(self.seed + k))  # fmt: skip
-            trainer = self.ctx.trainer(max_epochs=self.epochs, progress=True)
-            task.train()
-            trainer.fit(task, loader)
-            task.eval()
-            losses.append(float(trainer.callback_metrics.get("train/sft_loss", float("nan"))))
+            task, _, last = fit_sft(task, loader, self.ctx.trainer, self.epochs)
+            task.configure_model()  # a fit on launched ranks sends the task back without its frozen weights
+            self.tasks[k] = task.to(self.ctx.device)
+            losses.append(last.get("train/sft_loss", float("nan")))
         return {"validator/sft_loss": float(np.mean(losses))} if losses else {}
 
     def p_yes(self, k: int, prompts: list[str]) -> np.ndarray:

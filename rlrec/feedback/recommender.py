@@ -8,6 +8,7 @@ otherwise the reward would pay for what the re-ranker memorised about u, not for
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ class RecommenderFeedback:
                 key: v[torch.as_tensor(self.folds.train_rows(self.lists.user, k))] for key, v in train.items()
             }
             fitted = fit(
-                lambda **kw: self.ctx.trainer(max_epochs=self.max_epochs, **kw),
+                partial(self.ctx.trainer, max_epochs=self.max_epochs),
                 RerankTask(model, instantiate(self.optimizer), self.loss),
                 TensorBatches(tr, self.batch_size, shuffle=True, seed=self.seed + k), TensorBatches(valid, 4096),
                 monitor=f"val/ndcg@{self.k}", patience=self.patience,

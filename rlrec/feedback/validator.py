@@ -10,6 +10,7 @@ code does, or continued from the last weights).
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import numpy as np
 import torch
@@ -76,9 +77,8 @@ class ValidatorFeedback:
                 key: v[torch.as_tensor(self.folds.train_rows(self.valid["user"], k))]
                 for key, v in self.valid.items()
             }
-            make = lambda **kw: self.ctx.trainer(  # noqa: E731
-                max_epochs=self.max_epochs, limit_train_batches=self.limit_batches or 1.0, **kw
-            )
+            make = partial(self.ctx.trainer, max_epochs=self.max_epochs,
+                           limit_train_batches=self.limit_batches or 1.0)  # fmt: skip
             fitted = fit(
                 make, CTRTask(model, instantiate(self.optimizer)),
                 TensorBatches(tr, self.batch_size, shuffle=True, seed=self.seed + k),

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlrec import launch
 from rlrec.tasks.callbacks import KeepBest
 
 
@@ -312,22 +313,24 @@ def fit_sasrec(
     train = training_tensors(_as_sequences(sequences, num_items), model.max_len)
     assert len(train["seq"]), "no user has at least 2 items to train on"
 
+    make = trainer or _plain_trainer
+    train = TensorBatches(train, batch_size, shuffle=True, seed=seed)
+    valid = TensorBatches(valid, max(batch_size, 1024)) if valid is not None else None
+    return launch.run(_fit, make, SASRecTask(model, optimizer), train, valid, monitor, patience, max_epochs,
+                      max_steps, enable_progress_bar, factory=make)  # fmt: skip
+
+
+def _fit(make, task, train, valid, monitor, patience, max_epochs, max_steps, progress) -> SASRec:
+    """The fit of `fit_sasrec`, in this process or on each launched rank (`rlrec.launch`)."""
+    model = task.model
     callbacks: list[pl.Callback] = []
     keep = KeepBest(monitor) if valid is not None else None
     if keep is not None:
         callbacks.append(keep)
         if patience is not None:
             callbacks.append(pl.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=patience))
-    make = trainer or _plain_trainer
-    fitter = make(
-        max_epochs=max_epochs, callbacks=callbacks, progress=enable_progress_bar, max_steps=max_steps
-    )
-    task = SASRecTask(model, optimizer)
-    fitter.fit(
-        task,
-        TensorBatches(train, batch_size, shuffle=True, seed=seed),
-        TensorBatches(valid, max(batch_size, 1024)) if valid is not None else None,
-    )
+    fitter = make(max_epochs=max_epochs, callbacks=callbacks, progress=progress, max_steps=max_steps)
+    fitter.fit(task, train, valid)
     if keep is not None:
         assert keep.state is not None, (
             f"{monitor!r} was never logged; SASRecTask logs val/{{hit,ndcg}}@{{1,3,10}}"

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
+from rlrec.launch import gather
 from rlrec.metrics import user_auc
 
 
@@ -45,7 +46,7 @@ class CTRTask(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict, stage: str) -> None:
-        logits = self.model(batch)
+        logits = self.model(batch).float()  # bf16-mixed: bf16 probabilities near 0.5 all round to one value
         prob = torch.sigmoid(logits)
         y = batch["label"]
         self.auc[stage].update(prob, y.long())
@@ -53,7 +54,8 @@ class CTRTask(pl.LightningModule):
         self._outputs[stage].append((batch["user"].cpu(), logits.detach().cpu(), y.cpu()))
 
     def _eval_end(self, stage: str) -> None:
-        users, logits, y = (torch.cat(x) for x in zip(*self._outputs[stage]))
+        users, logits, y = gather(tuple(torch.cat(x) for x in zip(*self._outputs[stage])))  # every rank's shard
+        logits, y = logits.float(), y.float()  # bf16-mixed precision gives bf16 logits
         self._outputs[stage].clear()
         self.log(f"{stage}/auc", self.auc[stage].compute(), prog_bar=True)
         self.log(f"{stage}/acc", self.acc[stage].compute())

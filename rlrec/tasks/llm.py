@@ -73,6 +73,22 @@ class LLMTask(pl.LightningModule):
             return
         base, self._tokenizer = load_model(self.llm_config, tokenizer=self._tokenizer)
         self.model = self._wrap(base)
+        trained = self.__dict__.pop("_trained", None)  # what a pickled copy carried (see __getstate__)
+        if trained:
+            unexpected = self.model.load_state_dict(trained, strict=False).unexpected_keys
+            assert not unexpected, f"trained parameters the rebuilt model does not have: {unexpected[:3]}"
+
+    def __getstate__(self) -> dict:
+        """Pickled (a fit sent to launched ranks, or its result sent back), a task built from an
+        LLMConfig carries only its trainable parameters (a LoRA adapter: a few MB): the frozen
+        weights are reloaded from `llm_config` (+ `adapter_path`) where it is unpickled."""
+        state = super().__getstate__()
+        model = state["_modules"].get("model")
+        if self.llm_config is not None and model is not None:
+            state["_modules"] = {k: v for k, v in state["_modules"].items() if k != "model"}
+            state["model"] = None
+            state["_trained"] = {k: p.detach().cpu() for k, p in model.named_parameters() if p.requires_grad}
+        return state
 
     @property
     def tokenizer(self):

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from rlrec import launch
 from rlrec.llm.loading import LLMConfig
 from rlrec.llm.logps import shared_prompt_logps
 from rlrec.llm.losses import LOSSES
@@ -79,8 +81,18 @@ class PreferenceTask(LLMTask):
     def precompute_reference(self, dataloader: Iterable[dict], split: str = "train") -> None:
         """Score every example of `dataloader` (a PreferenceDataset loader) with the reference
         and keep the log-probs by example index. Call it once per round and split ("train", and
-        "val" for held-out pairs), before `fit`."""
+        "val" for held-out pairs), before `fit`. On launched ranks each rank scores its shard of the
+        examples and every rank gathers all of them."""
+        from rlrec.launch import world
+
         self.configure_model()
+        rank, size = world()
+        if size > 1:  # rank r scores examples r, r + size, …
+            from torch.utils.data import DataLoader, Subset
+
+            ds = dataloader.dataset
+            dataloader = DataLoader(Subset(ds, range(rank, len(ds), size)), batch_size=dataloader.batch_size,
+                                    collate_fn=dataloader.collate_fn)  # fmt: skip
         was_training = self.model.training
         self.model.eval()  # no dropout in the reference
         off = self.model.disable_adapter() if self.reference == "base" else nullcontext()
@@ -93,6 +105,14 @@ class PreferenceTask(LLMTask):
                 rejected.append(r.cpu())
                 index.append(batch["index"].cpu())
         self.model.train(was_training)
+        if size > 1:
+            import torch.distributed as dist
+
+            mine = (torch.cat(index), torch.cat(chosen), torch.cat(rejected)) if index else None
+            parts: list = [None] * size
+            dist.all_gather_object(parts, mine)
+            parts = [p for p in parts if p is not None]
+            index, chosen, rejected = ([p[i] for p in parts] for i in range(3))
         index = torch.cat(index)
         n = int(index.max()) + 1
         ref_chosen = torch.full((n,), float("nan"))
@@ -130,9 +150,9 @@ class PreferenceTask(LLMTask):
         loss, metrics = self.step(batch)
         loss = loss.mean()
         B = len(batch["index"])
-        self.log(f"train/{self.loss_name}_loss", loss, prog_bar=True, batch_size=B)
+        self.log(f"train/{self.loss_name}_loss", loss, prog_bar=True, batch_size=B, sync_dist=True)
         for k, v in metrics.items():
-            self.log(f"train/{k}", v, batch_size=B)
+            self.log(f"train/{k}", v, batch_size=B, sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -146,15 +166,18 @@ class PreferenceTask(LLMTask):
 
 def fit_preference(
     task: PreferenceTask, groups: list[dict], preference, make_trainer, seed: int, heldout: list[dict] | None = None,
+    out: str | Path | None = None,
 ) -> tuple[dict, list[dict]]:  # fmt: skip
     """One preference-optimisation round of `task` on `groups` ({prompt, chosen, rejected: [..]}):
     the reference log-probs first (the model before the round), then `preference.max_epochs` over
     the groups in a seeded order. `heldout` groups (from users not trained on; at most
     `preference.val_pairs`) are evaluated `preference.val_checks` times per epoch. `make_trainer(max_epochs=, callbacks=, progress=, **kw)`
-    builds the Trainer from the run's config. Returns (the mean of each logged training metric plus
+    builds the Trainer from the run's config; a multi-process one runs this very function on every
+    launched rank (`train_preference`). With `out`, the trained adapter is saved there. Returns (the mean of each logged training metric plus
     the last held-out ones, the per-step curve: one dict of metrics per optimiser step)."""
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, DistributedSampler
 
+    from rlrec.launch import is_global_zero, rank_device, world
     from rlrec.llm.data import PreferenceDataset
     from rlrec.tasks.callbacks import MetricLog
 
@@ -167,8 +190,13 @@ def fit_preference(
         )  # fmt: skip
 
     ds = dataset(groups)
-    loader = DataLoader(ds, batch_size=int(P.batch_size), shuffle=True, collate_fn=ds.collate,
-                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    rank, size = world()
+    if size > 1:  # a launched rank: its weights go to its own device before the reference pass
+        task.to(rank_device(getattr(launch.factory_of(make_trainer), "accelerator", "cpu")))
+    # one seeded order for any number of ranks: rank r takes every size-th group of it, so 2 ranks ×
+    # batch b step through the same groups as 1 process × batch 2b (DDP averages the gradients)
+    order = DistributedSampler(ds, num_replicas=size, rank=rank, shuffle=True, seed=seed)
+    loader = DataLoader(ds, batch_size=int(P.batch_size), sampler=order, collate_fn=ds.collate)
     task.precompute_reference(DataLoader(ds, batch_size=int(P.batch_size), collate_fn=ds.collate))
     val, extra = None, {}
     if heldout:
@@ -185,8 +213,17 @@ def fit_preference(
     trainer = make_trainer(
         max_epochs=int(P.max_epochs), callbacks=[metrics], progress=True,
         accumulate_grad_batches=int(P.accumulate_grad_batches), gradient_clip_val=P.get("gradient_clip_val"),
-        limit_val_batches=1.0, **extra,
+        limit_val_batches=1.0, use_distributed_sampler=False, **extra,
     )  # fmt: skip
     trainer.fit(task, loader, val)
     task.eval()
+    if out is not None and is_global_zero():  # only rank 0 publishes the adapter
+        task.save_adapter(out)
     return metrics.means(), metrics.curve
+
+
+def train_preference(task: PreferenceTask, groups, preference, make_trainer, seed: int, heldout=None, out=None):
+    """`fit_preference` in this process, or on the ranks of a multi-process Trainer (the task is sent
+    without its frozen weights; rank 0 saves the adapter to `out`)."""
+    return launch.run(fit_preference, task, groups, preference, make_trainer, seed, heldout, out,
+                      factory=make_trainer)  # fmt: skip

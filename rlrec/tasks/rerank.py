@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlrec.launch import gather
 from rlrec.metrics import list_metrics, mean_list_metrics
 
 
@@ -70,7 +71,8 @@ class RerankTask(pl.LightningModule):
         self._outputs[stage].append((scores.detach().cpu(), batch["labels"].cpu(), batch["mask"].cpu()))
 
     def _eval_end(self, stage):
-        scores, labels, mask = (torch.cat(x).numpy() for x in zip(*self._outputs[stage]))
+        parts = gather(tuple(torch.cat(x) for x in zip(*self._outputs[stage])))  # every rank's shard
+        scores, labels, mask = (x.float().numpy() if x.is_floating_point() else x.numpy() for x in parts)
         self._outputs[stage].clear()
         per_list = list_metrics(scores, labels, mask, self.ks, self.map_definition)
         has_pos = (np.where(mask, labels, 0) > 0).any(1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from rlrec import launch
 from rlrec.tasks.llm import LLMTask
 
 
@@ -27,3 +28,24 @@ class SFTTask(LLMTask):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.log("val/sft_loss", self.loss(batch), prog_bar=True, batch_size=len(batch["input_ids"]))
+
+
+def fit_sft(task: SFTTask, loader, make_trainer, max_epochs: int, prefix: str = "sft/", out=None):
+    """Fit `task` on `loader` for `max_epochs` with the Trainer `make_trainer` builds — in this process,
+    or on every rank of a multi-process Trainer (`rlrec.launch`; only rank 0 saves the adapter to
+    `out`). Returns (the trained task, the per-step metrics' means under `prefix` (`MetricLog`),
+    the Trainer's last logged metrics)."""
+    return launch.run(_fit_sft, task, loader, make_trainer, max_epochs, prefix, out, factory=make_trainer)
+
+
+def _fit_sft(task: SFTTask, loader, make_trainer, max_epochs: int, prefix: str, out):
+    from rlrec.tasks.callbacks import MetricLog
+
+    log = MetricLog(prefix=prefix)
+    task.train()
+    trainer = make_trainer(max_epochs=max_epochs, callbacks=[log], progress=True)
+    trainer.fit(task, loader)
+    task.eval()
+    if out is not None and launch.is_global_zero():
+        task.save_adapter(out)
+    return task, log.means(), {k: float(v) for k, v in trainer.callback_metrics.items()}
