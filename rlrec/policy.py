@@ -79,11 +79,32 @@ class Policy:
     @property
     def base_key(self) -> str:
         """What the texts come from: the base weights' fingerprint, or for `sampling.backend=openai`
-        the served model's name at its URL (the generation cache is keyed by it)."""
+        the served model's name at its URLs (the generation cache is keyed by it: with several
+        servers of one model, not by which of them served a sample)."""
         s = self.sampling
         if s.backend == "openai":
-            return f"openai:{s.api_model}@{s.base_url}"
+            return f"openai:{s.api_model}@{','.join(sorted(set(s.urls)))}"
         return self.llm.fingerprint
+
+    @property
+    def lora_name(self) -> str:
+        """The adapter's name on vLLM (servers and in process): from its content key, so every process
+        and rerun names the same weights alike and a server loads them once."""
+        return f"rlrec-{self.key}"
+
+    def served_adapter(self) -> tuple[str, str] | None:
+        """(name, absolute path) of this policy's LoRA adapter for the openai / vllm backends; None
+        for the base weights."""
+        if self.adapter is None:
+            return None
+        path = Path(self.adapter).resolve()
+        if not (path / "adapter_config.json").is_file():
+            raise ValueError(
+                f"sampling.backend={self.sampling.backend} samples a trained policy as a LoRA adapter on the "
+                f"served base weights, but {path} holds no adapter_config.json (a full fine-tune, "
+                "preference.task.lora=null?); use sampling.backend=hf for it"
+            )
+        return self.lora_name, str(path)
 
     def release(self) -> None:
         """Drop this policy's weights (and a frozen policy's shared copy) from memory."""
@@ -133,25 +154,25 @@ class Policy:
     @cached_property
     def generator(self):
         """The Generator of `sampling.backend`: hf = this process's (adapted) model; openai = the
-        served `sampling.api_model` at `sampling.base_url`; vllm = vLLM in process on the base
-        weights' folder. The openai and vllm backends serve the base weights: a trained adapter
-        is not loaded into them yet, and a warning says so."""
+        served `sampling.api_model` at `sampling.base_url(s)`, with this round's LoRA adapter loaded
+        on each server and named in the requests; vllm = vLLM in process on the base weights' folder,
+        with a `LoRARequest` for this round's adapter."""
         from rlrec.llm.loading import model_folder
 
         s = self.sampling
-        if s.backend != "hf" and self.adapter is not None:
-            log.warning(
-                "sampling.backend=%s samples from the served base weights, not from this round's LoRA "
-                "adapter (%s); use sampling.backend=hf to sample from the adapted policy", s.backend, self.adapter,
-            )  # fmt: skip
+        kw = {}
         if s.backend == "hf":
             model, tok = self.task.policy.eval(), self.task.tokenizer
         elif s.backend == "openai":
-            model, tok = s.api_model, None
+            model, tok, kw = s.api_model, None, {"adapter": self.served_adapter()}
         else:
             model, tok = str(model_folder(self.llm)), None
+            lora = None if self.preference is None else OmegaConf.select(self.preference, "task.lora")
+            # a trainable policy's engine has LoRA on from the base round, so later rounds reuse it
+            kw = {"adapter": self.served_adapter(), "enable_lora": lora is not None or self.adapter is not None,
+                  "max_lora_rank": s.max_lora_rank}  # fmt: skip
         return s.generator(model, tok, self.base_key, self.cache_dir, adapter_fingerprint=self.key,
-                           progress=self.progress)  # fmt: skip
+                           progress=self.progress, **kw)  # fmt: skip
 
     # ---- texts --------------------------------------------------------------------------------
     def sample(self, prompts: list[str], seed: int | None = None) -> list[list[str]]:

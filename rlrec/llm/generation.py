@@ -12,9 +12,10 @@ Backends (one small interface, `run(requests, temperature, top_p, max_new_tokens
   `PrefixSharingSampler` (batched decode with shared prompt KV, continuous batching; ≥5× the
   tokens/s of one `generate` call per prompt on CPU, see `benchmarks/generation.py`); other
   architectures fall back to `model.generate`.
-- `openai`: any OpenAI-compatible endpoint (vLLM/SGLang/llama.cpp servers, hosted APIs) over
-  plain HTTP, with retries and backoff.
-- `vllm`: vLLM in-process (GPU machines; `pip install rlrec[vllm]`).
+- `openai`: any OpenAI-compatible endpoint (vLLM/SGLang/llama.cpp servers, hosted APIs), or several
+  serving one model, over plain HTTP with retries and backoff; one request per sample with its own
+  seed; a policy's LoRA adapter is loaded on vLLM servers at run time and named in each request.
+- `vllm`: vLLM in-process (GPU machines; `pip install rlrec[vllm]`), a `LoRARequest` per adapter.
 
 Cache: one row per (model fingerprint, adapter fingerprint, backend, prompt, sampling
 parameters, seed, sample index) in a SQLite file (WAL). Finished samples are committed as they
@@ -32,6 +33,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -59,9 +61,17 @@ class SamplingConfig:
     seed: int = 0
     chat: bool = True  # wrap prompts in the chat template / send as chat messages
     system: str | None = None  # None keeps the chat template's default system prompt
-    base_url: str | None = None  # openai: e.g. http://localhost:8000/v1
+    base_url: str | None = None  # openai: e.g. http://localhost:8000/v1 (shorthand for one base_urls entry)
+    base_urls: Sequence[str] | None = None  # openai: several servers of one model, prompts spread over them
     api_model: str | None = None  # openai: the served model name
     api_key_env: str = "OPENAI_API_KEY"  # openai: env var holding the key (unset = no auth header)
+    max_lora_rank: int = 16  # vllm in process: the largest adapter rank the engine reserves room for
+
+    @property
+    def urls(self) -> list[str]:
+        """The servers of `backend=openai`: `base_urls`, or `[base_url]`."""
+        urls = list(self.base_urls or []) or ([self.base_url] if self.base_url else [])
+        return [str(u).rstrip("/") for u in urls]
 
     def sample_kwargs(self) -> dict:
         return dict(
@@ -76,7 +86,7 @@ class SamplingConfig:
         """A Generator for this config; for `openai`, `model` defaults to `api_model`."""
         if self.backend == "openai":
             model = model if isinstance(model, str) else self.api_model
-            kw = {"base_url": self.base_url, "api_key_env": self.api_key_env, **kw}
+            kw = {"base_url": self.urls, "api_key_env": self.api_key_env, **kw}
         return Generator(
             model,
             tokenizer,
@@ -265,9 +275,26 @@ class HFBackend:
             self.model.train(was_training)
 
 
+class ServerError(RuntimeError):
+    """An OpenAI-compatible server's error answer (`status` = the HTTP code; 0 = no answer)."""
+
+    def __init__(self, message: str, url: str, status: int = 0, detail: str = ""):
+        super().__init__(message)
+        self.url, self.status, self.detail = url, status, detail
+
+
 class OpenAIBackend:
-    """Any OpenAI-compatible server: POST {base_url}/chat/completions (or /completions when
-    chat=False) with n, temperature, top_p, max_tokens, seed. Standard library HTTP only."""
+    """Any OpenAI-compatible server, or several serving the same model: POST {url}/chat/completions
+    (or /completions when chat=False) with temperature, top_p, max_tokens and seed. Standard library
+    HTTP only.
+
+    One request per sample, with that sample's own seed: servers such as llama.cpp ignore `n`, and a
+    per-sample seed is what lets a resumed run get the same texts whichever samples were cached.
+    Prompts are dealt round-robin over `base_url` (a list = several servers), so a prompt's samples
+    share one server's prefix cache. With `adapter=(name, path)` the policy is a LoRA adapter on the
+    served base: it is loaded once on each server (vLLM's runtime LoRA loading: `vllm serve
+    --enable-lora` with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) and named as the request's model;
+    `path` must be readable by the server (same machine or a shared filesystem)."""
 
     name = "openai"
     wants_messages = True
@@ -275,7 +302,7 @@ class OpenAIBackend:
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         model: str,
         api_key_env: str = "OPENAI_API_KEY",
         timeout: float = 120.0,
@@ -283,55 +310,92 @@ class OpenAIBackend:
         backoff: float = 1.0,
         concurrency: int = 8,
         extra_body: dict | None = None,
+        adapter: tuple[str, str] | None = None,
     ):
-        assert base_url, "backend=openai needs base_url (e.g. http://localhost:8000/v1)"
+        urls = [base_url] if isinstance(base_url, str) else list(base_url or [])
+        assert urls and all(urls), (
+            "backend=openai needs base_url or base_urls (e.g. http://localhost:8000/v1)"
+        )
         assert model, "backend=openai needs the served model name (sampling.api_model)"
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = [str(u).rstrip("/") for u in urls]
         self.model = model
         self.api_key_env = api_key_env
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
-        self.concurrency = concurrency
+        self.concurrency = concurrency  # requests in flight per server
         self.extra_body = dict(extra_body or {})
+        self.adapter = None if adapter is None else (str(adapter[0]), str(adapter[1]))
+        self._loaded: set[str] = set()  # servers known to hold the adapter
+        self._lock = threading.Lock()
         self.forward_calls = 0
 
-    def _post(self, path: str, body: dict) -> dict:
+    @property
+    def base_url(self) -> str:
+        return self.base_urls[0]
+
+    def _post(self, url: str, path: str, body: dict) -> dict | str:
+        """POST JSON to url + path with retries and exponential backoff; the reply's JSON (or text)."""
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         if key:
             headers["Authorization"] = f"Bearer {key}"
         data = json.dumps(body).encode()
         for attempt in range(self.max_retries + 1):
-            req = urllib.request.Request(self.base_url + path, data=data, headers=headers, method="POST")
+            req = urllib.request.Request(url + path, data=data, headers=headers, method="POST")
             wait = self.backoff * 2**attempt
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    return json.loads(resp.read())
+                    raw = resp.read()
+                try:
+                    return json.loads(raw)
+                except ValueError:  # vLLM's adapter endpoints answer plain text
+                    return raw.decode(errors="replace")
             except urllib.error.HTTPError as e:
                 detail = e.read()[:500].decode(errors="replace")
                 if e.code not in self.RETRY_STATUS or attempt == self.max_retries:
-                    raise RuntimeError(
-                        f"openai backend: POST {self.base_url + path} → {e.code}: {detail}"
+                    raise ServerError(
+                        f"openai backend: POST {url + path} → {e.code}: {detail}", url, e.code, detail
                     ) from e
                 retry_after = e.headers.get("Retry-After") if e.headers else None
                 if retry_after and retry_after.replace(".", "", 1).isdigit():
                     wait = max(wait, float(retry_after))
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 if attempt == self.max_retries:
-                    raise RuntimeError(
-                        f"openai backend: POST {self.base_url + path} failed after {attempt + 1} tries: {e}"
-                    ) from e
-            log.warning("openai backend: retry %d/%d in %.1fs", attempt + 1, self.max_retries, wait)
+                    reason = getattr(e, "reason", e)
+                    raise ServerError(
+                        f"openai backend: the server at {url} did not answer POST {path} after {attempt + 1} "
+                        f"tries ({reason}); is it up?", url,
+                    ) from e  # fmt: skip
+            log.warning(
+                "openai backend: %s%s retry %d/%d in %.1fs", url, path, attempt + 1, self.max_retries, wait
+            )
             time.sleep(min(wait, 60.0))
         raise AssertionError("unreachable")
 
-    def _one(self, r: Request, temperature, top_p, max_new_tokens) -> list[Result]:
+    def _load_adapter(self, url: str) -> None:
+        """Load the policy's adapter on `url` unless it holds it already (a rerun, another process)."""
+        name, path = self.adapter
+        try:
+            self._post(url, "/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        except ServerError as e:
+            if e.status == 400 and "already" in e.detail.lower():
+                pass  # vLLM: "The lora adapter '…' has already been loaded."
+            elif e.status in (404, 405):
+                raise ServerError(
+                    f"openai backend: {url} cannot load LoRA adapters at run time ({e.status}); start vLLM with "
+                    "`--enable-lora` and the environment variable VLLM_ALLOW_RUNTIME_LORA_UPDATING=True", url, e.status,
+                ) from e  # fmt: skip
+            else:
+                raise
+        with self._lock:
+            self._loaded.add(url)
+
+    def _one(self, url: str, r: Request, seed: int, tag, temperature, top_p, max_new_tokens) -> Result:
         body = {
-            "model": self.model,
-            "n": len(r.seeds),
+            "model": self.model if self.adapter is None else self.adapter[0],
             "temperature": temperature,
             "top_p": top_p if temperature > 0 else 1.0,
             "max_tokens": max_new_tokens,
-            "seed": r.seeds[0] % 2**31,  # one seed per request: servers draw the n samples from it
+            "seed": seed % 2**31,  # the sample's own seed, in the range every server accepts
             **self.extra_body,
         }
         if r.constraint is not None:  # vLLM's structured outputs (≥ 0.12; older servers: guided_regex)
@@ -340,51 +404,101 @@ class OpenAIBackend:
             path, body["messages"] = "/chat/completions", r.messages
         else:
             path, body["prompt"] = "/completions", r.text
-        reply = self._post(path, body)
-        self.forward_calls += 1
-        choices = sorted(reply.get("choices", []), key=lambda c: c.get("index", 0))
-        if len(choices) != len(r.seeds):
+        try:
+            reply = self._post(url, path, body)
+        except ServerError as e:
+            if self.adapter is None or e.status != 404:
+                raise
+            self._load_adapter(url)  # a restarted server lost the adapter: load it again, once
+            reply = self._post(url, path, body)
+        with self._lock:
+            self.forward_calls += 1
+        choices = reply.get("choices") if isinstance(reply, dict) else None
+        if not choices or len(choices) != 1:
             raise RuntimeError(
-                f"openai backend: asked for n={len(r.seeds)}, got {len(choices)} choices: {reply}"
+                f"openai backend: {url}{path} gave {len(choices or [])} choices, not 1: {reply}"
             )
-        usage = reply.get("usage") or {}
-        n_tok = usage.get("completion_tokens") if len(choices) == 1 else None  # usage is summed over n
-        out = []
-        for tag, c in zip(r.tags, choices):
-            text = c["message"]["content"] if r.messages is not None else c["text"]
-            out.append(Result(tag, text or "", n_tok, c.get("finish_reason") or "stop"))
-        return out
+        c = choices[0]
+        text = c["message"]["content"] if r.messages is not None else c["text"]
+        n_tok = (reply.get("usage") or {}).get("completion_tokens")
+        return Result(tag, text or "", n_tok, c.get("finish_reason") or "stop")
 
     def run(self, requests: list[Request], temperature, top_p, max_new_tokens, on_done) -> None:
-        with ThreadPoolExecutor(max_workers=max(1, self.concurrency)) as pool:
-            futures = [pool.submit(self._one, r, temperature, top_p, max_new_tokens) for r in requests]
-            try:
-                for fut in as_completed(futures):
-                    on_done(fut.result())  # results reach the cache in this (the caller's) thread
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        urls = self.base_urls
+        if self.adapter is not None:
+            for url in urls:
+                if url not in self._loaded:
+                    self._load_adapter(url)
+        pools = [ThreadPoolExecutor(max_workers=max(1, self.concurrency)) for _ in urls]
+        futures = []
+        try:
+            for k, r in enumerate(requests):
+                for seed, tag in zip(r.seeds, r.tags):
+                    futures.append(
+                        pools[k % len(urls)].submit(
+                            self._one, urls[k % len(urls)], r, seed, tag, temperature, top_p, max_new_tokens
+                        )
+                    )
+            for fut in as_completed(futures):
+                on_done([fut.result()])  # results reach the cache in this (the caller's) thread
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        finally:
+            for pool in pools:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+_ENGINES: dict = {}  # (model, engine options) → the process's vllm.LLM: rounds share the base weights
+_LORA_IDS: dict[str, int] = {}  # adapter name → vLLM's integer adapter id (unique in the process)
 
 
 class VLLMBackend:
     """vLLM in this process (GPU). One request per sample with its own seed, so sample i of a
-    prompt is reproducible; vLLM's prefix caching shares the prompt's prefill across samples."""
+    prompt is reproducible; vLLM's prefix caching shares the prompt's prefill across samples.
+
+    With `adapter=(name, path)` (a peft LoRA folder) every request carries a `LoRARequest` for it.
+    The engine is built once per (model, options) in the process, with `enable_lora` when the policy
+    will have adapters (`enable_lora=True` from its first, adapter-less round on), so each round's
+    policy reuses the loaded base weights and only adds its adapter."""
 
     name = "vllm"
     wants_messages = False
 
-    def __init__(self, model: str, batch_size: int = 1024, **llm_kwargs):
+    def __init__(
+        self,
+        model: str,
+        batch_size: int = 1024,
+        adapter: tuple[str, str] | None = None,
+        enable_lora: bool | None = None,
+        max_lora_rank: int = 16,
+        **llm_kwargs,
+    ):
         try:
             import vllm
         except ImportError as e:
             raise ImportError(
                 "backend=vllm needs vLLM, which is not installed. Install it on a machine with a CUDA GPU: "
-                "`pip install rlrec[vllm]`. On CPU use backend=hf, or backend=openai pointed at a vLLM server."
+                "`pip install rlrec[vllm]`. On CPU use backend=hf, or backend=openai pointed at a vLLM server "
+                "(`make vllm-env vllm-serve`)."
             ) from e
         self.vllm = vllm
         assert isinstance(model, str), "backend=vllm takes the model as a hub id or folder path"
-        self.llm = vllm.LLM(model=model, enable_prefix_caching=True, **llm_kwargs)
+        enable_lora = adapter is not None if enable_lora is None else enable_lora
+        assert adapter is None or enable_lora, "an adapter needs the engine built with enable_lora"
+        if enable_lora:
+            llm_kwargs = {"enable_lora": True, "max_lora_rank": max_lora_rank, **llm_kwargs}
+        key = (model, json.dumps(llm_kwargs, sort_keys=True, default=str))
+        if key not in _ENGINES:
+            _ENGINES[key] = vllm.LLM(model=model, enable_prefix_caching=True, **llm_kwargs)
+        self.llm = _ENGINES[key]
+        self.lora = None
+        if adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            name, path = str(adapter[0]), str(adapter[1])
+            self.lora = LoRARequest(name, _LORA_IDS.setdefault(name, len(_LORA_IDS) + 1), path)
         self.tokenizer = self.llm.get_tokenizer()
         self.batch_size = batch_size
         self.forward_calls = 0
@@ -404,7 +518,8 @@ class VLLMBackend:
                 )
                 for _, seed, _, constraint in chunk
             ]
-            outs = self.llm.generate([row[0] for row in chunk], params, use_tqdm=False)
+            prompts = [row[0] for row in chunk]
+            outs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora)
             self.forward_calls += 1
             on_done(
                 [

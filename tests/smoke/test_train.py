@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 from hydra import compose, initialize_config_dir
@@ -320,9 +321,11 @@ def test_kar_smoke_generates_user_and_item_knowledge_once(tmp_path):
 
 
 class _SeededOpenAI(JSONHandler, http.server.BaseHTTPRequestHandler):
-    """An OpenAI-compatible chat server whose texts depend on the request's seed (varied samples)."""
+    """An OpenAI-compatible chat server whose texts depend on the request's seed (varied samples);
+    like a vLLM server with runtime LoRA loading, it accepts adapters by name."""
 
     requests: list = []
+    loads: list = []
     WORDS = (
         "drama",
         "comedy",
@@ -338,18 +341,21 @@ class _SeededOpenAI(JSONHandler, http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802 (http.server's naming)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path.endswith("/load_lora_adapter"):
+            type(self).loads.append(body)
+            return self.send_json({})
         type(self).requests.append(body)
         rng = np.random.default_rng(body["seed"])
-        choices = [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content":
-                    "The user likes " + " and ".join(rng.choice(self.WORDS, 3, replace=False)) + " titles."}}
-                   for i in range(body["n"])]  # fmt: skip
-        self.send_json({"choices": choices})
+        text = "The user likes " + " and ".join(rng.choice(self.WORDS, 3, replace=False)) + " titles."
+        self.send_json({"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+                                                                                      "content": text}}]})  # fmt: skip
 
 
 def test_main_job_samples_through_the_openai_backend(tmp_path):
     """`sampling.backend=openai` reaches the loop: every text of the main job's smoke profile (round-0
-    knowledge, the round's samples, the aligned policy's knowledge) comes from the server."""
-    _SeededOpenAI.requests = []
+    knowledge, the round's samples, the aligned policy's knowledge) comes from the server, the aligned
+    policy's from its LoRA adapter loaded on the server at run time."""
+    _SeededOpenAI.requests, _SeededOpenAI.loads = [], []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SeededOpenAI)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -359,10 +365,15 @@ def test_main_job_samples_through_the_openai_backend(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
-    reqs = _SeededOpenAI.requests
-    assert reqs and all(r["model"] == "served" for r in reqs)
-    sampled = [r for r in reqs if r["temperature"] > 0]
-    assert sampled and all(r["n"] == 2 for r in sampled)  # N = sampling.num_samples of the smoke profile
+    reqs, loads = _SeededOpenAI.requests, _SeededOpenAI.loads
+    adapter = stage(res, "align")
+    assert [ld["lora_name"] for ld in loads] == [f"rlrec-{adapter['key']}"]  # the round's policy, loaded once
+    assert Path(loads[0]["lora_path"], "adapter_config.json").is_file()
+    assert {r["model"] for r in reqs} == {"served", loads[0]["lora_name"]}
+    sampled = [r for r in reqs if r["temperature"] > 0 and r["model"] == "served"]
+    prompts = {json.dumps(r["messages"]) for r in sampled}
+    assert "n" not in sampled[0] and len(sampled) == 2 * len(prompts)  # one request per sample, N = 2
+    assert len({r["seed"] for r in sampled}) == len(sampled)
     examples = res["examples"]["round0"]
     assert all(t.startswith("The user likes ") for t in examples.values())
     assert res["metrics"]["iter1/pairs/groups"] > 0 and stage(res, "align")["cached"] is False

@@ -6,11 +6,8 @@ with a character tokenizer: nothing downloaded."""
 from __future__ import annotations
 
 import doctest
-import http.server
 import importlib
-import json
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -18,9 +15,8 @@ import torch
 from scipy.stats import chisquare
 
 from rlrec.llm.chat import format_chat
-from rlrec.llm.generation import GenerationCache, Generator, OpenAIBackend, SamplingConfig
+from rlrec.llm.generation import GenerationCache, Generator, SamplingConfig
 from rlrec.llm.sampler import Job, PrefixSharingSampler, top_p_keep
-from tests.conftest import JSONHandler
 
 V = 64
 EOS, PAD = 1, 0
@@ -244,94 +240,7 @@ def test_cache_needs_a_model_fingerprint(tmp_path):
         Generator(tiny_llama(), CharTokenizer(), None, tmp_path)
 
 
-# ----------------------------------------------------------------------------- openai
-
-
-class _FakeOpenAI(JSONHandler, http.server.BaseHTTPRequestHandler):
-    requests: list = []
-    fail_first: list = []  # status codes to answer before succeeding
-
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append(
-            {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
-        )
-        if type(self).fail_first:
-            code = type(self).fail_first.pop(0)
-            self.send_response(code)
-            self.end_headers()
-            self.wfile.write(b'{"error": "try later"}')
-            return
-        n = body["n"]
-        if self.path.endswith("/chat/completions"):
-            user = body["messages"][-1]["content"]
-            choices = [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": f"{user}#{i}"},
-                    "finish_reason": "stop",
-                }
-                for i in range(n)
-            ]
-        else:
-            choices = [
-                {"index": i, "text": f"{body['prompt']}#{i}", "finish_reason": "length"} for i in range(n)
-            ]
-        self.send_json(
-            {"choices": choices[::-1], "usage": {"completion_tokens": 5 * n}}
-        )  # out of order on purpose
-
-
-@pytest.fixture()
-def fake_openai():
-    _FakeOpenAI.requests, _FakeOpenAI.fail_first = [], []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeOpenAI)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", _FakeOpenAI
-    server.shutdown()
-    server.server_close()
-
-
-def test_openai_backend_request_fields_parsing_retries_and_cache(fake_openai, tmp_path, monkeypatch):
-    url, handler = fake_openai
-    monkeypatch.setenv("RLREC_TEST_KEY", "sk-test")
-    handler.fail_first = [503]  # retried with backoff
-    gen = Generator(
-        "served-model", None, "served-model@fake", tmp_path, backend="openai", base_url=url,
-        api_key_env="RLREC_TEST_KEY", backoff=0.01, system="Be brief.", progress=False,
-    )  # fmt: skip
-    out = gen.sample(["u1", "u2"], n=3, temperature=0.8, top_p=0.9, max_new_tokens=32, seed=5)
-    assert out == [["u1#0", "u1#1", "u1#2"], ["u2#0", "u2#1", "u2#2"]]  # choices put back in index order
-    ok = [r for r in handler.requests if r["body"]["messages"][-1]["content"] in ("u1", "u2")]
-    assert len(handler.requests) == 3 and len(ok) == 3  # 1 failed + 2 prompts
-    r = handler.requests[-1]
-    assert r["path"] == "/v1/chat/completions" and r["auth"] == "Bearer sk-test"
-    body = r["body"]
-    assert body["model"] == "served-model" and body["n"] == 3 and body["max_tokens"] == 32
-    assert body["temperature"] == 0.8 and body["top_p"] == 0.9 and isinstance(body["seed"], int)
-    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
-
-    n_requests = len(handler.requests)
-    assert gen.sample(["u1", "u2"], n=3, temperature=0.8, top_p=0.9, max_new_tokens=32, seed=5) == out
-    assert len(handler.requests) == n_requests  # cached
-
-    assert gen.greedy(["u3"], max_new_tokens=4) == ["u3#0"]
-    assert handler.requests[-1]["body"]["temperature"] == 0.0 and handler.requests[-1]["body"]["n"] == 1
-
-    raw = Generator("m", None, backend="openai", base_url=url, chat=False, progress=False, api_key_env="")
-    assert raw.sample(["p"], n=2, max_new_tokens=4) == [["p#0", "p#1"]]
-    assert handler.requests[-1]["path"] == "/v1/completions" and handler.requests[-1]["auth"] is None
-
-
-def test_openai_backend_fails_fast_on_client_errors(fake_openai):
-    url, handler = fake_openai
-    handler.fail_first = [400]
-    backend = OpenAIBackend(url, "m", backoff=0.01)
-    gen = Generator("m", backend=backend, progress=False)
-    with pytest.raises(RuntimeError, match="400"):
-        gen.sample(["x"], n=1)
-    assert len(handler.requests) == 1
+# openai backend: tests/unit/test_openai_backend.py
 
 
 # ----------------------------------------------------------------------------- vllm, config
