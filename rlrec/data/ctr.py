@@ -40,19 +40,27 @@ class TensorBatches:
         self.n = next(iter(sizes.values()))
         self.generator = torch.Generator().manual_seed(seed)
 
-    def _starts(self) -> range:
-        """Row offsets of this process's batches. Inside a multi-process fit (a launched DDP rank)
-        every rank draws the same seeded order and takes every world-th batch: a training epoch
-        gives each rank the same number of batches (DDP steps together), evaluation covers all."""
+    def _rows(self) -> tuple[int, int]:
+        """This process's rows [lo, hi). Inside a multi-process fit (a launched DDP rank) every rank
+        draws the same seeded order and takes its own slice of it: equal slices for training (DDP
+        steps together, so every rank needs as many batches), all rows for evaluation."""
         from rlrec.launch import world
 
-        n = (self.n + self.batch_size - 1) // self.batch_size
-        if self.shuffle and self.n > 1 and self.n % self.batch_size == 1:
-            n -= 1  # a training batch of one sample breaks BatchNorm/Dice; it is reshuffled next epoch
         rank, size = world()
-        if size > 1 and self.shuffle:
-            n -= n % size
-        return range(rank * self.batch_size, n * self.batch_size, size * self.batch_size)
+        if size == 1:
+            return 0, self.n
+        if self.shuffle:
+            per = self.n // size
+            return rank * per, (rank + 1) * per
+        return self.n * rank // size, self.n * (rank + 1) // size
+
+    def _starts(self) -> range:
+        lo, hi = self._rows()
+        m = hi - lo
+        n = (m + self.batch_size - 1) // self.batch_size
+        if self.shuffle and m > 1 and m % self.batch_size == 1:
+            n -= 1  # a training batch of one sample breaks BatchNorm/Dice; it is reshuffled next epoch
+        return range(lo, lo + n * self.batch_size, self.batch_size)
 
     def __len__(self) -> int:
         return len(self._starts())
@@ -63,5 +71,6 @@ class TensorBatches:
             data = {k: v[perm] for k, v in self.tensors.items()}  # one gather per epoch, then cheap slices
         else:
             data = self.tensors
+        hi = self._rows()[1]
         for s in self._starts():
-            yield {k: v[s : s + self.batch_size] for k, v in data.items()}
+            yield {k: v[s : min(s + self.batch_size, hi)] for k, v in data.items()}

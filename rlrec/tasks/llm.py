@@ -41,6 +41,7 @@ class LLMTask(pl.LightningModule):
         self.adapter_path = adapter_path
         self._tokenizer = tokenizer
         self.config = config  # the resolved run config, stored in every checkpoint
+        self.init_seed: int | None = None  # seeds a new LoRA adapter's init wherever the weights load (a launched rank too)
         self.model: nn.Module | None = None
         if isinstance(llm, nn.Module):
             self.model = self._wrap(llm)
@@ -72,6 +73,8 @@ class LLMTask(pl.LightningModule):
         if self.model is not None:
             return
         base, self._tokenizer = load_model(self.llm_config, tokenizer=self._tokenizer)
+        if self.init_seed is not None:
+            torch.manual_seed(self.init_seed)
         self.model = self._wrap(base)
         trained = self.__dict__.pop("_trained", None)  # what a pickled copy carried (see __getstate__)
         if trained:

@@ -1,0 +1,137 @@
+"""Multi-process fits on this CPU with gloo: the pipeline process launches the ranks with
+`torchrun --standalone --nproc_per_node=2 -m rlrec.stage` (rlrec.launch), never Lightning's own
+launcher. On `llm=tiny_random`: one adapter is written, 2 ranks × batch 1 train the same adapter as
+1 process × batch 2, and the reference log-probs each rank computes on its shard, once gathered,
+equal the single-process ones. A CTR fit on 2 ranks returns a trained model and whole-split metrics."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from rlrec import launch
+from rlrec.launch import TrainerFactory
+from rlrec.llm.data import PreferenceDataset
+from rlrec.tasks.preference import PreferenceTask, train_preference
+from tests.conftest import CONF
+
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+TRAINER = {"_target_": "pytorch_lightning.Trainer", "accelerator": "cpu", "max_epochs": 1,
+           "num_sanity_val_steps": 0, "enable_model_summary": False}  # fmt: skip
+
+
+def factory(tmp_path, devices: int) -> TrainerFactory:
+    node = {**TRAINER, "devices": devices, **({"strategy": "ddp"} if devices > 1 else {})}
+    return TrainerFactory(trainer=node, launch={"via": "torchrun", "dir": str(tmp_path / "launch")}, threads=2)
+
+
+def tiny_random(tmp_path):
+    node = OmegaConf.load(CONF / "llm" / "tiny_random.yaml")
+    node.cache_dir, node.seed = str(tmp_path / "models"), 0
+    from hydra.utils import instantiate
+
+    return instantiate(node)
+
+
+def new_task(llm) -> PreferenceTask:
+    task = PreferenceTask(llm, loss="sdpo", beta=0.5, lora=LORA, reference="current",
+                          optimizer=functools.partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.0))  # fmt: skip
+    task.init_seed = 0
+    return task
+
+
+GROUPS = [
+    {"prompt": f"user {i} likes", "chosen": f"film {i} with dragons", "rejected": [f"no {i}", f"maybe {i} later"]}
+    for i in range(4)
+]
+
+
+def preference(batch_size: int):
+    return OmegaConf.create({"max_prompt_len": 32, "max_completion_len": 16, "chat_template": False,
+                             "num_negatives": None, "batch_size": batch_size, "accumulate_grad_batches": 1,
+                             "max_epochs": 1, "val_checks": 1, "gradient_clip_val": None})  # fmt: skip
+
+
+def reference_job(task: PreferenceTask, groups, P):
+    """On every rank: the reference log-probs of all `groups` (each rank scores its shard, then gathers)."""
+    ds = PreferenceDataset(groups, task.tokenizer, int(P.max_prompt_len), int(P.max_completion_len), False)
+    task.precompute_reference(DataLoader(ds, batch_size=int(P.batch_size), collate_fn=ds.collate))
+    return task.refs["train"], launch.world()
+
+
+def test_two_ranks_write_one_adapter_equal_to_one_process_with_twice_the_batch(tmp_path):
+    llm = tiny_random(tmp_path)
+    two = tmp_path / "two" / "adapter"
+    metrics, curve = train_preference(new_task(llm), GROUPS, preference(1), factory(tmp_path, 2), 0, None, two)
+    written = sorted(p.parent for p in tmp_path.rglob("adapter_config.json"))
+    assert written == [two]  # rank 0 alone published it
+    assert len(curve) == 2 and "align/sdpo_loss" in metrics  # 4 groups / (2 ranks × batch 1)
+    assert not (tmp_path / "launch").exists() or not any((tmp_path / "launch").iterdir())  # job files removed
+
+    one = tmp_path / "one" / "adapter"
+    task = new_task(llm)
+    train_preference(task, GROUPS, preference(2), factory(tmp_path, 1), 0, None, one)
+    a, b = load_file(two / "adapter_model.safetensors"), load_file(one / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and len(a) > 0
+    init = new_task(llm)
+    init.configure_model()
+    start = {k.replace(".default", ""): v for k, v in init.model.state_dict().items() if "lora_" in k}
+    moved = 0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
+        moved += not torch.equal(a[k], start[k])
+    assert moved == len(a)  # every LoRA matrix trained (B from zero, A by the second step)
+
+
+def test_reference_logps_computed_on_shards_and_gathered_equal_one_process(tmp_path):
+    llm = tiny_random(tmp_path)
+    groups = GROUPS + [{"prompt": "a longer prompt for user 9", "chosen": "x", "rejected": ["y", "zz"]}]
+    (ref_c, ref_r), (rank, size) = launch.run(reference_job, new_task(llm), groups, preference(2),
+                                              factory=factory(tmp_path, 2))  # fmt: skip
+    assert (rank, size) == (0, 2)  # it ran on rank 0 of two
+    (one_c, one_r), (_, single) = reference_job(new_task(llm), groups, preference(2))
+    assert single == 1 and ref_c.shape == (5,) and ref_r.shape == (5, 2)
+    torch.testing.assert_close(ref_c, one_c, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ref_r, one_r, atol=1e-5, rtol=0)
+
+
+def test_ctr_fit_on_two_ranks_trains_and_reports_whole_split_metrics(tmp_path, tiny_prep):
+    from hydra.utils import instantiate
+
+    from rlrec.data.ctr import TensorBatches, ctr_tensors
+    from rlrec.downstream.fit import build_model, fit
+    from rlrec.tasks.ctr import CTRTask
+
+    torch.manual_seed(0)
+    model = build_model(instantiate(OmegaConf.load(CONF / "backbone" / "din.yaml")), tiny_prep.spec)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    train, valid = ctr_tensors(tiny_prep, "train"), ctr_tensors(tiny_prep, "valid")
+    task = CTRTask(model, functools.partial(torch.optim.Adam, lr=1e-2))
+    make = functools.partial(factory(tmp_path, 2), max_epochs=2)
+    fitted = fit(make, task, TensorBatches(train, 32, shuffle=True), TensorBatches(valid, 64),
+                 TensorBatches(valid, 64), monitor="val/auc", patience=2)  # fmt: skip
+    assert 0.0 <= fitted.best <= 1.0 and fitted.metrics["val/auc"] == pytest.approx(fitted.best)
+    changed = [k for k, v in fitted.model.state_dict().items() if not torch.equal(v, start[k])]
+    assert changed, "the fit on the ranks came back untrained"
+    # whole-split metrics: the ranks' shards gathered, so the same model scores the same here
+    from rlrec.tasks.ctr import CTRTask as Eval
+
+    check = Eval(fitted.model, functools.partial(torch.optim.Adam, lr=1e-2))
+    here = factory(tmp_path, 1)(max_epochs=1).validate(check, TensorBatches(valid, 64), verbose=False)[0]
+    assert here["val/auc"] == pytest.approx(fitted.metrics["val/auc"], abs=1e-5)
+    assert here["val/logloss"] == pytest.approx(fitted.metrics["val/logloss"], abs=1e-5)
+
+
+def test_a_multi_process_trainer_is_never_built_in_the_pipeline_process(tmp_path):
+    with pytest.raises(RuntimeError, match="multi-process fit"):
+        factory(tmp_path, 2)(max_epochs=1)
+    assert factory(tmp_path, 2).world_size == 2 and factory(tmp_path, 1).world_size == 1
+    with pytest.raises(ValueError, match="launch.via"):
+        launch.launch(TrainerFactory(trainer={**TRAINER, "devices": 2}, launch={"via": "mpirun",
+                                                                                 "dir": str(tmp_path)}),
+                      reference_job, (), {})  # fmt: skip
