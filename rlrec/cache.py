@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -92,3 +93,54 @@ def folder_identity(folder: Path) -> dict:
         "config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:16],
         "weights": [[p.name, file_hash(p)] for p in weights],
     }
+
+
+SQLITE_JOURNAL_ENV = "RLREC_SQLITE_JOURNAL"
+SQLITE_JOURNALS = ("wal", "delete", "truncate", "persist")
+
+
+class SQLiteJournalError(RuntimeError):
+    """A cache database could not be put in the configured journal mode (not a damaged file)."""
+
+
+def sqlite_journal() -> str:
+    """The journal mode of the SQLite caches (generations, text vectors), from `RLREC_SQLITE_JOURNAL`:
+    `wal` (default: readers never wait for a writer) needs shared memory between the processes, so
+    it works on a local disk only; `delete` (SQLite's classic rollback journal) for a cache on
+    NFS, Lustre or GPFS, where only POSIX file locks work across nodes.
+
+    >>> os.environ.pop(SQLITE_JOURNAL_ENV, None) and None
+    >>> sqlite_journal()
+    'wal'
+    """
+    mode = os.environ.get(SQLITE_JOURNAL_ENV, "").strip().lower() or "wal"
+    if mode not in SQLITE_JOURNALS:
+        raise ValueError(
+            f"{SQLITE_JOURNAL_ENV}={os.environ[SQLITE_JOURNAL_ENV]!r} is not a journal mode of the SQLite "
+            f"caches; choose one of {', '.join(SQLITE_JOURNALS)} (wal on a local disk, delete on NFS/Lustre/GPFS)"
+        )
+    return mode
+
+
+def set_sqlite_journal(conn: sqlite3.Connection, path: str | Path) -> str:
+    """Put an open cache database in the `sqlite_journal()` mode (WAL with `synchronous=NORMAL`,
+    SQLite's recommended pair: a crash loses at most the last commit, never the file) and check
+    that SQLite applied it. An in-memory database keeps its own mode."""
+    mode = sqlite_journal()
+    if str(path) == ":memory:":
+        return "memory"
+    try:
+        got = conn.execute(f"PRAGMA journal_mode={mode}").fetchone()[0].lower()
+    except sqlite3.OperationalError as e:  # WAL on a network filesystem; a file open in another mode
+        raise SQLiteJournalError(
+            f"{path}: cannot use journal mode {mode!r} ({e}): on a shared filesystem (NFS, Lustre, GPFS) "
+            f"set {SQLITE_JOURNAL_ENV}=delete, and give every process that shares the file the same setting"
+        ) from e
+    if got != mode:  # leaving WAL needs the only connection to the file
+        raise SQLiteJournalError(
+            f"{path}: SQLite kept journal mode {got!r} instead of {SQLITE_JOURNAL_ENV}={mode!r}; another "
+            f"process has the file open in {got!r} mode — give every process that shares it the same setting"
+        )
+    if mode == "wal":
+        conn.execute("PRAGMA synchronous=NORMAL")
+    return mode

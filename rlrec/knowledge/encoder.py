@@ -10,7 +10,8 @@ KAR, `BAAI/bge-m3` as in TrackRec). `AutoModel` + `AutoTokenizer` are used direc
 encoder works the same way.
 
 Cache: one sqlite file per (encoder identity, max_length, pooling), one row per text hash holding
-the raw pooled float32 vector. Each encoded batch is committed as one transaction, so a killed
+the raw pooled float32 vector (journal `RLREC_SQLITE_JOURNAL`: `wal` by default, `delete` on a
+shared filesystem). Each encoded batch is committed as one transaction, so a killed
 run loses at most the batch in flight; rows of the wrong size or with non-finite values, and an
 unreadable file (moved aside), are ignored and recomputed. Vectors are stored un-normalised;
 `normalize=True` is applied on the way out, so it shares the cache.
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlrec.cache import fingerprint, folder_identity
+from rlrec.cache import fingerprint, folder_identity, set_sqlite_journal
 
 log = logging.getLogger("rlrec")
 
@@ -141,6 +142,7 @@ class _VectorStore:
         conn.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
         conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
         conn.commit()
+        set_sqlite_journal(conn, self.path)  # after the page size is fixed: WAL files cannot change it
         conn.execute("SELECT count(*) FROM vectors").fetchone()  # fails now if the file is damaged
         return conn
 

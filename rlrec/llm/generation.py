@@ -18,8 +18,9 @@ Backends (one small interface, `run(requests, temperature, top_p, max_new_tokens
 - `vllm`: vLLM in-process (GPU machines; `pip install rlrec[vllm]`), a `LoRARequest` per adapter.
 
 Cache: one row per (model fingerprint, adapter fingerprint, backend, prompt, sampling
-parameters, seed, sample index) in a SQLite file (WAL). Finished samples are committed as they
-complete, so a rerun never regenerates and a killed run resumes with only the missing samples.
+parameters, seed, sample index) in a SQLite file (journal `RLREC_SQLITE_JOURNAL`: `wal` by default,
+`delete` on a shared filesystem). Finished samples are committed as they complete, so a rerun
+never regenerates and a killed run resumes with only the missing samples.
 
 Reproducibility: sample i of a prompt gets its own seed, hash(seed, prompt, i); the `hf` fast path
 draws its t-th token from a counter-based uniform of (that seed, t), so the same text comes back
@@ -42,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlrec.cache import fingerprint
+from rlrec.cache import fingerprint, set_sqlite_journal
 from rlrec.llm.chat import chat_messages, format_chat
 
 log = logging.getLogger("rlrec")
@@ -148,16 +149,16 @@ class GenerationStats:
 
 
 class GenerationCache:
-    """key → (text, n_tokens, finish_reason) in SQLite with WAL: concurrent readers, one
-    transaction per batch of finished samples, nothing half-written after a kill."""
+    """key → (text, n_tokens, finish_reason) in SQLite (WAL on a local disk: concurrent readers;
+    `RLREC_SQLITE_JOURNAL=delete` on a shared filesystem), one transaction per batch of finished
+    samples, nothing half-written after a kill."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # check_same_thread=False: built in one thread, used from another (never two at once)
         self.db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses at most the last commit
+        self.journal = set_sqlite_journal(self.db, self.path)  # RLREC_SQLITE_JOURNAL: wal | delete | …
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS gen (key TEXT PRIMARY KEY, text TEXT NOT NULL, n_tokens INTEGER,"
             " finish TEXT NOT NULL, created REAL NOT NULL)"
