@@ -107,12 +107,7 @@ def sqlite_journal() -> str:
     """The journal mode of the SQLite caches (generations, text vectors), from `RLREC_SQLITE_JOURNAL`:
     `wal` (default: readers never wait for a writer) needs shared memory between the processes, so
     it works on a local disk only; `delete` (SQLite's classic rollback journal) for a cache on
-    NFS, Lustre or GPFS, where only POSIX file locks work across nodes.
-
-    >>> os.environ.pop(SQLITE_JOURNAL_ENV, None) and None
-    >>> sqlite_journal()
-    'wal'
-    """
+    NFS, Lustre or GPFS, where only POSIX file locks work across nodes."""
     mode = os.environ.get(SQLITE_JOURNAL_ENV, "").strip().lower() or "wal"
     if mode not in SQLITE_JOURNALS:
         raise ValueError(

@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 
 import hydra
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from rlrec.cache import atomic_write_json, atomic_write_text
+from rlrec.cache import atomic_write_json, atomic_write_text, sqlite_journal
 from rlrec.context import Context
 from rlrec.report import run_markdown, write_plots
 from rlrec.run import run as run_shape
@@ -24,6 +25,7 @@ log = logging.getLogger("rlrec")
 
 def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Run the configured job and write its results into `output_dir` (atomically)."""
+    sqlite_journal()  # a bad RLREC_SQLITE_JOURNAL fails now, not when a cache first opens
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -65,12 +67,50 @@ def _finish_wandb() -> None:
         pass
 
 
+def launcher_threads(threads: int, launcher: dict, overrides: list[str], cpus: int) -> int:
+    """Torch threads of one job of a multirun, given its Hydra launcher: joblib runs `n_jobs` jobs
+    side by side on this machine's `cpus` cores, so each gets at most `cpus // n_jobs` (two jobs of 2
+    threads on 2 cores run ~10x slower than of 1); a submitit job gets `cpus_per_task`. An explicit
+    `threads=` on the command line (or in the sweep) wins.
+
+    >>> launcher_threads(2, {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+    ...                      "n_jobs": 2}, [], cpus=2)
+    1
+    >>> launcher_threads(2, {"_target_": "x.SlurmLauncher", "cpus_per_task": 8}, ["backbone=din"], cpus=64)
+    8
+    >>> launcher_threads(4, {"_target_": "x.SlurmLauncher", "cpus_per_task": 8}, ["threads=4"], cpus=64)
+    4
+    """
+    if any(o.split("=", 1)[0].lstrip("+~") == "threads" for o in overrides):
+        return threads
+    target = str(launcher.get("_target_", ""))
+    if target.endswith("JoblibLauncher"):
+        n_jobs = int(launcher.get("n_jobs") or -1)
+        n_jobs = n_jobs if n_jobs > 0 else max(1, cpus + 1 + n_jobs)  # joblib: -1 = every core
+        return max(1, min(threads, cpus // n_jobs))
+    if "submitit_launcher" in target or target.endswith(("SlurmLauncher", "LocalLauncher")):
+        return int(launcher.get("cpus_per_task") or threads)
+    return threads
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("WANDB_MODE", "offline")
     from hydra.core.hydra_config import HydraConfig
 
-    results = run(cfg, HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        threads = launcher_threads(
+            int(cfg.threads),
+            OmegaConf.to_container(hc.launcher),
+            list(hc.overrides.task),
+            len(os.sched_getaffinity(0)),
+        )
+        if threads != int(cfg.threads):
+            log.info("threads: %d per job under %s (was %d)", threads, hc.runtime.choices.get("hydra/launcher"),
+                     cfg.threads)  # fmt: skip
+            cfg.threads = threads
+    results = run(cfg, hc.runtime.output_dir)
     metric = cfg.get("optimized_metric")
     return results["metrics"].get(metric) if metric else None
 
