@@ -85,6 +85,15 @@ class Context:
             threads=int(self.cfg.get("threads", 1)),
         )
 
+    @cached_property
+    def executor(self):
+        """Where the many small independent fits run (`cfg.executor`, `rlrec.executor`): serial,
+        joblib, submitit."""
+        from rlrec.executor import Serial
+
+        node = self.cfg.get("executor")
+        return instantiate(node) if node is not None else Serial()
+
     def node(self, key: str) -> DictConfig:
         """A config node as a standalone resolved copy (e.g. a model factory to instantiate)."""
         return OmegaConf.create(OmegaConf.to_container(OmegaConf.select(self.cfg, key), resolve=True))

@@ -93,6 +93,22 @@ class Store:
         )
         return art
 
+    def ready(self, name: str, deps: Any) -> bool:
+        """True when `stage(name, deps, …)` would reuse a published artifact (nothing to build)."""
+        key = fingerprint(deps)
+        reuse = self.reuse or (name, key) in self._seen
+        return reuse and (self.root / name / key / "result.json").exists()
+
+    def fork(self) -> Store:
+        """A copy for a job that builds stages elsewhere (`rlrec.executor`): the same folder and
+        reuse rule, its own `events`, which `join` brings back."""
+        return Store(self.root, self.reuse, [], set(self._seen))
+
+    def join(self, events: list[dict]) -> None:
+        for e in events:
+            self.events.append(e)
+            self._seen.add((e["stage"], e["key"]))
+
     @contextmanager
     def _lock(self, final: Path):
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
@@ -52,6 +53,33 @@ def _fit(make_trainer, task, train, valid, test, *, monitor: str, patience: int)
         metrics["train/samples_per_s"] = round(speed.rate, 1)
         metrics["train/epochs"] = trainer.current_epoch
     return Fitted(task.model.eval(), keep.best, metrics)
+
+
+def fit_shard(
+    work: Path, *, model: Callable[[], nn.Module], task: Callable[[nn.Module], pl.LightningModule], make_trainer,
+    train, valid, monitor: str, patience: int, seed: int, after: str | None = None,
+) -> dict:  # fmt: skip
+    """A feedback model's fit as a stage build (one shard, `rlrec.executor`), seeded here so it
+    computes the same wherever it runs: `model()` builds it after `torch.manual_seed(seed)`; with
+    `after` (a shard's `model.pt`) it continues from those weights with its own user knowledge.
+    The best weights go to `work/model.pt`; returns {"best": the monitored validation metric}."""
+    torch.manual_seed(seed)
+    net = model()
+    if after is not None:
+        user = net.embedding.user_knowledge.clone()  # this probe's knowledge, not the one fitted before
+        net.load_state_dict(torch.load(after, map_location="cpu")["state_dict"])
+        net.embedding.set_knowledge(user=user)
+    fitted = fit(make_trainer, task(net), train, valid, monitor=monitor, patience=patience)
+    torch.save({"state_dict": fitted.model.state_dict()}, Path(work) / "model.pt")
+    return {"best": float(fitted.best)}
+
+
+def load_shard(model: Callable[[], nn.Module], artifact) -> nn.Module:
+    """The model `fit_shard` fitted, rebuilt by `model()` and loaded from its artifact (eval mode)."""
+    with torch.random.fork_rng(devices=[]):  # building draws an init the weights replace
+        net = model()
+    net.load_state_dict(torch.load(artifact.path("model.pt"), map_location="cpu")["state_dict"])
+    return net.eval()
 
 
 def build_model(

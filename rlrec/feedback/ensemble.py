@@ -39,7 +39,15 @@ class Ensemble:
         self.last: np.ndarray | None = None  # (K, U, N) rewards of the last score call
 
     def refit(self, probe) -> dict:
-        infos = [m.refit(probe) for m in self.members]
+        if all(hasattr(m, "shards") for m in self.members):  # every (member, fold) fit submitted together
+            from rlrec.executor import stages
+
+            ctx = self.members[0].ctx
+            per = [m.shards(probe) for m in self.members]
+            fits = iter(stages(ctx.executor, ctx.store, [s for shards in per for s in shards]))
+            infos = [m.load(probe, [next(fits) for _ in shards]) for m, shards in zip(self.members, per)]
+        else:
+            infos = [m.refit(probe) for m in self.members]
         return {k: float(np.mean([i[k] for i in infos if k in i])) for k in infos[0]} if infos else {}
 
     def score(self, users, texts, vectors) -> np.ndarray:

@@ -16,8 +16,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from rlrec.data.ctr import TensorBatches
-from rlrec.downstream.fit import build_model, fit
+from rlrec.downstream.fit import build_model, fit_shard, load_shard
 from rlrec.downstream.lists import rerank_lists
+from rlrec.executor import Shard, stages
 from rlrec.feedback.base import feedback_key, knowledge_table
 from rlrec.feedback.crossfit import UserFolds, mean_by_slot
 from rlrec.metrics import list_loglik, list_metrics
@@ -49,25 +50,39 @@ class RecommenderFeedback:
         self.continues = False  # every refit starts from fresh re-rankers
 
     def refit(self, probe: Probe) -> dict:
+        return self.load(probe, stages(self.ctx.executor, self.ctx.store, self.shards(probe)))
+
+    def shards(self, probe: Probe) -> list[Shard]:
+        """One stage per fold: fold k's re-ranker fitted from a fresh init on this probe's knowledge."""
         vec = torch.as_tensor(knowledge_table(self.ctx, probe), dtype=torch.float32)
-        train, valid = self.lists.tensors(), self.valid_lists.tensors()
-        self.models, scores = [], []
+        out = []
         for k in range(self.folds.folds):
-            torch.manual_seed(self.seed + k)
-            model = build_model(
-                instantiate(self.reranker), self.prep.spec, instantiate(self.adapter), vec, probe.item_vectors
-            )
-            tr = {
-                key: v[torch.as_tensor(self.folds.train_rows(self.lists.user, k))] for key, v in train.items()
-            }
-            fitted = fit(
-                partial(self.ctx.trainer, max_epochs=self.max_epochs),
-                RerankTask(model, instantiate(self.optimizer), self.loss),
-                TensorBatches(tr, self.batch_size, shuffle=True, seed=self.seed + k), TensorBatches(valid, 4096),
-                monitor=f"val/ndcg@{self.k}", patience=self.patience,
-            )  # fmt: skip
-            self.models.append(fitted.model)
-            scores.append(fitted.best)
+
+            def make(k=k):
+                train = self.lists.tensors()
+                rows = torch.as_tensor(self.folds.train_rows(self.lists.user, k))
+                return partial(
+                    fit_shard, task=partial(RerankTask, optimizer=instantiate(self.optimizer), loss=self.loss),
+                    model=partial(build_model, instantiate(self.reranker), self.prep.spec, instantiate(self.adapter),
+                                  vec, probe.item_vectors),
+                    seed=self.seed + k, make_trainer=partial(self.ctx.trainer, max_epochs=self.max_epochs),
+                    train=TensorBatches({key: v[rows] for key, v in train.items()}, self.batch_size, shuffle=True,
+                                        seed=self.seed + k),
+                    valid=TensorBatches(self.valid_lists.tensors(), 4096),
+                    monitor=f"val/ndcg@{self.k}", patience=self.patience,
+                )  # fmt: skip
+
+            deps = {"feedback": self.key, "fold": k, "probe": probe.key}
+            out.append(Shard("feedback_fit/recommender", deps, make))
+        return out
+
+    def load(self, probe: Probe, fits: list) -> dict:
+        """The folds' fitted weights (the shards' artifacts) as the re-rankers `score` uses."""
+        vec = knowledge_table(self.ctx, probe)
+        spec, reranker, adapter = self.prep.spec, instantiate(self.reranker), instantiate(self.adapter)
+        self.models = [load_shard(partial(build_model, reranker, spec, adapter, vec, probe.item_vectors), f)
+                       for f in fits]  # fmt: skip
+        scores = [f.data["best"] for f in fits]
         log.info("recommender refit: fold val NDCG@%d %s", self.k, [round(s, 4) for s in scores])
         return {f"recommender/val_ndcg@{self.k}": float(np.mean(scores))}
 

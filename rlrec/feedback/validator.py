@@ -18,7 +18,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from rlrec.data.ctr import TensorBatches, ctr_tensors
-from rlrec.downstream.fit import build_model, fit
+from rlrec.downstream.fit import build_model, fit_shard, load_shard
+from rlrec.executor import Shard, stages
 from rlrec.feedback.base import feedback_key, knowledge_table
 from rlrec.feedback.crossfit import UserFolds, mean_by_slot
 from rlrec.results import Probe
@@ -52,40 +53,48 @@ class ValidatorFeedback:
                                                    batch_size, limit_batches, restart, seed])  # fmt: skip
         self.train, self.valid = ctr_tensors(self.prep, "train"), ctr_tensors(self.prep, "valid")
         self.models: list = []
+        self.fits: list = []  # the fold shards' artifacts the models were loaded from
 
     def refit(self, probe: Probe) -> dict:
+        return self.load(probe, stages(self.ctx.executor, self.ctx.store, self.shards(probe)))
+
+    def shards(self, probe: Probe) -> list[Shard]:
+        """One stage per fold: fold k's model fitted on this probe's knowledge (continued from fold
+        k's last shard when `continues`, so the chain of probes is in its key)."""
         vec = torch.as_tensor(knowledge_table(self.ctx, probe), dtype=torch.float32)
-        aucs = []
+        out = []
         for k in range(self.folds.folds):
-            if self.restart or len(self.models) <= k:
-                torch.manual_seed(self.seed + k)
-                model = build_model(
-                    instantiate(self.backbone),
-                    self.prep.spec,
-                    instantiate(self.adapter),
-                    vec,
-                    probe.item_vectors,
-                )
-            else:
-                model = self.models[k]
-                model.embedding.set_knowledge(user=vec)
-            tr = {
-                key: v[torch.as_tensor(self.folds.train_rows(self.train["user"], k))]
-                for key, v in self.train.items()
-            }
-            va = {
-                key: v[torch.as_tensor(self.folds.train_rows(self.valid["user"], k))]
-                for key, v in self.valid.items()
-            }
-            make = partial(self.ctx.trainer, max_epochs=self.max_epochs,
-                           limit_train_batches=self.limit_batches or 1.0)  # fmt: skip
-            fitted = fit(
-                make, CTRTask(model, instantiate(self.optimizer)),
-                TensorBatches(tr, self.batch_size, shuffle=True, seed=self.seed + k),
-                TensorBatches(va, max(self.batch_size, 4096)), monitor="val/auc", patience=self.patience,
-            )  # fmt: skip
-            self.models[k : k + 1] = [fitted.model]
-            aucs.append(fitted.best)
+            after = self.fits[k] if self.continues and len(self.fits) > k else None
+            deps = {"feedback": self.key, "fold": k, "probe": probe.key, "after": after and after.key}
+
+            def make(k=k, after=after):
+                rows = {s: torch.as_tensor(self.folds.train_rows(t["user"], k))
+                        for s, t in (("train", self.train), ("valid", self.valid))}  # fmt: skip
+                return partial(
+                    fit_shard, task=partial(CTRTask, optimizer=instantiate(self.optimizer)),
+                    model=partial(build_model, instantiate(self.backbone), self.prep.spec, instantiate(self.adapter),
+                                  vec, probe.item_vectors),
+                    after=after and str(after.path("model.pt")), seed=self.seed + k,
+                    make_trainer=partial(self.ctx.trainer, max_epochs=self.max_epochs,
+                                         limit_train_batches=self.limit_batches or 1.0),
+                    train=TensorBatches({key: v[rows["train"]] for key, v in self.train.items()}, self.batch_size,
+                                        shuffle=True, seed=self.seed + k),
+                    valid=TensorBatches({key: v[rows["valid"]] for key, v in self.valid.items()},
+                                        max(self.batch_size, 4096)),
+                    monitor="val/auc", patience=self.patience,
+                )  # fmt: skip
+
+            out.append(Shard("feedback_fit/validator", deps, make))
+        return out
+
+    def load(self, probe: Probe, fits: list) -> dict:
+        """The folds' fitted weights (the shards' artifacts) as the models `score` uses."""
+        vec = knowledge_table(self.ctx, probe)
+        spec, backbone, adapter = self.prep.spec, instantiate(self.backbone), instantiate(self.adapter)
+        self.models = [load_shard(partial(build_model, backbone, spec, adapter, vec, probe.item_vectors), f)
+                       for f in fits]  # fmt: skip
+        self.fits = list(fits)
+        aucs = [f.data["best"] for f in fits]
         log.info("validator refit: fold val AUC %s", [round(a, 4) for a in aucs])
         return {"validator/val_auc": float(np.mean(aucs))}
 
