@@ -69,6 +69,11 @@ def _instantiate(group: str, cfg, tmp_path):
     if node is None or group in ("profile", "callbacks"):  # profiles only set other nodes' values
         return node
     if group == "trainer" and node.accelerator != "cpu" and not torch.cuda.is_available():
+        if str(node.get("strategy")).startswith(("fsdp", "deepspeed")):  # GPU strategies: a registered name
+            from pytorch_lightning.strategies import StrategyRegistry
+
+            assert node.strategy in StrategyRegistry, f"trainer.strategy={node.strategy} is not a Lightning strategy"
+            return node
         return instantiate(node, accelerator="cpu", devices=1, precision="32-true", sync_batchnorm=False)
     obj = (
         instantiate(node) if group != "feedback" else None

@@ -1,0 +1,40 @@
+"""`trainer=ddp` on CPU as a new user types it: the Hydra app runs once (one pipeline process), the
+table's fit runs on 2 gloo ranks started by torchrun, and its stage key differs from the
+single-process fit's (strategy, devices and precision change results)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+from tests.smoke.test_train import ENV, _cfg
+
+
+def test_backbone_only_under_ddp_on_cpu_runs_the_app_once(tmp_path):
+    cmd = [
+        sys.executable, "-m", "rlrec.train", "+experiment=backbone_only", "profile=smoke", "dataset=synthetic",
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "threads=2",
+        f"cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run", "trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    p = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = p.stdout + p.stderr
+    assert log.count("launching _fit on 1 × 2 ranks via torchrun") == 1  # the table's one fit
+    assert log.count("stage fit/din") == 1  # the pipeline (and its stages) ran in one process
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert 0.0 <= results["metrics"]["test/auc"] <= 1.0
+    assert not list((tmp_path / "cache" / "launch").iterdir())  # job files cleaned up
+
+
+def test_the_fit_key_depends_on_strategy_devices_and_precision(tmp_path):
+    from rlrec.context import Context
+
+    keys = {
+        Context(_cfg(tmp_path, *o), tmp_path / "run").trainer_key.__repr__()
+        for o in [(), ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"),
+                  ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32"),
+                  ("trainer.precision=bf16-mixed",)]  # fmt: skip
+    }
+    assert len(keys) == 4
