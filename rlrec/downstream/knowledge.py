@@ -12,6 +12,7 @@ round) knowledge, once per seed, with paired t-tests across the seeds.
 from __future__ import annotations
 
 from functools import cached_property, partial
+from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
@@ -24,6 +25,7 @@ from rlrec.data.ctr import TensorBatches
 from rlrec.downstream import stats
 from rlrec.downstream.fit import build_model, fit
 from rlrec.downstream.lists import SPLITS, initial_scores, rerank_lists
+from rlrec.executor import Shard, stages
 from rlrec.knowledge.index import vector_table
 from rlrec.metrics import list_metrics, mean_list_metrics
 from rlrec.results import Probe, Round, Table
@@ -138,7 +140,14 @@ class KnowledgeDownstream:
         trained = [r for r in rounds if r.trained]  # a stopped round changed nothing
         if "aligned" in self.variants and trained:
             probes["aligned"] = trained[-1].probe
-        runs = {label: [self.fit(p, seed) for seed in self.seeds] for label, p in probes.items()}
+        # every (variant, seed) fit is its own stage, submitted together through the run's executor
+        keys = [(label, seed) for label in probes for seed in self.seeds]
+        fits = stages(
+            self.ctx.executor, self.ctx.store, [self.shard(probes[label], seed) for label, seed in keys]
+        )
+        runs: dict[str, list[dict]] = {label: [] for label in probes}
+        for (label, _), art in zip(keys, fits):
+            runs[label].append(art.data["metrics"])
         last = trained[-1].t if trained else 0
         table = Table(self.title, list(self.columns), notes=[])
         metrics: dict = {}
@@ -162,9 +171,9 @@ class KnowledgeDownstream:
     def reference_rows(self) -> tuple[dict, dict]:
         return {}, {}
 
-    def fit(self, knowledge: Probe | None, seed: int) -> dict:
-        """Fit the model with this knowledge (or none) and this seed: a stage (metrics, and the best
-        weights in `model.pt`)."""
+    def shard(self, knowledge: Probe | None, seed: int) -> Shard:
+        """The fit of the model with this knowledge (or none) and this seed, as a stage (metrics, and
+        the best weights in `model.pt`) an executor can build: `fit_variant` and picklable arguments."""
         deps = {
             "data": self.ctx.data_key, "model": self.model_cfg, "optimizer": self.optimizer_cfg, "seed": seed,
             "knowledge": None if knowledge is None else [knowledge.key, self.adapter_cfg],
@@ -172,28 +181,38 @@ class KnowledgeDownstream:
             "patience": self.patience, **self.fit_deps(),
         }  # fmt: skip
 
-        def build(work) -> dict:
-            train, valid, test = self.loaders(seed)  # first: building lists may fit an initial ranker
-            pl.seed_everything(seed, workers=True)
+        def make():
+            loaders = self.loaders(seed)  # first, here: building lists may fit an initial ranker
             user = item = adapter = None
             if knowledge is not None:
                 user, item, adapter = knowledge.vectors, knowledge.item_vectors, instantiate(self.adapter_cfg)
-            model = build_model(instantiate(self.model_cfg), self.ctx.prep.spec, adapter, user, item)
-            fitted = fit(
-                partial(self.ctx.trainer, inner=False), self.task(model), train, valid, test,
-                monitor=self.monitor, patience=self.patience,
+            return partial(
+                fit_variant, model=partial(build_model, instantiate(self.model_cfg), self.ctx.prep.spec, adapter,
+                                           user, item),
+                task=self.task(), make_trainer=partial(self.ctx.trainer, inner=False), loaders=loaders, seed=seed,
+                monitor=self.monitor, patience=self.patience, deps=_plain(deps), info=self.fit_info(),
             )  # fmt: skip
-            # the best weights, with the resolved model config that rebuilds them
-            torch.save({"state_dict": fitted.model.state_dict(), "deps": _plain(deps)}, work / "model.pt")
-            return {"metrics": {**fitted.metrics, **self.fit_info()}}
 
-        return self.ctx.store.stage(f"fit/{self.name}", deps, build).data["metrics"]
+        return Shard(f"fit/{self.name}", deps, make)
 
     def fit_deps(self) -> dict:
         return {}
 
     def fit_info(self) -> dict:
         return {}
+
+
+def fit_variant(
+    work, *, model, task, make_trainer, loaders: tuple, seed: int, monitor: str, patience: int, deps: dict,
+    info: dict,
+) -> dict:  # fmt: skip
+    """One fit of the table (a stage build, wherever the executor runs it): seeded here, `model()`
+    built, fitted with `task(model)` on the (train, valid, test) `loaders`; the best weights go to
+    `model.pt` with the resolved config that rebuilds them (`deps`)."""
+    pl.seed_everything(seed, workers=True)
+    fitted = fit(make_trainer, task(model()), *loaders, monitor=monitor, patience=patience)
+    torch.save({"state_dict": fitted.model.state_dict(), "deps": deps}, Path(work) / "model.pt")
+    return {"metrics": {**fitted.metrics, **info}}
 
 
 def items_only(probe: Probe) -> Probe:
@@ -213,11 +232,14 @@ class CTRDownstream(KnowledgeDownstream):
     paired_metrics = ("test/auc", "test/logloss")
     monitor = "val/auc"
 
-    def task(self, model):
+    def task(self):
+        """model → its CTRTask (picklable)."""
         from rlrec.tasks.ctr import CTRTask
 
-        return CTRTask(
-            model, instantiate(self.optimizer_cfg), OmegaConf.to_container(self.ctx.cfg, resolve=True)
+        return partial(
+            CTRTask,
+            optimizer=instantiate(self.optimizer_cfg),
+            config=OmegaConf.to_container(self.ctx.cfg, resolve=True),
         )
 
     def loaders(self, seed: int):
@@ -245,12 +267,13 @@ class RerankDownstream(KnowledgeDownstream):
     def knowledge_items(self) -> list[int]:
         return sorted({int(i) for s in SPLITS for i in np.unique(self.lists[s].items) if i > 0})
 
-    def task(self, model):
+    def task(self):
+        """model → its RerankTask (picklable)."""
         from rlrec.tasks.rerank import RerankTask
 
         rr = self.rr
-        return RerankTask(model, instantiate(self.optimizer_cfg), rr.loss, tuple(rr.ks), rr.map_definition,
-                          rr.empty_lists)  # fmt: skip
+        return partial(RerankTask, optimizer=instantiate(self.optimizer_cfg), loss=rr.loss, ks=tuple(rr.ks),
+                       map_definition=rr.map_definition, empty_lists=rr.empty_lists)  # fmt: skip
 
     def loaders(self, seed: int):
         bs = int(self.rr.batch_size)

@@ -70,7 +70,9 @@ def _events(ctx, stage):
 
 
 def test_rewards_are_bit_identical_in_process_and_in_worker_processes(tiny_prep, inputs, tmp_path):
-    as_configured = {o: instantiate(OmegaConf.load(CONF / "executor" / f"{o}.yaml")) for o in ("serial", "joblib")}
+    as_configured = {
+        o: instantiate(OmegaConf.load(CONF / "executor" / f"{o}.yaml")) for o in ("serial", "joblib")
+    }
     assert isinstance(as_configured["serial"], Serial) and isinstance(as_configured["joblib"], Joblib)
     serial = _context(tmp_path / "serial", tiny_prep, as_configured["serial"])
     workers = _context(tmp_path / "joblib", tiny_prep, as_configured["joblib"])
@@ -118,3 +120,25 @@ def test_a_continued_fit_chains_its_shards(tiny_prep, inputs, tmp_path):
     again = _events(ctx, "feedback_fit/validator")[8:]
     assert len(again) == 8 and all(e["cached"] for e in again)  # the chain came from the store, in order
     assert np.isfinite(r).all()
+
+
+def test_the_compare_stage_fits_are_one_stage_each_and_the_same_in_worker_processes(tmp_path):
+    """`evaluate()` fits (variant × seed) through the executor: here and in joblib workers, the same
+    metrics; each fit its own `fit/<name>` stage, found in the store the second time."""
+    from hydra.utils import instantiate as build
+
+    out = {}
+    for name, run_executor in (("serial", Serial(threads=1)), ("joblib", Joblib(n_jobs=2, threads=1))):
+        ctx = make_context(tmp_path / name, overrides=["backbone.embed_dim=4", "downstream.seeds=[1,2]"])
+        ctx.__dict__["executor"] = run_executor
+        _, out[name] = build(ctx.cfg.downstream)(ctx=ctx).evaluate([])
+        fits = [e for e in ctx.store.events if e["stage"].startswith("fit/")]
+        assert len(fits) == 2 and not any(e["cached"] for e in fits) and fits[0]["key"] != fits[1]["key"]
+    assert out["serial"]["test/auc"] == out["joblib"]["test/auc"] and np.isfinite(out["serial"]["test/auc"])
+    speed = ("train/samples_per_s", "train/samples_per_s_std")  # wall-clock, not results
+    assert {k: v for k, v in out["serial"].items() if k not in speed} == {
+        k: v for k, v in out["joblib"].items() if k not in speed
+    }
+    ctx.store.events.clear()
+    build(ctx.cfg.downstream)(ctx=ctx).evaluate([])
+    assert [e["cached"] for e in ctx.store.events if e["stage"].startswith("fit/")] == [True, True]
