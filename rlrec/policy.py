@@ -22,9 +22,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rlrec.cache import fingerprint
+from rlrec.launch import factory_of
 from rlrec.llm.generation import SamplingConfig
 from rlrec.store import Store
-from rlrec.tasks.preference import fit_preference
+from rlrec.tasks.preference import train_preference
 
 log = logging.getLogger("rlrec")
 
@@ -119,7 +120,6 @@ class Policy:
         """The PreferenceTask holding the weights (LoRA on the base unless `preference.task.lora`
         is null), continuing from `adapter` when set."""
         from rlrec.tasks.llm import LLMTask
-        from rlrec.tasks.preference import PreferenceTask
 
         if self.preference is None:  # frozen: the plain model, shared by the process's frozen policies
             task = LLMTask(self.llm, lora=None)
@@ -128,16 +128,21 @@ class Policy:
             task = task.to(self.device).eval()
             _FROZEN[(self.llm.fingerprint, str(self.device))] = task
             return task
+        task = self.new_task()
+        task.configure_model()
+        return task.to(self.device)
+
+    def new_task(self):
+        """A PreferenceTask continuing from this policy's adapter, weights not loaded yet."""
+        from rlrec.tasks.preference import PreferenceTask
+
         kwargs = OmegaConf.to_container(self.preference.task, resolve=True)
         for k in ("_target_", "llm"):
             kwargs.pop(k, None)
         kwargs["optimizer"] = instantiate(self.preference.task.optimizer)
-        torch.manual_seed(self.seed)  # the LoRA init: the same whatever ran before in the process
-        task = PreferenceTask(
-            self.llm, adapter_path=None if self.adapter is None else str(self.adapter), **kwargs
-        )
-        task.configure_model()
-        return task.to(self.device)
+        task = PreferenceTask(self.llm, adapter_path=None if self.adapter is None else str(self.adapter), **kwargs)
+        task.init_seed = self.seed  # the LoRA init: the same whatever ran before, in this process or a rank
+        return task
 
     @property
     def tokenizer(self):
@@ -212,11 +217,17 @@ class Policy:
         trained = {}
 
         def build(work: Path) -> dict:
-            task = self.task
+            # launched ranks load the weights themselves (the task travels without them; rank 0 saves
+            # the adapter); in this process the loaded policy trains in place
+            factory = factory_of(self.trainer)
+            here = factory is None or factory.world_size <= 1
+            task = self.task if here else self.new_task()
             torch.manual_seed(self.seed)  # dropout: the same adapter on a resumed run
-            metrics, curve = fit_preference(task, groups, self.preference, self.trainer, self.seed, heldout)
-            task.save_adapter(work / "adapter")
-            trained["task"] = task
+            metrics, curve = train_preference(
+                task, groups, self.preference, self.trainer, self.seed, heldout, work / "adapter"
+            )
+            if here:
+                trained["task"] = task
             return {"metrics": metrics, "examples": len(groups), "curve": curve}
 
         art = self.store.stage("align", deps, build)
