@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all vllm-env vllm-serve test-vllm smoke lint format train sweep bench describe report clean-logs
+.PHONY: help install test test-all vllm-env vllm-serve test-vllm smoke gpu-check lint format train sweep bench describe report clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ test-vllm:  ## the slow test against a real vLLM server (needs `make vllm-env`)
 
 smoke:  ## the smoke profile of the main job (minutes on 2 CPU cores)
 	$(PYTHON) -m rlrec.train +experiment=trackrec_movielens profile=smoke
+
+gpu-check:  ## on a CUDA machine: the smoke profile on GPU (bf16, vLLM) vs CPU fp32; loss curve, adapter, tok/s, memory
+	$(PYTHON) benchmarks/gpu_check.py
 
 lint:  ## ruff check + format check
 	ruff check .
