@@ -88,6 +88,21 @@ def test_rewards_are_bit_identical_in_process_and_in_worker_processes(tiny_prep,
     assert torch.get_num_threads() == 1  # the in-process jobs left the caller's thread count as it was
 
 
+@pytest.mark.slow
+def test_rewards_are_bit_identical_through_submitit_local_processes(tiny_prep, inputs, tmp_path):
+    """The same through a submitit job array of local processes (~1.5 min on 2 cores: 4 process starts)."""
+    pytest.importorskip("submitit")
+    from rlrec.executor import Submitit
+
+    serial = _context(tmp_path / "serial", tiny_prep, Serial(threads=1))
+    array = _context(
+        tmp_path / "submitit", tiny_prep, Submitit(folder=str(tmp_path / "jobs"), cluster="local")
+    )
+    assert np.array_equal(_score(serial, inputs), _score(array, inputs))
+    assert [e["cached"] for e in _events(array, "feedback_fit/validator")] == [False] * 4
+    assert len(list((tmp_path / "jobs").glob("*_log.out"))) == 4  # the shards ran as submitit jobs
+
+
 def test_deleting_one_shard_rebuilds_that_shard_only(tiny_prep, inputs, tmp_path):
     ctx = _context(tmp_path, tiny_prep, Serial(threads=1))
     first = _score(ctx, inputs)
