@@ -1,6 +1,6 @@
 """Multi-process fits on this CPU with gloo: the pipeline process launches the ranks with
-`torchrun --standalone --nproc_per_node=2 -m rlrec.stage` (rlrec.launch), never Lightning's own
-launcher. On `llm=tiny_random`: one adapter is written, 2 ranks × batch 1 train the same adapter as
+`torchrun --standalone --nproc_per_node=2 -m rlrec.stage` (rlrec.launch), or as the tasks of a
+submitit job (local processes here, SLURM tasks on a cluster), never with Lightning's own launcher. On `llm=tiny_random`: one adapter is written, 2 ranks × batch 1 train the same adapter as
 1 process × batch 2, and the reference log-probs each rank computes on its shard, once gathered,
 equal the single-process ones. A CTR fit on 2 ranks returns a trained model and whole-split metrics."""
 
@@ -25,9 +25,10 @@ TRAINER = {"_target_": "pytorch_lightning.Trainer", "accelerator": "cpu", "max_e
            "num_sanity_val_steps": 0, "enable_model_summary": False}  # fmt: skip
 
 
-def factory(tmp_path, devices: int) -> TrainerFactory:
+def factory(tmp_path, devices: int, via: str = "torchrun") -> TrainerFactory:
     node = {**TRAINER, "devices": devices, **({"strategy": "ddp"} if devices > 1 else {})}
-    return TrainerFactory(trainer=node, launch={"via": "torchrun", "dir": str(tmp_path / "launch")}, threads=2)
+    where = {"via": via, "dir": str(tmp_path / "launch"), "cluster": "local"}  # submitit: local processes
+    return TrainerFactory(trainer=node, launch=where, threads=2)
 
 
 def tiny_random(tmp_path):
@@ -88,11 +89,12 @@ def test_two_ranks_write_one_adapter_equal_to_one_process_with_twice_the_batch(t
     assert moved == len(a)  # every LoRA matrix trained (B from zero, A by the second step)
 
 
-def test_reference_logps_computed_on_shards_and_gathered_equal_one_process(tmp_path):
+@pytest.mark.parametrize("via", ["torchrun", "submitit"])
+def test_reference_logps_computed_on_shards_and_gathered_equal_one_process(tmp_path, via):
     llm = tiny_random(tmp_path)
     groups = GROUPS + [{"prompt": "a longer prompt for user 9", "chosen": "x", "rejected": ["y", "zz"]}]
     (ref_c, ref_r), (rank, size) = launch.run(reference_job, new_task(llm), groups, preference(2),
-                                              factory=factory(tmp_path, 2))  # fmt: skip
+                                              factory=factory(tmp_path, 2, via))  # fmt: skip
     assert (rank, size) == (0, 2)  # it ran on rank 0 of two
     (one_c, one_r), (_, single) = reference_job(new_task(llm), groups, preference(2))
     assert single == 1 and ref_c.shape == (5,) and ref_r.shape == (5, 2)
