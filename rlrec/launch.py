@@ -218,7 +218,7 @@ def _submitit(L: dict, D: int, N: int, accelerator: str, job: Path) -> None:
     try:
         import submitit
     except ImportError as e:
-        raise ImportError("launch.via=submitit needs submitit: pip install 'rlrec[cluster]'") from e
+        raise ImportError("launch.via=submitit needs submitit (a dependency of rlrec): pip install submitit") from e
     from rlrec import stage
 
     executor = submitit.AutoExecutor(folder=str(job / "submitit"), cluster=L.get("cluster"))
