@@ -46,6 +46,7 @@ def test_threads_per_job_follow_the_launcher():
     assert launcher_threads(2, _launcher("slurm_llm"), [], cpus=64) == 8
     assert launcher_threads(3, _launcher("slurm_cpu"), ["threads=3"], cpus=64) == 3  # explicit wins
     assert launcher_threads(2, _launcher("submitit_local"), [], cpus=2) == 2  # no cpus_per_task: unchanged
+    assert launcher_threads(2, _launcher("submitit_local", "hydra.launcher.cpus_per_task=1"), [], cpus=2) == 1
     assert launcher_threads(2, _launcher("basic"), [], cpus=2) == 2  # the sequential default launcher
 
 
