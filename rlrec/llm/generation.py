@@ -451,6 +451,14 @@ class OpenAIBackend:
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _vllm_on_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return False
+    return bool(current_platform.is_cpu())
+
+
 _ENGINES: dict = {}  # (model, engine options) → the process's vllm.LLM: rounds share the base weights
 _LORA_IDS: dict[str, int] = {}  # adapter name → vLLM's integer adapter id (unique in the process)
 
@@ -490,6 +498,12 @@ class VLLMBackend:
         assert adapter is None or enable_lora, "an adapter needs the engine built with enable_lora"
         if enable_lora:
             llm_kwargs = {"enable_lora": True, "max_lora_rank": max_lora_rank, **llm_kwargs}
+        if _vllm_on_cpu():
+            # vLLM's CPU build: a seeded request whose prefill is split into chunks kills the engine
+            # ("CPU Generator does not use offset"), so every prompt is prefilled in one step
+            max_len = llm_kwargs.get("max_model_len", 4096)
+            llm_kwargs = {"enable_chunked_prefill": False, "max_model_len": max_len,
+                          "max_num_batched_tokens": max_len, **llm_kwargs}  # fmt: skip
         key = (model, json.dumps(llm_kwargs, sort_keys=True, default=str))
         if key not in _ENGINES:
             _ENGINES[key] = vllm.LLM(model=model, enable_prefix_caching=True, **llm_kwargs)

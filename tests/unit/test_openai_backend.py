@@ -305,3 +305,19 @@ def test_in_process_vllm_gets_a_lora_request_per_adapter_on_one_engine(fake_vllm
     assert seen["base"] is None
     assert (seen["k1"].lora_name, seen["k1"].lora_path) == ("rlrec-k1", str(tmp_path / "k1"))
     assert seen["k1"].lora_int_id != seen["k2"].lora_int_id
+
+
+def test_in_process_vllm_on_cpu_prefills_each_prompt_in_one_step(fake_vllm, monkeypatch):
+    """vLLM's CPU build kills the engine when a seeded request's prefill is split into chunks."""
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: True)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+    Generator("/models/smol", None, backend="vllm", chat=False, progress=False)
+    Generator("/models/smol", None, backend="vllm", chat=False, progress=False, max_model_len=1024)
+    assert [
+        (b["enable_chunked_prefill"], b["max_model_len"], b["max_num_batched_tokens"])
+        for b in fake_vllm.built
+    ] == [
+        (False, 4096, 4096),
+        (False, 1024, 1024),
+    ]
