@@ -175,7 +175,7 @@ class Policy:
             lora = None if self.preference is None else OmegaConf.select(self.preference, "task.lora")
             # a trainable policy's engine has LoRA on from the base round, so later rounds reuse it
             kw = {"adapter": self.served_adapter(), "enable_lora": lora is not None or self.adapter is not None,
-                  "max_lora_rank": s.max_lora_rank}  # fmt: skip
+                  "max_lora_rank": s.max_lora_rank, **dict(s.engine_args or {})}  # fmt: skip
         return s.generator(model, tok, self.base_key, self.cache_dir, adapter_fingerprint=self.key,
                            progress=self.progress, **kw)  # fmt: skip
 

@@ -67,6 +67,9 @@ class SamplingConfig:
     api_model: str | None = None  # openai: the served model name
     api_key_env: str = "OPENAI_API_KEY"  # openai: env var holding the key (unset = no auth header)
     max_lora_rank: int = 16  # vllm in process: the largest adapter rank the engine reserves room for
+    # vllm in process: more engine arguments, e.g. {gpu_memory_utilization: 0.4} when the preference
+    # round trains on the same GPU (vLLM takes 90% of its memory by default)
+    engine_args: dict | None = None
 
     @property
     def urls(self) -> list[str]:

@@ -321,3 +321,20 @@ def test_in_process_vllm_on_cpu_prefills_each_prompt_in_one_step(fake_vllm, monk
         (False, 4096, 4096),
         (False, 1024, 1024),
     ]
+
+
+def test_a_policy_passes_its_engine_args_to_in_process_vllm(fake_vllm, tmp_path, monkeypatch):
+    """`sampling.engine_args` reach vLLM's engine (e.g. a GPU memory share that leaves room for training)."""
+    from omegaconf import OmegaConf
+
+    from rlrec.llm import loading
+
+    monkeypatch.setattr(loading, "model_folder", lambda llm: tmp_path / "weights")
+    llm = types.SimpleNamespace(fingerprint="w")
+    cfg = SamplingConfig(backend="vllm", engine_args={"gpu_memory_utilization": 0.4}, max_lora_rank=8)
+    preference = OmegaConf.create({"task": {"lora": {"r": 8}}})
+    policy = Policy(llm, cfg, preference, None, None, cache_dir=tmp_path / "gen")
+    policy.progress = False
+    policy.generator  # noqa: B018 (building it builds the engine)
+    assert fake_vllm.built[-1]["gpu_memory_utilization"] == 0.4
+    assert fake_vllm.built[-1]["enable_lora"] is True and fake_vllm.built[-1]["model"] == str(tmp_path / "weights")
