@@ -111,7 +111,9 @@ class TrainerFactory:
         """Processes a fit of this Trainer runs on (1: in this process)."""
         return self.devices * self.num_nodes
 
-    def __call__(self, *, inner: bool = True, max_epochs: int | None = None, callbacks=(), progress=None, **kw):
+    def __call__(
+        self, *, inner: bool = True, max_epochs: int | None = None, callbacks=(), progress=None, **kw
+    ):
         """A Trainer. `inner=True` (fits inside a stage: feedback models, preference / SFT rounds,
         SASRec): no logger, no checkpoint files, no batch limits of the profile; the caller keeps
         what it needs. `inner=False`: the run's loggers and callbacks, the profile's batch limits
@@ -130,7 +132,9 @@ class TrainerFactory:
             if node.get("strategy") in (None, "auto", *SPAWNING):  # the ranks exist already
                 node["strategy"] = "ddp"
         if node.get("sync_batchnorm") and self.accelerator == "cpu":
-            node["sync_batchnorm"] = False  # torch's SyncBatchNorm runs on GPUs only; on CPU each rank normalises its batch
+            node["sync_batchnorm"] = (
+                False  # torch's SyncBatchNorm runs on GPUs only; on CPU each rank normalises its batch
+            )
         args: dict = {"callbacks": list(callbacks)}
         if inner:
             args.update(
@@ -194,14 +198,24 @@ def launch(factory: TrainerFactory, fn, args: tuple, kwargs: dict):
             _call(cmd, env, job)
         elif via == "srun":
             if shutil.which("srun") is None:
-                raise RuntimeError("launch.via=srun: no `srun` on PATH (run the pipeline inside a SLURM allocation)")
-            cmd = ["srun", f"--nodes={N}", f"--ntasks-per-node={D}", *map(str, L.get("srun_args") or ()), *entry]
+                raise RuntimeError(
+                    "launch.via=srun: no `srun` on PATH (run the pipeline inside a SLURM allocation)"
+                )
+            cmd = [
+                "srun",
+                f"--nodes={N}",
+                f"--ntasks-per-node={D}",
+                *map(str, L.get("srun_args") or ()),
+                *entry,
+            ]
             _call(cmd, env, job)
         else:
             _submitit(L, D, N, factory.accelerator, job)
         out = job / "result.pt"
         if not out.exists():
-            raise RuntimeError(f"launched {name}: rank 0 wrote no result ({out}); see the ranks' output above")
+            raise RuntimeError(
+                f"launched {name}: rank 0 wrote no result ({out}); see the ranks' output above"
+            )
         return torch.load(out, map_location="cpu", weights_only=False)
     finally:
         if not L.get("keep_jobs"):
@@ -218,7 +232,9 @@ def _submitit(L: dict, D: int, N: int, accelerator: str, job: Path) -> None:
     try:
         import submitit
     except ImportError as e:
-        raise ImportError("launch.via=submitit needs submitit (a dependency of rlrec): pip install submitit") from e
+        raise ImportError(
+            "launch.via=submitit needs submitit (a dependency of rlrec): pip install submitit"
+        ) from e
     from rlrec import stage
 
     executor = submitit.AutoExecutor(folder=str(job / "submitit"), cluster=L.get("cluster"))

@@ -140,7 +140,9 @@ class Policy:
         for k in ("_target_", "llm"):
             kwargs.pop(k, None)
         kwargs["optimizer"] = instantiate(self.preference.task.optimizer)
-        task = PreferenceTask(self.llm, adapter_path=None if self.adapter is None else str(self.adapter), **kwargs)
+        task = PreferenceTask(
+            self.llm, adapter_path=None if self.adapter is None else str(self.adapter), **kwargs
+        )
         task.init_seed = self.seed  # the LoRA init: the same whatever ran before, in this process or a rank
         return task
 

@@ -54,7 +54,9 @@ class CTRTask(pl.LightningModule):
         self._outputs[stage].append((batch["user"].cpu(), logits.detach().cpu(), y.cpu()))
 
     def _eval_end(self, stage: str) -> None:
-        users, logits, y = gather(tuple(torch.cat(x) for x in zip(*self._outputs[stage])))  # every rank's shard
+        users, logits, y = gather(
+            tuple(torch.cat(x) for x in zip(*self._outputs[stage]))
+        )  # every rank's shard
         logits, y = logits.float(), y.float()  # bf16-mixed precision gives bf16 logits
         self._outputs[stage].clear()
         self.log(f"{stage}/auc", self.auc[stage].compute(), prog_bar=True)

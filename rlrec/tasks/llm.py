@@ -41,7 +41,9 @@ class LLMTask(pl.LightningModule):
         self.adapter_path = adapter_path
         self._tokenizer = tokenizer
         self.config = config  # the resolved run config, stored in every checkpoint
-        self.init_seed: int | None = None  # seeds a new LoRA adapter's init wherever the weights load (a launched rank too)
+        self.init_seed: int | None = (
+            None  # seeds a new LoRA adapter's init wherever the weights load (a launched rank too)
+        )
         self.model: nn.Module | None = None
         if isinstance(llm, nn.Module):
             self.model = self._wrap(llm)

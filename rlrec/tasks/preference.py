@@ -222,7 +222,9 @@ def fit_preference(
     return metrics.means(), metrics.curve
 
 
-def train_preference(task: PreferenceTask, groups, preference, make_trainer, seed: int, heldout=None, out=None):
+def train_preference(
+    task: PreferenceTask, groups, preference, make_trainer, seed: int, heldout=None, out=None
+):
     """`fit_preference` in this process, or on the ranks of a multi-process Trainer (the task is sent
     without its frozen weights; rank 0 saves the adapter to `out`)."""
     return launch.run(fit_preference, task, groups, preference, make_trainer, seed, heldout, out,

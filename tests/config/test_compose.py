@@ -72,7 +72,9 @@ def _instantiate(group: str, cfg, tmp_path):
         if str(node.get("strategy")).startswith(("fsdp", "deepspeed")):  # GPU strategies: a registered name
             from pytorch_lightning.strategies import StrategyRegistry
 
-            assert node.strategy in StrategyRegistry, f"trainer.strategy={node.strategy} is not a Lightning strategy"
+            assert node.strategy in StrategyRegistry, (
+                f"trainer.strategy={node.strategy} is not a Lightning strategy"
+            )
             return node
         return instantiate(node, accelerator="cpu", devices=1, precision="32-true", sync_batchnorm=False)
     obj = (

@@ -33,8 +33,11 @@ def test_the_fit_key_depends_on_strategy_devices_and_precision(tmp_path):
 
     keys = {
         Context(_cfg(tmp_path, *o), tmp_path / "run").trainer_key.__repr__()
-        for o in [(), ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"),
-                  ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32"),
-                  ("trainer.precision=bf16-mixed",)]  # fmt: skip
+        for o in [
+            (),
+            ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"),
+            ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32"),
+            ("trainer.precision=bf16-mixed",),
+        ]  # fmt: skip
     }
     assert len(keys) == 4

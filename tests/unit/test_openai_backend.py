@@ -337,4 +337,6 @@ def test_a_policy_passes_its_engine_args_to_in_process_vllm(fake_vllm, tmp_path,
     policy.progress = False
     policy.generator  # noqa: B018 (building it builds the engine)
     assert fake_vllm.built[-1]["gpu_memory_utilization"] == 0.4
-    assert fake_vllm.built[-1]["enable_lora"] is True and fake_vllm.built[-1]["model"] == str(tmp_path / "weights")
+    assert fake_vllm.built[-1]["enable_lora"] is True and fake_vllm.built[-1]["model"] == str(
+        tmp_path / "weights"
+    )
