@@ -18,6 +18,7 @@ lock, so deleting one shard's folder recomputes that shard alone.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,10 +132,15 @@ def stages(executor: Executor, store: Store, shards: list[Shard]) -> list[Artifa
         else:
             todo.append(i)
     if todo:
+        names = sorted({shards[i].name for i in todo})
+        log.info("building %d of %d shards (%s) on %s", len(todo), len(shards), ", ".join(names),
+                 type(executor).__name__)  # fmt: skip
+        t0 = time.perf_counter()
         jobs = [(store.fork(), shards[i].name, shards[i].deps, shards[i].make()) for i in todo]
         for i, (art, events) in zip(todo, executor.map(_stage, jobs)):
             store.join(events)
             out[i] = art
+        log.info("built %d shards in %.1fs (%s)", len(todo), time.perf_counter() - t0, ", ".join(names))
     return out
 
 

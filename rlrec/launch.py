@@ -112,12 +112,15 @@ class TrainerFactory:
         return self.devices * self.num_nodes
 
     def __call__(
-        self, *, inner: bool = True, max_epochs: int | None = None, callbacks=(), progress=None, **kw
-    ):
+        self, *, inner: bool = True, max_epochs: int | None = None, callbacks=(), progress=None,
+        log_version: str | None = None, **kw,
+    ):  # fmt: skip
         """A Trainer. `inner=True` (fits inside a stage: feedback models, preference / SFT rounds,
         SASRec): no logger, no checkpoint files, no batch limits of the profile; the caller keeps
         what it needs. `inner=False`: the run's loggers and callbacks, the profile's batch limits
-        (the paper table's fits). `kw` overrides any Trainer argument."""
+        (the paper table's fits), each logger writing under `log_version` when given (a fit's own
+        folder: fits run side by side by an executor must not share one). `kw` overrides any Trainer
+        argument."""
         node = dict(self.trainer)
         if self.world_size > 1:
             if not in_rank():
@@ -144,7 +147,10 @@ class TrainerFactory:
             )  # fmt: skip
         else:
             # best weights are kept in memory and saved by the stage; no Lightning checkpoint files
-            args.update(logger=[instantiate(c) for c in self.loggers] or False, enable_checkpointing=False)
+            version = {} if log_version is None else {"version": log_version}
+            args.update(
+                logger=[instantiate(c, **version) for c in self.loggers] or False, enable_checkpointing=False
+            )
             args["callbacks"] += [instantiate(c) for c in (self.callbacks or {}).values()]
         if max_epochs is not None:
             args["max_epochs"] = int(max_epochs)

@@ -189,7 +189,9 @@ class KnowledgeDownstream:
             return partial(
                 fit_variant, model=partial(build_model, instantiate(self.model_cfg), self.ctx.prep.spec, adapter,
                                            user, item),
-                task=self.task(), make_trainer=partial(self.ctx.trainer, inner=False), loaders=loaders, seed=seed,
+                task=self.task(), loaders=loaders, seed=seed,
+                # its own log version (the stage key): fits an executor runs side by side never share a CSV file
+                make_trainer=partial(self.ctx.trainer, inner=False, log_version=f"{self.name}-{fingerprint(deps)}"),
                 monitor=self.monitor, patience=self.patience, deps=_plain(deps), info=self.fit_info(),
             )  # fmt: skip
 

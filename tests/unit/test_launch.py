@@ -143,3 +143,12 @@ def test_a_multi_process_trainer_is_never_built_in_the_pipeline_process(tmp_path
         launch.launch(TrainerFactory(trainer={**TRAINER, "devices": 2}, launch={"via": "mpirun",
                                                                                  "dir": str(tmp_path)}),
                       reference_job, (), {})  # fmt: skip
+
+
+def test_table_fits_log_under_their_own_version(tmp_path):
+    """Fits an executor runs side by side write their CSV logs to folders of their own."""
+    csv = {"_target_": "pytorch_lightning.loggers.CSVLogger", "save_dir": str(tmp_path), "name": "csv"}
+    make = TrainerFactory(trainer={**TRAINER, "devices": 1}, loggers=[csv])
+    a, b = (make(inner=False, log_version=v).logger for v in ("fit-a", "fit-b"))
+    assert (a.version, b.version) == ("fit-a", "fit-b") and a.log_dir != b.log_dir
+    assert make(inner=True).logger is None  # inner fits (feedback models, preference rounds) log nothing
