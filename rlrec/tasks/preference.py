@@ -150,9 +150,10 @@ class PreferenceTask(LLMTask):
         loss, metrics = self.step(batch)
         loss = loss.mean()
         B = len(batch["index"])
-        self.log(f"train/{self.loss_name}_loss", loss, prog_bar=True, batch_size=B, sync_dist=True)
+        sync = self.trainer.world_size > 1  # the ranks' mean on launched ranks; no reduction in one process
+        self.log(f"train/{self.loss_name}_loss", loss, prog_bar=True, batch_size=B, sync_dist=sync)
         for k, v in metrics.items():
-            self.log(f"train/{k}", v, batch_size=B, sync_dist=True)
+            self.log(f"train/{k}", v, batch_size=B, sync_dist=sync)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
