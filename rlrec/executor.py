@@ -99,7 +99,9 @@ class Submitit:
         try:
             import submitit
         except ImportError as e:
-            raise ImportError("executor=submitit needs submitit: pip install 'rlrec[cluster]'") from e
+            raise ImportError(
+                "executor=submitit needs submitit (a dependency of rlrec): pip install submitit"
+            ) from e
         if not jobs:
             return []
         ex = submitit.AutoExecutor(folder=str(self.folder), cluster=self.cluster)
