@@ -4,11 +4,13 @@ a killed run never leaves a partial artifact that looks complete."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import sqlite3
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,20 @@ def fingerprint(*parts: Any, length: int = 16) -> str:
     """
     blob = json.dumps([_plain(p) for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+@contextmanager
+def file_lock(path: str | Path):
+    """Hold `<path>.lock` exclusively while building `path` (`fcntl.flock`, released by the OS if
+    the holder dies): a second process that builds the same thing waits, then finds it built."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -250,7 +250,28 @@ def _submitit(L: dict, D: int, N: int, accelerator: str, job: Path) -> None:
     params.update(OmegaConf.to_container(OmegaConf.create(L.get("submitit") or {})))
     executor.update_parameters(**params)
     handle = executor.submit(stage.main, str(job / "job.pt"))
-    handle.results()  # raises with the ranks' error if any failed
+    handle.wait()
+    failed = [(i, handle.task(i).exception()) for i in range(handle.num_tasks)]
+    failed = [(i, e) for i, e in failed if e is not None]
+    if failed:
+        # a rank's own error first: it explains the others' "Connection closed/reset by peer"
+        failed.sort(key=lambda f: any(m in str(f[1]) for m in _LOST_PEER))
+        lines = [f"rank {i}: {_last_error_line(e)}" for i, e in failed]
+        raise RuntimeError(
+            f"launched ranks failed (launch.via=submitit, logs in {job / 'submitit'}):\n  "
+            + "\n  ".join(lines)
+        ) from failed[0][1]
+
+
+_LOST_PEER = ("remote worker", "Connection closed by peer", "Connection reset by peer", "DistBackendError")
+
+
+def _last_error_line(e: BaseException) -> str:
+    """The exception line of a submitit task's traceback (its message wraps the trace in dashes)."""
+    parts = str(e).split("-" * 22)
+    trace = parts[1] if len(parts) > 2 else str(e)
+    lines = [ln for ln in trace.strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else type(e).__name__
 
 
 def gather(parts: tuple):

@@ -13,17 +13,15 @@ one wait, and it then finds the published artifact.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlrec.cache import atomic_write_json, fingerprint, read_json
+from rlrec.cache import atomic_write_json, file_lock, fingerprint, read_json
 
 log = logging.getLogger("rlrec")
 
@@ -64,7 +62,7 @@ class Store:
         t0 = time.perf_counter()
         # within one run, `reuse=False` rebuilds a stage once, then reuses what it rebuilt
         reuse = self.reuse or (name, key) in self._seen
-        with self._lock(final):
+        with file_lock(final):  # waits while another process builds this very artifact
             if reuse and (final / "result.json").exists():
                 art = Artifact(name, key, final, read_json(final / "result.json"), cached=True)
             else:
@@ -108,14 +106,3 @@ class Store:
         for e in events:
             self.events.append(e)
             self._seen.add((e["stage"], e["key"]))
-
-    @contextmanager
-    def _lock(self, final: Path):
-        final.parent.mkdir(parents=True, exist_ok=True)
-        lock = final.with_name(final.name + ".lock")
-        with open(lock, "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)  # waits while another process builds this very artifact
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from rlrec.cache import file_hash, fingerprint, folder_identity
+from rlrec.cache import file_hash, file_lock, fingerprint, folder_identity
 
 log = logging.getLogger("rlrec")
 
@@ -102,21 +102,27 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def _gguf_folder(cfg: LLMConfig, src: Path, with_model: bool = True) -> Path:
-    """Dequantise the GGUF once into a plain HF folder (atomic: built aside, then renamed).
+    """Dequantise the GGUF once into a plain HF folder (atomic: built aside, then renamed; under a
+    file lock, so ranks or workers that start together convert it once and the others wait).
     `with_model=False` converts only the tokenizer (what a random-init model needs)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = src / cfg.gguf_file
     if not gguf.exists():
         raise LLMNotFoundError(f"llm={cfg.name}: GGUF file '{gguf}' not found (llm.gguf_file)")
     key = fingerprint(str(gguf), gguf.stat().st_size, cfg.dtype)
     full = Path(cfg.cache_dir) / f"gguf-{key}"
-    if (full / "config.json").exists():
-        return full
     folder = full if with_model else full.with_name(full.name + "-tokenizer")
-    if (folder / "tokenizer_config.json").exists():
-        return folder
-    log.info("llm=%s: converting %s once into %s", cfg.name, gguf.name, folder)
+    with file_lock(folder):
+        if (full / "config.json").exists():
+            return full
+        if not (folder / "tokenizer_config.json").exists():
+            _convert(cfg, src, folder, with_model)
+    return folder
+
+
+def _convert(cfg: LLMConfig, src: Path, folder: Path, with_model: bool) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("llm=%s: converting %s once into %s", cfg.name, cfg.gguf_file, folder)
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=cfg.gguf_file)
@@ -130,7 +136,6 @@ def _gguf_folder(cfg: LLMConfig, src: Path, with_model: bool = True) -> Path:
     tok.save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
-    return folder
 
 
 def model_folder(cfg: LLMConfig) -> Path | str:

@@ -135,6 +135,23 @@ def test_ctr_fit_on_two_ranks_trains_and_reports_whole_split_metrics(tmp_path, t
     assert here["val/logloss"] == pytest.approx(fitted.metrics["val/logloss"], abs=1e-5)
 
 
+def failing_job():
+    """Rank 1 raises before the collective; rank 0 then loses its peer inside it."""
+    import torch.distributed as dist
+
+    if launch.world()[0] == 1:
+        raise ValueError("no such column 'genre' on rank 1")
+    dist.all_gather_object([None, None], "x")
+
+
+@pytest.mark.parametrize("via", ["torchrun", "submitit"])
+def test_a_failing_rank_is_reported_with_its_own_error(tmp_path, via):
+    with pytest.raises(RuntimeError, match="launched ranks failed") as e:
+        launch.run(failing_job, factory=factory(tmp_path, 2, via))
+    if via == "submitit":  # torchrun prints the ranks' tracebacks itself; submitit keeps them in files
+        assert str(e.value).splitlines()[1].strip() == "rank 1: ValueError: no such column 'genre' on rank 1"
+
+
 def test_a_multi_process_trainer_is_never_built_in_the_pipeline_process(tmp_path):
     with pytest.raises(RuntimeError, match="multi-process fit"):
         factory(tmp_path, 2)(max_epochs=1)

