@@ -96,8 +96,11 @@ class DIEN(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         return self._forward(batch, with_aux=False)[0]
 
-    def forward_with_aux(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits (B,), α · L_aux) — the CTR task adds the second term to its loss (eq. 7)."""
+    def forward_with_aux(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits (B,), α · L_aux) — the CTR task adds the second term to its loss (eq. 7); with
+        α = 0 the auxiliary network is not run at all (None: nothing to add)."""
+        if not self.aux_weight:
+            return self._forward(batch, with_aux=False)[0], None
         logits, aux = self._forward(batch, with_aux=True)
         return logits, self.aux_weight * aux
 

@@ -102,3 +102,14 @@ def test_overfits_tiny_batch(name, tiny_prep, tiny_batch):
     assert losses[-1] < losses[0] / 2, (
         f"{name}: loss {losses[0]:.3f} → {losses[-1]:.3f} in {len(losses)} steps"
     )
+
+
+def test_dien_without_auxiliary_loss_never_runs_its_net(tiny_prep, tiny_batch):
+    model = build("dien", tiny_prep.spec, aux_weight=0.0).train()
+    calls = []
+    model.aux_net.register_forward_hook(lambda *_: calls.append(1))
+    logits, aux = model.forward_with_aux(tiny_batch)
+    assert aux is None and calls == []  # α = 0: no auxiliary forward, nothing added to the loss
+    torch.testing.assert_close(logits, model(tiny_batch))
+    _, aux = build("dien", tiny_prep.spec, aux_weight=0.5).train().forward_with_aux(tiny_batch)
+    assert aux is not None and aux.item() > 0  # α > 0: −log σ terms, positive
