@@ -18,7 +18,7 @@ import logging
 import numpy as np
 
 from rlrec.cache import fingerprint
-from rlrec.feedback.ensemble import split_half
+from rlrec.feedback.ensemble import Ensemble, split_half
 from rlrec.llm.pairs import build_groups
 from rlrec.results import Probe, Round
 
@@ -27,7 +27,8 @@ log = logging.getLogger("rlrec")
 
 def align(
     policy, feedback, downstream, store, encode, *, rounds: int, users: int, seed: int, pairs: str = "best_vs_all",
-    dedup_threshold: float | None = 0.98, min_gap: float = 0.0, first: str = "round0", heldout: int = 0,
+    dedup_threshold: float | None = 0.98, min_gap: float = 0.0, min_z: float = 0.0, first: str = "round0",
+    heldout: int = 0,
 ) -> list[Round]:  # fmt: skip
     """T = `rounds` preference rounds on `users` users each; returns [round 0, round 1, …]. A round
     whose samples give no informative group ends the loop with the policy unchanged.
@@ -35,7 +36,8 @@ def align(
     `heldout` users (a seeded subset of the training users, never in any training pair) measure
     each round: N texts sampled for them before and after the round, scored by the same feedback,
     give `heldout/reward_gain` with a paired t-test over users; the pairs of their "before" texts
-    are the preference fit's held-out pairs."""
+    are the preference fit's held-out pairs. `min_z` > 0 keeps only groups whose best text an
+    ensemble feedback ranks first with confidence (`build_groups`)."""
     history = [Round(0, first, policy.key, downstream.probe(policy, first))]
     history[0].metrics.update(history[0].probe.metrics)
     refit = Refit(feedback)
@@ -45,10 +47,10 @@ def align(
         chosen = pick_users(pool, users, seed, t)
         prompts = [downstream.questions[int(u)] for u in chosen]
         probes = [r.probe for r in history]
-        texts, vectors, rewards, info = sample_scored(policy, store, refit, probes, encode, chosen, prompts,
-                                                      seed * 1000 + t)  # fmt: skip
-        groups, stats = build_groups(prompts, texts, rewards, vectors, mode=pairs,
-                                     dedup_threshold=dedup_threshold, min_gap=min_gap)  # fmt: skip
+        texts, vectors, rewards, info, members = sample_scored(policy, store, refit, probes, encode, chosen,
+                                                               prompts, seed * 1000 + t)  # fmt: skip
+        groups, stats = build_groups(prompts, texts, rewards, vectors, mode=pairs, dedup_threshold=dedup_threshold,
+                                     min_gap=min_gap, members=members, min_z=min_z)  # fmt: skip
         metrics = {**reward_stats(rewards), **info, **stats.as_dict()}
         log.info("round %d/%d: %d users, mean reward %.4f, %d groups, split-half Spearman %.3f", t, rounds,
                  len(chosen), metrics["reward/mean"], len(groups), metrics.get("reliability/spearman", np.nan))  # fmt: skip
@@ -62,7 +64,8 @@ def align(
         if len(held):  # the same seed every round: this round's "before" texts are the last round's "after"
             before = sample_scored(policy, store, refit, probes, encode, held, held_prompts, seed * 1000)
             held_groups, _ = build_groups(held_prompts, before[0], before[2], before[1], mode=pairs,
-                                          dedup_threshold=dedup_threshold, min_gap=min_gap)  # fmt: skip
+                                          dedup_threshold=dedup_threshold, min_gap=min_gap, members=before[4],
+                                          min_z=min_z)  # fmt: skip
         policy = policy.train_on(groups, heldout=held_groups)
         if before is not None and getattr(feedback, "pairwise", False):
             # a pairwise feedback (a judge) ranks a user's answers against each other, so each user's mean
@@ -70,7 +73,7 @@ def align(
             after = policy.sample(held_prompts, seed=seed * 1000)  # (U, N)
             joint = [b + a for b, a in zip(before[0], after)]  # (U, 2N): before's N, then after's N
             vec = encode([x for row in joint for x in row]).reshape(len(held), len(joint[0]), -1)
-            both, _ = score(store, refit, probes, held, joint, vec)
+            both, _, _ = score(store, refit, probes, held, joint, vec)
             n = len(before[0][0])
             metrics.update(heldout_gain(both[:, :n], both[:, n:]))
             metrics["heldout/head_to_head"] = 1.0
@@ -96,11 +99,11 @@ def split_users(train_users, heldout: int, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def sample_scored(policy, store, refit, probes, encode, users, prompts, seed):
-    """N texts sampled for each of `users`, their vectors (U, N, D), rewards (U, N) and the score's info."""
+    """N texts sampled for each of `users`, their vectors (U, N, D), rewards (U, N), the score's info
+    and the ensemble members' rewards (K, U, N) or None."""
     texts = policy.sample(prompts, seed=seed)  # (U, N)
     vectors = encode([s for row in texts for s in row]).reshape(len(users), len(texts[0]), -1)
-    rewards, info = score(store, refit, probes, users, texts, vectors)
-    return texts, vectors, rewards, info
+    return texts, vectors, *score(store, refit, probes, users, texts, vectors)
 
 
 def heldout_gain(before: np.ndarray, after: np.ndarray) -> dict:
@@ -154,12 +157,14 @@ class Refit:
         return info
 
 
-def score(store, refit: Refit, probes: list[Probe], users, texts, vectors) -> tuple[np.ndarray, dict]:
-    """(U, N) rewards of `texts`, a stage keyed by the feedback, the probes it was fitted on (in
-    order) and the scored texts themselves."""
+def score(store, refit: Refit, probes: list[Probe], users, texts, vectors):
+    """((U, N) rewards of `texts`, the score's info, the ensemble members' (K, U, N) rewards or
+    None): a stage keyed by the feedback, the probes it was fitted on (in order) and the scored
+    texts themselves."""
     feedback = refit.feedback
+    ensemble = isinstance(feedback, Ensemble)
     deps = {"feedback": feedback.key, "fitted_on": [p.key for p in probes], "users": np.asarray(users).tolist(),
-            "texts": fingerprint(texts)}  # fmt: skip
+            "texts": fingerprint(texts), **({"members": True} if ensemble else {})}  # fmt: skip
 
     def build(work) -> dict:
         info = refit(probes)
@@ -169,10 +174,13 @@ def score(store, refit: Refit, probes: list[Probe], users, texts, vectors) -> tu
         if halves is not None:  # the reward's own reliability (`feedback/ensemble.py`)
             info.update(split_half(*halves))
         np.save(work / "rewards.npy", rewards)
+        if ensemble:
+            np.save(work / "members.npy", feedback.last)
         return {"feedback": {k: float(v) for k, v in info.items()}}
 
     art = store.stage("score", deps, build)
-    return np.load(art.path("rewards.npy")), art.data["feedback"]
+    members = np.load(art.path("members.npy")) if ensemble else None
+    return np.load(art.path("rewards.npy")), art.data["feedback"], members
 
 
 def reward_stats(rewards: np.ndarray) -> dict:

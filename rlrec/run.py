@@ -44,7 +44,7 @@ def run(ctx: Context) -> RunResult:
         rounds += loop.align(
             policy, feedback, downstream, ctx.store, ctx.encoder.encode, rounds=int(A.rounds), users=int(A.users),
             seed=ctx.seed, pairs=str(cfg.preference.pairs), dedup_threshold=A.get("dedup_threshold"),
-            min_gap=float(A.get("min_gap", 0.0)), first=first, heldout=int(A.get("heldout_users") or 0),
+            min_gap=float(A.get("min_gap", 0.0)), min_z=float(A.get("min_z") or 0.0), first=first, heldout=int(A.get("heldout_users") or 0),
         )  # fmt: skip
         if first == "sft":
             next(r for r in rounds if r.t == 0).metrics.update(policy.training)

@@ -17,6 +17,7 @@ class PairStats:
     dropped_all_equal: int = 0
     dropped_duplicates: int = 0  # near-duplicate texts removed before pairing
     dropped_ties: int = 0  # negatives tied with the best
+    dropped_uncertain: int = 0  # groups whose best is not `min_z` standard errors above its closest negative
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -31,12 +32,20 @@ def build_groups(
     mode: str = "best_vs_all",
     dedup_threshold: float | None = 0.98,
     min_gap: float = 0.0,
+    members: np.ndarray | None = None,
+    min_z: float = 0.0,
 ) -> tuple[list[dict], PairStats]:
     """Preference examples {prompt, chosen, rejected: [..], rewards} from scored samples.
 
     mode "best_vs_worst" (DPO): one rejected, the lowest reward. mode "best_vs_all" (S-DPO, TrackRec):
     every other text with a reward below best − min_gap. Near-duplicates of a kept text (cosine >
     dedup_threshold) are dropped first, so pairs are informative; all-equal groups are dropped.
+
+    `members` (K, U, N), the rewards of an ensemble's K members (their mean is `rewards`), and
+    `min_z` > 0 keep a group only when its best text beats its closest negative by at least
+    `min_z` standard errors of the members' paired differences (the same member scores both
+    texts, so a member's offset cancels): groups whose winner the ensemble cannot tell from noise
+    train the policy on noise.
 
     >>> ex, st = build_groups(["p"], [["a", "b", "c"]], np.array([[0.2, 0.9, 0.5]]), mode="best_vs_worst")
     >>> ex[0]["chosen"], ex[0]["rejected"]
@@ -79,6 +88,11 @@ def build_groups(
             continue
         if mode == "best_vs_worst":
             worse = [min(worse, key=lambda j: rewards[u, j])]
+        if min_z > 0 and members is not None:
+            closest = max(worse, key=lambda j: rewards[u, j])
+            if paired_z(members[:, u, best], members[:, u, closest]) < min_z:
+                stats.dropped_uncertain += 1
+                continue
         examples.append(
             {
                 "prompt": prompts[u],
@@ -90,3 +104,17 @@ def build_groups(
         )
     stats.groups = len(examples)
     return examples, stats
+
+
+def paired_z(a: np.ndarray, b: np.ndarray) -> float:
+    """mean(a − b) / its standard error over paired members (inf when every member agrees exactly).
+
+    >>> round(paired_z(np.array([0.5, 0.6, 0.7]), np.array([0.4, 0.4, 0.6])), 3)
+    4.0
+    """
+    d = np.asarray(a, float) - np.asarray(b, float)
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        return float("nan")
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    return float(d.mean() / se) if se > 0 else (float("inf") if d.mean() > 0 else float("-inf"))

@@ -111,6 +111,29 @@ def test_pairs_best_vs_all_drops_ties_duplicates_and_flat_groups():
     assert ex2[0]["rejected"] == ["b"]
 
 
+def test_pairs_keep_only_groups_whose_best_the_ensemble_is_sure_of():
+    rng = np.random.default_rng(0)
+    K = 8
+    # user 0: text 0 beats text 1 by 0.1 under every member (each member adds its own offset);
+    # user 1: text 0 wins on the mean, but the members disagree about it
+    offsets = rng.normal(0, 1.0, size=(K, 1))
+    sure = offsets + np.array([0.6, 0.5, 0.1, 0.0]) + rng.normal(0, 0.01, size=(K, 4))
+    unsure = offsets + np.array([0.6, 0.5, 0.1, 0.0]) + rng.normal(0, 0.5, size=(K, 4)) * [1, 1, 0, 0]
+    members = np.stack([sure, unsure], 1)  # (K, U=2, N=4)
+    texts = [["a", "b", "c", "d"], ["e", "f", "g", "h"]]
+    rewards = members.mean(0)
+    kept, st = build_groups(["p0", "p1"], texts, rewards, mode="best_vs_all", members=members, min_z=3.0)
+    from rlrec.llm.pairs import paired_z
+
+    best1 = int(np.argmax(rewards[1]))
+    runner = int(np.argsort(rewards[1])[-2])
+    assert paired_z(members[:, 1, best1], members[:, 1, runner]) < 3.0  # user 1's winner is within noise
+    assert [e["prompt"] for e in kept] == ["p0"] and st.dropped_uncertain == 1
+    assert kept[0]["chosen"] == "a" and sorted(kept[0]["rejected"]) == ["b", "c", "d"]  # all negatives kept
+    every, st0 = build_groups(["p0", "p1"], texts, rewards, mode="best_vs_all", members=members, min_z=0.0)
+    assert len(every) == 2 and st0.dropped_uncertain == 0  # min_z = 0: the filter is off
+
+
 def test_list_loglik_is_the_mean_log_softmax_of_the_positives():
     from rlrec.metrics import list_loglik
 
