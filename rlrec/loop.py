@@ -38,7 +38,8 @@ def align(
     give `heldout/reward_gain` with a paired t-test over users; the pairs of their "before" texts
     are the preference fit's held-out pairs. `min_z` > 0 keeps only groups whose best text an
     ensemble feedback ranks first with confidence (`build_groups`)."""
-    history = [Round(0, first, policy.key, downstream.probe(policy, first))]
+    history = [Round(0, first, policy.key, downstream.probe(policy, first),
+                     adapter=None if policy.adapter is None else str(policy.adapter))]  # fmt: skip
     history[0].metrics.update(history[0].probe.metrics)
     refit = Refit(feedback)
     pool, held = split_users(downstream.train_users, heldout, seed)
@@ -86,8 +87,10 @@ def align(
                      metrics["heldout/reward_before"], metrics["heldout/reward_after"],
                      metrics["heldout/reward_gain"], metrics.get("heldout/p", np.nan), len(held))  # fmt: skip
         probe = downstream.probe(policy, f"round{t}")
+        by_prompt = dict(zip(prompts, chosen.tolist()))
         history.append(Round(t, f"round{t}", policy.key, probe, {**metrics, **policy.training, **probe.metrics},
-                             curve=list(policy.curve)))  # fmt: skip
+                             curve=list(policy.curve), pairs=[{"user": by_prompt[g["prompt"]], **g} for g in groups],
+                             adapter=None if policy.adapter is None else str(policy.adapter)))  # fmt: skip
     return history
 
 

@@ -21,6 +21,7 @@ class Probe:
     vectors: np.ndarray | None = None
     item_vectors: np.ndarray | None = None  # (num_items + 1, D) item knowledge (KAR), row 0 = padding
     metrics: dict = field(default_factory=dict)
+    item_texts: dict[int, str] = field(default_factory=dict)  # item → its knowledge text, where there is one
 
 
 @dataclass
@@ -34,6 +35,10 @@ class Round:
     probe: Probe
     metrics: dict = field(default_factory=dict)
     curve: list[dict] = field(default_factory=list)  # the preference fit's per-step metrics
+    pairs: list[dict] = field(
+        default_factory=list
+    )  # the groups it trained on ({user, prompt, chosen, rejected, ..})
+    adapter: str | None = None  # the trained policy's adapter folder (None: the base weights)
 
     @property
     def trained(self) -> bool:

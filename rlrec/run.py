@@ -14,8 +14,9 @@ import logging
 import torch
 from hydra.utils import instantiate
 
-from rlrec import loop
+from rlrec import artifacts, loop
 from rlrec.context import Context
+from rlrec.data.schema import DataError
 from rlrec.feedback.ensemble import build_feedback
 from rlrec.policy import Policy
 from rlrec.results import Round, RunResult
@@ -29,7 +30,13 @@ def run(ctx: Context) -> RunResult:
     data = ctx.datamodule.describe()  # prepare
     downstream = instantiate(cfg.downstream)(ctx=ctx)
     rounds: list[Round] = []
-    if downstream.uses_policy:
+    source = (cfg.get("knowledge") or {}).get("source")
+    if source:  # bring your own knowledge: files in the export format, no LLM
+        if not hasattr(downstream, "from_files"):
+            raise DataError(f"knowledge.source={source!r}: downstream {cfg.downstream._target_} takes no knowledge "
+                            "(knowledge.source feeds a CTR backbone or a re-ranker: downstream=ctr, rerank or kar)")  # fmt: skip
+        rounds.append(Round(0, "source", "files", downstream.from_files(source)))
+    elif downstream.uses_policy:
         policy = Policy.from_context(ctx)
         policy.constrain = getattr(downstream, "constraint", None)  # e.g. RecLAIF: items from the candidates
         first = "round0"
@@ -49,6 +56,11 @@ def run(ctx: Context) -> RunResult:
         if first == "sft":
             next(r for r in rounds if r.t == 0).metrics.update(policy.training)
     table, metrics = downstream.evaluate(rounds)  # evaluate
+    if rounds:  # every round's texts, vectors, pairs and adapter, in the export format
+        prep = ctx.prep
+        about = {"dataset": cfg.dataset.name, "encoder": (cfg.get("encoder") or {}).get("source"),
+                 "llm": llm_identity(cfg)}  # fmt: skip
+        artifacts.write_run(ctx.output_dir / "artifacts", rounds, prep.user_ids, prep.item_ids, about)
     metrics.update(round_metrics(rounds))
     return RunResult(run=summary(cfg), metrics=metrics, table=table, rounds=[r.summary() for r in rounds if r.t > 0],
                      stages=list(ctx.store.events), data=data,
@@ -71,6 +83,21 @@ def round_metrics(rounds: list[Round]) -> dict:
     if rounds:
         out["rounds_done"] = max([0] + [r.t for r in rounds if r.trained])
     return out
+
+
+def llm_identity(cfg) -> dict | None:
+    """The policy's LLM config, resolved, its cache folder absolute: what `rlrec.export --merge`
+    loads the base weights of an adapter from, from any directory."""
+    if cfg.get("llm") is None:
+        return None
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    llm = OmegaConf.to_container(cfg.llm, resolve=True)
+    if llm.get("cache_dir"):
+        llm["cache_dir"] = str(Path(llm["cache_dir"]).resolve())
+    return llm
 
 
 def summary(cfg) -> dict:

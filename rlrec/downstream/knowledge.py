@@ -11,6 +11,7 @@ round) knowledge, once per seed, with paired t-tests across the seeds.
 
 from __future__ import annotations
 
+import hashlib
 from functools import cached_property, partial
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlrec.cache import _plain, fingerprint
 from rlrec.data.ctr import TensorBatches
+from rlrec.data.schema import DataError
 from rlrec.downstream import stats
 from rlrec.downstream.fit import build_model, fit
 from rlrec.downstream.lists import SPLITS, initial_scores, rerank_lists
@@ -35,6 +37,7 @@ LABELS = {
     "items": "item knowledge only (one shared user vector)",
     "round0": "+ un-aligned knowledge (round 0, KAR-style)",
     "aligned": "+ aligned knowledge (round {t})",
+    "source": "+ knowledge from files (knowledge.source)",
 }
 PAIRS = [
     ("round0", "base"),
@@ -42,6 +45,7 @@ PAIRS = [
     ("aligned", "round0"),
     ("round0", "items"),
     ("aligned", "items"),
+    ("source", "base"),
 ]
 
 
@@ -107,7 +111,7 @@ class KnowledgeDownstream:
         texts = policy.greedy([self.questions[u] for u in users], self.max_new_tokens)
         encoder, spec = self.ctx.encoder, self.ctx.prep.spec
         user = vector_table(spec.num_users, users, encoder.encode(texts))
-        item, item_texts = None, []
+        item, item_texts, items = None, [], []
         if self.item_prompt is not None:
             items = self.knowledge_items()
             template = self.ctx.datamodule.templates.get(self.item_prompt, self.item_prompt)
@@ -124,10 +128,54 @@ class KnowledgeDownstream:
             item = vector_table(spec.num_items, items, encoder.encode(item_texts))
         key = fingerprint(texts, item_texts, encoder.key)
         metrics = {"knowledge_tokens": float(np.mean([len(t.split()) for t in texts])) if texts else 0.0}
-        return Probe(name, key, dict(zip(users, texts)), user, item, metrics)
+        item_texts = dict(zip(items, item_texts)) if item_texts else {}
+        return Probe(name, key, dict(zip(users, texts)), user, item, metrics, item_texts)
 
     def knowledge_items(self) -> list[int]:
         return list(range(1, self.ctx.prep.spec.num_items + 1))
+
+    # ---- knowledge.source: the export format, read back (no LLM) -----------------------------------
+    def from_files(self, source: str | Path) -> Probe:
+        """User (and item) knowledge from a folder in the export format (`rlrec/artifacts.py`): each
+        side's vectors where the folder has them, else its .klg texts encoded by the run's encoder.
+        Ids are the dataset's raw ids; users without knowledge get the padding row (zeros)."""
+        folder = Path(source)
+        if not folder.is_dir():
+            raise DataError(f"knowledge.source={str(source)!r}: not a folder (expected user.klg and/or "
+                            "user_vectors.npy + user_vectors.ids.json, e.g. from `python -m rlrec.export`)")  # fmt: skip
+        prep = self.ctx.prep
+        user, texts = self._side(folder, "user", prep.user_ids, prep.spec.num_users)
+        if user is None:
+            raise DataError(f"knowledge.source={str(source)!r}: holds neither user_vectors.npy nor user.klg "
+                            "(the user side of the knowledge is required; item.klg / item_vectors.npy are optional)")  # fmt: skip
+        item, item_texts = self._side(folder, "item", prep.item_ids, prep.spec.num_items)
+        key = fingerprint("files", hashlib.sha256(user.tobytes()).hexdigest(),
+                          None if item is None else hashlib.sha256(item.tobytes()).hexdigest())  # fmt: skip
+        return Probe(
+            "source", key, texts, user, item, {"knowledge/source_users": float(len(texts))}, item_texts
+        )
+
+    def _side(self, folder: Path, side: str, raw_ids, num: int):
+        """(the side's vector table or None, {index: text}) from `folder`."""
+        from rlrec import artifacts
+
+        texts: dict[int, str] = {}
+        klg = folder / f"{side}.klg"
+        if klg.is_file():
+            data = artifacts.read_klg(klg)
+            rows, values = artifacts.indexed(list(data), list(data.values()), raw_ids, side, klg)
+            texts = dict(zip(rows, values))
+        npy = folder / f"{side}_vectors.npy"
+        if npy.is_file():
+            ids, vectors = artifacts.read_vectors(npy)
+            rows, values = artifacts.indexed(ids, list(vectors), raw_ids, side, npy)
+            if not texts:  # the vectors' users, for the count (no texts to show)
+                texts = dict.fromkeys(rows, "")
+            return vector_table(num, rows, np.stack(values)), texts
+        if texts:
+            rows = sorted(texts)
+            return vector_table(num, rows, self.ctx.encoder.encode([texts[r] for r in rows])), texts
+        return None, {}
 
     # ---- the table ---------------------------------------------------------------------------------
     def evaluate(self, rounds: list[Round]) -> tuple[Table, dict]:
@@ -135,7 +183,9 @@ class KnowledgeDownstream:
         zero = next((r for r in rounds if r.t == 0), None)
         if "items" in self.variants and zero is not None and zero.probe.item_vectors is not None:
             probes["items"] = items_only(zero.probe)
-        if "round0" in self.variants and zero is not None:
+        if zero is not None and zero.name == "source":  # knowledge.source: files, no policy
+            probes["source"] = zero.probe
+        elif "round0" in self.variants and zero is not None:
             probes["round0"] = zero.probe
         trained = [r for r in rounds if r.trained]  # a stopped round changed nothing
         if "aligned" in self.variants and trained:
