@@ -39,7 +39,7 @@ def align(
     are the preference fit's held-out pairs. `min_z` > 0 keeps only groups whose best text an
     ensemble feedback ranks first with confidence (`build_groups`)."""
     history = [Round(0, first, policy.key, downstream.probe(policy, first),
-                     adapter=None if policy.adapter is None else str(policy.adapter))]  # fmt: skip
+                     adapter=adapter_of(policy))]  # fmt: skip
     history[0].metrics.update(history[0].probe.metrics)
     refit = Refit(feedback)
     pool, held = split_users(downstream.train_users, heldout, seed)
@@ -90,8 +90,14 @@ def align(
         by_prompt = dict(zip(prompts, chosen.tolist()))
         history.append(Round(t, f"round{t}", policy.key, probe, {**metrics, **policy.training, **probe.metrics},
                              curve=list(policy.curve), pairs=[{"user": by_prompt[g["prompt"]], **g} for g in groups],
-                             adapter=None if policy.adapter is None else str(policy.adapter)))  # fmt: skip
+                             adapter=adapter_of(policy)))  # fmt: skip
     return history
+
+
+def adapter_of(policy) -> str | None:
+    """The folder of the policy's trained weights (None: the base weights, or a policy without files)."""
+    adapter = getattr(policy, "adapter", None)
+    return None if adapter is None else str(adapter)
 
 
 def split_users(train_users, heldout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
