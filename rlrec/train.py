@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rlrec.cache import atomic_write_json, atomic_write_text, sqlite_journal
+from rlrec.configs import conf_dir
 from rlrec.context import Context
 from rlrec.report import run_markdown, write_plots
 from rlrec.run import run as run_shape
@@ -93,7 +94,7 @@ def launcher_threads(threads: int, launcher: dict, overrides: list[str], cpus: i
     return threads
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("WANDB_MODE", "offline")
     from hydra.core.hydra_config import HydraConfig

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
@@ -15,13 +14,12 @@ from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
 
+from rlrec.configs import conf_dir
 from rlrec.data.schema import DataError
-
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def describe(overrides: list[str]) -> dict:
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("train", overrides=["dataset.max_users=null", *overrides], return_hydra_config=False)
     # `cache_dir` interpolates hydra:runtime, which compose() outside a run does not set
     dm = instantiate(cfg.dataset)

@@ -25,8 +25,9 @@ import os
 import sys
 from pathlib import Path
 
+from rlrec.configs import conf_dir
+
 ROOT = Path(__file__).resolve().parents[2]
-CONF = ROOT / "conf"
 
 
 def vllm_python() -> Path:
@@ -70,7 +71,7 @@ def embedded_folder(overrides: list[str]) -> Path:
 
     from rlrec.llm.loading import model_folder
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     folder = model_folder(instantiate(cfg.llm))
     if not isinstance(folder, Path):
