@@ -18,7 +18,6 @@ lock, so deleting one shard's folder recomputes that shard alone.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +33,9 @@ log = logging.getLogger("rlrec")
 class Executor(Protocol):
     threads: int  # torch intra-op threads of each job
 
-    def map(self, fn: Callable, jobs: list) -> list:
-        """[fn(job) for job in jobs], run wherever the executor runs jobs; results in job order."""
+    def map(self, fn: Callable, jobs: list, done: Callable[[int], Any] | None = None) -> list:
+        """[fn(job) for job in jobs], run wherever the executor runs jobs; results in job order.
+        `done(1)` is called as each job's result arrives (a progress bar)."""
 
 
 def call(fn: Callable, job, threads: int):
@@ -59,8 +59,8 @@ class Serial:
 
     threads: int = 1
 
-    def map(self, fn: Callable, jobs: list) -> list:
-        return [call(fn, job, self.threads) for job in jobs]
+    def map(self, fn: Callable, jobs: list, done: Callable[[int], Any] | None = None) -> list:
+        return _collect((call(fn, job, self.threads) for job in jobs), done)
 
 
 @dataclass
@@ -72,14 +72,15 @@ class Joblib:
     threads: int = 1
     backend: str = "loky"
 
-    def map(self, fn: Callable, jobs: list) -> list:
+    def map(self, fn: Callable, jobs: list, done: Callable[[int], Any] | None = None) -> list:
         from joblib import Parallel, delayed
 
         if not jobs:
             return []
-        return Parallel(n_jobs=int(self.n_jobs), backend=self.backend)(
+        results = Parallel(n_jobs=int(self.n_jobs), backend=self.backend, return_as="generator")(
             delayed(call)(fn, job, self.threads) for job in jobs
         )
+        return _collect(results, done)
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Submitit:
     timeout_min: int = 60
     parameters: dict = field(default_factory=dict)
 
-    def map(self, fn: Callable, jobs: list) -> list:
+    def map(self, fn: Callable, jobs: list, done: Callable[[int], Any] | None = None) -> list:
         try:
             import submitit
         except ImportError as e:
@@ -110,7 +111,16 @@ class Submitit:
         n = len(jobs)
         handles = ex.map_array(call, [fn] * n, list(jobs), [self.threads] * n)
         log.info("executor: %d jobs submitted (%s, %s)", n, ex.cluster, self.folder)
-        return [h.result() for h in handles]  # raises with the job's error if one failed
+        return _collect((h.result() for h in handles), done)  # raises with the job's error if one failed
+
+
+def _collect(results, done: Callable[[int], Any] | None) -> list:
+    out = []
+    for r in results:
+        out.append(r)
+        if done is not None:
+            done(1)
+    return out
 
 
 @dataclass
@@ -130,23 +140,27 @@ def stages(executor: Executor, store: Store, shards: list[Shard]) -> list[Artifa
     todo = []
     for i, s in enumerate(shards):
         if store.ready(s.name, s.deps):
-            out[i] = store.stage(s.name, s.deps, lambda work, s=s: s.make()(work))
+            out[i] = store.stage(s.name, s.deps, lambda work, s=s: s.make()(work), quiet=True)
         else:
             todo.append(i)
+    names = ", ".join(sorted({s.name for s in shards}))
     if todo:
-        names = sorted({shards[i].name for i in todo})
-        log.info("building %d of %d shards (%s) on %s", len(todo), len(shards), ", ".join(names),
-                 type(executor).__name__)  # fmt: skip
-        t0 = time.perf_counter()
+        from rlrec.console import bar
+
+        log.info(
+            "stage %s: building %d of %d shards on %s", names, len(todo), len(shards), type(executor).__name__
+        )
         jobs = [(store.fork(), shards[i].name, shards[i].deps, shards[i].make()) for i in todo]
-        for i, (art, events) in zip(todo, executor.map(_stage, jobs)):
-            store.join(events)
-            out[i] = art
-        log.info("built %d shards in %.1fs (%s)", len(todo), time.perf_counter() - t0, ", ".join(names))
+        with bar(len(todo), f"stage {names}", "shard") as progress:
+            for i, (art, events) in zip(todo, executor.map(_stage, jobs, done=progress.update)):
+                store.join(events)
+                out[i] = art
+    elif shards:
+        log.info("stage %s: %d shards cached", names, len(shards))
     return out
 
 
 def _stage(job) -> tuple[Artifact, list[dict]]:
     store, name, deps, build = job
-    art = store.stage(name, deps, build)
+    art = store.stage(name, deps, build, quiet=True)
     return art, store.events

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
 
 from rlrec import artifacts
 from rlrec.cache import atomic_write_json, atomic_write_text
+from rlrec.console import quiet_libraries
 from rlrec.data.schema import DataError
 
 WHAT = ("knowledge", "vectors", "pairs", "adapter")
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         "--merge", action="store_true", help="also write each adapter merged into the base weights"
     )
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_libraries()
     try:
         result = export(args.run_dir, args.out, [w for w in args.what.split(",") if w],
                         None if args.rounds is None else args.rounds.split(","), args.merge)  # fmt: skip

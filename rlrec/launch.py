@@ -34,6 +34,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from rlrec.console import interactive
+
 log = logging.getLogger("rlrec")
 
 IN_RANK = "RLREC_IN_RANK"  # set by `rlrec.stage` on every rank it runs
@@ -156,6 +158,8 @@ class TrainerFactory:
             args["max_epochs"] = int(max_epochs)
         if progress is not None:
             args["enable_progress_bar"] = bool(progress)
+        if not interactive():  # a log file (SLURM, CI, a pipe) gets the stage lines, not redrawn bars
+            args["enable_progress_bar"] = False
         args.update(kw)
         return instantiate(OmegaConf.create(node), **args)
 

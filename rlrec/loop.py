@@ -18,6 +18,7 @@ import logging
 import numpy as np
 
 from rlrec.cache import fingerprint
+from rlrec.console import bar
 from rlrec.feedback.ensemble import Ensemble, split_half
 from rlrec.llm.pairs import build_groups
 from rlrec.results import Probe, Round
@@ -44,6 +45,7 @@ def align(
     refit = Refit(feedback)
     pool, held = split_users(downstream.train_users, heldout, seed)
     held_prompts = [downstream.questions[int(u)] for u in held]
+    progress = bar(int(rounds), "align", "round")  # a bar, or one line where stderr is a log
     for t in range(1, int(rounds) + 1):
         chosen = pick_users(pool, users, seed, t)
         prompts = [downstream.questions[int(u)] for u in chosen]
@@ -91,6 +93,8 @@ def align(
         history.append(Round(t, f"round{t}", policy.key, probe, {**metrics, **policy.training, **probe.metrics},
                              curve=list(policy.curve), pairs=[{"user": by_prompt[g["prompt"]], **g} for g in groups],
                              adapter=adapter_of(policy)))  # fmt: skip
+        progress.update(1)
+    progress.close()
     return history
 
 

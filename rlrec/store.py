@@ -56,8 +56,12 @@ class Store:
     def __post_init__(self):
         self.root = Path(self.root)
 
-    def stage(self, name: str, deps: Any, build: Callable[[Path], dict]) -> Artifact:
+    def stage(self, name: str, deps: Any, build: Callable[[Path], dict], quiet: bool = False) -> Artifact:
+        """The artifact of `name` for `deps`: reused when published, else built now. One log line when a
+        build starts and one when the stage ends (built, with its time, or cached); `quiet` (the many
+        shards of one `executor.stages` call, which logs them together) logs at DEBUG."""
         key = fingerprint(deps)
+        level = logging.DEBUG if quiet else logging.INFO
         final = self.root / name / key
         t0 = time.perf_counter()
         # within one run, `reuse=False` rebuilds a stage once, then reuses what it rebuilt
@@ -66,6 +70,7 @@ class Store:
             if reuse and (final / "result.json").exists():
                 art = Artifact(name, key, final, read_json(final / "result.json"), cached=True)
             else:
+                log.log(level, "stage %s: building (%s)", name, key)
                 work = final.with_name(key + ".partial")
                 shutil.rmtree(work, ignore_errors=True)
                 work.mkdir(parents=True)
@@ -79,7 +84,13 @@ class Store:
                 work.rename(final)
                 art = Artifact(name, key, final, data, cached=False, seconds=time.perf_counter() - t0)
         self._seen.add((name, key))
-        log.info("stage %s: %s (%s)", name, "cached" if art.cached else f"built in {art.seconds:.1f}s", final)
+        log.log(
+            level,
+            "stage %s: %s (%s)",
+            name,
+            "cached" if art.cached else f"built in {art.seconds:.1f}s",
+            final,
+        )
         self.events.append(
             {
                 "stage": name,

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlrec.cache import atomic_write_json, atomic_write_text, sqlite_journal
 from rlrec.configs import conf_dir
+from rlrec.console import quiet_libraries
 from rlrec.context import Context
 from rlrec.report import run_markdown, write_plots
 from rlrec.run import run as run_shape
@@ -97,6 +98,7 @@ def launcher_threads(threads: int, launcher: dict, overrides: list[str], cpus: i
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     os.environ.setdefault("WANDB_MODE", "offline")
+    quiet_libraries()  # after Hydra set up logging: library noise stays off the console
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlrec.configs import conf_dir
+from rlrec.console import quiet_libraries
 from rlrec.data.schema import DataError
 
 
@@ -33,6 +34,7 @@ def main(argv: list[str]) -> int:
         )
         return 2
     as_json = "--json" in argv
+    quiet_libraries()
     overrides = [a for a in argv[1:] if a != "--json"]
     try:
         info = describe(overrides)

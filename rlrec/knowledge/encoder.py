@@ -334,23 +334,18 @@ class TextEncoder:
         found = self.store.get(list(unique), stored_dim) if stored_dim else {}
         todo = sorted((k for k in unique if k not in found), key=lambda k: -len(unique[k]))
         if todo:
-            from tqdm.auto import tqdm
+            from rlrec.console import LineBar, bar
 
             n_batches = -(-len(todo) // self.batch_size)
-            with tqdm(
-                total=len(todo),
-                unit="text",
-                desc=f"encode ({self.source})",
-                disable=n_batches < _PROGRESS_MIN_BATCHES,
-                leave=False,
-            ) as bar:
+            few = n_batches < _PROGRESS_MIN_BATCHES  # a handful of texts: no bar, no line
+            with LineBar(0, "") if few else bar(len(todo), f"encode ({self.source})", "text") as bar_:
                 for s in range(0, len(todo), self.batch_size):
                     chunk = todo[s : s + self.batch_size]
                     vecs = self._embed([unique[k] for k in chunk])  # (b, D)
                     self.store.put(chunk, vecs)
                     found.update(zip(chunk, vecs))
                     self.num_encoded += len(chunk)
-                    bar.update(len(chunk))
+                    bar_.update(len(chunk))
         if not keys:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = np.stack([found[k] for k in keys]).astype(np.float32, copy=False)  # (N, D)

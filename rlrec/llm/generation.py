@@ -776,6 +776,6 @@ class Generator:
     def _bar(self, total: int):
         if not self.progress or total == 0:
             return None
-        from tqdm.auto import tqdm
+        from rlrec.console import bar
 
-        return tqdm(total=total, unit="prompt", desc=f"generate[{self.backend.name}]", dynamic_ncols=True)
+        return bar(total, f"generate[{self.backend.name}]", "prompt")

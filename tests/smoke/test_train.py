@@ -457,3 +457,32 @@ def test_every_fit_gets_its_trainer_from_config(tmp_path, monkeypatch):
     run(_paper_cfg(tmp_path, "trackrec_movielens", f"+trainer.default_root_dir={marker}"), tmp_path / "a")
     # 3 table fits + 2 validator folds + 1 preference round, every one built from cfg.trainer
     assert len(seen) >= 6 and set(seen) == {marker}
+
+
+def test_a_run_prints_its_stages_and_no_library_noise(tmp_path):
+    """The console of a whole paper run (LLM, encoder, faiss, Lightning fits) as a log file sees it:
+    one line when each stage starts and one when it ends, a line per generation and per batch of
+    shards instead of bars, and none of the libraries' deprecation warnings, tips or banners."""
+    cmd = [
+        sys.executable, "-m", "rlrec.train", "+experiment=trackrec_movielens", "dataset=synthetic", "profile=smoke",
+        "llm=tiny_random", "sampling.max_new_tokens=12", "threads=1", "downstream.seeds=[1]",
+        f"cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run",
+    ]  # fmt: skip
+    p = subprocess.run(cmd, cwd=tmp_path, env={**ENV, "RLREC_PROGRESS": ""}, capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout + p.stderr
+    for noise in ("FutureWarning", "DeprecationWarning", "is deprecated", "Tip:", "AVX512", "GPU available",
+                  "TPU available", "Loading weights", "\r", "Epoch 0", "logging interval"):  # fmt: skip
+        assert noise not in out, (
+            f"{noise!r} reached the console:\n"
+            + "\n".join(line for line in out.splitlines() if noise in line)[:2000]
+        )
+    assert "stage align: building" in out and "stage align: built in" in out
+    assert "stage fit/din: building 3 of 3 shards" in out and "stage fit/din: 3/3 shard in" in out
+    assert "generate[hf]: " in out and "tok/s" in out and "align: 1/1 round in" in out
+    # 64 cached shard lines of an ensemble are not one per shard: the rerun says it once
+    again = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "stage fit/din: 3 shards cached" in again.stdout + again.stderr
+    assert "stage fit/din: cached" not in again.stdout + again.stderr

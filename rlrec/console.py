@@ -1,0 +1,97 @@
+"""What a run prints. The entry points (`rlrec.train`, `rlrec.export`, `rlrec.data`, the `rlrec`
+command) call `quiet_libraries()`: library noise a user would have to learn to ignore (faiss's
+loader lines, deprecation warnings raised inside transformers / torch / Lightning, Lightning's tips
+and device banners, weight-loading bars) stays off the console. The library code itself filters
+nothing, so a program importing rlrec keeps its own warning settings.
+
+`bar(total, desc, unit)` is the one progress bar: tqdm on a terminal, and where stderr is not a
+terminal (SLURM logs, CI, `| tee`) a single log line when the work ends, with its count, time and
+rate. `RLREC_PROGRESS=1` / `0` forces either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import warnings
+
+log = logging.getLogger("rlrec")
+
+_LIBRARIES = (
+    r"(transformers|torch|pytorch_lightning|lightning_fabric|lightning|peft|trl|accelerate|faiss|hydra)(\.|$)"
+)
+
+
+def quiet_libraries() -> None:
+    """Silence the noise of libraries (not rlrec's own warnings or errors) for this process."""
+    for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=_LIBRARIES)
+    # Lightning formats its warnings itself; its deprecations are DeprecationWarning subclasses
+    warnings.filterwarnings("ignore", message=r".*(is deprecated|will be removed)", module=_LIBRARIES)
+    warnings.filterwarnings("ignore", message=r".*`?past_key_values`? is deprecated")
+    # Lightning's advice on tiny fits (a feedback shard of a few batches logs less often than it steps)
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+    for name in (
+        "faiss",
+        "faiss.loader",
+        "pytorch_lightning",
+        "lightning",
+        "lightning_fabric",
+        "lightning.pytorch",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # "[transformers] ... deprecated" lines
+        hf_logging.disable_progress_bar()  # "Loading weights: 100%|…" per model load
+    except ImportError:
+        pass
+
+
+def interactive() -> bool:
+    forced = os.environ.get("RLREC_PROGRESS")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return sys.stderr.isatty()
+
+
+def bar(total: int, desc: str, unit: str = "it", *, leave: bool = True):
+    """A progress bar over `total` units of work: tqdm on a terminal, else one line at `close()`."""
+    if interactive():
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=leave)
+    return LineBar(total, desc, unit)
+
+
+class LineBar:
+    """tqdm's interface (update, set_postfix_str, close, context manager) for logs: one line at the
+    end, `desc: n/total unit in 12.3s (4.5 unit/s) postfix`."""
+
+    def __init__(self, total: int, desc: str, unit: str = "it"):
+        self.total, self.desc, self.unit = int(total), desc, unit
+        self.n, self.postfix, self.t0, self.closed = 0, "", time.perf_counter(), False
+
+    def update(self, n: int = 1) -> None:
+        self.n += int(n)
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        self.postfix = s
+
+    def close(self) -> None:
+        if self.closed or self.total == 0:
+            return
+        self.closed = True
+        dt = time.perf_counter() - self.t0
+        rate = f", {self.n / dt:.1f} {self.unit}/s" if dt > 0 and self.n else ""
+        log.info("%s: %d/%d %s in %.1fs%s%s", self.desc, self.n, self.total, self.unit, dt, rate,
+                 f", {self.postfix}" if self.postfix else "")  # fmt: skip
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
