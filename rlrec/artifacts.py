@@ -10,6 +10,7 @@ re-ranker with no LLM loaded.
     <round>/item_vectors.npy   (m, D) float32 + item_vectors.ids.json
     <round>/pairs.jsonl        one preference group per line: user, prompt, chosen, rejected [..],
                                reward_chosen, reward_rejected [..] (the round's training groups)
+    <round>/samples.jsonl      every scored sample: user, text, reward, role (chosen | rejected | dropped)
 
 Raw ids are the dataset's own ids (MovieLens user 196 is "196"), so the files mean the same thing
 in any run over that dataset, whatever users it sampled.
@@ -29,7 +30,7 @@ MANIFEST = "manifest.json"
 KINDS = {  # what `--what` selects → the files of a round it covers
     "knowledge": ("user.klg", "item.klg"),
     "vectors": ("user_vectors.npy", "user_vectors.ids.json", "item_vectors.npy", "item_vectors.ids.json"),
-    "pairs": ("pairs.jsonl",),
+    "pairs": ("pairs.jsonl", "samples.jsonl"),
 }
 
 
@@ -60,6 +61,10 @@ def write_run(out: Path, rounds, user_ids: np.ndarray, item_ids: np.ndarray, abo
                      for g in r.pairs]  # fmt: skip
             atomic_write_text(folder / "pairs.jsonl", "".join(line + "\n" for line in lines))
             files.append("pairs.jsonl")
+        if r.samples:
+            lines = [json.dumps({**x, "user": _raw(user_ids[x["user"] - 1])}) for x in r.samples]
+            atomic_write_text(folder / "samples.jsonl", "".join(line + "\n" for line in lines))
+            files.append("samples.jsonl")
         entry = {"round": r.t, "files": files}
         if r.adapter is not None:
             entry["adapter"] = str(Path(r.adapter).resolve())

@@ -92,10 +92,36 @@ def align(
         by_prompt = dict(zip(prompts, chosen.tolist()))
         history.append(Round(t, f"round{t}", policy.key, probe, {**metrics, **policy.training, **probe.metrics},
                              curve=list(policy.curve), pairs=[{"user": by_prompt[g["prompt"]], **g} for g in groups],
-                             adapter=adapter_of(policy)))  # fmt: skip
+                             adapter=adapter_of(policy), samples=sample_roles(chosen, prompts, texts, rewards, groups)))  # fmt: skip
         progress.update(1)
     progress.close()
     return history
+
+
+def sample_roles(users, prompts, texts, rewards, groups) -> list[dict]:
+    """Every scored sample of a round with its role in the preference data: `chosen`, `rejected`, or
+    `dropped` (a near-duplicate, a tie, or a user without an informative group).
+
+    >>> sample_roles([7], ["p"], [["a", "b", "c"]], np.array([[0.9, 0.1, 0.1]]),
+    ...              [{"prompt": "p", "chosen": "a", "rejected": ["b"]}])[1:]
+    [{'user': 7, 'text': 'b', 'reward': 0.1, 'role': 'rejected'}, {'user': 7, 'text': 'c', 'reward': 0.1, 'role': 'dropped'}]
+    """
+    by_prompt = {g["prompt"]: g for g in groups}
+    out = []
+    for u, p, row, r in zip(users, prompts, texts, rewards):
+        g = by_prompt.get(p)
+        rejected = list(g["rejected"]) if g else []
+        seen_chosen = False
+        for text, reward in zip(row, r):
+            if g and text == g["chosen"] and not seen_chosen:
+                role, seen_chosen = "chosen", True
+            elif text in rejected:
+                role = "rejected"
+                rejected.remove(text)
+            else:
+                role = "dropped"
+            out.append({"user": int(u), "text": text, "reward": float(reward), "role": role})
+    return out
 
 
 def adapter_of(policy) -> str | None:
@@ -125,7 +151,7 @@ def heldout_gain(before: np.ndarray, after: np.ndarray) -> dict:
 
     >>> g = heldout_gain(np.array([[0.1, 0.3], [0.2, 0.2], [0.5, 0.1]]), np.array([[0.4, 0.4], [0.3, 0.5], [0.4, 0.4]]))
     >>> round(g["heldout/reward_gain"], 4), g["heldout/users"]
-    (0.2, 3.0)
+    (0.1667, 3.0)
     """
     from scipy.stats import ttest_rel
 

@@ -39,6 +39,7 @@ class Round:
         default_factory=list
     )  # the groups it trained on ({user, prompt, chosen, rejected, ..})
     adapter: str | None = None  # the trained policy's adapter folder (None: the base weights)
+    samples: list[dict] = field(default_factory=list)  # every scored sample: {user, text, reward, role}
 
     @property
     def trained(self) -> bool:

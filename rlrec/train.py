@@ -7,6 +7,7 @@ optimised metric (for sweepers). W&B is always finished, or a multirun logs ever
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -31,12 +32,13 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    _start_wandb(cfg)
     try:
         results = run_shape(Context(cfg, output_dir)).as_dict()
-        _log_wandb(results)
+        results["plots"] = [str(p) for p in write_plots(results, output_dir)]
+        _log_wandb(results, output_dir)
     finally:
         _finish_wandb()
-    results["plots"] = [str(p) for p in write_plots(results, output_dir)]
     atomic_write_json(output_dir / "results.json", results)
     md = run_markdown(results)
     atomic_write_text(output_dir / "results.md", md)
@@ -44,19 +46,68 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     return results
 
 
-def _log_wandb(results: dict) -> None:
-    """Send the final numbers to W&B too (when a WandbLogger started a run)."""
+def _wandb_logger(cfg) -> dict | None:
+    """The run's WandbLogger config (`logger=wandb`), or None."""
+    for c in cfg.get("logger") or []:
+        if str(c.get("_target_", "")).endswith("WandbLogger"):
+            return OmegaConf.to_container(c, resolve=True)
+    return None
+
+
+def _start_wandb(cfg) -> None:
+    """With `logger=wandb`, one W&B run for the whole job, started before any stage: every fit's
+    WandbLogger joins it, and a job whose fits all come from the cache still logs its results."""
+    conf = _wandb_logger(cfg)
+    if conf is None:
+        return
+    import wandb
+
+    if wandb.run is None:
+        wandb.init(project=conf.get("project"), name=conf.get("name"), group=conf.get("group"),
+                   dir=conf.get("save_dir"), mode="offline" if conf.get("offline", True) else None,
+                   config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous")  # fmt: skip
+
+
+def _log_wandb(results: dict, output_dir: Path) -> None:
+    """The job's dashboard (when a W&B run is active): the final metrics as the summary, one step per
+    round (reward, reliability, loss, held-out gain), the preference fits' curves, the paper-style
+    table, every round's sampled texts with their rewards and roles, and the plots."""
     try:
         import wandb
     except ImportError:
         return
-    if wandb.run is not None:
-        wandb.run.summary.update({k: v for k, v in results["metrics"].items() if isinstance(v, (int, float))})
-        for h in results.get("rounds") or []:
-            wandb.log({f"round/{k}": v for k, v in h.items() if isinstance(v, (int, float))})
-        for name, curve in (results.get("curves") or {}).items():  # the preference fits, per step
-            for point in curve:
-                wandb.log({f"{name}/{k}": v for k, v in point.items() if isinstance(v, (int, float))})
+    if wandb.run is None:
+        return
+    wandb.run.summary.update({k: v for k, v in results["metrics"].items() if isinstance(v, (int, float))})
+    for h in results.get("rounds") or []:
+        wandb.log({f"round/{k}": v for k, v in h.items() if isinstance(v, (int, float))})
+    for name, curve in (results.get("curves") or {}).items():  # the preference fits, per step
+        for point in curve:
+            wandb.log({f"{name}/{k}": v for k, v in point.items() if isinstance(v, (int, float))})
+    media: dict = {}
+    table = results.get("table")
+    if table and table.get("rows"):
+        cols = list(table["columns"])
+        media["results/table"] = wandb.Table(
+            columns=["variant", *cols, *[f"{c}_std" for c in cols]],
+            data=[[label, *[row.get(c) for c in cols], *[row.get(f"{c}_std") for c in cols]]
+                  for label, row in table["rows"].items()],
+        )  # fmt: skip
+        if table.get("paired"):
+            keys = sorted({k for e in table["paired"] for k in e})
+            media["results/paired"] = wandb.Table(
+                columns=keys, data=[[e.get(k) for k in keys] for e in table["paired"]]
+            )
+    for samples in sorted((output_dir / "artifacts").glob("*/samples.jsonl")):
+        rows = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
+        media[f"samples/{samples.parent.name}"] = wandb.Table(
+            columns=["user", "text", "reward", "role"],
+            data=[[str(r["user"]), r["text"], r["reward"], r["role"]] for r in rows],
+        )
+    for plot in results.get("plots") or []:
+        media[f"plots/{Path(plot).stem}"] = wandb.Image(plot)
+    if media:
+        wandb.log(media)
 
 
 def _finish_wandb() -> None:

@@ -3,13 +3,10 @@ slurm_cpu` compose, and each job's torch threads follow the launcher."""
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from rlrec import train
 from rlrec.train import launcher_threads
 from tests.conftest import CONF
 
@@ -48,7 +45,3 @@ def test_threads_per_job_follow_the_launcher():
     assert launcher_threads(2, _launcher("submitit_local"), [], cpus=2) == 2  # no cpus_per_task: unchanged
     assert launcher_threads(2, _launcher("submitit_local", "hydra.launcher.cpus_per_task=1"), [], cpus=2) == 1
     assert launcher_threads(2, _launcher("basic"), [], cpus=2) == 2  # the sequential default launcher
-
-
-def test_doctests():
-    assert doctest.testmod(train).failed == 0

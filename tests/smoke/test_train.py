@@ -486,3 +486,40 @@ def test_a_run_prints_its_stages_and_no_library_noise(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "stage fit/din: 3 shards cached" in again.stdout + again.stderr
     assert "stage fit/din: cached" not in again.stdout + again.stderr
+
+
+def test_wandb_offline_run_holds_the_rounds_samples_table_and_plots(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    res = run(
+        _paper_cfg(tmp_path, "trackrec_movielens", "logger=wandb", "downstream.seeds=[1]"), tmp_path / "run"
+    )
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    files = runs[0] / "files"
+    tables = {p.name.split("_")[0]: p for p in (files / "media" / "table").rglob("*.table.json")}
+    # the paper-style table: its rows as in results.json
+    got = json.loads(tables["table"].read_text())
+    assert [r[0] for r in got["data"]] == list(res["table"]["rows"])
+    assert got["columns"][:2] == ["variant", "test/auc"]
+    # the sampled texts of round 1 with their rewards; the chosen ones are each group's best
+    samples = json.loads(tables["round1"].read_text())
+    assert samples["columns"] == ["user", "text", "reward", "role"]
+    roles = [r[3] for r in samples["data"]]
+    assert roles.count("chosen") == res["metrics"]["iter1/pairs/groups"] and "rejected" in roles
+    by_user: dict = {}
+    for user, _, reward, role in samples["data"]:
+        by_user.setdefault(user, []).append((reward, role))
+    for rows in by_user.values():
+        if any(role == "chosen" for _, role in rows):
+            best = max(r for r, role in rows if role != "dropped")
+            assert [role for r, role in rows if r == best][0] == "chosen"
+    images = {p.name.split("_")[0] for p in (files / "media" / "images").rglob("*.png")}
+    assert {"table", "rounds", "training"} <= images
+    # the round curves, the fit's per-step curve and the final metrics are in the run's record log
+    # (protobuf records; keys are stored as text)
+    blob = next(runs[0].glob("run-*.wandb")).read_bytes()
+    curve = [k for k, v in res["curves"]["round1"][0].items() if isinstance(v, (int, float))]
+    for key in ("iter1/heldout/reward_gain", "aligned/test/auc", "round/reliability/spearman",
+                "round/heldout/reward_gain", *[f"round1/{k}" for k in curve]):  # fmt: skip
+        assert key.encode() in blob, key

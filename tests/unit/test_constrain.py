@@ -6,14 +6,12 @@ answers; constrained samples are cached apart from free ones."""
 
 from __future__ import annotations
 
-import doctest
 import re
 
 import pytest
 import torch
 
 from rlrec.downstream.parse import is_list_header, parse_recommendation
-from rlrec.llm import constrain
 from rlrec.llm.constrain import CandidateList, apply_constraints
 from rlrec.llm.generation import Generator
 
@@ -81,10 +79,6 @@ def spec(**kw) -> CandidateList:
 
 
 PROMPTS = ["Alice likes noir films. Recommend.", "Bob", "Carol watched Heat (1995) twice."]
-
-
-def test_doctests():
-    assert doctest.testmod(constrain).failed == 0
 
 
 @pytest.mark.parametrize("engine", ["prefix", "generate"])
