@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -17,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rlrec.cache import atomic_write_json, atomic_write_text, sqlite_journal
-from rlrec.configs import conf_dir
+from rlrec.configs import conf_dir, user_errors, validate
 from rlrec.console import quiet_libraries
 from rlrec.context import Context
 from rlrec.report import run_markdown, write_plots
@@ -164,7 +165,12 @@ def main(cfg: DictConfig) -> float | None:
             log.info("threads: %d per job under %s (was %d)", threads, hc.runtime.choices.get("hydra/launcher"),
                      cfg.threads)  # fmt: skip
             cfg.threads = threads
-    results = run(cfg, hc.runtime.output_dir)
+    try:
+        validate(cfg)
+        results = run(cfg, hc.runtime.output_dir)
+    except user_errors() as e:  # the user's input: one line, no traceback, exit code 2
+        log.error("%s: %s", type(e).__name__, e)
+        sys.exit(2)
     metric = cfg.get("optimized_metric")
     return results["metrics"].get(metric) if metric else None
 
