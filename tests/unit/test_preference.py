@@ -403,3 +403,21 @@ def test_task_from_llm_config_loads_lazily_and_uses_the_chat_template(tmp_path):
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_sdpo_with_several_negatives_equals_the_formula_by_hand():
+    """S-DPO eq. 9 with K = 3 (one padded in the second example), values computed by hand:
+    loss = −log σ(−log Σ_k exp(β[(π_k − ref_k) − (π_c − ref_c)])) = log(1 + Σ_k exp(r_k − r_c)).
+    A mean over negatives instead of the sum, a missing β or an unmasked pad gives another number."""
+    beta = 0.5
+    pc, rc = torch.tensor([-10.0, -7.0]), torch.tensor([-11.0, -7.5])
+    pr = torch.tensor([[-12.0, -9.0, -10.0], [-8.0, -6.0, 99.0]])
+    rr = torch.tensor([[-12.5, -10.0, -9.0], [-7.0, -6.5, 0.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    loss, _ = sdpo_loss(pc, pr, rc, rr, beta, mask)
+    # example 1: r_c = 0.5·1 = 0.5; r_k = 0.5·[0.5, 1, −1] = [0.25, 0.5, −0.5]
+    one = math.log(1 + math.exp(0.25 - 0.5) + math.exp(0.5 - 0.5) + math.exp(-0.5 - 0.5))
+    # example 2: r_c = 0.5·0.5 = 0.25; r_k = 0.5·[−1, 0.5] = [−0.5, 0.25] (the third is padding)
+    two = math.log(1 + math.exp(-0.5 - 0.25) + math.exp(0.25 - 0.25))
+    assert loss.tolist() == pytest.approx([one, two], abs=1e-6)
+    assert one == pytest.approx(1.1463, abs=1e-4)  # the hand value itself, so the formula above is pinned
