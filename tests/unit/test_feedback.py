@@ -149,3 +149,45 @@ def test_list_loglik_is_the_mean_log_softmax_of_the_positives():
         RecommenderFeedback.__init__(
             object.__new__(RecommenderFeedback), None, None, None, None, None, reward="auc"
         )
+
+
+def test_a_cross_fitted_validator_never_trains_on_a_user_it_scores(world, tmp_path):
+    """Fold k's model trains (and early-stops) on the other folds' users only, and scores only fold
+    k's users: no user's reward comes from a model that saw that user's labels."""
+    prep, true, wrong, v_true, v_wrong, table, enc = world
+    ctx = make_context(tmp_path, prep, encoder=enc)
+    din = node("rlrec.backbones.din.DIN", embed_dim=8, mlp_dims=[32], attention_dims=[16])
+    v = ValidatorFeedback(ctx, None, din, ADAPTER, node("torch.optim.Adam", lr=5e-3), folds=3, max_epochs=1,
+                          batch_size=64, seed=0)  # fmt: skip
+    trained_on = {}
+    for k, shard in enumerate(v.shards(probe(table))):
+        build = shard.make()
+        users = {s: set(build.keywords[s].tensors["user"].tolist()) for s in ("train", "valid")}
+        assert users["train"] and users["valid"]
+        assert not any(v.folds.of[u] == k for u in users["train"] | users["valid"]), (
+            f"fold {k} trains on its own"
+        )
+        trained_on[k] = users["train"] | users["valid"]
+
+    class Recorder(torch.nn.Module):  # stands in for fold k's fitted model and records whom it scores
+        def __init__(self, k):
+            super().__init__()
+            self.k, self.seen = k, set()
+            self.embedding = torch.nn.Module()
+            self.embedding.register_buffer(
+                "user_knowledge", torch.zeros(prep.spec.num_users + 1, table.shape[1])
+            )
+
+        def forward(self, batch):
+            self.seen |= set(batch["user"].tolist())
+            return torch.zeros(len(batch["user"]))
+
+    v.models = [Recorder(k) for k in range(3)]
+    users = np.unique(prep.frame.loc[prep.frame["split"] == "train", "u"].to_numpy())[:90]
+    vecs = np.stack([v_true[users - 1], v_wrong[users - 1]], axis=1)
+    r = v.score(users, [[true[u - 1], wrong[u - 1]] for u in users], vecs)
+    assert np.isfinite(r).all()
+    assert set().union(*(m.seen for m in v.models)) == set(users.tolist())
+    for m in v.models:
+        assert m.seen and not (m.seen & trained_on[m.k]), f"fold {m.k} scored users it trained on"
+        assert all(v.folds.of[u] == m.k for u in m.seen)

@@ -19,6 +19,7 @@ from rlrec.data.prompts import DEFAULT_DOMAIN
 from rlrec.downstream.questions import Instance, RecommendationTask, next_item_instances, query_instances
 from rlrec.feedback.judge import DECISION_PREFIX, EXPLAIN_PREFIX, JudgeFeedback
 from rlrec.feedback.llm_validator import LLMValidatorFeedback
+from rlrec.feedback.validator import p_true
 from rlrec.llm.logps import choice_probs, choice_token_ids
 from rlrec.report import table_markdown
 from tests.conftest import CONF
@@ -591,3 +592,44 @@ def test_the_downstream_constrains_its_own_questions_to_their_candidates():
     assert free.constraint(prompt) is None
     with pytest.raises(ValueError, match="preamble_tokens"):
         RecommendDownstream(None, "recommender", rater=None, sasrec=None, preamble_tokens=-1)
+
+
+# ---- LLMValidator on a real (tiny random) model ----------------------------------------------
+def test_llm_validator_p_yes_and_rec_tuning_on_a_real_tiny_model(tiny_prep, tmp_path):
+    """P(Yes) is the next-token probability of Yes renormalised over {Yes, No}, the same for a prompt
+    alone and batched with a longer one (left padding); Rec-tuning (SFT on "Yes."/"No." answers) moves
+    V toward the labels it is tuned on: with every label Yes, P(Yes) rises."""
+    import dataclasses
+
+    from rlrec.llm.chat import format_chat
+    from rlrec.results import Probe
+    from tests.conftest import make_context
+
+    prep = dataclasses.replace(tiny_prep, frame=tiny_prep.frame.assign(label=1))  # every sample a Yes
+    ctx = make_context(tmp_path, prep, overrides=["trainer.limit_train_batches=1.0"])
+    opt = OmegaConf.create({"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-2})
+    v = LLMValidatorFeedback(ctx, None, llm=ctx.llm, tune=True, samples_per_user=4, tune_samples=200, epochs=2,
+                             batch_size=8, optimizer=opt, restart=False)  # fmt: skip
+    users = sorted(v.rows_of)
+    short = v.prompt(users[0], v.rows_of[users[0]][0], "likes A")
+    long = v.prompt(users[1], v.rows_of[users[1]][0], "likes B " * 30)
+    task = v._task(0)
+    tok, model = task.tokenizer, task.policy.eval()
+    yes, no = choice_token_ids(tok, ("Yes", "No"))
+    with torch.no_grad():
+        ids = torch.tensor([tok.encode(format_chat(tok, short), add_special_tokens=False)])
+        logp = model(input_ids=ids).logits[0, -1].float().log_softmax(-1)
+    py, pn = logp[yes].logsumexp(-1).exp(), logp[no].logsumexp(-1).exp()
+    by_hand = float(py / (py + pn))
+    alone, batched = v.p_yes(0, [short]), v.p_yes(0, [short, long])
+    assert alone[0] == pytest.approx(by_hand, abs=1e-5) and batched[0] == pytest.approx(by_hand, abs=1e-4)
+    assert 0.0 < by_hand < 1.0 and abs(batched[1] - batched[0]) > 1e-6
+
+    # Rec-tuning: fold 0's V is tuned on the other folds' users' samples, whose labels are all Yes
+    tuned_on = [(u, r) for u in users if v.folds.of[u] != 0 for r in v.rows_of[u]]
+    prompts = [v.prompt(u, r, f"summary of {u}") for u, r in tuned_on]
+    before = v.p_yes(0, prompts).mean()
+    info = v.refit(Probe("round0", "k", {u: f"summary of {u}" for u in users}))
+    after = v.p_yes(0, prompts)
+    assert np.isfinite(info["validator/sft_loss"]) and after.mean() > before + 0.1, (before, after.mean())
+    assert p_true(after, np.ones(len(after))) == pytest.approx(after)  # P(true label) of a Yes is P(Yes)
