@@ -96,6 +96,6 @@ def split_half(a: np.ndarray, b: np.ndarray) -> dict:
     return {
         "reliability/spearman": r,
         "reliability/same_best": float(np.mean(a.argmax(1) == b.argmax(1))) if len(a) else float("nan"),
-        "reliability/full": 2 * r / (1 + r) if rho and r > -1 else float("nan"),
+        "reliability/full": 2 * r / (1 + r) if rho and r > -1 + 1e-6 else float("nan"),
         "reliability/users": float(len(rho)),
     }

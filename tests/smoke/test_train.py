@@ -208,6 +208,29 @@ def test_dpo4rec_smoke_in_process(tmp_path):
         assert key in m, key
     rows = res["table"]["rows"]
     assert {"initial order", "shuffled order", "+ aligned knowledge (round 1)"} <= set(rows)
+    # values a broken pipeline would not produce: rewards that tell texts apart, pairs, a trained adapter
+    # whose knowledge differs from round 0's, and re-rankers whose rows differ
+    assert m["iter1/reward/spread"] > 0 and m["iter1/pairs/groups"] > 0
+    assert lora_b_norm(tmp_path / "run") > 0
+    klg = {
+        r: json.loads((tmp_path / "run" / "artifacts" / r / "user.klg").read_text())
+        for r in ("round0", "round1")
+    }
+    assert klg["round0"].keys() == klg["round1"].keys() and klg["round0"] != klg["round1"]
+    assert rows["+ aligned knowledge (round 1)"] != rows["+ un-aligned knowledge (round 0, KAR-style)"]
+    assert rows["initial order"]["test/ndcg@5"] != rows["shuffled order"]["test/ndcg@5"]
+
+
+def lora_b_norm(run_dir, round_name: str = "round1") -> float:
+    """The norm of the LoRA B matrices of a round's adapter: 0 at init (peft starts B at zero), > 0
+    once the round has trained."""
+    from safetensors.torch import load_file
+
+    man = json.loads((run_dir / "artifacts" / "manifest.json").read_text())
+    weights = load_file(str(Path(man["rounds"][round_name]["adapter"]) / "adapter_model.safetensors"))
+    b = [w for k, w in weights.items() if "lora_B" in k]
+    assert b, list(weights)[:4]
+    return float(sum(w.float().norm() ** 2 for w in b) ** 0.5)
 
 
 def test_reclaif_smoke_in_process(tmp_path):
@@ -232,6 +255,10 @@ def test_reclaif_smoke_in_process(tmp_path):
     assert m["distill/kept"] == 6  # require_valid=false keeps every non-empty teacher answer
     assert m["iter1/judge/pairs"] == 6 and m["iter1/judge/consistent"] + m["iter1/judge/inconsistent"] == 6
     assert "| SASRec |" in (tmp_path / "a" / "results.md").read_text()
+    assert lora_b_norm(tmp_path / "a", "sft") > 0  # distillation trained the adapter the rounds start from
+    # a random-weight judge ties every pair in both orders: no pair survives, the round stops, visibly
+    assert m["iter1/judge/ties"] == 6 and m["iter1/pairs/groups"] == 0 and m["iter1/stopped"] == 1
+    assert not np.isfinite(m["iter1/reliability/full"]) or abs(m["iter1/reliability/full"]) <= 1
     assert (tmp_path / "a" / "table.png").exists()
 
 
