@@ -25,7 +25,12 @@ _LIBRARIES = (
 
 
 def quiet_libraries() -> None:
-    """Silence the noise of libraries (not rlrec's own warnings or errors) for this process."""
+    """Silence the noise of libraries (not rlrec's own warnings or errors) for this process and the
+    workers it starts (`RLREC_QUIET=1` tells `executor.call` to do the same there); where stderr is
+    a log, libraries' own tqdm bars are off too (`TQDM_DISABLE`)."""
+    os.environ["RLREC_QUIET"] = "1"
+    if not interactive():
+        os.environ.setdefault("TQDM_DISABLE", "1")
     for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module=_LIBRARIES)
     # Lightning formats its warnings itself; its deprecations are DeprecationWarning subclasses

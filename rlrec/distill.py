@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlrec.cache import fingerprint
 from rlrec.llm.generation import SamplingConfig
-from rlrec.policy import Policy
+from rlrec.policy import Policy, preference_deps
 
 
 class Distill:
@@ -58,7 +58,7 @@ class Distill:
                 "trainer": ctx.trainer_key,
                 "questions": fingerprint([downstream.questions[u] for u in users]),
                 "distill": [self.epochs, self.batch_size, self.optimizer, self.max_new_tokens, self.num_samples,
-                            self.require_valid], "preference": ctx.cfg.preference}  # fmt: skip
+                            self.require_valid], "preference": preference_deps(ctx.cfg.preference)}  # fmt: skip
 
         def build(work) -> dict:
             keep, info = self.answers(teacher, downstream, users)

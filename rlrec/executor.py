@@ -18,6 +18,7 @@ lock, so deleting one shard's folder recomputes that shard alone.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,10 @@ def call(fn: Callable, job, threads: int):
     """What runs where a job runs: `fn(job)` with `threads` torch threads and the caller's torch RNG
     and thread count left as they were (a job seeds itself; in this process it must not shift the
     RNG the caller continues with, as a job in another process cannot)."""
+    if os.environ.get("RLREC_QUIET") == "1":  # a worker of a quiet entry point is quiet too
+        from rlrec.console import quiet_libraries
+
+        quiet_libraries()
     before = torch.get_num_threads()
     torch.set_num_threads(int(threads))
     try:

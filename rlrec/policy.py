@@ -212,7 +212,7 @@ class Policy:
             "weights": self.llm.fingerprint,  # the trained weights: base + this policy's adapter chain
             "groups": fingerprint(groups),
             "heldout": fingerprint(heldout or []),
-            "preference": self.preference,
+            "preference": preference_deps(self.preference),
             "seed": self.seed,
             "trainer": self.fit_key,
         }
@@ -240,6 +240,15 @@ class Policy:
         policy.training = dict(art.data["metrics"])
         policy.curve = list(art.data.get("curve", []))
         return policy
+
+
+def preference_deps(preference: DictConfig) -> dict:
+    """`cfg.preference` as part of a stage key: everything but the LLM's own config, whose weights are
+    in the key by content (`weights`): where the weights are cached is not what they are."""
+    node = OmegaConf.to_container(preference, resolve=True)
+    if isinstance(node.get("task"), dict):
+        node["task"].pop("llm", None)
+    return node
 
 
 _FROZEN: dict = {}  # (weights fingerprint, device) → the frozen LLMTask of `Policy.frozen`

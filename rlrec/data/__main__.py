@@ -38,9 +38,9 @@ def main(argv: list[str]) -> int:
     overrides = [a for a in argv[1:] if a != "--json"]
     try:
         info = describe(overrides)
-    except (DataError, HydraException) as e:
+    except (DataError, HydraException) as e:  # bad input: one line, exit code 2 (as every entry point)
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     if as_json:
         print(json.dumps(info, indent=2))
         return 0

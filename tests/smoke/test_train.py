@@ -111,7 +111,7 @@ def test_describe_bad_path_is_a_clear_error(tmp_path):
         [sys.executable, "-m", "rlrec.data", "describe", "dataset=movielens1m", f"dataset.path={tmp_path}/nope"],
         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert p.returncode == 1
+    assert p.returncode == 2
     assert "movielens1m" in p.stderr and "nope" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -493,20 +493,21 @@ def test_a_run_prints_its_stages_and_no_library_noise(tmp_path):
     cmd = [
         sys.executable, "-m", "rlrec.train", "+experiment=trackrec_movielens", "dataset=synthetic", "profile=smoke",
         "llm=tiny_random", "sampling.max_new_tokens=12", "threads=1", "downstream.seeds=[1]",
+        "executor=joblib", "executor.n_jobs=2",  # worker processes must be quiet too
         f"cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run",
     ]  # fmt: skip
     p = subprocess.run(cmd, cwd=tmp_path, env={**ENV, "RLREC_PROGRESS": ""}, capture_output=True, text=True,
                        timeout=600)  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
     out = p.stdout + p.stderr
-    for noise in ("FutureWarning", "DeprecationWarning", "is deprecated", "Tip:", "AVX512", "GPU available",
+    for noise in ("FutureWarning", "DeprecationWarning", "is deprecated", "Tip:", "AVX512", "GPU available", "it/s",
                   "TPU available", "Loading weights", "\r", "Epoch 0", "logging interval"):  # fmt: skip
         assert noise not in out, (
             f"{noise!r} reached the console:\n"
             + "\n".join(line for line in out.splitlines() if noise in line)[:2000]
         )
     assert "stage align: building" in out and "stage align: built in" in out
-    assert "stage fit/din: building 3 of 3 shards" in out and "stage fit/din: 3/3 shard in" in out
+    assert "stage fit/din: building 3 of 3 shards on Joblib" in out and "stage fit/din: 3/3 shard in" in out
     assert "generate[hf]: " in out and "tok/s" in out and "align: 1/1 round in" in out
     # 64 cached shard lines of an ensemble are not one per shard: the rerun says it once
     again = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)

@@ -86,3 +86,22 @@ def test_use_cache_false_reaches_the_generation_and_vector_caches(tmp_path):
     assert cached.store.reuse and cached.generation_cache is not None and cached.encoder.cache_dir is not None
     fresh = make_context(tmp_path, overrides=["use_cache=false"])
     assert not fresh.store.reuse and fresh.generation_cache is None and fresh.encoder.cache_dir is None
+
+
+def test_an_adapters_key_does_not_depend_on_where_the_cache_is(tmp_path):
+    """The preference config in an adapter's key leaves out the LLM node (its cache_dir is a path):
+    the weights are in the key by content, so a cache moved or shared under another path is reused."""
+    from omegaconf import OmegaConf
+
+    from rlrec.policy import preference_deps
+
+    def pref(cache):
+        return OmegaConf.create(
+            {"task": {"llm": {"name": "m", "cache_dir": cache}, "beta": 0.1}, "max_epochs": 2}
+        )
+
+    assert preference_deps(pref("/a/models")) == preference_deps(pref("/b/models")) == {
+        "task": {"beta": 0.1}, "max_epochs": 2}  # fmt: skip
+    assert preference_deps(pref("/a")) != preference_deps(
+        OmegaConf.create({"task": {"beta": 0.2}, "max_epochs": 2})
+    )
