@@ -22,7 +22,7 @@ def test_backbone_only_under_ddp_on_cpu_runs_the_app_once(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     log = p.stdout + p.stderr
     assert log.count("launching _fit on 1 × 2 ranks via torchrun") == 1  # the table's one fit
-    assert log.count("stage fit/din") == 1  # the pipeline (and its stages) ran in one process
+    assert log.count("stage fit/din: building") == 1  # the pipeline (and its stages) ran in one process
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert 0.0 <= results["metrics"]["test/auc"] <= 1.0
     assert not list((tmp_path / "cache" / "launch").iterdir())  # job files cleaned up
