@@ -90,10 +90,21 @@ class LineBar:
         if self.closed or self.total == 0:
             return
         self.closed = True
-        dt = time.perf_counter() - self.t0
-        rate = f", {self.n / dt:.1f} {self.unit}/s" if dt > 0 and self.n else ""
-        log.info("%s: %d/%d %s in %.1fs%s%s", self.desc, self.n, self.total, self.unit, dt, rate,
-                 f", {self.postfix}" if self.postfix else "")  # fmt: skip
+        log.info("%s", self.line(time.perf_counter() - self.t0))
+
+    def line(self, seconds: float) -> str:
+        """
+        >>> bar = LineBar(300, "generate[hf]", "prompt"); bar.update(300); bar.line(150.0)
+        'generate[hf]: 300/300 prompt in 150.0s, 2.0 prompt/s'
+        >>> bar = LineBar(1, "align", "round"); bar.update(1); bar.line(900.0)
+        'align: 1/1 round in 900.0s, 900.0 s/round'
+        """
+        rate = ""
+        if seconds > 0 and self.n:
+            per_s = self.n / seconds
+            rate = f", {per_s:.1f} {self.unit}/s" if per_s >= 1 else f", {seconds / self.n:.1f} s/{self.unit}"
+        post = f", {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {self.n}/{self.total} {self.unit} in {seconds:.1f}s{rate}{post}"
 
     def __enter__(self):
         return self
