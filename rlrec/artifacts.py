@@ -57,19 +57,25 @@ def write_run(out: Path, rounds, user_ids: np.ndarray, item_ids: np.ndarray, abo
             rows = sorted(p.item_texts) or np.flatnonzero(np.abs(p.item_vectors).sum(1) > 0).tolist()
             files += _write_vectors(folder / "item_vectors.npy", p.item_vectors, rows, item_ids)
         if r.pairs:
-            lines = [json.dumps({"user": _raw(user_ids[g["user"] - 1]), **{k: v for k, v in g.items() if k != "user"}})
-                     for g in r.pairs]  # fmt: skip
-            atomic_write_text(folder / "pairs.jsonl", "".join(line + "\n" for line in lines))
-            files.append("pairs.jsonl")
+            files.append(
+                write_jsonl(
+                    folder / "pairs.jsonl", [{**g, "user": _raw(user_ids[g["user"] - 1])} for g in r.pairs]
+                )
+            )
         if r.samples:
-            lines = [json.dumps({**x, "user": _raw(user_ids[x["user"] - 1])}) for x in r.samples]
-            atomic_write_text(folder / "samples.jsonl", "".join(line + "\n" for line in lines))
-            files.append("samples.jsonl")
+            files.append(write_jsonl(folder / "samples.jsonl", [{**x, "user": _raw(user_ids[x["user"] - 1])}
+                                                                for x in r.samples]))  # fmt: skip
         entry = {"round": r.t, "files": files}
         if r.adapter is not None:
             entry["adapter"] = str(Path(r.adapter).resolve())
         entries[r.name] = entry
     return atomic_write_json(out / MANIFEST, {"rounds": entries, **about})
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    """One JSON object per line, written atomically; returns the file's name."""
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+    return Path(path).name
 
 
 def _raw(x):

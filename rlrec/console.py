@@ -19,6 +19,7 @@ import warnings
 
 log = logging.getLogger("rlrec")
 
+_QUIET = False  # quiet_libraries() ran in this process
 _LIBRARIES = (
     r"(transformers|torch|pytorch_lightning|lightning_fabric|lightning|peft|trl|accelerate|faiss|hydra)(\.|$)"
 )
@@ -28,6 +29,10 @@ def quiet_libraries() -> None:
     """Silence the noise of libraries (not rlrec's own warnings or errors) for this process and the
     workers it starts (`RLREC_QUIET=1` tells `executor.call` to do the same there); where stderr is
     a log, libraries' own tqdm bars are off too (`TQDM_DISABLE`)."""
+    global _QUIET
+    if _QUIET:  # once per process (executor.call runs it before every job of a worker)
+        return
+    _QUIET = True
     os.environ["RLREC_QUIET"] = "1"
     if not interactive():
         os.environ.setdefault("TQDM_DISABLE", "1")

@@ -15,14 +15,13 @@ Every user error is one line naming the file or option and what was expected (ex
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
 from pathlib import Path
 
 from rlrec import artifacts
-from rlrec.cache import atomic_write_json, atomic_write_text
+from rlrec.cache import atomic_write_json
 from rlrec.console import quiet_libraries
 from rlrec.data.schema import DataError
 
@@ -80,8 +79,7 @@ def _trl_pairs(groups: list[dict], path: Path) -> str:
         for g in groups
         for r in g["rejected"]
     ]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-    return path.name
+    return artifacts.write_jsonl(path, rows)
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
