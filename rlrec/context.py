@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rlrec import precision
 from rlrec.launch import TrainerFactory
 from rlrec.store import Store
 
@@ -65,20 +66,49 @@ class Context:
             return torch.device("mps")
         return torch.device("cpu")
 
+    def trainer_node(self, workload: str = "ctr") -> dict:
+        """`cfg.trainer` resolved for a workload (`ctr`: backbones, re-rankers, feedback models,
+        SASRec; `llm`: preference and SFT fits): `precision: auto` becomes this machine's measured
+        choice for it (`rlrec.precision`)."""
+        key = f"trainer_node/{workload}"
+        if key not in self.memo:
+            node = OmegaConf.to_container(self.cfg.trainer, resolve=True)
+            node["precision"] = precision.resolve(node.get("precision", "32-true"), workload,
+                                                  node.get("accelerator", "cpu"))  # fmt: skip
+            self.memo[key] = node
+        return dict(self.memo[key])
+
     @property
     def trainer_key(self) -> dict:
-        """What of `cfg.trainer` can change a fit's result (everything but display settings): part
-        of every fit's stage key."""
-        node = OmegaConf.to_container(self.cfg.trainer, resolve=True)
-        return {k: v for k, v in node.items() if k not in DISPLAY}
+        """What of `cfg.trainer` can change a CTR / re-rank fit's result (everything but display
+        settings, precision resolved): part of every such fit's stage key."""
+        return {k: v for k, v in self.trainer_node("ctr").items() if k not in DISPLAY}
+
+    @property
+    def llm_trainer_key(self) -> dict:
+        """`trainer_key` of the LLM fits (preference rounds, SFT, an LLM validator)."""
+        return {k: v for k, v in self.trainer_node("llm").items() if k not in DISPLAY}
+
+    @property
+    def llm_precision(self) -> str:
+        """The LLM workload's resolved precision: the preference / SFT Trainers' and the sampler's."""
+        return self.trainer_node("llm")["precision"]
 
     @cached_property
     def trainer(self) -> TrainerFactory:
-        """Builds every Trainer of the run from `cfg.trainer`: `ctx.trainer(inner=True, max_epochs=,
-        callbacks=, progress=, **kw)` (see `TrainerFactory`). Picklable, so a multi-process fit
-        (`trainer.devices > 1`) takes it to its launched ranks (`cfg.launch`, `rlrec.launch`)."""
+        """Builds every CTR / re-rank Trainer of the run from `cfg.trainer`: `ctx.trainer(inner=True,
+        max_epochs=, callbacks=, progress=, **kw)` (see `TrainerFactory`). Picklable, so a
+        multi-process fit (`trainer.devices > 1`) takes it to its launched ranks (`cfg.launch`,
+        `rlrec.launch`). `ctx.llm_trainer` is the same for the LLM fits (their own precision)."""
+        return self._factory("ctr")
+
+    @cached_property
+    def llm_trainer(self) -> TrainerFactory:
+        return self._factory("llm")
+
+    def _factory(self, workload: str) -> TrainerFactory:
         return TrainerFactory(
-            trainer=OmegaConf.to_container(self.cfg.trainer, resolve=True),
+            trainer=self.trainer_node(workload),
             callbacks=_plain(self.cfg.get("callbacks")) or {},
             loggers=_plain(self.cfg.get("logger")) or [],
             launch=_plain(self.cfg.get("launch")) or {},

@@ -55,7 +55,7 @@ class Distill:
         teacher = self.teacher(policy)
         deps = {"policy": policy.key, "weights": policy.llm.fingerprint, "seed": ctx.seed,
                 "teacher": teacher.base_key, "sampling": asdict(teacher.sampling),
-                "trainer": ctx.trainer_key,
+                "trainer": ctx.llm_trainer_key,
                 "questions": fingerprint([downstream.questions[u] for u in users]),
                 "distill": [self.epochs, self.batch_size, self.optimizer, self.max_new_tokens, self.num_samples,
                             self.require_valid], "preference": preference_deps(ctx.cfg.preference)}  # fmt: skip
@@ -115,5 +115,5 @@ class Distill:
         sft.configure_model()
         loader = DataLoader(ds, batch_size=self.batch_size, shuffle=True, collate_fn=ds.collate,
                             generator=torch.Generator().manual_seed(self.ctx.seed))  # fmt: skip
-        _, means, _ = fit_sft(sft, loader, self.ctx.trainer, self.epochs, "distill/", out)
+        _, means, _ = fit_sft(sft, loader, self.ctx.llm_trainer, self.epochs, "distill/", out)
         return means

@@ -51,8 +51,8 @@ class Policy:
     def from_context(cls, ctx, llm=None, sampling: DictConfig | None = None) -> Policy:
         return cls(
             llm if llm is not None else ctx.llm, sampling if sampling is not None else ctx.cfg.sampling,
-            ctx.cfg.preference, ctx.store, ctx.trainer, ctx.device, ctx.generation_cache, seed=ctx.seed,
-            fit_key=ctx.trainer_key,
+            ctx.cfg.preference, ctx.store, ctx.llm_trainer, ctx.device, ctx.generation_cache, seed=ctx.seed,
+            fit_key=ctx.llm_trainer_key,
         )  # fmt: skip
 
     @classmethod
@@ -86,6 +86,13 @@ class Policy:
         if s.backend == "openai":
             return f"openai:{s.api_model}@{','.join(sorted(set(s.urls)))}"
         return self.llm.fingerprint
+
+    @property
+    def precision(self) -> str:
+        """The resolved precision of this policy's LLM work (its Trainer's; `rlrec.precision`): the hf
+        sampler runs under bf16 autocast when it is `bf16-mixed`. Frozen policies (judge, teacher):
+        fp32."""
+        return str((self.trainer.trainer if self.trainer is not None else {}).get("precision", "32-true"))
 
     @property
     def lora_name(self) -> str:
@@ -170,6 +177,7 @@ class Policy:
         kw = {}
         if s.backend == "hf":
             model, tok = self.task.policy.eval(), self.task.tokenizer
+            kw = {"precision": self.precision}
         elif s.backend == "openai":
             model, tok, kw = s.api_model, None, {"adapter": self.served_adapter()}
         else:

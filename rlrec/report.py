@@ -173,6 +173,12 @@ def run_markdown(results: dict) -> str:
     ):
         if body:
             lines += ["", f"### {title}", "", body.rstrip()]
+    mem = results.get("memory") or {}
+    if mem:
+        lines += [
+            "",
+            f"Peak RSS {mem['peak_rss_gb']:.2f} GB (largest child process {mem['children_peak_rss_gb']:.2f} GB).",
+        ]
     lines += ["", "### All metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(results.get("metrics", {}).items())]
     return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ import logging
 import torch
 from hydra.utils import instantiate
 
-from rlrec import artifacts, loop
+from rlrec import artifacts, loop, memory
 from rlrec.context import Context
 from rlrec.data.schema import DataError
 from rlrec.feedback.ensemble import build_feedback
@@ -65,7 +65,7 @@ def run(ctx: Context) -> RunResult:
     return RunResult(run=summary(cfg), metrics=metrics, table=table, rounds=[r.summary() for r in rounds if r.t > 0],
                      stages=list(ctx.store.events), data=data,
                      examples={r.name: dict(list(r.probe.texts.items())[:2]) for r in rounds},
-                     curves={r.name: r.curve for r in rounds if r.curve})  # fmt: skip
+                     curves={r.name: r.curve for r in rounds if r.curve}, memory=memory.summary())  # fmt: skip
 
 
 def round_metrics(rounds: list[Round]) -> dict:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlrec import memory
 from rlrec.cache import atomic_write_json, file_lock, fingerprint, read_json
 
 log = logging.getLogger("rlrec")
@@ -84,11 +85,16 @@ class Store:
                 work.rename(final)
                 art = Artifact(name, key, final, data, cached=False, seconds=time.perf_counter() - t0)
         self._seen.add((name, key))
+        if not art.cached:
+            memory.release()  # the build's buffers are gone: give their pages back before the next stage
+        rss, peak = memory.rss_gb(), memory.peak_rss_gb()
         log.log(
             level,
-            "stage %s: %s (%s)",
+            "stage %s: %s, RSS %.2f GB (peak %.2f) (%s)",
             name,
             "cached" if art.cached else f"built in {art.seconds:.1f}s",
+            rss,
+            peak,
             final,
         )
         self.events.append(
@@ -97,6 +103,8 @@ class Store:
                 "key": key,
                 "cached": art.cached,
                 "seconds": round(art.seconds, 2),
+                "rss_gb": round(rss, 2),
+                "peak_rss_gb": round(peak, 2),
                 "dir": str(final),
             }
         )

@@ -54,4 +54,5 @@ class DCN(nn.Module):
         cross = self.cross(x0)  # (B, F·D)
         if self.deep is None:
             return self.out(cross).squeeze(-1)  # (B,)
-        return torch.addmv(self.deep(x0).view(-1), cross, self.out.weight[0])  # h_L·w_d + b + x_L·w_c
+        h = self.deep(x0).view(-1).to(cross.dtype)  # bf16 under autocast; addmv wants one dtype
+        return torch.addmv(h, cross, self.out.weight[0])  # h_L·w_d + b + x_L·w_c

@@ -33,10 +33,12 @@ class Feedback(Protocol):
         """(U, N) rewards for N candidate texts of each user."""
 
 
-def feedback_key(ctx, name: str, config, *weights) -> str:
+def feedback_key(ctx, name: str, config, *weights, llm: bool = False) -> str:
     """The identity of a strategy's scores: its name and config, the data's content, the encoder's
-    vectors, the Trainer settings its fits use, and any model weights it reads (fingerprints)."""
-    return fingerprint(name, config, ctx.data_key, ctx.encoder.key, ctx.trainer_key, *weights)
+    vectors, the Trainer settings its fits use (`llm=True`: an LLM's fits), and any model weights it
+    reads (fingerprints)."""
+    trainer = ctx.llm_trainer_key if llm else ctx.trainer_key
+    return fingerprint(name, config, ctx.data_key, ctx.encoder.key, trainer, *weights)
 
 
 def knowledge_table(ctx, probe: Probe) -> np.ndarray:

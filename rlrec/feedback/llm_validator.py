@@ -45,7 +45,7 @@ class LLMValidatorFeedback:
         self.key = feedback_key(ctx, "llm_validator", [self.template.fingerprint, self.view.domain, history_len,
                                                        samples_per_user, tune, tune_samples,
                                                        self.lora, optimizer, epochs, batch_size, max_prompt_len,
-                                                       folds, restart, seed], self.llm_cfg.fingerprint)  # fmt: skip
+                                                       folds, restart, seed], self.llm_cfg.fingerprint, llm=True)  # fmt: skip
         rows = self.prep.rows("train")
         rng = np.random.default_rng(seed)
         users = self.prep.frame["u"].to_numpy()[rows]
@@ -98,7 +98,7 @@ class LLMValidatorFeedback:
             ds = SFTDataset(examples, task.tokenizer, self.max_prompt_len, 4, chat_template=True)
             loader = DataLoader(ds, batch_size=self.batch_size, shuffle=True, collate_fn=ds.collate,
                                 generator=torch.Generator().manual_seed(self.seed + k))  # fmt: skip
-            task, _, last = fit_sft(task, loader, self.ctx.trainer, self.epochs)
+            task, _, last = fit_sft(task, loader, self.ctx.llm_trainer, self.epochs)
             task.configure_model()  # a fit on launched ranks sends the task back without its frozen weights
             self.tasks[k] = task.to(self.ctx.device)
             losses.append(last.get("train/sft_loss", float("nan")))

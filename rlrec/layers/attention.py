@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rlrec.layers.mlp import MLP
+from rlrec.layers.mlp import MLP, fused_ok
 
 
 class TargetAttention(nn.Module):
@@ -95,7 +95,7 @@ class FieldSelfAttention(nn.Module):
         self.residual = nn.Linear(in_dim, out, bias=False) if residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and fused_ok(x):
             return self.forward_batch_last(x.permute(2, 1, 0).contiguous()).permute(2, 1, 0)
         B, F, _ = x.shape
         q, k, v = (
@@ -128,7 +128,7 @@ class FieldSelfAttentionStack(nn.Sequential):
     stack runs batch-last, with one layout change on the way in and one on the way out."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or not fused_ok(x):
             return super().forward(x)
         x = x.permute(2, 1, 0).contiguous()  # (D, F, B)
         for layer in self:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rlrec.layers.mlp import activation
+from rlrec.layers.mlp import activation, fused_ok
 
 
 class FactorizationMachine(nn.Module):
@@ -15,7 +15,10 @@ class FactorizationMachine(nn.Module):
     Σ_{i<j} <e_i, e_j> = ½ Σ_d [(Σ_f e_{f,d})² − Σ_f e_{f,d}²]. (B, F, D) → (B,)."""
 
     def forward(self, fields: torch.Tensor) -> torch.Tensor:
-        return FMPairs.apply(fields)  # (B,)
+        if fused_ok(fields):
+            return FMPairs.apply(fields)  # (B,)
+        s = fields.sum(1)  # the plain form (under autocast)
+        return 0.5 * (s * s - (fields * fields).sum(1)).sum(-1)
 
 
 class FMPairs(torch.autograd.Function):
@@ -53,8 +56,13 @@ class CrossNet(nn.Module):
             self.w = nn.ModuleList(nn.Linear(in_dim, in_dim) for _ in range(num_layers))
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
-        if self.version == "v1":
+        if self.version == "v1" and fused_ok(x0):
             return CrossV1.apply(x0, *(w.weight[0] for w in self.w), *self.b)
+        if self.version == "v1":  # the plain form (under autocast): x_{l+1} = x0 (x_lᵀ w_l) + b_l + x_l
+            x = x0
+            for w, b in zip(self.w, self.b):
+                x = x0 * w(x) + b + x
+            return x
         x = x0
         for w in self.w:
             x = x0 * w(x) + x  # (B, d)
@@ -227,4 +235,10 @@ def bilinear_combination(layers: list[BilinearInteraction], inputs: list[torch.T
     """FiBiNet's combination layer: [p⁽¹⁾, …, p⁽ˢ⁾] flattened, (B, S·P·D), where p⁽ˢ⁾ is
     `layers[s](inputs[s])` (each input (B, F, D))."""
     assert len(layers) == len(inputs), "one input per bilinear layer"
-    return BilinearPairs.apply(*inputs, *(layer.pair_weights() for layer in layers))
+    if fused_ok(inputs[0]):
+        return BilinearPairs.apply(*inputs, *(layer.pair_weights() for layer in layers))
+    out = []  # the plain form (under autocast): p_ij = (e_i W_ij) ⊙ e_j
+    for layer, x in zip(layers, inputs):
+        left = torch.einsum("bpd,pde->bpe", x[:, layer.i], layer.pair_weights())
+        out.append((left * x[:, layer.j]).flatten(1))
+    return torch.cat(out, dim=1)

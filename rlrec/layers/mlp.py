@@ -6,6 +6,14 @@ import torch
 from torch import nn
 
 
+def fused_ok(x: torch.Tensor) -> bool:
+    """Whether the fused fp32 kernels of rlrec.layers (custom autograd Functions) may run on `x`:
+    not under autocast (`trainer.precision=bf16-mixed`), where each layer takes its plain form of
+    autocast-aware torch ops instead (a Function's backward runs outside autocast, with the dtypes
+    its forward saw)."""
+    return not torch.is_autocast_enabled(x.device.type)
+
+
 def activation(name: str, dim: int | None = None) -> nn.Module:
     name = name.lower()
     if name == "relu":
@@ -125,7 +133,7 @@ class MLP(nn.Sequential):
             return super().forward(x)
         if x.dim() > 2:  # (…, in) → (N, in): BatchNorm and the fused stack work on 2-D rows
             return self.forward(x.reshape(-1, shape[-1])).reshape(*shape[:-1], self.out_dim)
-        if self.relu_stack:
+        if self.relu_stack and fused_ok(x):
             linears = [m for m in self if isinstance(m, nn.Linear)]
             num_relu = len(self) - len(linears)
             params = [p for m in linears for p in (m.weight, m.bias)]

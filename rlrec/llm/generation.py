@@ -45,6 +45,7 @@ from pathlib import Path
 
 from rlrec.cache import fingerprint, set_sqlite_journal
 from rlrec.llm.chat import chat_messages, format_chat
+from rlrec.precision import autocast, is_bf16
 
 log = logging.getLogger("rlrec")
 
@@ -211,9 +212,16 @@ class HFBackend:
     name = "hf"
     wants_messages = False
 
-    def __init__(self, model, tokenizer, batch_size: int = 128, engine: str = "auto"):
+    def __init__(
+        self, model, tokenizer, batch_size: int = 128, engine: str = "auto", precision: str = "32-true"
+    ):
         assert engine in ("auto", "prefix", "generate"), f"engine={engine!r}: auto | prefix | generate"
         self.model, self.tokenizer = model, tokenizer
+        # a resolved precision (rlrec.precision): bf16-* samples under bf16 autocast; the cache keys
+        # of its texts differ from fp32's (the backend's name says so), fp32 keys stay as they were
+        self.precision = str(precision)
+        if is_bf16(self.precision):
+            self.name = f"hf-{self.precision}"
         self.batch_size = batch_size
         self.engine = engine
         self.forward_calls = 0
@@ -227,12 +235,7 @@ class HFBackend:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
 
     def run(self, requests: list[Request], temperature, top_p, max_new_tokens, on_done) -> None:
-        from rlrec.llm.sampler import (
-            Job,
-            PrefixSharingSampler,
-            generate_fallback,
-            supports_prefix_sharing,
-        )
+        from rlrec.llm.sampler import Job, supports_prefix_sharing
 
         vocab = self.model.get_output_embeddings().weight.shape[0]  # logits width (≥ len(tokenizer))
         jobs = [
@@ -262,21 +265,28 @@ class HFBackend:
         )
         was_training = self.model.training
         self.model.eval()  # sampling from the policy, not from its dropout-perturbed version
+        device = next(self.model.parameters()).device
         try:
-            if fast:
-                sampler = PrefixSharingSampler(self.model, self.stop_ids, self.batch_size)
-                try:
-                    sampler.run(jobs, temperature, top_p, max_new_tokens, finished)
-                finally:
-                    self.forward_calls += sampler.forward_calls
-                    self.last_detail = {f"{k}_seconds": round(v, 2) for k, v in sampler.seconds.items()}
-            else:
-                generate_fallback(
-                    self.model, self.pad_id, self.stop_ids, jobs, temperature, top_p, max_new_tokens,
-                    self.batch_size, finished,
-                )  # fmt: skip
+            with autocast(self.precision, device):
+                self._run(jobs, fast, temperature, top_p, max_new_tokens, finished)
         finally:
             self.model.train(was_training)
+
+    def _run(self, jobs, fast: bool, temperature, top_p, max_new_tokens, finished) -> None:
+        from rlrec.llm.sampler import PrefixSharingSampler, generate_fallback
+
+        if fast:
+            sampler = PrefixSharingSampler(self.model, self.stop_ids, self.batch_size)
+            try:
+                sampler.run(jobs, temperature, top_p, max_new_tokens, finished)
+            finally:
+                self.forward_calls += sampler.forward_calls
+                self.last_detail = {f"{k}_seconds": round(v, 2) for k, v in sampler.seconds.items()}
+        else:
+            generate_fallback(
+                self.model, self.pad_id, self.stop_ids, jobs, temperature, top_p, max_new_tokens,
+                self.batch_size, finished,
+            )  # fmt: skip
 
 
 class ServerError(RuntimeError):

@@ -17,7 +17,7 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
     logit and subtract a logsumexp computed one leading row at a time (trl's helper, minus its
     triton path and temperature, so we do not import trl for 10 lines).
 
-    logits (..., V), index (...) → (...).
+    logits (..., V), index (...) → (...), float32 for bf16/fp16 logits (sequence sums stay exact).
 
     >>> logits = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]])  # (B=1, T=2, V=3)
     >>> selective_log_softmax(logits, torch.tensor([[2, 0]])).exp().round(decimals=4)
@@ -32,7 +32,7 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
     rows = [
         row.float().log_softmax(-1).gather(-1, i.unsqueeze(-1)).squeeze(-1) for row, i in zip(logits, index)
     ]
-    return torch.stack(rows).to(logits.dtype)
+    return torch.stack(rows)  # fp32: a sequence's sum of bf16 log-probs would round to 0.25 at -60
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

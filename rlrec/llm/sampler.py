@@ -421,8 +421,9 @@ class PrefixSharingSampler:
             k = attn.k_proj(h).view(B, Hkv, 1, D)
             v = attn.v_proj(h).view(B, Hkv, D)
             q, k = self.apply_rope(q, k, cos, sin)  # (B, H, 1, D), (B, Hkv, 1, D)
-            self.k_suf[layer_idx, pi, si, :, st] = k[:, :, 0]
-            self.v_suf[layer_idx, pi, si, :, st] = v
+            # the KV cache keeps the weights' dtype; under bf16 autocast only the projections are bf16
+            self.k_suf[layer_idx, pi, si, :, st] = k[:, :, 0].to(dt)
+            self.v_suf[layer_idx, pi, si, :, st] = v.to(dt)
             o = self._attend(layer_idx, q[:, :, 0], pi - a, si, a, b, lp, ls, pre_mask, suf_mask)
             x = x + attn.o_proj(o)
             x = x + layer.mlp(layer.post_attention_layernorm(x))

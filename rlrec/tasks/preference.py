@@ -198,24 +198,28 @@ def fit_preference(
     # batch b step through the same groups as 1 process × batch 2b (DDP averages the gradients)
     order = DistributedSampler(ds, num_replicas=size, rank=rank, shuffle=True, seed=seed)
     loader = DataLoader(ds, batch_size=int(P.batch_size), sampler=order, collate_fn=ds.collate)
-    task.precompute_reference(DataLoader(ds, batch_size=int(P.batch_size), collate_fn=ds.collate))
     val, extra = None, {}
     if heldout:
         cap = P.get("val_pairs")
         vds = dataset(heldout if cap is None else heldout[: int(cap)])
         val = DataLoader(vds, batch_size=max(int(P.batch_size), 4), collate_fn=vds.collate)
-        task.precompute_reference(val, "val")
         checks = max(1, int(P.get("val_checks", 1) or 1))
         steps = len(loader)
         if checks > 1 and steps >= checks:
             extra["val_check_interval"] = max(1, steps // checks)
-    task.train()
     metrics = MetricLog()
     trainer = make_trainer(
         max_epochs=int(P.max_epochs), callbacks=[metrics], progress=True,
         accumulate_grad_batches=int(P.accumulate_grad_batches), gradient_clip_val=P.get("gradient_clip_val"),
         limit_val_batches=1.0, use_distributed_sampler=False, **extra,
     )  # fmt: skip
+    # the reference is scored at the Trainer's precision (bf16 autocast under bf16-mixed), so the
+    # policy's log-probs at step 0 equal it and the loss starts at its zero-margin value
+    with trainer.precision_plugin.forward_context():
+        task.precompute_reference(DataLoader(ds, batch_size=int(P.batch_size), collate_fn=ds.collate))
+        if val is not None:
+            task.precompute_reference(val, "val")
+    task.train()
     trainer.fit(task, loader, val)
     task.eval()
     if out is not None and is_global_zero():  # only rank 0 publishes the adapter

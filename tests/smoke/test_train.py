@@ -61,6 +61,14 @@ def test_backbone_only_in_process_then_cached(tmp_path):
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["metrics"]["test/auc"] == m["test/auc"]
     assert (tmp_path / "run" / "config.yaml").exists() and (tmp_path / "run" / "results.md").exists()
+    # memory: the run's peak (what /usr/bin/time -v reports) and each stage's RSS when it ended
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    assert 0.05 < saved["memory"]["peak_rss_gb"] <= peak + 0.01
+    fit = stage(res, "fit/din")
+    assert 0.05 < fit["rss_gb"] <= fit["peak_rss_gb"] <= saved["memory"]["peak_rss_gb"]
+    assert "Peak RSS" in (tmp_path / "run" / "results.md").read_text()
     # the same command again reuses the fitted stage and reproduces its numbers
     again = run(_cfg(tmp_path), tmp_path / "run2")
     assert stage(again, "fit/din")["cached"] is True

@@ -113,3 +113,42 @@ def test_dien_without_auxiliary_loss_never_runs_its_net(tiny_prep, tiny_batch):
     torch.testing.assert_close(logits, model(tiny_batch))
     _, aux = build("dien", tiny_prep.spec, aux_weight=0.5).train().forward_with_aux(tiny_batch)
     assert aux is not None and aux.item() > 0  # α > 0: −log σ terms, positive
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_plain_forms_equal_the_fused_kernels_and_run_under_bf16_autocast(
+    name, tiny_prep, tiny_batch, monkeypatch
+):
+    """Under autocast (trainer.precision=bf16-mixed) every layer takes its plain form: in fp32 it
+    must compute what the fused kernel computes (value and gradients), and under bf16 autocast the
+    whole backbone must run forward and backward."""
+    import rlrec.layers.attention
+    import rlrec.layers.interaction
+    import rlrec.layers.mlp
+
+    def run(model):
+        model.zero_grad()
+        out = model(tiny_batch)
+        out.float().square().mean().backward()
+        return out.detach().float(), {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+        }
+
+    model = build(name, tiny_prep.spec).eval()
+    fused, fused_grads = run(model)
+    for module in (rlrec.layers.mlp, rlrec.layers.interaction, rlrec.layers.attention):
+        monkeypatch.setattr(module, "fused_ok", lambda x: False)
+    plain, plain_grads = run(model)
+    assert torch.allclose(plain, fused, atol=1e-5, rtol=1e-4), (plain - fused).abs().max()
+    assert fused_grads.keys() == plain_grads.keys()
+    for n, g in fused_grads.items():
+        assert torch.allclose(plain_grads[n], g, atol=1e-5, rtol=1e-3), (
+            name,
+            n,
+            (plain_grads[n] - g).abs().max(),
+        )
+    monkeypatch.undo()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, low_grads = run(model)
+    assert torch.isfinite(low).all() and low_grads.keys() == fused_grads.keys()
+    assert torch.allclose(low, fused, atol=0.1, rtol=0.05), (low - fused).abs().max()

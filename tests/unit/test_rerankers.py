@@ -121,3 +121,19 @@ def test_list_losses():
     finite = scores.masked_fill(~mask, 0)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(finite[mask], labels[mask])
     torch.testing.assert_close(pointwise_bce(scores, labels, mask), bce)
+
+
+@pytest.mark.parametrize("name", RERANKERS)
+def test_runs_under_bf16_autocast_close_to_fp32(name, tiny_prep, lists):
+    """trainer.precision=bf16-mixed: forward and backward run, scores stay near fp32's."""
+    model = build(name, tiny_prep.spec).eval()
+    ref = model(lists).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = model(lists)
+        listwise_softmax(scores.float(), lists["labels"], lists["mask"]).backward()
+    m = lists["mask"]
+    assert torch.isinf(scores[~m]).all() and torch.isfinite(scores[m]).all()
+    assert torch.allclose(scores[m].float(), ref[m], atol=0.1, rtol=0.05), (
+        (scores[m].float() - ref[m]).abs().max()
+    )
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

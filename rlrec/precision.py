@@ -1,0 +1,157 @@
+"""`trainer.precision=auto`: bf16 autocast where this machine's bf16 matmuls are faster than fp32,
+fp32 elsewhere — decided by measurement, once per machine kind.
+
+CPUs of one cloud machine type differ: some have native bf16 (avx512_bf16, AMX) and run bf16
+matmuls faster than fp32; others emulate bf16 and run it several times slower. `probe()` times
+the matmul shapes of rlrec's two workloads in fp32 and under bf16 autocast:
+
+- `llm`: the policy's linear layers (decode batch × hidden → MLP width): sampling, preference
+  training (DPO / S-DPO), SFT and an LLM validator;
+- `ctr`: a CTR backbone's / re-ranker's MLP on a training batch: the table's fits and the
+  feedback models.
+
+The result is cached per machine kind (CPU model, its bf16 flags, torch version, thread count) in
+`~/.cache/rlrec/precision/<kind>.json` (`$XDG_CACHE_HOME`, or `$RLREC_PRECISION_CACHE` for the
+folder), so the probe runs once per machine (~2 s) whatever run or cache_dir asks.
+`resolve("auto", workload)` gives Lightning's precision string for that workload: `bf16-mixed`
+when bf16 was ≥ `MIN_SPEEDUP`× faster, else `32-true`. On a CUDA GPU, `auto` is `bf16-mixed` where the GPU supports bf16. An
+explicit precision (`32-true`, `bf16-mixed`, …) is used as given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from rlrec.cache import atomic_write_json, fingerprint
+
+log = logging.getLogger("rlrec")
+
+WORKLOADS = ("llm", "ctr")
+MIN_SPEEDUP = 1.15  # bf16 must win clearly: autocast adds casts the matmul timing does not show
+# (batch, in, out) of the matmuls each workload spends its time in
+SHAPES = {
+    "llm": [(128, 576, 1536), (128, 1536, 576), (512, 576, 576)],
+    "ctr": [(1024, 256, 256), (1024, 256, 128)],
+}
+BF16 = "bf16-mixed"
+FP32 = "32-true"
+
+
+def cpu_identity() -> dict:
+    """What decides bf16 speed on this CPU: model name and its bf16 / AMX flags, torch, threads."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and ":" in line:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = sorted(f for f in flags if "bf16" in f or f.startswith("amx"))
+    return {
+        "cpu": model,
+        "bf16_flags": wanted,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _time(fn, repeats: int = 5) -> float:
+    fn()  # warm-up (oneDNN picks its kernel on the first call)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@torch.inference_mode()
+def measure(shapes=SHAPES, repeats: int = 5) -> dict:
+    """{workload: {"fp32_ms", "bf16_ms", "speedup"}}: the workload's matmuls (forward), best of
+    `repeats`, in fp32 and under CPU bf16 autocast (weights stay fp32, as in autocast training)."""
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for workload, dims in shapes.items():
+        mats = [(torch.randn(b, i, generator=gen), torch.randn(o, i, generator=gen)) for b, i, o in dims]
+
+        def run(mats=mats):
+            for x, w in mats:
+                torch.nn.functional.linear(x, w)
+
+        def run_bf16(run=run):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                run()
+
+        fp32, bf16 = _time(run, repeats), _time(run_bf16, repeats)
+        out[workload] = {"fp32_ms": float(f"{fp32 * 1e3:.4g}"), "bf16_ms": float(f"{bf16 * 1e3:.4g}"),
+                         "speedup": float(f"{fp32 / bf16:.4g}")}  # fmt: skip
+    return out
+
+
+def machine_cache() -> Path:
+    """Where probes are kept: `$RLREC_PRECISION_CACHE`, else `$XDG_CACHE_HOME/rlrec`, else
+    `~/.cache/rlrec`."""
+    if os.environ.get("RLREC_PRECISION_CACHE"):
+        return Path(os.environ["RLREC_PRECISION_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rlrec"
+
+
+def probe(cache_dir: str | Path | None = None) -> dict:
+    """This machine kind's measurement (see `measure`), read from `<cache_dir>/precision/`
+    (default `machine_cache()`) when it was measured there already; measured and written otherwise."""
+    ident = cpu_identity()
+    path = Path(cache_dir or machine_cache()) / "precision" / f"{fingerprint(ident)}.json"
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            pass  # unreadable: measure again and replace it
+    result = {**ident, "min_speedup": MIN_SPEEDUP, "workloads": measure()}
+    log.info("precision=auto: bf16 vs fp32 matmuls on %s (%s): %s", ident["cpu"],
+             ", ".join(ident["bf16_flags"]) or "no bf16 flags",
+             ", ".join(f"{w} {v['speedup']:.2f}x" for w, v in result["workloads"].items()))  # fmt: skip
+    try:
+        atomic_write_json(path, result)
+    except OSError as e:  # a read-only home: measure again next time
+        log.warning("precision=auto: could not cache the probe in %s (%s)", path, e)
+    return result
+
+
+def resolve(precision, workload: str = "llm", accelerator: str = "cpu", cache_dir=None) -> str:
+    """Lightning's precision string for `workload` (`llm` | `ctr`): `auto` decided as the module
+    docstring says; anything else returned as given (as a string: Lightning also takes 32, 16)."""
+    if str(precision) != "auto":
+        return str(precision)
+    if workload not in WORKLOADS:
+        raise ValueError(f"precision workload {workload!r}: one of {WORKLOADS}")
+    if str(accelerator) in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return BF16 if torch.cuda.is_bf16_supported() else "16-mixed"
+    if str(accelerator) not in ("cpu", "auto"):
+        return FP32  # mps and others: fp32, the safe default
+    speed = probe(cache_dir)["workloads"][workload]["speedup"]
+    return BF16 if speed >= MIN_SPEEDUP else FP32
+
+
+def is_bf16(precision: str) -> bool:
+    return str(precision).startswith("bf16")
+
+
+def autocast(precision: str, device: torch.device | str = "cpu"):
+    """The autocast context of a resolved precision for code outside Lightning (the sampler):
+    bf16 autocast for `bf16-*`, fp16 for `16-mixed` on CUDA, nothing for fp32 / `*-true`."""
+    device_type = torch.device(device).type
+    if is_bf16(precision) and not str(precision).endswith("-true"):
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    if str(precision) in ("16-mixed", "16") and device_type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()

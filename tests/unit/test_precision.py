@@ -1,0 +1,155 @@
+"""`trainer.precision=auto` (rlrec.precision): the probe's decision and cache, and bf16 autocast
+staying within tolerance of fp32 where rlrec uses it — the S-DPO loss and its LoRA gradients,
+the sampler's next-token distribution, and a CTR backbone's AUC."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rlrec import precision
+from rlrec.llm.data import PreferenceDataset
+from rlrec.tasks.preference import PreferenceTask
+from tests.unit.test_preference import LORA, CharTokenizer, loader, pref_examples, tiny_llama
+
+
+def fake_measure(speedups: dict):
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {w: {"fp32_ms": 1.0, "bf16_ms": 1.0 / s, "speedup": s} for w, s in speedups.items()}
+
+    return measure, calls
+
+
+def test_auto_picks_bf16_per_workload_by_the_measured_speedup_and_caches_it(tmp_path, monkeypatch):
+    measure, calls = fake_measure({"llm": 1.6, "ctr": 0.9})
+    monkeypatch.setattr(precision, "measure", measure)
+    assert precision.resolve("auto", "llm", "cpu", tmp_path) == "bf16-mixed"
+    assert precision.resolve("auto", "ctr", "cpu", tmp_path) == "32-true"
+    assert len(calls) == 1  # measured once for this machine kind, then read from the cache
+    (cached,) = (tmp_path / "precision").glob("*.json")
+    saved = json.loads(cached.read_text())
+    assert saved["workloads"]["llm"]["speedup"] == 1.6 and saved["cpu"] == precision.cpu_identity()["cpu"]
+    # another machine kind (other threads count) measures again
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 97)
+    precision.resolve("auto", "llm", "cpu", tmp_path)
+    assert len(calls) == 2 and len(list((tmp_path / "precision").glob("*.json"))) == 2
+
+
+def test_auto_needs_a_clear_win_and_explicit_values_pass_through(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        precision, "measure", fake_measure({"llm": precision.MIN_SPEEDUP - 0.01, "ctr": 3.0})[0]
+    )
+    assert precision.resolve("auto", "llm", "cpu", tmp_path) == "32-true"
+    assert precision.resolve("auto", "ctr", "cpu", tmp_path) == "bf16-mixed"
+    assert precision.resolve("32-true", "ctr", "cpu", tmp_path) == "32-true"
+    assert precision.resolve("bf16-mixed", "llm", "cpu", tmp_path) == "bf16-mixed"
+    with pytest.raises(ValueError, match="workload"):
+        precision.resolve("auto", "vision", "cpu", tmp_path)
+
+
+def test_measure_times_both_workloads():
+    out = precision.measure(shapes={"llm": [(8, 16, 16)], "ctr": [(8, 16, 4)]}, repeats=2)
+    assert set(out) == {"llm", "ctr"}
+    for v in out.values():
+        assert v["fp32_ms"] > 0 and v["bf16_ms"] > 0
+        assert v["speedup"] == pytest.approx(v["fp32_ms"] / v["bf16_ms"], rel=1e-2)
+
+
+def test_context_resolves_auto_into_every_trainer_and_key(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from rlrec.context import Context
+
+    monkeypatch.setattr(precision, "measure", fake_measure({"llm": 2.0, "ctr": 1.0})[0])
+    monkeypatch.setenv("RLREC_PRECISION_CACHE", str(tmp_path))  # never the machine's own probe file
+    cfg = OmegaConf.create({"seed": 1, "cache_dir": str(tmp_path), "threads": 1,
+                            "trainer": {"accelerator": "cpu", "devices": 1, "precision": "auto"}})  # fmt: skip
+    ctx = Context(cfg, tmp_path / "out")
+    assert ctx.llm_trainer.trainer["precision"] == ctx.llm_precision == "bf16-mixed"
+    assert ctx.trainer.trainer["precision"] == "32-true"
+    assert ctx.llm_trainer_key["precision"] == "bf16-mixed" and ctx.trainer_key["precision"] == "32-true"
+
+
+def _sdpo_loss_and_grads(autocast: bool):
+    ds = PreferenceDataset(pref_examples(4, seed=5, k=3), CharTokenizer())
+    task = PreferenceTask(tiny_llama(seed=3), loss="sdpo", beta=0.5, lora=LORA)
+    with precision.autocast("bf16-mixed" if autocast else "32-true"):  # as fit_preference does
+        task.precompute_reference(loader(ds))
+    with torch.no_grad():  # move off the zero-margin point so the loss and gradients are generic
+        for n, p in task.model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(n))) * 0.05)
+    batch = ds.collate([ds[i] for i in range(4)])
+    with precision.autocast("bf16-mixed" if autocast else "32-true"):
+        loss, _ = task.step(batch)
+    loss.mean().backward()
+    grads = torch.cat([p.grad.flatten() for n, p in task.model.named_parameters() if p.grad is not None])
+    return loss.detach(), grads
+
+
+def test_sdpo_loss_and_lora_gradients_under_bf16_autocast_match_fp32():
+    loss32, g32 = _sdpo_loss_and_grads(False)
+    loss16, g16 = _sdpo_loss_and_grads(True)
+    assert loss32.dtype == loss16.dtype == torch.float32  # log-probs are upcast before the loss
+    assert torch.allclose(loss16, loss32, atol=0.01), (loss16, loss32)
+    cos = torch.nn.functional.cosine_similarity(g16, g32, dim=0)
+    assert cos > 0.99 and (g16.norm() / g32.norm() - 1).abs() < 0.05, (cos, g16.norm(), g32.norm())
+
+
+def test_sampler_under_bf16_autocast_keeps_the_next_token_distribution_and_its_own_cache_keys(tmp_path):
+    from rlrec.llm.generation import Generator
+
+    model, tok = tiny_llama(seed=4), CharTokenizer()
+    tok.decode = lambda ids, skip_special_tokens=True: "".join(chr(97 + i % 26) for i in ids)
+    ids = torch.tensor([tok("user abc likes")["input_ids"]])
+    with torch.no_grad():
+        p32 = model(input_ids=ids).logits[0, -1].softmax(-1)
+        with precision.autocast("bf16-mixed"):
+            p16 = model(input_ids=ids).logits[0, -1].float().softmax(-1)
+    assert (p16 - p32).abs().sum() < 0.05  # total variation of the next-token distribution
+
+    gens = {p: Generator(model, tok, "tiny", tmp_path / p, chat=False, progress=False, precision=p)
+            for p in ("32-true", "bf16-mixed")}  # fmt: skip
+    out = {
+        p: g.sample(["user abc likes", "user xyz hates"], n=3, max_new_tokens=6, seed=1)
+        for p, g in gens.items()
+    }
+    assert {len(row) for rows in out.values() for row in rows} == {3}
+    assert gens["bf16-mixed"].backend.name == "hf-bf16-mixed" and gens["32-true"].backend.name == "hf"
+
+
+def fit_auc(tiny_prep, precision_: str) -> float:
+    """DeepFM fitted by Lightning at `precision_` on a planted task (clicked iff the item id is
+    even), its AUC on the same rows: bf16 must learn what fp32 learns."""
+    import pytorch_lightning as pl
+
+    from rlrec.data.ctr import TensorBatches, ctr_tensors
+    from rlrec.tasks.ctr import CTRTask
+    from tests.unit.test_backbones import build
+
+    t = ctr_tensors(tiny_prep, "train")
+    t["label"] = (t["item"] % 2 == 0).float()
+    task = CTRTask(
+        build("deepfm", tiny_prep.spec, seed=0), optimizer=lambda ps: torch.optim.Adam(ps, lr=1e-2)
+    )
+    pl.seed_everything(0, verbose=False)
+    pl.Trainer(max_epochs=15, accelerator="cpu", precision=precision_, logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False).fit(task, TensorBatches(t, 64, shuffle=True))  # fmt: skip
+    with torch.no_grad():
+        scores = task.eval()(t).float().numpy()
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(t["label"].numpy(), scores))
+
+
+def test_ctr_fit_under_bf16_mixed_reaches_the_fp32_auc(tiny_prep):
+    auc32 = fit_auc(tiny_prep, "32-true")
+    auc16 = fit_auc(tiny_prep, "bf16-mixed")
+    assert auc32 > 0.8, auc32  # the task is learnable, so the comparison means something
+    assert abs(auc16 - auc32) < 0.02 and np.isfinite(auc16), (auc16, auc32)
