@@ -2,7 +2,7 @@
 same pairs, the embedded SmolLM2-135M, LoRA r=8 on q,k,v,o, reference log-probs precomputed on
 both sides, prompt ~256 + responses ~128 tokens, 2 pairs per step.
 
-    python benchmarks/preference.py --steps 20            # the measurement (machine otherwise idle)
+    python benchmarks/preference.py --steps 20            # the measurement (machine otherwise idle): rlrec, trl, trl_fp32
     python benchmarks/preference.py --steps 3             # a smoke check that both sides run
     python benchmarks/preference.py --sides rlrec,rlrec_unshared   # what running each prompt once buys
 
@@ -10,7 +10,10 @@ The two run one after the other in this process (never two timed things at once:
 that distorts both), each on a freshly loaded base model. Rates are pairs/s over the steps
 after the first (the first pays allocator and autograd warm-up); the reference pass is timed
 apart; per-step process CPU seconds are printed too (steadier than wall time when other jobs
-share the cores). The last line is `ratio: X` = rlrec pairs/s ÷ trl pairs/s.
+share the cores). Sides: `rlrec` (its default `precision=auto`, no gradient checkpointing), `trl`
+(trl's DPOTrainer with its own defaults), `trl_fp32` (fp32, gradient checkpointing off); each prints
+its settings. The last lines are `ratio_trl: X`, `ratio_trl_fp32: X` (rlrec pairs/s ÷ that side's)
+and `ratio: X` against the faster trl configuration.
 
 rlrec's step runs each prompt once and reuses its KV cache for the chosen and rejected
 responses, and applies the LM head only where a response token is predicted; trl runs both
@@ -91,9 +94,13 @@ def run_rlrec(pairs, args, share_prompt: bool = True) -> dict:
         max_prompt_len=args.prompt_len + 16, max_completion_len=args.response_len + 1,
     )  # fmt: skip
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, collate_fn=ds.collate)
+    from rlrec.precision import autocast, resolve
+
+    precision = resolve(args.precision, "llm", "cpu")  # rlrec's default: auto, measured per machine
 
     t0 = time.perf_counter()
-    task.precompute_reference(loader)
+    with autocast(precision):
+        task.precompute_reference(loader)
     ref_s = time.perf_counter() - t0
 
     times: list[float] = []
@@ -109,14 +116,18 @@ def run_rlrec(pairs, args, share_prompt: bool = True) -> dict:
 
     trainer = pl.Trainer(
         max_steps=args.steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[Timer()],
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[Timer()], precision=precision,
     )  # fmt: skip
     trainer.fit(task, loader)
+    settings = {"precision": precision, "gradient_checkpointing": False, "share_prompt": share_prompt,
+                "batch_size": args.batch_size, "beta": 0.1}  # fmt: skip
     return {"pairs_per_s": rate(times, args.batch_size), "step_s": times, "step_cpu_s": cpu, "reference_s": ref_s,
-            "loss": float(trainer.logged_metrics["train/dpo_loss"])}  # fmt: skip
+            "loss": float(trainer.logged_metrics["train/dpo_loss"]), "settings": settings}  # fmt: skip
 
 
-def run_trl(pairs, args) -> dict:
+def run_trl(pairs, args, plain: bool = False) -> dict:
+    """trl's DPOTrainer with its own defaults (`trl`: gradient checkpointing and bf16 autocast where
+    trl turns them on), or `plain=True` (`trl_fp32`): fp32, no gradient checkpointing."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -142,7 +153,10 @@ def run_trl(pairs, args) -> dict:
             max_length=args.prompt_len + args.response_len + 32, use_cpu=True, report_to="none",
             save_strategy="no", logging_steps=max(1, args.steps), dataloader_num_workers=0,
             disable_dropout=True, seed=0, lr_scheduler_type="constant", warmup_steps=0,
+            **({"gradient_checkpointing": False, "bf16": False, "fp16": False} if plain else {}),
         )  # fmt: skip
+        settings = {k: getattr(config, k) for k in ("gradient_checkpointing", "bf16", "fp16", "tf32",
+                                                    "per_device_train_batch_size", "max_length", "beta")}  # fmt: skip
         lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM")
         t0 = time.perf_counter()
         trainer = DPOTrainer(
@@ -152,7 +166,7 @@ def run_trl(pairs, args) -> dict:
         setup_s = time.perf_counter() - t0  # tokenisation + the reference pass
         trainer.train()
     return {"pairs_per_s": rate(times, args.batch_size), "step_s": times, "step_cpu_s": cpu,
-            "setup_incl_reference_s": setup_s}  # fmt: skip
+            "setup_incl_reference_s": setup_s, "settings": settings, "trl": __import__("trl").__version__}  # fmt: skip
 
 
 def main() -> None:
@@ -164,8 +178,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument(
-        "--sides", default="rlrec,trl",
-        help="comma list of rlrec (prompt run once per pair), rlrec_unshared (whole sequences), trl",
+        "--precision", default="auto", help="rlrec's side: auto (measured) | 32-true | bf16-mixed"
+    )
+    ap.add_argument(
+        "--sides", default="rlrec,trl,trl_fp32",
+        help="comma list of rlrec (prompt run once per pair), rlrec_unshared (whole sequences), trl (its "
+        "defaults), trl_fp32 (fp32, no gradient checkpointing)",
     )  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -178,15 +196,22 @@ def main() -> None:
         "rlrec": run_rlrec,
         "rlrec_unshared": lambda p, a: run_rlrec(p, a, share_prompt=False),
         "trl": run_trl,
+        "trl_fp32": lambda p, a: run_trl(p, a, plain=True),
     }
     for name in args.sides.split(","):
         torch.manual_seed(0)
         results[name] = r = sides[name](pairs, args)
         print(f"{name}: {r['pairs_per_s']:.3f} pairs/s ({1 / r['pairs_per_s']:.2f} s/pair); step wall s "
-              f"{[round(s, 1) for s in r['step_s']]}, CPU s {[round(s, 1) for s in r['step_cpu_s']]}", flush=True)  # fmt: skip
+              f"{[round(s, 1) for s in r['step_s']]}, CPU s {[round(s, 1) for s in r['step_cpu_s']]}"
+              + (f"; settings {r['settings']}" if "settings" in r else ""), flush=True)  # fmt: skip
     print(json.dumps({"config": vars(args), **results}))
-    if {"rlrec", "trl"} <= results.keys():
-        print(f"ratio: {results['rlrec']['pairs_per_s'] / results['trl']['pairs_per_s']:.2f}")
+    trls = [k for k in ("trl", "trl_fp32") if k in results]
+    if "rlrec" in results and trls:
+        for k in trls:
+            print(f"ratio_{k}: {results['rlrec']['pairs_per_s'] / results[k]['pairs_per_s']:.2f}")
+        fastest = max(trls, key=lambda k: results[k]["pairs_per_s"])
+        print(f"ratio: {results['rlrec']['pairs_per_s'] / results[fastest]['pairs_per_s']:.2f}  (against {fastest}, "
+              "trl's faster configuration here)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ class SamplingConfig:
     max_new_tokens: int = 256  # a 200-word summary is ~260 tokens
     num_samples: int = 4  # N candidates per prompt to rank into preference pairs
     batch_size: int = 128  # samples decoded together (hf); large batches amortise weight reads
+    kv_cache_gb: float | None = 2.0  # hf: the KV cache's size cap; fewer prompts in flight when it binds
     backend: str = "hf"  # hf | openai | vllm
     seed: int = 0
     chat: bool = True  # wrap prompts in the chat template / send as chat messages
@@ -92,6 +93,8 @@ class SamplingConfig:
         if self.backend == "openai":
             model = model if isinstance(model, str) else self.api_model
             kw = {"base_url": self.urls, "api_key_env": self.api_key_env, **kw}
+        elif self.backend == "hf":
+            kw = {"kv_cache_gb": self.kv_cache_gb, **kw}
         return Generator(
             model,
             tokenizer,
@@ -213,8 +216,9 @@ class HFBackend:
     wants_messages = False
 
     def __init__(
-        self, model, tokenizer, batch_size: int = 128, engine: str = "auto", precision: str = "32-true"
-    ):
+        self, model, tokenizer, batch_size: int = 128, engine: str = "auto", precision: str = "32-true",
+        kv_cache_gb: float | None = 2.0,
+    ):  # fmt: skip
         assert engine in ("auto", "prefix", "generate"), f"engine={engine!r}: auto | prefix | generate"
         self.model, self.tokenizer = model, tokenizer
         # a resolved precision (rlrec.precision): bf16-* samples under bf16 autocast; the cache keys
@@ -223,6 +227,7 @@ class HFBackend:
         if is_bf16(self.precision):
             self.name = f"hf-{self.precision}"
         self.batch_size = batch_size
+        self.kv_cache_gb = kv_cache_gb
         self.engine = engine
         self.forward_calls = 0
         self.last_detail: dict = {}
@@ -276,7 +281,7 @@ class HFBackend:
         from rlrec.llm.sampler import PrefixSharingSampler, generate_fallback
 
         if fast:
-            sampler = PrefixSharingSampler(self.model, self.stop_ids, self.batch_size)
+            sampler = PrefixSharingSampler(self.model, self.stop_ids, self.batch_size, self.kv_cache_gb)
             try:
                 sampler.run(jobs, temperature, top_p, max_new_tokens, finished)
             finally:

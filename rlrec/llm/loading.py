@@ -115,8 +115,19 @@ def _gguf_folder(cfg: LLMConfig, src: Path, with_model: bool = True) -> Path:
         if (full / "config.json").exists():
             return full
         if not (folder / "tokenizer_config.json").exists():
-            _convert(cfg, src, folder, with_model)
+            (_convert_elsewhere if with_model else _convert)(cfg, src, folder, with_model)
     return folder
+
+
+def _convert_elsewhere(cfg: LLMConfig, src: Path, folder: Path, with_model: bool) -> None:
+    """`_convert` in a fresh process: parsing and dequantising a GGUF holds ~3 GB for a 135M model
+    (the file's tensors, the dequantised copies, the model) that glibc would keep mapped in this
+    process for the rest of the run. Errors come back as they were raised."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(_convert, cfg, src, folder, with_model).result()
 
 
 def _convert(cfg: LLMConfig, src: Path, folder: Path, with_model: bool) -> None:

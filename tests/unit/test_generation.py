@@ -130,6 +130,25 @@ def test_samples_do_not_depend_on_batch_composition():
     assert Generator(model, tok, progress=False).sample(PROMPTS, **{**kw, "seed": 8}) != big
 
 
+def test_kv_cache_cap_keeps_fewer_prompts_in_flight_and_the_same_texts():
+    from rlrec.llm.sampler import Job, PrefixSharingSampler
+
+    model, tok = tiny_llama(), CharTokenizer()
+    kw = dict(n=2, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=3)
+    free = Generator(model, tok, progress=False, kv_cache_gb=None).sample(PROMPTS, **kw)
+    capped = Generator(model, tok, progress=False, kv_cache_gb=1e-5).sample(PROMPTS, **kw)
+    assert capped == free
+    ids = [tok(format_chat(tok, p))["input_ids"] for p in PROMPTS]
+    for cap, slots in ((None, 64), (1e-5, None)):
+        sampler = PrefixSharingSampler(model, [EOS], batch_size=128, kv_cache_gb=cap)
+        sampler.run([Job(i, [1, 2]) for i in ids], 1.0, 1.0, 8, lambda done: None)
+        per_slot = sampler.k_pre[:, 0].numel() * 4 * 2 + sampler.k_suf[:, 0].numel() * 4 * 2  # k and v, fp32
+        if slots is not None:
+            assert sampler.k_pre.shape[1] == slots  # batch_size // n
+        else:
+            assert sampler.k_pre.shape[1] == max(1, int(cap * 2**30 // per_slot)) < 64
+
+
 def _reference_probs(model, prompt_ids, temperature, top_p) -> np.ndarray:
     with torch.no_grad():
         logits = model(torch.tensor([prompt_ids])).logits[0, -1]
