@@ -92,7 +92,8 @@ class Policy:
         """The resolved precision of this policy's LLM work (its Trainer's; `rlrec.precision`): the hf
         sampler runs under bf16 autocast when it is `bf16-mixed`. Frozen policies (judge, teacher):
         fp32."""
-        return str((self.trainer.trainer if self.trainer is not None else {}).get("precision", "32-true"))
+        node = getattr(self.trainer, "trainer", None)  # a TrainerFactory's config; a plain callable has none
+        return str((node if isinstance(node, dict) else {}).get("precision", "32-true"))
 
     @property
     def lora_name(self) -> str:
