@@ -215,9 +215,9 @@ class PrefixSharingSampler:
     `batch_size` caps the number of samples decoded together: prompts take
     `batch_size // N` slots of N sample rows each, N = the most samples any job wants.
     `kv_cache_gb` caps the preallocated KV cache (fewer slots when it binds): 128 greedy prompts
-    of ~600 tokens would hold 3.5 GB for SmolLM2-135M, while decode throughput saturates far below
-    that (prefill dominates a greedy pass, and a decode step of 32 rows already streams the weights
-    and does the arithmetic in about equal time on 2 cores).
+    of ~600 tokens would hold 3.5 GB for SmolLM2-135M; prefill dominates a greedy pass, and
+    measured on the main job, 34 greedy prompts in flight took 256 s for 300 users against 221 s
+    with 128.
     """
 
     def __init__(
