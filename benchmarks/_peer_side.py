@@ -308,7 +308,8 @@ def main() -> None:
     )
     if args.serve:
         clock = _protocol.StepClock(model, tensors["train"], loss_fn, seed=args.seed,
-                                    lr=protocol.get("lr", 1e-3), optimizer=optimizer)  # fmt: skip
+                                    lr=protocol.get("lr", 1e-3), optimizer=optimizer,
+                                    max_grad_norm=protocol.get("max_grad_norm"))  # fmt: skip
         print(json.dumps({"ready": True}), flush=True)
         for line in sys.stdin:
             print(json.dumps(clock.steps(int(json.loads(line)["steps"]))), flush=True)

@@ -1,14 +1,18 @@
 """The training / evaluation protocol shared by both sides of `ctr_peer.py`.
 
-Imported by `ctr_peer.py` (rlrec's environment) and by `_peer_side.py` (the peer's virtualenv), so
-it needs nothing but torch and numpy: both sides train, select, time and score with this exact code.
+Imported by `ctr_peer.py` (rlrec's environment) and by `_peer_side.py` / `_fuxictr_side.py` (the
+peers' virtualenvs), so it needs nothing but torch and numpy: both sides train, select, time and
+score with this exact code.
 
 Protocol: Adam (lr 1e-3; each side builds it as its library does — rlrec from conf/train.yaml,
-fused; DeepCTR-Torch as its `compile("adam")`, torch.optim.Adam with default lr), batches of 1024
-cut from one seeded permutation of the training set per epoch (the same permutation on both sides
-for the same seed), at most `max_epochs` epochs, early stopping on validation AUC (patience 2:
-stop after two epochs without a strict improvement), test AUC / log-loss of the best-validation
-epoch's weights.
+fused; DeepCTR-Torch as its `compile("adam")`, torch.optim.Adam with default lr; FuxiCTR as its
+`compile("adam", lr)`, torch.optim.Adam), batches of 1024 cut from one seeded permutation of the
+training set per epoch (the same permutation on both sides for the same seed), at most
+`max_epochs` epochs, early stopping on validation AUC (patience 2: stop after two epochs without a
+strict improvement), test AUC / log-loss of the best-validation epoch's weights. Gradient clipping
+is off unless `max_grad_norm` is given: then every step clips the total gradient 2-norm to it
+before the optimiser step (`torch.nn.utils.clip_grad_norm_`, as FuxiCTR's `train_step` does at its
+default 10; ctr_peer.py clips both sides when the peer does).
 
 Throughput: training samples / training seconds, where the clock runs from the start of each epoch
 (the permutation gather included, i.e. data loading) to its last optimizer step; validation and
@@ -98,11 +102,15 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor],
     batch: Batch,
+    max_grad_norm: float | None = None,
 ) -> None:
-    """One optimiser step on `batch`: the unit both throughput clocks time."""
+    """One optimiser step on `batch`: the unit both throughput clocks time. With `max_grad_norm`
+    the gradients are first clipped to that total 2-norm."""
     loss = loss_fn(model, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
 
 
@@ -121,12 +129,13 @@ def run(
     eval_batch_size: int = 4096,
     limit_batches: int | None = None,
     optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+    max_grad_norm: float | None = None,
 ) -> dict:
     """Train `model` under the protocol above; return test metrics of the best-validation epoch,
     training throughput and bookkeeping. `loss_fn(model, batch)` returns the scalar training loss
     (any data preparation it does per batch, e.g. negative sampling, is timed as training).
     `optimizer(params)` builds the optimiser (default: torch.optim.Adam(params, lr)); it must use
-    the protocol's lr."""
+    the protocol's lr. `max_grad_norm`: clip the gradients' total 2-norm every step (None: off)."""
     optimizer = build_optimizer(model, optimizer, lr)
     generator = torch.Generator().manual_seed(seed)
     n = len(train["label"])
@@ -140,7 +149,7 @@ def run(
         for b, s in enumerate(_slices(n, batch_size)):
             if limit_batches is not None and b >= limit_batches:
                 break
-            train_step(model, optimizer, loss_fn, {k: v[s] for k, v in data.items()})
+            train_step(model, optimizer, loss_fn, {k: v[s] for k, v in data.items()}, max_grad_norm)
             samples += s.stop - s.start
         seconds += time.perf_counter() - t0
         epochs = epoch
@@ -172,9 +181,9 @@ def run(
 class StepClock:
     """Training throughput measured in turns. `steps(k)` trains `model` for the next k batches
     (batches of the same seeded per-epoch permutations as `run`; a new epoch's permutation gather
-    is timed, as in `run`) and returns the seconds and samples of those k steps. Both sides of
-    `ctr_peer.py` build one and the caller alternates between them, so the two clocks sample the
-    same stretch of machine time."""
+    is timed, as in `run`; gradients clipped at `max_grad_norm` as in `run`) and returns the seconds
+    and samples of those k steps. Both sides of `ctr_peer.py` build one and the caller alternates
+    between them, so the two clocks sample the same stretch of machine time."""
 
     def __init__(
         self,
@@ -185,8 +194,10 @@ class StepClock:
         batch_size: int = 1024,
         lr: float = 1e-3,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        max_grad_norm: float | None = None,
     ):
         self.model, self.train, self.loss_fn, self.batch_size = model, train, loss_fn, batch_size
+        self.max_grad_norm = max_grad_norm
         self.optimizer = build_optimizer(model, optimizer, lr)
         self.generator = torch.Generator().manual_seed(seed)
         self.n = len(train["label"])
@@ -203,7 +214,8 @@ class StepClock:
                 self.data = shuffled(self.train, self.generator)
                 self.slices = list(_slices(self.n, self.batch_size))[::-1]
             s = self.slices.pop()
-            train_step(self.model, self.optimizer, self.loss_fn, {key: v[s] for key, v in self.data.items()})
+            batch = {key: v[s] for key, v in self.data.items()}
+            train_step(self.model, self.optimizer, self.loss_fn, batch, self.max_grad_norm)
             samples += s.stop - s.start
         return {"seconds": time.perf_counter() - t0, "samples": samples}
 

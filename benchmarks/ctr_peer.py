@@ -1,8 +1,10 @@
-"""rlrec's CTR backbones against DeepCTR-Torch on identical MovieLens-100K splits.
+"""rlrec's CTR backbones against DeepCTR-Torch or FuxiCTR on identical MovieLens-100K splits.
 
     python benchmarks/ctr_peer.py                                   # all models, seeds 1,2,3
     python benchmarks/ctr_peer.py --models din,deepfm --seeds 1 --max-epochs 1 --limit-batches 10
     python benchmarks/ctr_peer.py --models fibinet --speed-seconds 600       # longer interleaved phase
+    python benchmarks/ctr_peer.py --peer fuxictr --reference        # FuxiCTR, its reference setting
+    python benchmarks/ctr_peer.py --peer fuxictr --set din.mlp_dims=[256,128,64] --set dcn.num_layers=2
 
 Protocol (the CTR reference protocol): embedded MovieLens-100K, every rating one sample, label =
 rating >= 4; rows sorted by (timestamp, user, item), first 80% train, next 10% valid, last 10% test
@@ -12,11 +14,15 @@ recent strictly earlier items (each as item id, genre, decade). Vocabularies fit
 unseen → OOV. Embedding dim 16, Adam lr 1e-3, batch 1024, <= 10 epochs, early stopping on
 validation AUC (patience 2), test AUC / log-loss of the best-validation epoch. Each side builds Adam
 as its library does (rlrec: conf/train.yaml's, fused; DeepCTR-Torch: `compile("adam")`'s
-torch.optim.Adam); where the peer fixes a hyper-parameter rlrec's yaml sets differently, rlrec is
-run at the peer's value (`same_settings`), so both sides train the same architecture.
+torch.optim.Adam; FuxiCTR: `compile("adam", lr)`'s torch.optim.Adam); gradients are clipped where
+the peer's own training step clips them, on both sides (FuxiCTR: total norm 10, its default
+`max_gradient_norm`; DeepCTR-Torch: no clipping). Where the peer fixes a hyper-parameter rlrec's
+yaml sets differently, rlrec is run at the peer's value (`same_settings`), so both sides train the
+same architecture.
 
 rlrec prepares the data once (`rlrec.data.features.prepare`); the encoded arrays are written to an
-.npz that the peer side (`_peer_side.py`, run with benchmarks/.venv-peer/bin/python) reads, so both
+.npz that the peer side reads (`_peer_side.py` with benchmarks/.venv-peer/bin/python for
+DeepCTR-Torch, `_fuxictr_side.py` with benchmarks/.venv-fuxictr/bin/python for FuxiCTR), so both
 sides see the same samples, vocabularies and histories. Both sides train with the same loop
 (`_protocol.py`: same batches in the same seeded order, same early stopping, same metric code,
 same throughput clock), one after the other, never concurrently, with the same thread count; which
@@ -30,16 +36,26 @@ time). This throughput is not confounded with the machine's drift, which on a sh
 tens of percent over minutes; both numbers are reported.
 rlrec's models are built from conf/backbone/<name>.yaml; the peer's hyper-parameters are mapped
 from the same yaml (`peer_config`), and whatever the peer cannot match is listed in the output.
+Settings other than the yaml's are given as overrides of it, applied to both sides before
+`same_settings`: `--set model.key=value` (repeatable; the value is parsed as YAML, e.g.
+`din.mlp_dims=[256,128,64]`, `din.attention_softmax=false`), and `--reference`, which applies the
+fixed table `REFERENCE` first (the setting the FuxiCTR comparison was asked for: embedding 16, MLP
+256-128-64, DIN Dice with a [64] attention unit and no softmax, DIEN relu without the auxiliary
+loss, DCN v1 with 3 cross layers, AutoInt 3 layers x 2 heads x 16 with residual and no scaling
+and no DNN, no dropout or batch norm; batch 1024, Adam 1e-3, clipping 10 and 1 thread come with
+the protocol and `--peer fuxictr`). The overrides are listed in the report's run section.
 
-The peer environment (kept out of git):
+The peer environments (kept out of git):
 
     python -m venv benchmarks/.venv-peer
     benchmarks/.venv-peer/bin/pip install torch==2.13.0 deepctr-torch==0.3.0 pandas pyarrow scikit-learn
+    bash benchmarks/setup_fuxictr.sh     # .venv-fuxictr (fuxictr==2.3.10) + its model_zoo in .fuxictr-src
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -50,23 +66,103 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PEER_PYTHON = HERE / ".venv-peer" / "bin" / "python"
 MODELS = ("din", "dien", "deepfm", "dcn", "autoint", "fibinet", "fignn")
-PEER_MODELS = {"din", "dien", "deepfm", "dcn", "autoint", "fibinet"}  # DeepCTR-Torch has no FiGNN
-PEER_NAMES = {
-    "din": "DIN",
-    "dien": "DIEN",
-    "deepfm": "DeepFM",
-    "dcn": "DCN",
-    "autoint": "AutoInt",
-    "fibinet": "FiBiNET",
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """A peer library: where its side runs and what the report says about it."""
+
+    label: str  # as the report names it
+    package: str  # its distribution on PyPI
+    python: Path  # the virtualenv's python
+    side: str  # the script that python runs (same CLI and JSON output for every peer)
+    models: dict[str, str]  # rlrec backbone → the peer's model (the backbones it has)
+    max_grad_norm: float | None  # its training step's gradient clipping, applied to both sides
+    optimizer: str  # how it builds Adam, for the report
+    replaced: str  # what its own fit does that the shared protocol replaces, for the report
+    setup: str  # how to create its environment
+
+
+PEERS = {
+    "deepctr": Peer(
+        label="DeepCTR-Torch",
+        package="deepctr-torch",
+        python=HERE / ".venv-peer" / "bin" / "python",
+        side="_peer_side.py",
+        models={
+            "din": "DIN",
+            "dien": "DIEN",
+            "deepfm": "DeepFM",
+            "dcn": "DCN",
+            "autoint": "AutoInt",
+            "fibinet": "FiBiNET",
+        },
+        max_grad_norm=None,
+        optimizer="torch.optim.Adam, as its compile('adam')",
+        replaced="its fit's summed BCE (both sides: mean BCE)",
+        setup="python -m venv benchmarks/.venv-peer\n"
+        "  benchmarks/.venv-peer/bin/pip install torch==2.13.0 deepctr-torch==0.3.0 pandas pyarrow scikit-learn",
+    ),
+    "fuxictr": Peer(
+        label="FuxiCTR",
+        package="fuxictr",
+        python=HERE / ".venv-fuxictr" / "bin" / "python",
+        side="_fuxictr_side.py",
+        models={
+            "din": "DIN",
+            "dien": "DIEN",
+            "deepfm": "DeepFM",
+            "dcn": "DCN",
+            "autoint": "AutoInt",
+            "fibinet": "FiBiNET",
+            "fignn": "FiGNN",
+        },
+        max_grad_norm=10.0,
+        optimizer="torch.optim.Adam, as its compile('adam', lr)",
+        replaced="its fit's file-reading data loaders and its lr decay x0.1 after every validation plateau "
+        "(reduce_lr_on_plateau); both sides keep lr 1e-3",
+        setup="bash benchmarks/setup_fuxictr.sh   (FUXICTR_GIT_DIR=<a FuxiCTR git dir> without network)",
+    ),
+}
+
+# --reference: the setting the FuxiCTR comparison was asked for, as overrides of conf/backbone/*.yaml
+MLP = [256, 128, 64]
+PLAIN = {"embed_dim": 16, "dropout": 0.0, "batch_norm": False}
+REFERENCE = {
+    "din": {
+        **PLAIN,
+        "mlp_dims": MLP,
+        "activation": "dice",
+        "attention_dims": [64],
+        "attention_softmax": False,
+    },
+    "dien": {**PLAIN, "mlp_dims": MLP, "activation": "relu", "aux_weight": 0.0},
+    "deepfm": {**PLAIN, "mlp_dims": MLP},
+    "dcn": {**PLAIN, "mlp_dims": MLP, "version": "v1", "num_layers": 3},
+    "autoint": {
+        **PLAIN,
+        "mlp_dims": [],
+        "num_layers": 3,
+        "num_heads": 2,
+        "head_dim": 16,
+        "residual": True,
+        "scale": False,
+    },
+    "fibinet": {**PLAIN, "mlp_dims": MLP},
+    "fignn": {"embed_dim": 16},
 }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--peer", choices=sorted(PEERS), default="deepctr", help="the library rlrec is compared with"
+    )
     ap.add_argument(
         "--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}"
     )
@@ -97,8 +193,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="give the peer torch's fused Adam too (its compile('adam') builds the loop version)",
     )
-    ap.add_argument("--out", default=str(HERE / "results" / "ctr_peer.md"))
-    ap.add_argument("--peer-python", default=str(PEER_PYTHON))
+    ap.add_argument(
+        "--reference",
+        action="store_true",
+        help="apply the reference setting (REFERENCE) to conf/backbone/*.yaml before any --set",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="MODEL.KEY=VALUE",
+        help="override one key of conf/backbone/MODEL.yaml on both sides (VALUE parsed as YAML); repeatable",
+    )
+    ap.add_argument(
+        "--out", default=None, help="report (default: results/ctr_peer.md, results/ctr_peer_fuxictr.md)"
+    )
+    ap.add_argument("--peer-python", default=None, help="default: the peer's virtualenv")
     ap.add_argument("--data-path", default=None, help="folder with MovieLens100k_*.parquet.brotli")
     args = ap.parse_args(argv)
     args.models = [m.strip().lower() for m in args.models.split(",") if m.strip()]
@@ -106,6 +216,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown:
         ap.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.overrides = {m: dict(REFERENCE.get(m, {})) if args.reference else {} for m in MODELS}
+    for item in args.set:
+        target, sep, value = item.partition("=")
+        model, dot, key = target.partition(".")
+        if not (sep and dot and key) or model not in MODELS:
+            ap.error(f"--set {item!r}: expected MODEL.KEY=VALUE with MODEL one of {', '.join(MODELS)}")
+        args.overrides[model][key] = yaml.safe_load(value)
+    if args.out is None:
+        name = "ctr_peer.md" if args.peer == "deepctr" else f"ctr_peer_{args.peer}.md"
+        args.out = str(HERE / "results" / name)
+    if args.peer_python is None:
+        args.peer_python = str(PEERS[args.peer].python)
     return args
 
 
@@ -156,17 +278,42 @@ def backbone_config(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "backbone" / f"{name}.yaml"), resolve=True)
 
 
-def same_settings(name: str, c: dict) -> tuple[dict, list[str]]:
-    """rlrec's yaml `c` with the hyper-parameters the peer has fixed set to the peer's values, so
-    both sides train the same architecture (same width, same work); the changes as notes."""
+def settings(name: str, args) -> tuple[dict, list[str]]:
+    """The configuration both sides of model `name` train: conf/backbone/<name>.yaml with the
+    `--reference` / `--set` overrides, then `same_settings` for the peer; its notes."""
+    c = backbone_config(name)
+    unknown = sorted(set(args.overrides[name]) - set(c))
+    if unknown:
+        sys.exit(f"override(s) {unknown} not in conf/backbone/{name}.yaml (keys: {', '.join(c)})")
+    return same_settings(args.peer, name, {**c, **args.overrides[name]})
+
+
+def same_settings(peer: str, name: str, c: dict) -> tuple[dict, list[str]]:
+    """rlrec's configuration `c` with the hyper-parameters the peer has fixed set to the peer's
+    values, so both sides train the same architecture (same width, same work, same objective);
+    the changes as notes."""
     c, notes = dict(c), []
-    if name == "autoint" and c["num_heads"] * c["head_dim"] != c["embed_dim"]:
+    if peer == "deepctr" and name == "autoint" and c["num_heads"] * c["head_dim"] != c["embed_dim"]:
         # DeepCTR-Torch's interacting layers are always embed_dim wide (heads × embed_dim / heads)
         notes.append(
             f"rlrec run with head_dim={c['embed_dim'] // c['num_heads']} (yaml: {c['head_dim']}) to match "
             f"the peer's fixed width {c['num_heads']} heads x {c['embed_dim'] // c['num_heads']}"
         )
         c["head_dim"] = c["embed_dim"] // c["num_heads"]
+    if peer == "fuxictr" and name == "dien" and c["aux_weight"]:
+        # DIEN.add_loss (2.3.10) calls .view on the non-contiguous pad_mask[:, 1:], and past that
+        # would multiply the (2N, 1) losses of positives and negatives by an (N, 1) mask
+        notes.append(
+            f"rlrec run with aux_weight=0 (yaml: {c['aux_weight']}): FuxiCTR's DIEN auxiliary loss "
+            "crashes (DIEN.add_loss: a view of a non-contiguous mask), so neither side trains it"
+        )
+        c["aux_weight"] = 0.0
+    if peer == "fuxictr" and name == "fignn" and c["leaky_slope"] != 0.01:
+        notes.append(
+            f"rlrec run with leaky_slope=0.01 (yaml: {c['leaky_slope']}): the peer's edge-attention "
+            "LeakyReLU slope is fixed"
+        )
+        c["leaky_slope"] = 0.01
     return c, notes
 
 
@@ -178,7 +325,13 @@ def rlrec_optimizer():
     return instantiate(OmegaConf.load(ROOT / "conf" / "train.yaml").optimizer)
 
 
-def peer_config(name: str, c: dict) -> tuple[dict, list[str]]:
+def peer_config(peer: str, name: str, c: dict) -> tuple[dict, list[str]]:
+    """The peer's configuration of model `name` equivalent to rlrec's `c` (as `settings` gives
+    it), and the differences that remain."""
+    return {"deepctr": deepctr_config, "fuxictr": fuxictr_config}[peer](name, c)
+
+
+def deepctr_config(name: str, c: dict) -> tuple[dict, list[str]]:
     """DeepCTR-Torch hyper-parameters equivalent to rlrec's yaml `c`, and the differences that
     remain (what DeepCTR-Torch cannot express, or does differently by construction)."""
     common = {
@@ -252,9 +405,157 @@ def peer_config(name: str, c: dict) -> tuple[dict, list[str]]:
     return cfg, notes
 
 
+def fuxictr_config(name: str, c: dict) -> tuple[dict, list[str]]:
+    """FuxiCTR model equivalent to rlrec's `c`: {"zoo": its folder in FuxiCTR's model_zoo, "class",
+    "kwargs": its keyword arguments}, and the differences that remain. `_fuxictr_side.py` adds what
+    depends on the data (the feature map, DIN's / DIEN's target and sequence fields) and BaseModel's
+    own arguments."""
+    # FuxiCTR's get_activation knows relu, sigmoid, tanh, prelu and dice by name, others as torch.nn classes
+    act = {"gelu": "GELU"}.get(c.get("activation", "relu"), c.get("activation", "relu"))
+    mlp = list(c.get("mlp_dims", []))
+    net = {
+        "embedding_dim": c["embed_dim"],
+        "net_dropout": c.get("dropout", 0.0),
+        "batch_norm": c.get("batch_norm", False),
+    }
+    notes = [
+        "peer inits every Linear weight xavier-normal with zero bias (BaseModel.reset_parameters); "
+        "rlrec keeps PyTorch's default Linear init (embeddings N(0, 1e-4) on both sides)",
+        "peer outputs sigmoid probabilities and trains on BCE of them (compute_loss); "
+        "rlrec trains on BCE-with-logits",
+    ]
+    dice = (
+        "Dice: the peer's BatchNorm has momentum 0.01 and eps 1e-9 (rlrec: 0.1 and 1e-8), so other running "
+        "statistics at evaluation"
+    )
+    first_order = (
+        "first-order term: the peer's LR layer gives each history field its own 1-d table (not the item's), "
+        "sum-pooled, and its init skips tables of fields marked share_embedding, so these start N(0, 1) "
+        "(PyTorch's default) instead of N(0, 1e-4); rlrec: the item's first-order weights, mean-pooled"
+    )
+    if name == "din":
+        zoo, cls = "DIN", "DIN"
+        kwargs = {
+            **net,
+            "dnn_hidden_units": mlp,
+            "dnn_activations": act,
+            "attention_hidden_units": list(c["attention_dims"]),
+            "attention_hidden_activations": act,
+            "attention_output_activation": None,
+            "attention_dropout": 0.0,
+            "din_use_softmax": c["attention_softmax"],
+        }
+        if c["activation"] == "dice":
+            notes.append(dice)
+    elif name == "dien":
+        zoo, cls = "DIEN", "DIEN"
+        kwargs = {
+            **net,
+            "dnn_hidden_units": mlp,
+            "dnn_activations": act,
+            "gru_type": "AUGRU",
+            "attention_type": "bilinear_attention",  # h_t W e_a, as rlrec (eq. 8)
+            "use_attention_softmax": True,
+            "enable_sum_pooling": False,  # MLP input [field embeddings, h'_T], as rlrec
+            "aux_loss_alpha": c["aux_weight"],  # 0: `same_settings`
+        }
+        if c.get("hidden_dim") is not None:
+            notes.append(
+                f"hidden_dim={c['hidden_dim']} not expressible: the peer's GRU width is the item width"
+            )
+        notes += [
+            "attention: the peer initialises the bilinear W to the identity "
+            "(rlrec: PyTorch's default Linear init)",
+            "peer packs variable-length sequences (nn.GRU extractor, AUGRU cell stepped over the packed "
+            "batch); rlrec runs right-padded sequences (same states); the peer's AUGRU has a bias on both "
+            "projections (rlrec: the input one)",
+        ]
+        if c["activation"] == "dice":
+            notes.append(dice)
+    elif name == "deepfm":
+        zoo, cls = "DeepFM/DeepFM_torch", "DeepFM"
+        kwargs = {**net, "hidden_units": mlp, "hidden_activations": act}
+        notes.append(first_order)
+    elif name == "dcn":
+        if c["version"] == "v1":
+            zoo, cls = "DCN/DCN_torch", "DCN"
+            kwargs = {
+                **net,
+                "dnn_hidden_units": mlp,
+                "dnn_activations": act,
+                "num_cross_layers": c["num_layers"],
+            }
+        else:  # DCN-V2's parallel structure with full-rank cross layers, as rlrec's v2
+            zoo, cls = "DCNv2", "DCNv2"
+            kwargs = {
+                **net,
+                "model_structure": "parallel" if mlp else "crossnet_only",
+                "use_low_rank_mixture": False,
+                "parallel_dnn_hidden_units": mlp,
+                "dnn_activations": act,
+                "num_cross_layers": c["num_layers"],
+            }
+    elif name == "autoint":
+        zoo, cls = "AutoInt", "AutoInt"
+        width = c["num_heads"] * c["head_dim"]
+        kwargs = {
+            **net,
+            "dnn_hidden_units": mlp,  # [] = plain AutoInt, as rlrec
+            "dnn_activations": act,
+            "attention_layers": c["num_layers"],
+            "num_heads": c["num_heads"],
+            "attention_dim": width,  # all heads together: head_dim = attention_dim / num_heads
+            "use_residual": c["residual"],
+            "use_scale": c["scale"],
+            "layer_norm": False,
+            "use_wide": False,
+        }
+        if c["residual"]:
+            projected = 1 if c["embed_dim"] != width else 0
+            notes.append(
+                f"residual: the peer projects (W_Res) only where a layer changes width ({projected} of "
+                f"{c['num_layers']} layers here) and adds the identity elsewhere; rlrec projects in every "
+                "layer"
+            )
+        if c.get("dropout"):
+            notes.append("peer's net_dropout also drops attention weights (rlrec: the DNN's only)")
+    elif name == "fibinet":
+        zoo, cls = "FiBiNET", "FiBiNET"
+        kwargs = {
+            **net,
+            "hidden_units": mlp,
+            "hidden_activations": act,
+            "bilinear_type": c["bilinear_type"],
+            "reduction_ratio": c["reduction_ratio"],
+            "excitation_activation": c["excitation_activation"],
+        }
+        notes.append(first_order if c["first_order"] else "peer always has its first-order (LR) term")
+        if c["excitation_activation"] != "relu":
+            notes.append("peer's first SENET excitation activation is fixed at relu")
+    elif name == "fignn":
+        zoo, cls = "FiGNN", "FiGNN"
+        kwargs = {
+            "embedding_dim": c["embed_dim"],
+            "gnn_layers": c["num_layers"],
+            "use_residual": c["residual"],
+            "use_gru": True,
+            "reuse_graph_layer": True,  # one W_in / W_out set for every step, as rlrec
+        }
+        notes += [
+            f"peer has no multi-head self-attention layer before the graph (§3.3): its node states are the "
+            f"{c['embed_dim']}-wide field embeddings (rlrec: {c['num_heads']} heads x {c['head_dim']})",
+            "scoring: the peer weighs the nodes by sigmoid(W [h_1 ... h_F]) from all states at once and "
+            "scores each by a linear map; rlrec: a_i = MLP_2(h_i), y_i = MLP_1(h_i) per node",
+        ]
+    else:
+        raise ValueError(name)
+    return {"zoo": zoo, "class": cls, "kwargs": kwargs}, notes
+
+
 # ---- the two sides ---------------------------------------------------------------------------
-def rlrec_side(name: str, prep, seed: int):
-    """rlrec's model (seeded), its train/valid/test tensors and the protocol's loss / predict."""
+def rlrec_side(cfg: dict, prep, seed: int):
+    """rlrec's model built from `cfg` (`settings`; seeded), its train/valid/test tensors and the
+    protocol's loss / predict."""
     import torch
     import torch.nn.functional as F
     from hydra.utils import instantiate
@@ -262,7 +563,7 @@ def rlrec_side(name: str, prep, seed: int):
     from rlrec.data.ctr import ctr_tensors
 
     torch.manual_seed(seed)
-    model = instantiate(same_settings(name, backbone_config(name))[0])(features=prep.spec)
+    model = instantiate(cfg)(features=prep.spec)
     tensors = {s: ctr_tensors(prep, s) for s in ("train", "valid", "test")}
 
     def loss_fn(m, batch):  # as rlrec.tasks.ctr.CTRTask.training_step
@@ -279,10 +580,10 @@ def rlrec_side(name: str, prep, seed: int):
     return model, tensors, loss_fn, predict
 
 
-def run_rlrec(name: str, prep, seed: int, protocol: dict) -> dict:
+def run_rlrec(cfg: dict, prep, seed: int, protocol: dict) -> dict:
     import _protocol
 
-    model, tensors, loss_fn, predict = rlrec_side(name, prep, seed)
+    model, tensors, loss_fn, predict = rlrec_side(cfg, prep, seed)
     return _protocol.run(
         model,
         tensors["train"],
@@ -300,7 +601,7 @@ def peer_command(name: str, npz: Path, seed: int, cfg: dict, protocol: dict, arg
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     cmd = [
         args.peer_python,
-        str(HERE / "_peer_side.py"),
+        str(HERE / PEERS[args.peer].side),
         "--npz",
         str(npz),
         "--model",
@@ -323,13 +624,15 @@ def run_peer(name: str, npz: Path, seed: int, cfg: dict, protocol: dict, args) -
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def interleaved_speed(name: str, prep, npz: Path, seed: int, cfg: dict, protocol: dict, args) -> dict:
+def interleaved_speed(
+    name: str, rlrec_cfg: dict, prep, npz: Path, seed: int, cfg: dict, protocol: dict, args
+) -> dict:
     """Training throughput of both sides measured in turns: the peer trains in a server process
-    (`_peer_side.py --serve`) and waits, blocked on its stdin, while rlrec trains here. After
-    `--speed-warmup` steps each, rounds of `--speed-steps` steps per side, which side goes first
-    alternating from round to round: at least `--speed-rounds` rounds, then pairs of rounds (each
-    side first once) until the rounds have taken `--speed-seconds`. Returns per-round samples/s
-    and ratios."""
+    (its side script with `--serve`) and waits, blocked on its stdin, while rlrec trains here (from
+    `rlrec_cfg`). After `--speed-warmup` steps each, rounds of `--speed-steps` steps per side, which
+    side goes first alternating from round to round: at least `--speed-rounds` rounds, then pairs of
+    rounds (each side first once) until the rounds have taken `--speed-seconds`. Returns per-round
+    samples/s and ratios."""
     import _protocol
 
     cmd, env = peer_command(name, npz, seed, cfg, protocol, args)
@@ -348,8 +651,9 @@ def interleaved_speed(name: str, prep, npz: Path, seed: int, cfg: dict, protocol
     try:
         if not peer.stdout.readline():  # {"ready": true} once the peer's model and data are built
             raise RuntimeError(f"peer side of {name} failed to start its speed server (see stderr)")
-        model, tensors, loss_fn, _ = rlrec_side(name, prep, seed)
-        clock = _protocol.StepClock(model, tensors["train"], loss_fn, seed=seed, optimizer=rlrec_optimizer())
+        model, tensors, loss_fn, _ = rlrec_side(rlrec_cfg, prep, seed)
+        clock = _protocol.StepClock(model, tensors["train"], loss_fn, seed=seed, optimizer=rlrec_optimizer(),
+                                    max_grad_norm=protocol["max_grad_norm"])  # fmt: skip
         sides = {"rlrec": clock.steps, "peer": peer_steps}
         for step in sides.values():  # warm-up: allocator, caches, first-call dispatch
             step(args.speed_warmup)
@@ -402,8 +706,9 @@ def _fmt(values: list[float] | None, digits: int, signed: bool = False) -> str:
 
 
 def report(results: dict, args, sizes: dict, meta: dict) -> str:
+    peer = PEERS[args.peer]
     lines = [
-        "# CTR backbones: rlrec vs DeepCTR-Torch",
+        f"# CTR backbones: rlrec vs {peer.label}",
         "",
         f"MovieLens-100K, reference protocol (temporal 80/10/10, label = rating ≥ 4; "
         f"train {sizes['train']:,} / valid {sizes['valid']:,} / test {sizes['test']:,} samples). "
@@ -481,9 +786,18 @@ def report(results: dict, args, sizes: dict, meta: dict) -> str:
     for name in args.models:
         notes = results[name]["notes"]
         if notes:
-            lines.append(f"- **{name}** ({PEER_NAMES.get(name, 'no peer model')}): " + "; ".join(notes))
-        elif name not in PEER_MODELS:
-            lines.append(f"- **{name}**: DeepCTR-Torch has no FiGNN; rlrec only")
+            lines.append(f"- **{name}** ({peer.models.get(name, 'no peer model')}): " + "; ".join(notes))
+        elif name not in peer.models:
+            lines.append(f"- **{name}**: {peer.label} has no such model; rlrec only")
+    overrides = "; ".join(
+        f"{name}: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in args.overrides[name].items())
+        for name in args.models
+        if args.overrides[name]
+    )
+    flags = " and ".join(
+        flag for flag, given in (("--reference", args.reference), ("--set", args.set)) if given
+    )
+    source = f", model_zoo at commit {meta['peer_source']}" if meta.get("peer_source") else ""
     lines += [
         "",
         "## Run",
@@ -494,14 +808,19 @@ def report(results: dict, args, sizes: dict, meta: dict) -> str:
         f"- max epochs {args.max_epochs}, patience {args.patience}, "
         f"limit-batches {args.limit_batches if args.limit_batches is not None else 'none (full epochs)'}",
         f"- rlrec {meta['rlrec']} (torch {meta['torch']}, Python {meta['python']})",
-        f"- peer: deepctr-torch {meta.get('peer_version', 'n/a')} (torch {meta.get('peer_torch', 'n/a')}), "
-        f"virtualenv {args.peer_python}",
+        f"- peer: {peer.package} {meta.get('peer_version', 'n/a')} "
+        f"(torch {meta.get('peer_torch', 'n/a')}){source}, virtualenv {args.peer_python}",
+        "- settings: conf/backbone/<model>.yaml"
+        + (f", overridden on both sides ({flags}): {overrides}" if overrides else ""),
         "- optimiser: rlrec fused Adam (conf/train.yaml); peer "
+        + ("fused Adam (--peer-fused-adam)" if args.peer_fused_adam else peer.optimizer),
+        "- gradient clipping: "
         + (
-            "fused Adam (--peer-fused-adam)"
-            if args.peer_fused_adam
-            else "torch.optim.Adam, as its compile('adam')"
+            f"total 2-norm {peer.max_grad_norm:g} on both sides ({peer.label}'s training step clips there)"
+            if peer.max_grad_norm is not None
+            else f"none ({peer.label}'s fit does not clip)"
         ),
+        f"- the shared protocol replaces {peer.label}'s own training loop: {peer.replaced}",
         f"- machine: {meta['machine']}",
         f"- command: `python benchmarks/{Path(__file__).name} {' '.join(meta['argv'])}`",
         "",
@@ -521,17 +840,19 @@ def main(argv=None) -> None:
     import torch
 
     _protocol.set_threads(args.threads)
-    need_peer = any(m in PEER_MODELS for m in args.models)
+    peer = PEERS[args.peer]
+    need_peer = any(m in peer.models for m in args.models)
     if need_peer and not Path(args.peer_python).exists():
-        sys.exit(
-            f"peer virtualenv not found ({args.peer_python}); create it with\n"
-            "  python -m venv benchmarks/.venv-peer\n"
-            "  benchmarks/.venv-peer/bin/pip install torch==2.13.0 deepctr-torch==0.3.0 pandas pyarrow scikit-learn"
-        )
+        sys.exit(f"peer virtualenv not found ({args.peer_python}); create it with\n  {peer.setup}")
 
     t_start = time.perf_counter()
     prep = prepare_data(args.data_path)
-    protocol = {"max_epochs": args.max_epochs, "patience": args.patience, "limit_batches": args.limit_batches}
+    protocol = {
+        "max_epochs": args.max_epochs,
+        "patience": args.patience,
+        "limit_batches": args.limit_batches,
+        "max_grad_norm": peer.max_grad_norm,
+    }
     results: dict = {}
     meta = {
         "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
@@ -546,8 +867,8 @@ def main(argv=None) -> None:
         sizes = write_npz(prep, npz)
         print(f"data: {sizes}; arrays in {npz}", file=sys.stderr)
         for name in args.models:
-            ycfg, notes = same_settings(name, backbone_config(name))
-            cfg, peer_notes = peer_config(name, ycfg) if name in PEER_MODELS else (None, [])
+            ycfg, notes = settings(name, args)
+            cfg, peer_notes = peer_config(args.peer, name, ycfg) if name in peer.models else (None, [])
             notes = notes + peer_notes
             results[name] = {"rlrec": [], "peer": [], "notes": list(notes)}
             for k, seed in enumerate(args.seeds):
@@ -555,19 +876,21 @@ def main(argv=None) -> None:
                 sides = ["rlrec", "peer"] if cfg is not None else ["rlrec"]
                 for side in sides if k % 2 == 0 else sides[::-1]:
                     if side == "rlrec":
-                        r = run_rlrec(name, prep, seed, protocol)
+                        r = run_rlrec(ycfg, prep, seed, protocol)
                         results[name]["rlrec"].append(r)
                         print(f"{name} seed {seed} rlrec: {json.dumps(r)}", file=sys.stderr)
                         continue
                     p = run_peer(name, npz, seed, cfg, protocol, args)
                     results[name]["peer"].append(p)
                     meta["peer_version"], meta["peer_torch"] = p["library_version"], p["torch_version"]
+                    if "model_zoo_commit" in p:
+                        meta["peer_source"] = p["model_zoo_commit"]
                     for note in p.get("notes", []):
                         if note not in results[name]["notes"]:
                             results[name]["notes"].append(note)
                     print(f"{name} seed {seed} peer:  {json.dumps(p)}", file=sys.stderr)
             if cfg is not None and args.speed_rounds > 0:
-                speed = interleaved_speed(name, prep, npz, args.seeds[0], cfg, protocol, args)
+                speed = interleaved_speed(name, ycfg, prep, npz, args.seeds[0], cfg, protocol, args)
                 results[name]["speed"] = speed
                 print(f"{name} interleaved speed: {json.dumps(speed)}", file=sys.stderr)
     meta["wall"] = time.perf_counter() - t_start

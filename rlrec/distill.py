@@ -25,11 +25,13 @@ from rlrec.policy import Policy, preference_deps
 class Distill:
     def __init__(
         self, ctx, users: int, epochs: int = 1, batch_size: int = 4, optimizer: DictConfig | None = None,
+        accumulate_grad_batches: int = 1,
         max_new_tokens: int | None = None, num_samples: int = 0, require_valid: bool = False,
         teacher: DictConfig | None = None, base_url: str | None = None, api_model: str | None = None,
     ):  # fmt: skip
         self.ctx, self.users, self.epochs, self.batch_size = ctx, int(users), int(epochs), int(batch_size)
         self.optimizer, self.max_new_tokens = optimizer, max_new_tokens
+        self.accumulate = int(accumulate_grad_batches or 1)
         self.num_samples, self.require_valid = int(num_samples or 0), bool(require_valid)
         self.teacher_cfg, self.base_url, self.api_model = teacher, base_url, api_model
         if base_url and not api_model:
@@ -58,7 +60,8 @@ class Distill:
                 "trainer": ctx.llm_trainer_key,
                 "questions": fingerprint([downstream.questions[u] for u in users]),
                 "distill": [self.epochs, self.batch_size, self.optimizer, self.max_new_tokens, self.num_samples,
-                            self.require_valid], "preference": preference_deps(ctx.cfg.preference)}  # fmt: skip
+                            self.require_valid, *([self.accumulate] if self.accumulate > 1 else [])],
+                "preference": preference_deps(ctx.cfg.preference)}  # fmt: skip
 
         def build(work) -> dict:
             keep, info = self.answers(teacher, downstream, users)
@@ -115,5 +118,7 @@ class Distill:
         sft.configure_model()
         loader = DataLoader(ds, batch_size=self.batch_size, shuffle=True, collate_fn=ds.collate,
                             generator=torch.Generator().manual_seed(self.ctx.seed))  # fmt: skip
-        _, means, _ = fit_sft(sft, loader, self.ctx.llm_trainer, self.epochs, "distill/", out)
+        _, means, _ = fit_sft(
+            sft, loader, self.ctx.llm_trainer, self.epochs, "distill/", out, self.accumulate
+        )
         return means

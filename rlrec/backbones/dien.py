@@ -121,7 +121,8 @@ class DIEN(nn.Module):
         interests = self.extractor(behaviours)[0] * mask.unsqueeze(-1)  # (B, L, H) h_t, 0 on padding
 
         # attention a_t = softmax over valid steps of h_t W e_a (eq. 8); 0 on padding, all-0 if empty
-        scores = torch.einsum("blh,bh->bl", interests, self.attention(target))  # (B, L)
+        # h_t · W e_a as a broadcast product and sum: einsum's batched matvec is ~3x slower on CPU
+        scores = (interests * self.attention(target).unsqueeze(1)).sum(-1)  # (B, L)
         att = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(-1) * mask  # (B, L)
         evolved = self.evolving(interests, att)  # (B, H) h'_T, the state after the last valid step
 

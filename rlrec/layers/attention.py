@@ -21,15 +21,38 @@ class TargetAttention(nn.Module):
         self.softmax = softmax
 
     def scores(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """query (B, D), keys (B, L, D), mask (B, L) → (B, L) weights, 0 on padding."""
+        """query (B, D), keys (B, L, D), mask (B, L) → (B, L) weights, 0 on padding.
+
+        The unit's first layer W [q, k, q − k, q ⊙ k] + b is computed as
+        (W_q + W_d) q + b  (once per sample)  +  [W_k − W_d, W_p] [k, q ⊙ k]  (per behaviour),
+        with W = [W_q, W_k, W_d, W_p] split by input block: the same parameters and function as
+        `scores_plain`, with half the per-behaviour matmul and no (B, L, 4D) concatenation."""
+        B, L, D = keys.shape
+        first = self.unit[0]
+        w_q, w_k, w_d, w_p = first.weight.split(D, dim=1)  # each (H1, D)
+        per_sample = torch.addmm(first.bias, query, (w_q + w_d).t())  # (B, H1)
+        pair = torch.cat([keys, query.unsqueeze(1) * keys], dim=-1).view(B * L, 2 * D)
+        h = (pair @ torch.cat([w_k - w_d, w_p], dim=1).t()).view(B, L, -1) + per_sample.unsqueeze(1)
+        h = h.view(B * L, -1)
+        for layer in list(self.unit)[1:]:  # activation, further layers, output
+            h = layer(h)
+        w = h.view(B, L)
+        return self._normalise(w, mask)
+
+    def scores_plain(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`scores` as the paper writes it: the unit on the concatenation [q, k, q − k, q ⊙ k]."""
         q = query.unsqueeze(1).expand_as(keys)  # (B, L, D)
         w = self.unit(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)  # (B, L)
+        return self._normalise(w, mask)
+
+    def _normalise(self, w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.softmax:
             return w.masked_fill(~mask, float("-inf")).softmax(-1).nan_to_num(0.0)
         return w * mask.to(w.dtype)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bl,bld->bd", self.scores(query, keys, mask), keys)  # (B, D)
+        # Σ_j weight_j k_j as a broadcast product and sum (einsum's batched matvec is ~2x slower on CPU)
+        return (self.scores(query, keys, mask).unsqueeze(-1) * keys).sum(1)  # (B, D)
 
 
 class FewFieldAttention(torch.autograd.Function):

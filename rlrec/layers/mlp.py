@@ -32,9 +32,50 @@ def activation(name: str, dim: int | None = None) -> nn.Module:
     raise ValueError(f"unknown activation {name!r} (relu, prelu, dice, tanh, sigmoid, gelu)")
 
 
+class DiceTrain(torch.autograd.Function):
+    """Dice in training mode as one autograd node: x (N, C), α (C) → x ∘ (α + (1 − α) p) with
+    p = σ(x̂), x̂ = (x − μ) / √(σ² + ε) over the N rows (batch statistics, biased variance).
+    Autograd of BatchNorm → sigmoid → the products allocates about ten (N, C) tensors; the hand-
+    written backward needs x̂ and p only:
+        ∂p = g ∘ x ∘ (1 − α),   ∂x̂ = ∂p ∘ p (1 − p),
+        ∂x = g ∘ (α + (1 − α) p) + (∂x̂ − mean(∂x̂) − x̂ ∘ mean(∂x̂ ∘ x̂)) / √(σ² + ε),
+        ∂α = Σ_rows g ∘ x ∘ (1 − p).
+    Returns (y, μ, σ²) so the module can update its running statistics as BatchNorm does."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, eps: float):
+        n = x.shape[0]
+        mean = x.sum(0).div_(n)  # column sums: torch.var_mean over dim 0 is ~20x slower on CPU
+        xhat = x - mean
+        var = (xhat * xhat).sum(0).div_(n)  # biased, of the centred values (no cancellation)
+        rstd = (var + eps).rsqrt()
+        xhat.mul_(rstd)
+        p = torch.sigmoid(xhat)
+        y = torch.addcmul(alpha, p, 1 - alpha).mul_(x)
+        ctx.save_for_backward(x, alpha, xhat, p, rstd)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor, _mean, _var):
+        x, alpha, xhat, p, rstd = ctx.saved_tensors
+        n = x.shape[0]
+        gx = g * x
+        gxp = gx * p
+        d_alpha = gx.sum(0).sub_(gxp.sum(0))  # Σ g x (1 − p)
+        d_xhat = torch.addcmul(gxp, gxp, p, value=-1).mul_(1 - alpha)  # g x (1 − α) p (1 − p)
+        mean_d = d_xhat.sum(0).div_(n)
+        mean_dx = (d_xhat * xhat).sum(0).div_(n)
+        d_xhat.sub_(mean_d).sub_(xhat * mean_dx).mul_(rstd)  # BatchNorm's input gradient
+        d_x = torch.addcmul(alpha, p, 1 - alpha).mul_(g).add_(d_xhat)
+        return d_x, d_alpha, None
+
+
 class Dice(nn.Module):
     """DIN's data-adaptive activation (Zhou et al. 2018, eq. 9): p(s)·s + (1 − p(s))·α·s with
-    p(s) = sigmoid(BN(s))."""
+    p(s) = sigmoid(BN(s)). Training on CPU in fp32 runs as one `DiceTrain` node (same values, same
+    running statistics); elsewhere, and in eval mode, the plain form."""
 
     def __init__(self, dim: int, eps: float = 1e-8):
         super().__init__()
@@ -44,7 +85,21 @@ class Dice(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])  # BN over every leading position, e.g. (B*L, D)
-        p = torch.sigmoid(self.bn(flat)).reshape(shape)
+        bn = self.bn
+        if bn.training and flat.device.type == "cpu" and flat.shape[0] > 1 and fused_ok(flat):
+            y, mean, var = DiceTrain.apply(flat, self.alpha, bn.eps)
+            with torch.no_grad():  # BatchNorm's update: momentum, unbiased variance
+                n = flat.shape[0]
+                bn.num_batches_tracked.add_(1)
+                m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+                bn.running_mean.lerp_(mean, m)
+                bn.running_var.lerp_(var * (n / (n - 1)), m)
+            return y.reshape(shape)
+        return self.forward_plain(x)
+
+    def forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        p = torch.sigmoid(self.bn(x.reshape(-1, shape[-1]))).reshape(shape)
         return p * x + (1 - p) * self.alpha * x
 
 

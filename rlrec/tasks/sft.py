@@ -30,20 +30,25 @@ class SFTTask(LLMTask):
         self.log("val/sft_loss", self.loss(batch), prog_bar=True, batch_size=len(batch["input_ids"]))
 
 
-def fit_sft(task: SFTTask, loader, make_trainer, max_epochs: int, prefix: str = "sft/", out=None):
+def fit_sft(
+    task: SFTTask, loader, make_trainer, max_epochs: int, prefix: str = "sft/", out=None, accumulate: int = 1
+):
     """Fit `task` on `loader` for `max_epochs` with the Trainer `make_trainer` builds — in this process,
     or on every rank of a multi-process Trainer (`rlrec.launch`; only rank 0 saves the adapter to
-    `out`). Returns (the trained task, the per-step metrics' means under `prefix` (`MetricLog`),
-    the Trainer's last logged metrics)."""
-    return launch.run(_fit_sft, task, loader, make_trainer, max_epochs, prefix, out, factory=make_trainer)
+    `out`); an update averages `accumulate` batches. Returns (the trained task, the per-step
+    metrics' means under `prefix` (`MetricLog`), the Trainer's last logged metrics)."""
+    return launch.run(
+        _fit_sft, task, loader, make_trainer, max_epochs, prefix, out, accumulate, factory=make_trainer
+    )
 
 
-def _fit_sft(task: SFTTask, loader, make_trainer, max_epochs: int, prefix: str, out):
+def _fit_sft(task: SFTTask, loader, make_trainer, max_epochs: int, prefix: str, out, accumulate: int = 1):
     from rlrec.tasks.callbacks import MetricLog
 
     log = MetricLog(prefix=prefix)
     task.train()
-    trainer = make_trainer(max_epochs=max_epochs, callbacks=[log], progress=True)
+    extra = {"accumulate_grad_batches": int(accumulate)} if int(accumulate) > 1 else {}
+    trainer = make_trainer(max_epochs=max_epochs, callbacks=[log], progress=True, **extra)
     trainer.fit(task, loader)
     task.eval()
     if out is not None and launch.is_global_zero():

@@ -5,6 +5,8 @@ table."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,10 +14,10 @@ from torch import nn
 from torch.autograd import gradcheck
 
 from rlrec.backbones.dcn import DCN
-from rlrec.layers.attention import FewFieldAttention, FieldSelfAttention
+from rlrec.layers.attention import FewFieldAttention, FieldSelfAttention, TargetAttention
 from rlrec.layers.embedding import FeatureEmbedding, GatherRows, WeightedBag, gather_rows, weighted_bag
 from rlrec.layers.interaction import BilinearInteraction, CrossNet, FactorizationMachine, bilinear_combination
-from rlrec.layers.mlp import MLP
+from rlrec.layers.mlp import MLP, Dice, DiceTrain
 
 
 def reference_attention(q, k, v, scale):
@@ -242,3 +244,41 @@ def test_large_catalogue_path_equals_per_step_item_table(tiny_prep, tiny_batch, 
         torch.testing.assert_close(a, b)
     n_item = emb.num_user_fields + emb.num_item_fields
     torch.testing.assert_close(small[0][0, n_item:], torch.zeros(emb.num_item_fields, 4))
+
+
+def test_dice_train_node_equals_batch_norm_form_with_running_statistics():
+    x = torch.randn(50, 7, dtype=torch.double) * 3 + 1
+    alpha = torch.randn(7, dtype=torch.double, requires_grad=True)
+    assert gradcheck(lambda x, a: DiceTrain.apply(x, a, 1e-8)[0], (x.requires_grad_(), alpha))
+    torch.manual_seed(0)
+    fused = Dice(7).double()
+    torch.nn.init.uniform_(fused.alpha, -1, 1)
+    plain = copy.deepcopy(fused)
+    for _ in range(3):  # three training steps: values, gradients and the running statistics agree
+        x = torch.randn(4, 10, 7, dtype=torch.double, requires_grad=True) * 2
+        out = fused(x)
+        assert "DiceTrain" in type(out.grad_fn.next_functions[0][0]).__name__  # under the reshape
+        ref = plain.forward_plain(x)
+        torch.testing.assert_close(out, ref)
+        grad = torch.randn_like(out)
+        got = torch.autograd.grad(out, [x, fused.alpha], grad)
+        for g, want in zip(got, torch.autograd.grad(ref, [x, plain.alpha], grad)):
+            torch.testing.assert_close(g, want)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(fused.bn, name), getattr(plain.bn, name))
+    fused.eval()
+    x = torch.randn(6, 7, dtype=torch.double)
+    torch.testing.assert_close(fused(x), plain.eval().forward_plain(x))  # eval: running statistics
+
+
+@pytest.mark.parametrize("hidden", [(64,), (8, 4)])
+@pytest.mark.parametrize("act", ["dice", "relu"])
+def test_target_attention_split_first_layer_equals_the_concatenation(hidden, act):
+    torch.manual_seed(0)
+    att = TargetAttention(12, hidden, act).double()
+    q = torch.randn(6, 12, dtype=torch.double, requires_grad=True)
+    k = torch.randn(6, 5, 12, dtype=torch.double, requires_grad=True)
+    mask = torch.rand(6, 5) > 0.3
+    out = att.scores(q, k, mask)
+    assert out.shape == (6, 5) and (out[~mask] == 0).all()
+    assert_same_values_and_gradients(out, att.scores_plain(q, k, mask), [q, k, *att.parameters()])
