@@ -40,6 +40,7 @@ class RerankLists:
             "items": torch.from_numpy(self.items.astype(np.int64)),
             "labels": torch.from_numpy(self.labels.astype(np.float32)),
             "mask": torch.from_numpy(self.mask),
+            "initial": torch.from_numpy(np.where(self.mask, self.initial, 0).astype(np.float32)),
         }
 
 

@@ -1,10 +1,51 @@
 """Listwise re-rankers: pure nn.Modules, `forward(batch) -> scores (B, N)`; padded slots get
--inf so they rank last and never take probability mass. One file + one yaml each."""
+-inf so they rank last and never take probability mass. One file + one yaml each.
+
+With `initial_input=True` a re-ranker also sees the initial ranker's output (`InitialRanking`:
+its score and the rank it gives, as one more field of every candidate), as LibRerank's models are
+fed the initial ranker's score; `False` (the default) is the papers' input."""
 
 import torch
+from torch import nn
 
 NEG_INF = float("-inf")
 
 
 def masked_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(~mask, NEG_INF)
+
+
+class InitialRanking(nn.Module):
+    """The initial ranker's output as one more D-dim field per candidate: Linear([score, rank / n])
+    with batch["initial"] (B, N) the initial ranker's score of each candidate, rank the number of
+    the list's real candidates it scores higher (0 = its top) and n the list's length. The rank is
+    computed from the scores, not from the slot, so a permuted list gets permuted inputs (SetRank
+    stays permutation-equivariant); lists without an initial ranker (KAR's: all scores 0) get the
+    same field for every candidate."""
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(2, embed_dim)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        mask = batch["mask"]  # (B, N)
+        score = batch["initial"].masked_fill(~mask, 0.0)  # (B, N)
+        ranked = score.masked_fill(~mask, NEG_INF)
+        rank = (ranked.unsqueeze(1) > ranked.unsqueeze(2)).sum(-1)  # (B, N): real candidates above
+        n = mask.sum(1, keepdim=True).clamp_min(1)
+        feats = torch.stack([score, rank.to(score.dtype) / n], dim=-1)  # (B, N, 2)
+        return self.proj(feats).unsqueeze(2)  # (B, N, 1, D)
+
+
+def candidate_inputs(embedding, initial: InitialRanking | None, batch: dict) -> torch.Tensor:
+    """(B, N, F·D): every candidate's field embeddings (`FeatureEmbedding.list_fields`), then the
+    initial ranking's field when the re-ranker takes it."""
+    x = embedding.list_fields(batch)  # (B, N, F, D)
+    if initial is not None:
+        x = torch.cat([x, initial(batch)], dim=2)
+    return x.flatten(2)
+
+
+def num_inputs(embedding, initial_input: bool) -> int:
+    """Width of `candidate_inputs`."""
+    return (embedding.num_fields() + int(initial_input)) * embedding.embed_dim

@@ -9,7 +9,7 @@ from torch import nn
 
 from rlrec.data.features import FeatureSpec
 from rlrec.layers.embedding import FeatureEmbedding
-from rlrec.rerankers import masked_scores
+from rlrec.rerankers import InitialRanking, candidate_inputs, masked_scores, num_inputs
 
 
 class DLCM(nn.Module):
@@ -25,10 +25,12 @@ class DLCM(nn.Module):
         embed_dim: int = 16,
         hidden_dim: int = 64,
         adapter: Callable[..., nn.Module] | None = None,
+        initial_input: bool = False,
     ):
         super().__init__()
         self.embedding = FeatureEmbedding(features, embed_dim, adapter)
-        in_dim = self.embedding.num_fields() * embed_dim
+        self.initial = InitialRanking(embed_dim) if initial_input else None
+        in_dim = num_inputs(self.embedding, initial_input)
         self.input = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ELU())  # eq. 2's input projection
         self.gru = nn.GRU(hidden_dim, hidden_dim, batch_first=True)
         self.context = nn.Linear(hidden_dim, hidden_dim)
@@ -37,7 +39,7 @@ class DLCM(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         mask = batch["mask"]  # (B, N)
         B, N = mask.shape
-        x = self.input(self.embedding.list_fields(batch).reshape(B, N, -1))  # (B, N, H)
+        x = self.input(candidate_inputs(self.embedding, self.initial, batch))  # (B, N, H)
         out, _ = self.gru(x)  # (B, N, H)
         last = (mask.sum(1) - 1).clamp(min=0)  # (B,) index of the last real candidate
         s_n = out[torch.arange(B), last]  # (B, H)

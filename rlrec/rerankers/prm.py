@@ -9,7 +9,7 @@ from torch import nn
 
 from rlrec.data.features import FeatureSpec
 from rlrec.layers.embedding import FeatureEmbedding
-from rlrec.rerankers import masked_scores
+from rlrec.rerankers import InitialRanking, candidate_inputs, masked_scores, num_inputs
 
 
 class PRM(nn.Module):
@@ -30,10 +30,12 @@ class PRM(nn.Module):
         dropout: float = 0.1,
         max_len: int = 64,
         adapter: Callable[..., nn.Module] | None = None,
+        initial_input: bool = False,
     ):
         super().__init__()
         self.embedding = FeatureEmbedding(features, embed_dim, adapter)
-        self.proj = nn.Linear(self.embedding.num_fields() * embed_dim, model_dim)
+        self.initial = InitialRanking(embed_dim) if initial_input else None
+        self.proj = nn.Linear(num_inputs(self.embedding, initial_input), model_dim)
         self.position = nn.Embedding(max_len, model_dim)
         layer = nn.TransformerEncoderLayer(model_dim, num_heads, ffn_dim, dropout, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
@@ -45,7 +47,7 @@ class PRM(nn.Module):
         assert self.position.num_embeddings >= N, (
             f"list length {N} > PRM max_len {self.position.num_embeddings}"
         )
-        x = self.proj(self.embedding.list_fields(batch).reshape(B, N, -1))  # (B, N, M)
+        x = self.proj(candidate_inputs(self.embedding, self.initial, batch))  # (B, N, M)
         x = x + self.position.weight[:N].unsqueeze(0)
         h = self.encoder(x, src_key_padding_mask=~mask)  # (B, N, M)
         return masked_scores(self.out(h).squeeze(-1), mask)

@@ -9,7 +9,7 @@ from torch import nn
 
 from rlrec.data.features import FeatureSpec
 from rlrec.layers.embedding import FeatureEmbedding
-from rlrec.rerankers import masked_scores
+from rlrec.rerankers import InitialRanking, candidate_inputs, masked_scores, num_inputs
 
 
 class SetRank(nn.Module):
@@ -28,10 +28,12 @@ class SetRank(nn.Module):
         ffn_dim: int = 128,
         dropout: float = 0.1,
         adapter: Callable[..., nn.Module] | None = None,
+        initial_input: bool = False,
     ):
         super().__init__()
         self.embedding = FeatureEmbedding(features, embed_dim, adapter)
-        self.proj = nn.Linear(self.embedding.num_fields() * embed_dim, model_dim)
+        self.initial = InitialRanking(embed_dim) if initial_input else None
+        self.proj = nn.Linear(num_inputs(self.embedding, initial_input), model_dim)
         layer = nn.TransformerEncoderLayer(model_dim, num_heads, ffn_dim, dropout, batch_first=True)
         self.blocks = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.out = nn.Linear(model_dim, 1)
@@ -39,6 +41,6 @@ class SetRank(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         mask = batch["mask"]  # (B, N)
         B, N = mask.shape
-        x = self.proj(self.embedding.list_fields(batch).reshape(B, N, -1))  # (B, N, M)
+        x = self.proj(candidate_inputs(self.embedding, self.initial, batch))  # (B, N, M)
         h = self.blocks(x, src_key_padding_mask=~mask)  # (B, N, M)
         return masked_scores(self.out(h).squeeze(-1), mask)

@@ -20,9 +20,10 @@ from tests.conftest import CONF
 RERANKERS = sorted(p.stem for p in (CONF / "reranker").glob("*.yaml"))
 
 
-def build(name, spec, seed=0, adapter=None):
+def build(name, spec, seed=0, adapter=None, **overrides):
     torch.manual_seed(seed)
-    return instantiate(OmegaConf.load(CONF / "reranker" / f"{name}.yaml"))(features=spec, adapter=adapter)
+    node = OmegaConf.merge(OmegaConf.load(CONF / "reranker" / f"{name}.yaml"), overrides)
+    return instantiate(node)(features=spec, adapter=adapter)
 
 
 @pytest.fixture()
@@ -71,6 +72,73 @@ def test_setrank_is_permutation_equivariant(tiny_prep, lists):
     permuted = {**full, **{k: full[k][:, perm] for k in ("items", "labels", "mask")}}
     with torch.no_grad():
         torch.testing.assert_close(model(permuted), model(full)[:, perm], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", RERANKERS)
+def test_initial_ranking_input_is_read_only_when_switched_on(name, tiny_prep, lists):
+    g = torch.Generator().manual_seed(1)
+    a = {**lists, "initial": torch.randn(lists["items"].shape, generator=g)}
+    b = {**lists, "initial": torch.randn(lists["items"].shape, generator=g)}
+    m = lists["mask"]
+    off = build(name, tiny_prep.spec).eval()
+    on = build(name, tiny_prep.spec, initial_input=True).train()
+    with torch.no_grad():
+        torch.testing.assert_close(off(a), off(b))  # the papers' input: the scores are never read
+    listwise_softmax(on(a), lists["labels"], m).backward()
+    assert on.initial.proj.weight.grad.abs().sum() > 0
+    on.eval()
+    with torch.no_grad():
+        assert not torch.allclose(on(a)[m], on(b)[m])
+        # a padded slot's score does not matter
+        torch.testing.assert_close(on({**a, "initial": a["initial"].masked_fill(~m, 9.0)})[m], on(a)[m])
+
+
+def test_initial_ranking_field_ranks_from_scores_and_keeps_setrank_equivariant(tiny_prep, lists):
+    from rlrec.rerankers import InitialRanking
+
+    field = InitialRanking(4)
+    torch.nn.init.eye_(field.proj.weight[:2])  # out[0] = score, out[1] = rank / n
+    torch.nn.init.zeros_(field.proj.bias)
+    mask = torch.tensor([[True, True, True, False]])
+    out = field({"mask": mask, "initial": torch.tensor([[0.2, 0.9, -1.0, 5.0]])})[0, :, 0]
+    torch.testing.assert_close(out[:3, 0], torch.tensor([0.2, 0.9, -1.0]))
+    torch.testing.assert_close(out[:3, 1], torch.tensor([1 / 3, 0.0, 2 / 3]))  # the pad (5.0) ranks nobody
+    model = build("setrank", tiny_prep.spec, initial_input=True).eval()
+    full = {k: v[4:] for k, v in lists.items()}
+    full["initial"] = torch.randn(full["items"].shape, generator=torch.Generator().manual_seed(2))
+    perm = torch.randperm(full["items"].shape[1], generator=torch.Generator().manual_seed(0))
+    permuted = {**full, **{k: full[k][:, perm] for k in ("items", "labels", "mask", "initial")}}
+    with torch.no_grad():
+        torch.testing.assert_close(model(permuted), model(full)[:, perm], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", RERANKERS)
+def test_initial_ranking_input_learns_a_planted_initial_order(name, tiny_prep):
+    """Labels follow the initial ranker's score and nothing else (items drawn at random): with the
+    initial ranking as input a re-ranker learns to put the labelled items first; without it, it
+    cannot do better than chance on new lists."""
+    g = torch.Generator().manual_seed(0)
+    M, N = 256, 6
+    items = torch.randint(1, tiny_prep.spec.num_items + 1, (M, N), generator=g)
+    initial = torch.randn(M, N, generator=g)
+    labels = (initial > initial.median(1, keepdim=True).values).float()
+    data = {"user": torch.randint(1, tiny_prep.spec.num_users + 1, (M,), generator=g), "items": items,
+            "labels": labels, "mask": torch.ones(M, N, dtype=torch.bool), "initial": initial}  # fmt: skip
+    train = {k: v[:192] for k, v in data.items()}
+    test = {k: v[192:] for k, v in data.items()}
+    ndcg = {}
+    for switch in (False, True):
+        model = build(name, tiny_prep.spec, initial_input=switch).train()
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(60):
+            opt.zero_grad()
+            listwise_softmax(model(train), train["labels"], train["mask"]).backward()
+            opt.step()
+        with torch.no_grad():
+            scores = model.eval()(test)
+        per_list = list_metrics(scores.numpy(), test["labels"].numpy(), test["mask"].numpy(), ks=(3,))
+        ndcg[switch] = mean_list_metrics(per_list)["ndcg@3"]
+    assert ndcg[True] > 0.9 and ndcg[True] > ndcg[False] + 0.2, ndcg
 
 
 @pytest.mark.parametrize("name", RERANKERS)
