@@ -44,10 +44,13 @@ class RerankLists:
         }
 
 
-def _user_chunks(prep: PreparedData, split: str, size: int):
+def _user_chunks(prep: PreparedData, split: str, size: int, keep: np.ndarray | None = None):
     """Yield (user catalogue index, row indices) for consecutive chunks of `size` rows of each
-    user's interactions in `split` (time order; the frame is sorted by user, time, item)."""
+    user's interactions in `split` (time order; the frame is sorted by user, time, item); with
+    `keep` (a bool per row of the split) only those rows."""
     rows = prep.rows(split)
+    if keep is not None:
+        rows = rows[np.asarray(keep, bool)]
     users = prep.frame["u"].to_numpy()[rows]
     for chunk in np.split(rows, np.flatnonzero(np.diff(users)) + 1):
         for s in range(0, len(chunk), size):
@@ -99,10 +102,16 @@ def kar_lists(
 
 
 def ranked_lists(
-    prep: PreparedData, split: str, scores: np.ndarray, list_len: int = 10, min_len: int = 2
+    prep: PreparedData,
+    split: str,
+    scores: np.ndarray,
+    list_len: int = 10,
+    min_len: int = 2,
+    keep: np.ndarray | None = None,
 ) -> RerankLists:
-    """LibRerank-style lists from `split`'s rows; `scores` (len(prep.rows(split)),) are the
-    initial ranker's scores for those rows. Lists shorter than `min_len` are dropped."""
+    """LibRerank-style lists from `split`'s rows (only those where `keep`, a bool per row, is set);
+    `scores` (len(prep.rows(split)),) are the initial ranker's scores for the split's rows. Lists
+    shorter than `min_len` are dropped."""
     rows = prep.rows(split)
     scores = np.asarray(scores, dtype=np.float32)
     assert scores.shape == (len(rows),), f"need one score per {split} row: {scores.shape} vs {len(rows)}"
@@ -110,7 +119,7 @@ def ranked_lists(
     f = prep.frame
     item_col, label_col = f["i"].to_numpy(), f["label"].to_numpy()
     U, I, L, S = [], [], [], []
-    for u, chunk in _user_chunks(prep, split, list_len):
+    for u, chunk in _user_chunks(prep, split, list_len, keep):
         if len(chunk) < min_len:
             continue
         s = np.array([score_of[r] for r in chunk], np.float32)

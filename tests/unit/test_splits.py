@@ -470,6 +470,39 @@ def test_ranked_lists_sorted_by_score(kar_prep, list_len, min_len):
         ranked_lists(prep, "test", scores[:-1])
 
 
+def test_ranked_lists_keep_only_the_chosen_rows_and_ranker_period_is_a_time_cut(kar_prep):
+    """`rerank.ranker_period`: the ranker fits the train period's earliest rows; lists are cut from
+    the later rows only, so no list row was ever a ranker training row."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from rlrec.downstream.lists import ranker_rows
+
+    prep = kar_prep
+    rows = prep.rows("train")
+    ctx = SimpleNamespace(prep=prep, cfg=OmegaConf.create({"rerank": {"ranker_period": 0.5}}))
+    ranker = ranker_rows(ctx)
+    stamps = prep.frame["timestamp"].to_numpy()[rows]
+    assert ranker.shape == (len(rows),) and 0 < ranker.sum() < len(rows)
+    assert stamps[ranker].max() <= stamps[~ranker].min()  # a global time cut
+    scores = np.random.default_rng(0).normal(size=len(rows)).astype(np.float32)
+    lists = ranked_lists(prep, "train", scores, list_len=5, keep=~ranker)
+    listed = set(lists.items[lists.mask].tolist())
+    f = prep.frame
+    later = set(zip(f["u"].to_numpy()[rows[~ranker]].tolist(), f["i"].to_numpy()[rows[~ranker]].tolist()))
+    pairs = {(int(u), int(i)) for u, row, m in zip(lists.user, lists.items, lists.mask) for i in row[m]}
+    assert pairs <= later and len(listed) > 0
+    per_user = f.iloc[rows[~ranker]].groupby("u").size().to_numpy()  # later rows of each user
+    sizes = [min(5, n - s) for n in per_user for s in range(0, n, 5)]  # chunks of 5 in time order
+    kept = [k for k in sizes if k >= 2]  # min_len
+    assert len(lists) == len(kept) and lists.mask.sum() == sum(kept)
+    whole = OmegaConf.create({"rerank": {}})
+    assert ranker_rows(SimpleNamespace(prep=prep, cfg=whole)).all()  # LibRerank's protocol: every train row
+    with pytest.raises(ValueError, match="ranker_period"):
+        ranker_rows(SimpleNamespace(prep=prep, cfg=OmegaConf.create({"rerank": {"ranker_period": 1.5}})))
+
+
 # ------------------------------------------------------------------------------- (h) prompts
 
 COT_ENTRY = re.compile(r"\['(.*?)', (\d+)\]")
