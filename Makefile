@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all vllm-env vllm-serve test-vllm smoke gpu-check lint format train sweep bench describe report clean-logs
+.PHONY: help install test test-all vllm-env fuxictr-env vllm-serve test-vllm smoke gpu-check lint format train sweep bench describe report clean-logs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ vllm-env:  ## vLLM (CPU build) in its own virtualenv .venv-vllm; the main enviro
 	$(VLLM_VENV)/bin/pip install $(VLLM_PIP)
 	@# the torchvision/torchaudio/torchcodec it pulls are built for another torch and break `import vllm`
 	$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec
+
+fuxictr-env:  ## FuxiCTR 2.3.10 + its model_zoo for `benchmarks/ctr_peer.py --peer fuxictr` (FUXICTR_GIT_DIR=<local clone> offline)
+	bash benchmarks/setup_fuxictr.sh
 
 vllm-serve:  ## serve the embedded SmolLM2 with vLLM on 127.0.0.1:8000 (PORT=...), LoRA loadable at run time
 	RLREC_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(PYTHON) -m rlrec.llm.serve --port $(or $(PORT),8000)
