@@ -22,16 +22,15 @@ from rlrec.downstream.stats import paired, summarise
 METRICS = ("test/ndcg@5", "test/map@5")
 
 
-def load(sweep: Path) -> dict[tuple, list[dict]]:
-    """(reranker, initial_input, rerank list style) → one metrics dict per seed (sorted by seed)."""
-    runs: dict[tuple, list[tuple[int, dict]]] = defaultdict(list)
+def load(sweep: Path) -> dict[str, list[dict]]:
+    """A configuration (the job's overrides other than the seed) → one metrics dict per seed,
+    sorted by seed."""
+    runs: dict[str, list[tuple[int, dict]]] = defaultdict(list)
     for result in sorted(sweep.glob("*/results.json")):
-        cfg = OmegaConf.load(result.parent / "config.yaml")
-        metrics = json.loads(result.read_text())["metrics"]
-        key = (cfg.reranker._target_.rsplit(".", 1)[-1], bool(cfg.reranker.get("initial_input", False)),
-               f"{cfg.rerank.list_style}" + (f", ranker_period {cfg.rerank.ranker_period}"
-                                             if cfg.rerank.get("ranker_period") is not None else ""))  # fmt: skip
-        runs[key].append((int(cfg.seed), metrics))
+        overrides = OmegaConf.load(result.parent / ".hydra" / "overrides.yaml")
+        seed = int(OmegaConf.load(result.parent / "config.yaml").seed)
+        key = " ".join(o for o in overrides if not o.startswith(("seed=", "threads=", "+experiment=")))
+        runs[key].append((seed, json.loads(result.read_text())["metrics"]))
     if not runs:
         raise SystemExit(f"no */results.json under {sweep}: pass the multirun's sweep directory")
     return {k: [m for _, m in sorted(v, key=lambda sm: sm[0])] for k, v in runs.items()}
@@ -46,13 +45,13 @@ def _delta(e: dict) -> str:
     return f"{e['mean_diff']:+.4f}" + (f" (p = {e['p']:.3f})" if "p" in e else "")
 
 
-def table(runs: dict[tuple, list[dict]]) -> str:
+def table(runs: dict[str, list[dict]]) -> str:
     lines = [
-        "| re-ranker | initial input | lists | seeds | test NDCG@5 | initial order | shuffled | Δ NDCG@5 (p) "
+        "| configuration | seeds | test NDCG@5 | initial order | shuffled | Δ NDCG@5 (p) "
         "| test MAP@5 | initial order | Δ MAP@5 (p) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (name, initial, style), per_seed in sorted(runs.items()):
+    for config, per_seed in sorted(runs.items()):
         variants = {
             "reranker": [{m: r[m] for m in METRICS} for r in per_seed],
             "initial": [{m: r[f"initial/{m}"] for m in METRICS} for r in per_seed],
@@ -64,7 +63,7 @@ def table(runs: dict[tuple, list[dict]]) -> str:
         cell = lambda v, m, mean=mean: _mean_std(mean[v], m)  # noqa: E731
         delta = lambda m, tests=tests: _delta(tests[m])  # noqa: E731
         lines.append(
-            f"| {name} | {'yes' if initial else 'no'} | {style} | {len(per_seed)} | {cell('reranker', METRICS[0])} "
+            f"| {config} | {len(per_seed)} | {cell('reranker', METRICS[0])} "
             f"| {cell('initial', METRICS[0])} | {shuffled:.4f} | {delta(METRICS[0])} "
             f"| {cell('reranker', METRICS[1])} | {cell('initial', METRICS[1])} | {delta(METRICS[1])} |"
         )
