@@ -26,7 +26,7 @@ from rlrec.data.ctr import TensorBatches
 from rlrec.data.schema import DataError
 from rlrec.downstream import stats
 from rlrec.downstream.fit import build_model, fit
-from rlrec.downstream.lists import SPLITS, initial_scores, rerank_lists
+from rlrec.downstream.lists import SPLITS, initial_scores, rerank_lists, reranker_factory
 from rlrec.executor import Shard, stages
 from rlrec.knowledge.index import vector_table
 from rlrec.metrics import list_metrics, mean_list_metrics
@@ -237,7 +237,7 @@ class KnowledgeDownstream:
             if knowledge is not None:
                 user, item, adapter = knowledge.vectors, knowledge.item_vectors, instantiate(self.adapter_cfg)
             return partial(
-                fit_variant, model=partial(build_model, instantiate(self.model_cfg), self.ctx.prep.spec, adapter,
+                fit_variant, model=partial(build_model, self.factory(), self.ctx.prep.spec, adapter,
                                            user, item),
                 task=self.task(), loaders=loaders, seed=seed,
                 # its own log version (the stage key): fits an executor runs side by side never share a CSV file
@@ -246,6 +246,10 @@ class KnowledgeDownstream:
             )  # fmt: skip
 
         return Shard(f"fit/{self.name}", deps, make)
+
+    def factory(self):
+        """The model's `_partial_` factory."""
+        return instantiate(self.model_cfg)
 
     def fit_deps(self) -> dict:
         return {}
@@ -316,6 +320,9 @@ class RerankDownstream(KnowledgeDownstream):
     def lists(self):
         return rerank_lists(self.ctx)
 
+    def factory(self):
+        return reranker_factory(self.ctx, self.model_cfg)
+
     def knowledge_items(self) -> list[int]:
         return sorted({int(i) for s in SPLITS for i in np.unique(self.lists[s].items) if i > 0})
 
@@ -352,7 +359,7 @@ class RerankDownstream(KnowledgeDownstream):
             }
             rows[f"{label} order"] = row
             metrics.update({f"{label}/{k}": v for k, v in row.items()})
-        if rr.list_style == "librerank":
+        if rr.get("initial_ranker") is not None:
             _, ranker = initial_scores(self.ctx)
             metrics.update({f"initial_ranker/{k}": v for k, v in ranker.items()})
         return rows, metrics

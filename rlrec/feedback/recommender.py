@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from rlrec.data.ctr import TensorBatches
 from rlrec.downstream.fit import build_model, fit_shard, load_shard
-from rlrec.downstream.lists import rerank_lists
+from rlrec.downstream.lists import rerank_lists, reranker_factory
 from rlrec.executor import Shard, stages
 from rlrec.feedback.base import feedback_key, knowledge_table
 from rlrec.feedback.crossfit import UserFolds, mean_by_slot
@@ -63,7 +63,7 @@ class RecommenderFeedback:
                 rows = torch.as_tensor(self.folds.train_rows(self.lists.user, k))
                 return partial(
                     fit_shard, task=partial(RerankTask, optimizer=instantiate(self.optimizer), loss=self.loss),
-                    model=partial(build_model, instantiate(self.reranker), self.prep.spec, instantiate(self.adapter),
+                    model=partial(build_model, reranker_factory(self.ctx, self.reranker), self.prep.spec, instantiate(self.adapter),
                                   vec, probe.item_vectors),
                     seed=self.seed + k, make_trainer=partial(self.ctx.trainer, max_epochs=self.max_epochs),
                     train=TensorBatches({key: v[rows] for key, v in train.items()}, self.batch_size, shuffle=True,
@@ -79,7 +79,11 @@ class RecommenderFeedback:
     def load(self, probe: Probe, fits: list) -> dict:
         """The folds' fitted weights (the shards' artifacts) as the re-rankers `score` uses."""
         vec = knowledge_table(self.ctx, probe)
-        spec, reranker, adapter = self.prep.spec, instantiate(self.reranker), instantiate(self.adapter)
+        spec, reranker, adapter = (
+            self.prep.spec,
+            reranker_factory(self.ctx, self.reranker),
+            instantiate(self.adapter),
+        )
         self.models = [load_shard(partial(build_model, reranker, spec, adapter, vec, probe.item_vectors), f)
                        for f in fits]  # fmt: skip
         scores = [f.data["best"] for f in fits]

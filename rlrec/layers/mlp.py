@@ -177,6 +177,7 @@ class MLP(nn.Sequential):
             d = out_dim
         super().__init__(*layers)
         self.in_dim, self.out_dim = in_dim, d
+        self.has_output = out_dim is not None
         for m in self:
             if isinstance(m, nn.ReLU):
                 m.inplace = True  # its input is a Linear / BatchNorm output no backward needs
@@ -194,3 +195,10 @@ class MLP(nn.Sequential):
             params = [p for m in linears for p in (m.weight, m.bias)]
             return ReLUStack.apply(x, num_relu, *params)
         return super().forward(x)
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer's output (the input of the output layer; everything when there is
+        none), rows of 2-D `x`: what PRM calls the personalised vector of a ranker."""
+        for m in list(self)[:-1] if self.has_output else self:
+            x = m(x)
+        return x

@@ -17,7 +17,12 @@ class PRM(nn.Module):
     personalised vector (the user's fields and knowledge — shared by the list) and PE a learned
     position embedding of the initial rank. Encoding layer: Transformer encoder blocks (eq. 4–7)
     with padded slots masked out of attention. Output layer (eq. 8): a linear score per item
-    (the softmax over the list is the listwise loss's job)."""
+    (the softmax over the list is the listwise loss's job).
+
+    With `initial_input`, pv_i is also the initial ranker's personalised vector of the candidate
+    (§4.2: the last hidden layer of the pre-trained ranker; batch["initial_pv"] (B, N, personal_dim),
+    `personal_dim` set from the lists by `rlrec.downstream.lists.reranker_factory`) next to its
+    score and rank."""
 
     def __init__(
         self,
@@ -31,11 +36,13 @@ class PRM(nn.Module):
         max_len: int = 64,
         adapter: Callable[..., nn.Module] | None = None,
         initial_input: bool = False,
+        personal_dim: int = 0,
     ):
         super().__init__()
         self.embedding = FeatureEmbedding(features, embed_dim, adapter)
         self.initial = InitialRanking(embed_dim) if initial_input else None
-        self.proj = nn.Linear(num_inputs(self.embedding, initial_input), model_dim)
+        self.personal_dim = personal_dim if initial_input else 0
+        self.proj = nn.Linear(num_inputs(self.embedding, initial_input) + self.personal_dim, model_dim)
         self.position = nn.Embedding(max_len, model_dim)
         layer = nn.TransformerEncoderLayer(model_dim, num_heads, ffn_dim, dropout, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
@@ -47,7 +54,10 @@ class PRM(nn.Module):
         assert self.position.num_embeddings >= N, (
             f"list length {N} > PRM max_len {self.position.num_embeddings}"
         )
-        x = self.proj(candidate_inputs(self.embedding, self.initial, batch))  # (B, N, M)
+        x = candidate_inputs(self.embedding, self.initial, batch)  # (B, N, F·D)
+        if self.personal_dim:
+            x = torch.cat([x, batch["initial_pv"].to(x.dtype)], dim=-1)  # [x_i ; pv_i]
+        x = self.proj(x)  # (B, N, M)
         x = x + self.position.weight[:N].unsqueeze(0)
         h = self.encoder(x, src_key_padding_mask=~mask)  # (B, N, M)
         return masked_scores(self.out(h).squeeze(-1), mask)

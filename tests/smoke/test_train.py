@@ -124,14 +124,13 @@ def test_describe_bad_path_is_a_clear_error(tmp_path):
 
 
 def test_rerank_only_both_list_styles(tmp_path):
-    for style, split in (("librerank", "temporal"), ("kar", "user")):
-        cfg = _cfg(
-            tmp_path,
-            f"rerank={style}",
-            f"split={split}",
-            "reranker=setrank",
-            experiment="rerank_only",
-        )
+    for style, split, *more in (
+        ("librerank", "temporal", "reranker=setrank"),
+        ("kar", "user", "reranker=setrank"),
+        # KAR's lists ordered by a ranker of the earlier train period; PRM reads its personalised vectors
+        ("kar_ranked", "temporal", "reranker=prm", "reranker.initial_input=true"),
+    ):
+        cfg = _cfg(tmp_path, f"rerank={style}", f"split={split}", *more, experiment="rerank_only")
         res = run(cfg, tmp_path / style)["metrics"]
         for key in (
             "test/ndcg@5",

@@ -205,3 +205,72 @@ def test_runs_under_bf16_autocast_close_to_fp32(name, tiny_prep, lists):
         (scores[m].float() - ref[m]).abs().max()
     )
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_prm_reads_the_personalised_vector_only_with_the_initial_input(tiny_prep, lists):
+    """PRM §4.2: E' = [x_i ; pv_i] + PE_i: with `initial_input` and `personal_dim` the candidate's
+    personalised vector is an input (its gradient flows, changing it changes the scores), padded
+    slots' vectors do not matter; without `initial_input` it is never read."""
+    g = torch.Generator().manual_seed(3)
+    B, N = lists["items"].shape
+    a = {**lists, "initial": torch.randn(B, N, generator=g), "initial_pv": torch.randn(B, N, 5, generator=g)}
+    b = {**a, "initial_pv": torch.randn(B, N, 5, generator=g)}
+    m = lists["mask"]
+    on = build("prm", tiny_prep.spec, initial_input=True, personal_dim=5, dropout=0.0).eval()
+    off = build("prm", tiny_prep.spec, personal_dim=5, dropout=0.0).eval()
+    assert on.proj.in_features == off.proj.in_features + on.initial.proj.out_features + 5
+    with torch.no_grad():
+        assert not torch.allclose(on(a)[m], on(b)[m])
+        torch.testing.assert_close(off(a), off(b))
+        pad = {**a, "initial_pv": a["initial_pv"].masked_fill(~m.unsqueeze(-1), 7.0)}
+        torch.testing.assert_close(on(pad)[m], on(a)[m])
+    a["initial_pv"].requires_grad_(True)
+    listwise_softmax(on.train()(a), lists["labels"], m).backward()
+    assert a["initial_pv"].grad[m].abs().sum() > 0
+
+
+@pytest.mark.parametrize("backbone", ["din", "deepfm"])
+def test_score_rows_gives_scores_and_the_scoring_mlps_last_hidden_layer(backbone, tiny_prep):
+    """The initial ranker's personalised vector is its scoring MLP's last hidden layer: the output
+    layer applied to it gives the ranker's logit back (DeepFM adds its FM part, so there only the
+    width and the determinism are checked); the fused ReLU stack (DeepFM) and the plain layers
+    (DIN: Dice) both capture it."""
+    from rlrec.data.ctr import TensorBatches, ctr_tensors
+    from rlrec.downstream.lists import score_rows, scoring_mlp
+
+    torch.manual_seed(0)
+    node = OmegaConf.load(CONF / "backbone" / f"{backbone}.yaml")
+    model = instantiate(node)(features=tiny_prep.spec).eval()
+    t = ctr_tensors(tiny_prep, "valid")
+    scores, pv = score_rows(model, TensorBatches(t, 7))  # several batches
+    mlp = scoring_mlp(model)
+    width = [m for m in mlp if isinstance(m, torch.nn.Linear)][-2].out_features
+    assert scores.shape == (len(t["item"]),) and pv.shape == (len(t["item"]), width)
+    with torch.no_grad():
+        np.testing.assert_allclose(scores, model(t).numpy(), rtol=1e-5, atol=1e-5)
+        if backbone == "din":
+            np.testing.assert_allclose(mlp[-1](torch.from_numpy(pv)).squeeze(-1).numpy(), scores, atol=1e-5)
+    again = score_rows(model, TensorBatches(t, 1000))[1]
+    np.testing.assert_allclose(again, pv, atol=1e-5)
+    assert np.abs(pv).sum() > 0
+
+
+def test_dlcm_reverse_reads_the_real_candidates_bottom_up(tiny_prep, lists):
+    """`reverse=True` equals the forward DLCM (same weights) on each list with its real candidates
+    reversed, the scores mapped back to their slots; padded slots stay -inf."""
+    fwd = build("dlcm", tiny_prep.spec, seed=5).eval()
+    rev = build("dlcm", tiny_prep.spec, seed=5, reverse=True).eval()
+    rev.load_state_dict(fwd.state_dict())
+    m = lists["mask"]
+    flipped = {k: v.clone() for k, v in lists.items()}
+    for b in range(len(m)):
+        n = int(m[b].sum())
+        for k in ("items", "labels"):
+            flipped[k][b, :n] = lists[k][b, :n].flip(0)
+    with torch.no_grad():
+        a, f = rev(lists), fwd(flipped)
+        assert torch.isneginf(a[~m]).all()
+        for b in range(len(m)):
+            n = int(m[b].sum())
+            torch.testing.assert_close(a[b, :n], f[b, :n].flip(0))
+        assert not torch.allclose(a[m], fwd(lists)[m])

@@ -596,3 +596,57 @@ def test_trackrec_prompt_counts_on_ml100k(ml_prep):
         assert len(shown) == min(math.ceil(n / 2), 30)
         rows = f.index[(f["u"] == u) & (split_of(ml_prep) == "prompt")]
         assert [t for t, _ in shown] == [titles[i] for i in f.loc[rows, "item_id"]]
+
+
+def test_ranked_lists_carry_each_rows_personal_vector(kar_prep):
+    """PRM's personalised vectors travel with their rows through the sort; padding gets zeros."""
+    prep = kar_prep
+    rows = prep.rows("test")
+    rng = np.random.default_rng(1)
+    scores = rng.normal(size=len(rows)).astype(np.float32)
+    vectors = rng.normal(size=(len(rows), 3)).astype(np.float32)
+    vectors[:, 0] = scores  # column 0 = the row's own score: readable after the sort
+    lists = ranked_lists(prep, "test", scores, list_len=5, vectors=vectors)
+    assert lists.pv.shape == (len(lists), 5, 3)
+    np.testing.assert_array_equal(lists.pv[..., 0][lists.mask], lists.initial[lists.mask])
+    assert (lists.pv[~lists.mask] == 0).all()
+    sub = lists.subset(np.arange(len(lists)) % 2 == 0)
+    np.testing.assert_array_equal(sub.pv, lists.pv[::2])
+    t = lists.tensors()
+    assert t["initial_pv"].shape == (len(lists), 5, 3) and t["initial_pv"].dtype.is_floating_point
+    assert "initial_pv" not in ranked_lists(prep, "test", scores, list_len=5).tensors()
+
+
+def test_kar_lists_ordered_by_a_scorer(kar_prep):
+    """`rerank=kar_ranked`: the same lists as KAR's (same items, labels, users), each ordered by the
+    scorer's scores, highest first, with the scores and vectors moved along; the scorer sees each
+    list's first interaction as its anchor; `keep` lists only the chosen rows."""
+    prep = kar_prep
+    f = prep.frame
+    calls = {}
+
+    def scorer(user, items, anchor):
+        calls["anchor"] = anchor
+        s = (items * 7919 % 101).astype(np.float32)  # any fixed function of the item
+        return s, np.stack([s, items.astype(np.float32)], -1)
+
+    plain = kar_lists(prep, "test", seed=4)
+    ranked = kar_lists(prep, "test", seed=4, scorer=scorer)
+    np.testing.assert_array_equal(plain.user, ranked.user)
+    for k in range(len(plain)):
+        assert dict(zip(plain.items[k], plain.labels[k])) == dict(zip(ranked.items[k], ranked.labels[k]))
+    assert np.all(np.diff(ranked.initial, axis=1) <= 0), "highest score first"
+    np.testing.assert_array_equal(ranked.initial, (ranked.items * 7919 % 101).astype(np.float32))
+    np.testing.assert_array_equal(ranked.pv[..., 1], ranked.items.astype(np.float32))
+    firsts = [rows[0] for _, rows in user_chunks(prep, "test", 4)]
+    np.testing.assert_array_equal(calls["anchor"], firsts)
+    assert (f["u"].to_numpy()[calls["anchor"]] == ranked.user).all()
+
+    keep = np.arange(len(prep.rows("train"))) % 3 != 0
+    some = kar_lists(prep, "train", seed=4, keep=keep)
+    rows = prep.rows("train")[keep]
+    kept = set(zip(f["u"].to_numpy()[rows].tolist(), f["i"].to_numpy()[rows].tolist()))
+    seen = f.groupby("u")["i"].agg(set).to_dict()
+    own = {(int(u), int(i)) for u, row in zip(some.user, some.items) for i in row if i in seen[u]}
+    assert own == kept  # negatives are never the user's items: a list's own items are exactly the kept rows
+    assert len(some) == sum(math.ceil(n / 4) for n in f.iloc[rows].groupby("u").size())
