@@ -21,7 +21,9 @@ class InitialRanking(nn.Module):
     the list's real candidates it scores higher (0 = its top) and n the list's length. The rank is
     computed from the scores, not from the slot, so a permuted list gets permuted inputs (SetRank
     stays permutation-equivariant); lists without an initial ranker (KAR's: all scores 0) get the
-    same field for every candidate."""
+    same field for every candidate. A re-ranker's `personal_dim` (> 0 only with `initial_input`)
+adds the initial ranker's personalised vector of each candidate (PRM §4.2; set from the lists by
+`rlrec.downstream.lists.reranker_factory`)."""
 
     def __init__(self, embed_dim: int):
         super().__init__()
@@ -37,15 +39,19 @@ class InitialRanking(nn.Module):
         return self.proj(feats).unsqueeze(2)  # (B, N, 1, D)
 
 
-def candidate_inputs(embedding, initial: InitialRanking | None, batch: dict) -> torch.Tensor:
-    """(B, N, F·D): every candidate's field embeddings (`FeatureEmbedding.list_fields`), then the
-    initial ranking's field when the re-ranker takes it."""
+def candidate_inputs(embedding, initial: InitialRanking | None, batch: dict, personal_dim: int = 0) -> torch.Tensor:
+    """(B, N, F·D [+ D + P]): every candidate's field embeddings (`FeatureEmbedding.list_fields`), then
+    the initial ranking's field when the re-ranker takes it, then the initial ranker's personalised
+    vector batch["initial_pv"] (B, N, P) when `personal_dim` P > 0 (PRM's pv_i: [x_i ; pv_i])."""
     x = embedding.list_fields(batch)  # (B, N, F, D)
     if initial is not None:
         x = torch.cat([x, initial(batch)], dim=2)
-    return x.flatten(2)
+    x = x.flatten(2)
+    if personal_dim:
+        x = torch.cat([x, batch["initial_pv"].to(x.dtype)], dim=-1)
+    return x
 
 
-def num_inputs(embedding, initial_input: bool) -> int:
+def num_inputs(embedding, initial_input: bool, personal_dim: int = 0) -> int:
     """Width of `candidate_inputs`."""
-    return (embedding.num_fields() + int(initial_input)) * embedding.embed_dim
+    return (embedding.num_fields() + int(initial_input)) * embedding.embed_dim + personal_dim

@@ -27,12 +27,14 @@ class DLCM(nn.Module):
         hidden_dim: int = 64,
         adapter: Callable[..., nn.Module] | None = None,
         initial_input: bool = False,
+        personal_dim: int = 0,
         reverse: bool = False,
     ):
         super().__init__()
         self.embedding = FeatureEmbedding(features, embed_dim, adapter)
         self.initial = InitialRanking(embed_dim) if initial_input else None
-        in_dim = num_inputs(self.embedding, initial_input)
+        self.personal_dim = personal_dim if initial_input else 0
+        in_dim = num_inputs(self.embedding, initial_input, self.personal_dim)
         self.input = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ELU())  # eq. 2's input projection
         self.gru = nn.GRU(hidden_dim, hidden_dim, batch_first=True)
         self.context = nn.Linear(hidden_dim, hidden_dim)
@@ -42,7 +44,7 @@ class DLCM(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         mask = batch["mask"]  # (B, N)
         B, N = mask.shape
-        x = self.input(candidate_inputs(self.embedding, self.initial, batch))  # (B, N, H)
+        x = self.input(candidate_inputs(self.embedding, self.initial, batch, self.personal_dim))  # (B, N, H)
         last = (mask.sum(1) - 1).clamp(min=0)  # (B,) index of the last real candidate
         if self.reverse:  # slot j ↔ last − j among the real candidates, pads stay put (an involution)
             j = torch.arange(N, device=mask.device).expand(B, N)

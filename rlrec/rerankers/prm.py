@@ -42,7 +42,7 @@ class PRM(nn.Module):
         self.embedding = FeatureEmbedding(features, embed_dim, adapter)
         self.initial = InitialRanking(embed_dim) if initial_input else None
         self.personal_dim = personal_dim if initial_input else 0
-        self.proj = nn.Linear(num_inputs(self.embedding, initial_input) + self.personal_dim, model_dim)
+        self.proj = nn.Linear(num_inputs(self.embedding, initial_input, self.personal_dim), model_dim)
         self.position = nn.Embedding(max_len, model_dim)
         layer = nn.TransformerEncoderLayer(model_dim, num_heads, ffn_dim, dropout, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
@@ -54,10 +54,7 @@ class PRM(nn.Module):
         assert self.position.num_embeddings >= N, (
             f"list length {N} > PRM max_len {self.position.num_embeddings}"
         )
-        x = candidate_inputs(self.embedding, self.initial, batch)  # (B, N, F·D)
-        if self.personal_dim:
-            x = torch.cat([x, batch["initial_pv"].to(x.dtype)], dim=-1)  # [x_i ; pv_i]
-        x = self.proj(x)  # (B, N, M)
+        x = self.proj(candidate_inputs(self.embedding, self.initial, batch, self.personal_dim))  # (B, N, M)
         x = x + self.position.weight[:N].unsqueeze(0)
         h = self.encoder(x, src_key_padding_mask=~mask)  # (B, N, M)
         return masked_scores(self.out(h).squeeze(-1), mask)

@@ -29,11 +29,13 @@ class SetRank(nn.Module):
         dropout: float = 0.1,
         adapter: Callable[..., nn.Module] | None = None,
         initial_input: bool = False,
+        personal_dim: int = 0,
     ):
         super().__init__()
         self.embedding = FeatureEmbedding(features, embed_dim, adapter)
         self.initial = InitialRanking(embed_dim) if initial_input else None
-        self.proj = nn.Linear(num_inputs(self.embedding, initial_input), model_dim)
+        self.personal_dim = personal_dim if initial_input else 0
+        self.proj = nn.Linear(num_inputs(self.embedding, initial_input, self.personal_dim), model_dim)
         layer = nn.TransformerEncoderLayer(model_dim, num_heads, ffn_dim, dropout, batch_first=True)
         self.blocks = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.out = nn.Linear(model_dim, 1)
@@ -41,6 +43,6 @@ class SetRank(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         mask = batch["mask"]  # (B, N)
         B, N = mask.shape
-        x = self.proj(candidate_inputs(self.embedding, self.initial, batch))  # (B, N, M)
+        x = self.proj(candidate_inputs(self.embedding, self.initial, batch, self.personal_dim))  # (B, N, M)
         h = self.blocks(x, src_key_padding_mask=~mask)  # (B, N, M)
         return masked_scores(self.out(h).squeeze(-1), mask)

@@ -207,18 +207,22 @@ def test_runs_under_bf16_autocast_close_to_fp32(name, tiny_prep, lists):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-def test_prm_reads_the_personalised_vector_only_with_the_initial_input(tiny_prep, lists):
-    """PRM §4.2: E' = [x_i ; pv_i] + PE_i: with `initial_input` and `personal_dim` the candidate's
-    personalised vector is an input (its gradient flows, changing it changes the scores), padded
-    slots' vectors do not matter; without `initial_input` it is never read."""
+@pytest.mark.parametrize("name", RERANKERS)
+def test_the_personalised_vector_is_read_only_with_the_initial_input(name, tiny_prep, lists):
+    """PRM §4.2: E' = [x_i ; pv_i] + PE_i (and the same input for DLCM and SetRank): with
+    `initial_input` and `personal_dim` the candidate's personalised vector is an input (its gradient
+    flows, changing it changes the scores), padded slots' vectors do not matter; without
+    `initial_input` it is never read."""
     g = torch.Generator().manual_seed(3)
     B, N = lists["items"].shape
     a = {**lists, "initial": torch.randn(B, N, generator=g), "initial_pv": torch.randn(B, N, 5, generator=g)}
     b = {**a, "initial_pv": torch.randn(B, N, 5, generator=g)}
     m = lists["mask"]
-    on = build("prm", tiny_prep.spec, initial_input=True, personal_dim=5, dropout=0.0).eval()
-    off = build("prm", tiny_prep.spec, personal_dim=5, dropout=0.0).eval()
-    assert on.proj.in_features == off.proj.in_features + on.initial.proj.out_features + 5
+    on = build(name, tiny_prep.spec, initial_input=True, personal_dim=5).eval()
+    off = build(name, tiny_prep.spec, personal_dim=5).eval()
+    first = {"prm": "proj", "setrank": "proj", "dlcm": "input"}[name]
+    width = (lambda m: [x for x in m.modules() if isinstance(x, torch.nn.Linear)][0].in_features)
+    assert width(getattr(on, first)) == width(getattr(off, first)) + on.initial.proj.out_features + 5
     with torch.no_grad():
         assert not torch.allclose(on(a)[m], on(b)[m])
         torch.testing.assert_close(off(a), off(b))
