@@ -17,13 +17,13 @@ def masked_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class InitialRanking(nn.Module):
     """The initial ranker's output as one more D-dim field per candidate: Linear([score, rank / n])
-    with batch["initial"] (B, N) the initial ranker's score of each candidate, rank the number of
-    the list's real candidates it scores higher (0 = its top) and n the list's length. The rank is
-    computed from the scores, not from the slot, so a permuted list gets permuted inputs (SetRank
-    stays permutation-equivariant); lists without an initial ranker (KAR's: all scores 0) get the
-    same field for every candidate. A re-ranker's `personal_dim` (> 0 only with `initial_input`)
-adds the initial ranker's personalised vector of each candidate (PRM §4.2; set from the lists by
-`rlrec.downstream.lists.reranker_factory`)."""
+        with batch["initial"] (B, N) the initial ranker's score of each candidate, rank the number of
+        the list's real candidates it scores higher (0 = its top) and n the list's length. The rank is
+        computed from the scores, not from the slot, so a permuted list gets permuted inputs (SetRank
+        stays permutation-equivariant); lists without an initial ranker (KAR's: all scores 0) get the
+        same field for every candidate. A re-ranker's `personal_dim` (> 0 only with `initial_input`)
+    adds the initial ranker's personalised vector of each candidate (PRM §4.2; set from the lists by
+    `rlrec.downstream.lists.reranker_factory`)."""
 
     def __init__(self, embed_dim: int):
         super().__init__()
@@ -39,7 +39,9 @@ adds the initial ranker's personalised vector of each candidate (PRM §4.2; set 
         return self.proj(feats).unsqueeze(2)  # (B, N, 1, D)
 
 
-def candidate_inputs(embedding, initial: InitialRanking | None, batch: dict, personal_dim: int = 0) -> torch.Tensor:
+def candidate_inputs(
+    embedding, initial: InitialRanking | None, batch: dict, personal_dim: int = 0
+) -> torch.Tensor:
     """(B, N, F·D [+ D + P]): every candidate's field embeddings (`FeatureEmbedding.list_fields`), then
     the initial ranking's field when the re-ranker takes it, then the initial ranker's personalised
     vector batch["initial_pv"] (B, N, P) when `personal_dim` P > 0 (PRM's pv_i: [x_i ; pv_i])."""

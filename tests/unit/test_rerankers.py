@@ -221,7 +221,10 @@ def test_the_personalised_vector_is_read_only_with_the_initial_input(name, tiny_
     on = build(name, tiny_prep.spec, initial_input=True, personal_dim=5).eval()
     off = build(name, tiny_prep.spec, personal_dim=5).eval()
     first = {"prm": "proj", "setrank": "proj", "dlcm": "input"}[name]
-    width = (lambda m: [x for x in m.modules() if isinstance(x, torch.nn.Linear)][0].in_features)
+
+    def width(module):
+        return [x for x in module.modules() if isinstance(x, torch.nn.Linear)][0].in_features
+
     assert width(getattr(on, first)) == width(getattr(off, first)) + on.initial.proj.out_features + 5
     with torch.no_grad():
         assert not torch.allclose(on(a)[m], on(b)[m])
