@@ -206,10 +206,10 @@ def score_rows(model: torch.nn.Module, batches) -> tuple[np.ndarray, np.ndarray 
 
 
 def reranker_factory(ctx, node):
-    """The re-ranker `node`'s `_partial_` factory; a re-ranker with `personal_dim` (PRM) that takes
-    the initial ranking (`initial_input`) gets the width of the lists' personalised vectors."""
+    """The re-ranker `node`'s `_partial_` factory; one that takes the initial ranking
+    (`initial_input`) with its personalised vectors (`personal_vector`) gets their width."""
     factory = instantiate(node)
-    if node.get("initial_input") and "personal_dim" in node:
+    if node.get("initial_input") and node.get("personal_vector"):
         pv = rerank_lists(ctx)["train"].pv
         factory = partial(factory, personal_dim=0 if pv is None else int(pv.shape[-1]))
     return factory

@@ -27,13 +27,14 @@ class DLCM(nn.Module):
         hidden_dim: int = 64,
         adapter: Callable[..., nn.Module] | None = None,
         initial_input: bool = False,
+        personal_vector: bool = False,
         personal_dim: int = 0,
         reverse: bool = False,
     ):
         super().__init__()
         self.embedding = FeatureEmbedding(features, embed_dim, adapter)
         self.initial = InitialRanking(embed_dim) if initial_input else None
-        self.personal_dim = personal_dim if initial_input else 0
+        self.personal_dim = personal_dim if initial_input and personal_vector else 0
         in_dim = num_inputs(self.embedding, initial_input, self.personal_dim)
         self.input = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ELU())  # eq. 2's input projection
         self.gru = nn.GRU(hidden_dim, hidden_dim, batch_first=True)

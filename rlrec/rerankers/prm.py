@@ -36,12 +36,13 @@ class PRM(nn.Module):
         max_len: int = 64,
         adapter: Callable[..., nn.Module] | None = None,
         initial_input: bool = False,
+        personal_vector: bool = False,
         personal_dim: int = 0,
     ):
         super().__init__()
         self.embedding = FeatureEmbedding(features, embed_dim, adapter)
         self.initial = InitialRanking(embed_dim) if initial_input else None
-        self.personal_dim = personal_dim if initial_input else 0
+        self.personal_dim = personal_dim if initial_input and personal_vector else 0
         self.proj = nn.Linear(num_inputs(self.embedding, initial_input, self.personal_dim), model_dim)
         self.position = nn.Embedding(max_len, model_dim)
         layer = nn.TransformerEncoderLayer(model_dim, num_heads, ffn_dim, dropout, batch_first=True)

@@ -218,17 +218,20 @@ def test_the_personalised_vector_is_read_only_with_the_initial_input(name, tiny_
     a = {**lists, "initial": torch.randn(B, N, generator=g), "initial_pv": torch.randn(B, N, 5, generator=g)}
     b = {**a, "initial_pv": torch.randn(B, N, 5, generator=g)}
     m = lists["mask"]
-    on = build(name, tiny_prep.spec, initial_input=True, personal_dim=5).eval()
-    off = build(name, tiny_prep.spec, personal_dim=5).eval()
+    on = build(name, tiny_prep.spec, initial_input=True, personal_vector=True, personal_dim=5).eval()
+    off = build(name, tiny_prep.spec, personal_vector=True, personal_dim=5).eval()
+    without = build(name, tiny_prep.spec, initial_input=True, personal_vector=False, personal_dim=5).eval()
     first = {"prm": "proj", "setrank": "proj", "dlcm": "input"}[name]
 
     def width(module):
         return [x for x in module.modules() if isinstance(x, torch.nn.Linear)][0].in_features
 
     assert width(getattr(on, first)) == width(getattr(off, first)) + on.initial.proj.out_features + 5
+    assert width(getattr(without, first)) == width(getattr(on, first)) - 5
     with torch.no_grad():
         assert not torch.allclose(on(a)[m], on(b)[m])
         torch.testing.assert_close(off(a), off(b))
+        torch.testing.assert_close(without(a), without(b))
         pad = {**a, "initial_pv": a["initial_pv"].masked_fill(~m.unsqueeze(-1), 7.0)}
         torch.testing.assert_close(on(pad)[m], on(a)[m])
     a["initial_pv"].requires_grad_(True)
