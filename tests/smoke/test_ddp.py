@@ -31,13 +31,19 @@ def test_backbone_only_under_ddp_on_cpu_runs_the_app_once(tmp_path):
 def test_the_fit_key_depends_on_strategy_devices_and_precision(tmp_path):
     from rlrec.context import Context
 
+    def key(*overrides):
+        return Context(_cfg(tmp_path, *overrides), tmp_path / "run").trainer_key.__repr__()
+
+    ddp = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
     keys = {
-        Context(_cfg(tmp_path, *o), tmp_path / "run").trainer_key.__repr__()
+        key(*o)
         for o in [
-            (),
-            ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"),
-            ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32"),
+            ("trainer.precision=32",),
+            (*ddp, "trainer.precision=32"),
+            (*ddp, "trainer.precision=bf16-mixed"),
             ("trainer.precision=bf16-mixed",),
-        ]  # fmt: skip
+        ]
     }
     assert len(keys) == 4
+    # precision=auto (the default) is what it resolves to on this machine: fp32 or bf16 autocast
+    assert key() in keys and key(*ddp) in keys

@@ -58,7 +58,9 @@ def probe(table) -> Probe:
 def test_validator_prefers_informative_text(world, tmp_path):
     torch.set_num_threads(1)
     prep, true, wrong, v_true, v_wrong, table, enc = world
-    ctx = make_context(tmp_path, prep, encoder=enc)
+    # fp32 fits whatever the CPU (precision=auto picks bf16 autocast where it is faster): the
+    # threshold below was set on fp32 fits
+    ctx = make_context(tmp_path, prep, overrides=("trainer.precision=32",), encoder=enc)
     din = node("rlrec.backbones.din.DIN", embed_dim=8, mlp_dims=[32], attention_dims=[16])
     v = ValidatorFeedback(ctx, None, din, ADAPTER, node("torch.optim.Adam", lr=5e-3), folds=2, max_epochs=20,
                           patience=4, batch_size=64, seed=0)  # fmt: skip
@@ -155,7 +157,9 @@ def test_a_cross_fitted_validator_never_trains_on_a_user_it_scores(world, tmp_pa
     """Fold k's model trains (and early-stops) on the other folds' users only, and scores only fold
     k's users: no user's reward comes from a model that saw that user's labels."""
     prep, true, wrong, v_true, v_wrong, table, enc = world
-    ctx = make_context(tmp_path, prep, encoder=enc)
+    # fp32 fits whatever the CPU (precision=auto picks bf16 autocast where it is faster): the
+    # threshold below was set on fp32 fits
+    ctx = make_context(tmp_path, prep, overrides=("trainer.precision=32",), encoder=enc)
     din = node("rlrec.backbones.din.DIN", embed_dim=8, mlp_dims=[32], attention_dims=[16])
     v = ValidatorFeedback(ctx, None, din, ADAPTER, node("torch.optim.Adam", lr=5e-3), folds=3, max_epochs=1,
                           batch_size=64, seed=0)  # fmt: skip
