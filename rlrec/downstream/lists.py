@@ -162,18 +162,6 @@ def initial_ranker(ctx):
     return ctx.store.stage("initial_ranker", deps, build)
 
 
-def personal_vectors(ctx) -> dict[str, np.ndarray]:
-    """The initial ranker's personalised vector (`score_rows`) of every row of the splits it scores."""
-    art = initial_ranker(ctx)
-    if not art.path(f"{art.data['splits'][0]}_pv.npy").exists():
-        raise ValueError(
-            f"rerank.initial_ranker ({ctx.cfg.rerank.initial_ranker._target_}) has no scoring MLP (`mlp` or `dnn` "
-            "with hidden layers) whose last hidden layer could be PRM's personalised vector: pick a ranker with "
-            "mlp_dims (din, dien, deepfm, fibinet, dcn, autoint) or set reranker.initial_input=false"
-        )
-    return {s: np.load(art.path(f"{s}_pv.npy")) for s in art.data["splits"]}
-
-
 def scoring_mlp(model: torch.nn.Module):
     """The MLP a CTR backbone scores with (`model.mlp`, or `model.dnn`) when it has hidden layers:
     its last hidden layer is PRM's personalised vector. None without one."""
@@ -211,5 +199,14 @@ def reranker_factory(ctx, node):
     factory = instantiate(node)
     if node.get("initial_input") and node.get("personal_vector"):
         pv = rerank_lists(ctx)["train"].pv
-        factory = partial(factory, personal_dim=0 if pv is None else int(pv.shape[-1]))
+        if pv is None and ctx.cfg.rerank.get("initial_ranker") is not None:
+            raise ValueError(
+                f"reranker.personal_vector=true, but rerank.initial_ranker ({ctx.cfg.rerank.initial_ranker._target_}) "
+                "has no scoring MLP (`mlp` or `dnn` with hidden layers) whose last hidden layer could be the "
+                "personalised vector: pick a ranker with mlp_dims (din, dien, deepfm, fibinet, dcn, autoint) or set "
+                "reranker.personal_vector=false"
+            )
+        factory = partial(
+            factory, personal_dim=0 if pv is None else int(pv.shape[-1])
+        )  # no ranker: no vector
     return factory

@@ -17,13 +17,13 @@ def masked_scores(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class InitialRanking(nn.Module):
     """The initial ranker's output as one more D-dim field per candidate: Linear([score, rank / n])
-        with batch["initial"] (B, N) the initial ranker's score of each candidate, rank the number of
-        the list's real candidates it scores higher (0 = its top) and n the list's length. The rank is
-        computed from the scores, not from the slot, so a permuted list gets permuted inputs (SetRank
-        stays permutation-equivariant); lists without an initial ranker (KAR's: all scores 0) get the
-        same field for every candidate. A re-ranker's `personal_dim` (> 0 only with `initial_input`)
-    adds the initial ranker's personalised vector of each candidate (PRM §4.2; set from the lists by
-    `rlrec.downstream.lists.reranker_factory`)."""
+    with batch["initial"] (B, N) the initial ranker's score of each candidate, rank the number of
+    the list's real candidates it scores higher (0 = its top) and n the list's length. The rank is
+    computed from the scores, not from the slot, so a permuted list gets permuted inputs (SetRank
+    stays permutation-equivariant); lists without an initial ranker (KAR's: all scores 0) get the
+    same field for every candidate. A re-ranker's `personal_dim` (> 0 only with `initial_input`
+    and `personal_vector`) adds the initial ranker's personalised vector of each candidate
+    (`candidate_inputs`; PRM §4.2; set from the lists by `rlrec.downstream.lists.reranker_factory`)."""
 
     def __init__(self, embed_dim: int):
         super().__init__()
