@@ -12,6 +12,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# rlrec.layers.compiled kernels run eagerly in tests (same values; compiling each test's shapes would
+# cost minutes): tests/unit/test_layers.py switches compilation on to check compiled == eager
+os.environ.setdefault("RLREC_COMPILE", "0")
 torch.set_num_threads(1)  # tests are many tiny ops: one thread avoids spinning OpenMP workers
 
 ROOT = Path(__file__).resolve().parents[1]

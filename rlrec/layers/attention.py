@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rlrec.layers.compiled import kernel
 from rlrec.layers.mlp import MLP, fused_ok
 
 
@@ -56,49 +57,88 @@ class TargetAttention(nn.Module):
 
 
 class FewFieldAttention(torch.autograd.Function):
-    """softmax(q kᵀ · scale) v over a handful of fields, in batch-last layout: q, k, v (H, d, F, B)
-    → (H, d, F, B). With F ≈ 10 and d ≈ 8 every (sample, head) is a tiny problem: batched matmuls
-    and the fused SDPA kernel pay a per-problem overhead that dominates AutoInt's step on CPU. Here
-    the batch is the innermost, contiguous dimension, so the scores, the softmax, the weighted sum
-    and the hand-written backward are O(F + d) vectorised passes over all B samples at once."""
+    """softmax(q kᵀ · scale) v over a handful of fields, in batch-last layout: qkv (3, H, d, F, B),
+    the stacked q, k, v → (H, d, F, B). With F ≈ 10 and d ≈ 8 every (sample, head) is a tiny problem:
+    batched matmuls and the fused SDPA kernel pay a per-problem overhead that dominates AutoInt's step
+    on CPU. Here the batch is the innermost, contiguous dimension, so the scores, the softmax, the
+    weighted sum and the hand-written backward are O(F + d) vectorised passes over all B samples at
+    once. q, k, v come in (and their gradient goes out) as one stacked tensor: indexing q, k, v out
+    of it under autograd would cost three zero-filled copies of the whole stack in the backward."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        H, d, F_, B = q.shape
-        s = q.new_zeros(H, F_, F_, B)  # s[h, i, j] = Σ_t q[h, t, i] k[h, t, j]
-        for t in range(d):
-            s.addcmul_(q[:, t, :, None], k[:, t, None])
-        if scale != 1.0:
-            s.mul_(scale)
-        a = torch.softmax(s, dim=2)  # over the attended fields j
-        out = q.new_zeros(H, d, F_, B)  # out[h, :, i] = Σ_j a[h, i, j] v[h, :, j]
-        for j in range(F_):
-            out.addcmul_(a[:, None, :, j], v[:, :, j, None])
-        ctx.save_for_backward(q, k, v, a)
+    def forward(ctx, qkv: torch.Tensor, scale: float) -> torch.Tensor:
+        out, a = few_field_attention(qkv, scale)
+        ctx.save_for_backward(qkv, a)
         ctx.scale = scale
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        q, k, v, a = ctx.saved_tensors
-        d, F_ = q.shape[1], q.shape[2]
-        grad = grad.contiguous()
-        grad_a = torch.zeros_like(a)  # ∂L/∂a[h, i, j] = Σ_t g[h, t, i] v[h, t, j]
-        for t in range(d):
-            grad_a.addcmul_(grad[:, t, :, None], v[:, t, None])
-        grad_v = torch.zeros_like(v)  # ∂L/∂v[h, :, j] = Σ_i a[h, i, j] g[h, :, i]
-        for i in range(F_):
-            grad_v.addcmul_(a[:, None, i], grad[:, :, i, None])
-        grad_s = a * (grad_a - (grad_a * a).sum(2, keepdim=True))  # softmax backward
-        if ctx.scale != 1.0:
-            grad_s.mul_(ctx.scale)
-        grad_q, grad_k = torch.zeros_like(q), torch.zeros_like(k)
-        for j in range(F_):  # ∂L/∂q[h, :, i] = Σ_j s'[h, i, j] k[h, :, j]
-            grad_q.addcmul_(grad_s[:, None, :, j], k[:, :, j, None])
-        for i in range(F_):  # ∂L/∂k[h, :, j] = Σ_i s'[h, i, j] q[h, :, i]
-            grad_k.addcmul_(grad_s[:, None, i], q[:, :, i, None])
-        return grad_q, grad_k, grad_v, None
+        qkv, a = ctx.saved_tensors
+        return few_field_attention_grad(grad.contiguous(), qkv, a, ctx.scale), None
+
+
+def _few_field_attention_loops(qkv, scale: float):
+    """`few_field_attention` for eager torch: each sum as O(F + d) in-place passes over (…, B)."""
+    q, k, v = qkv.unbind(0)
+    d, F_ = q.shape[1], q.shape[2]
+    s = q[:, 0, :, None] * k[:, 0, None]  # s[h, i, j] = Σ_t q[h, t, i] k[h, t, j]
+    for t in range(1, d):
+        s.addcmul_(q[:, t, :, None], k[:, t, None])
+    if scale != 1.0:
+        s.mul_(scale)
+    a = torch.softmax(s, dim=2)  # over the attended fields j
+    out = a[:, None, :, 0] * v[:, :, 0, None]  # out[h, :, i] = Σ_j a[h, i, j] v[h, :, j]
+    for j in range(1, F_):
+        out.addcmul_(a[:, None, :, j], v[:, :, j, None])
+    return out, a
+
+
+@kernel(eager=_few_field_attention_loops, dynamic=False)
+def few_field_attention(qkv, scale: float):
+    """qkv (3, H, d, F, B) → out (H, d, F, B), a (H, F, F, B):
+    s[h, i, j] = Σ_t q[h, t, i] k[h, t, j] · scale,   a = softmax_j(s),   out[h, :, i] = Σ_j a[h, i, j] v[h, :, j]."""
+    q, k, v = qkv.unbind(0)
+    a = torch.softmax((q.unsqueeze(3) * k.unsqueeze(2)).sum(1) * scale, dim=2)  # (H, F_i, F_j, B)
+    return (a.unsqueeze(1) * v.unsqueeze(2)).sum(3), a
+
+
+def _few_field_attention_grad_loops(g, qkv, a, scale: float):
+    """`few_field_attention_grad` for eager torch: each sum as O(F + d) in-place passes over (…, B)."""
+    q, k, v = qkv.unbind(0)
+    d, F_ = q.shape[1], q.shape[2]
+    grad_a = g[:, 0, :, None] * v[:, 0, None]
+    for t in range(1, d):
+        grad_a.addcmul_(g[:, t, :, None], v[:, t, None])
+    grad_s = a * (grad_a - (grad_a * a).sum(2, keepdim=True))
+    if scale != 1.0:
+        grad_s.mul_(scale)
+    grad_qkv = torch.empty_like(qkv)
+    grad_q, grad_k, grad_v = grad_qkv.unbind(0)
+    torch.mul(a[:, None, 0], g[:, :, 0, None], out=grad_v)
+    torch.mul(grad_s[:, None, :, 0], k[:, :, 0, None], out=grad_q)
+    torch.mul(grad_s[:, None, 0], q[:, :, 0, None], out=grad_k)
+    for i in range(1, F_):
+        grad_v.addcmul_(a[:, None, i], g[:, :, i, None])
+        grad_q.addcmul_(grad_s[:, None, :, i], k[:, :, i, None])
+        grad_k.addcmul_(grad_s[:, None, i], q[:, :, i, None])
+    return grad_qkv
+
+
+@kernel(eager=_few_field_attention_grad_loops, dynamic=False)
+def few_field_attention_grad(g, qkv, a, scale: float):
+    """∂L/∂qkv of `FewFieldAttention` for the output gradient g (H, d, F, B), a = softmax(s):
+    ∂a[h, i, j] = Σ_t g[h, t, i] v[h, t, j],        ∂v[h, :, j] = Σ_i a[h, i, j] g[h, :, i],
+    ∂s = a ∘ (∂a − Σ_j ∂a ∘ a) · scale,
+    ∂q[h, :, i] = Σ_j ∂s[h, i, j] k[h, :, j],      ∂k[h, :, j] = Σ_i ∂s[h, i, j] q[h, :, i]."""
+    q, k, v = qkv.unbind(0)
+    grad_a = (g.unsqueeze(3) * v.unsqueeze(2)).sum(1)  # (H, F_i, F_j, B)
+    grad_v = (a.unsqueeze(1) * g.unsqueeze(3)).sum(2)  # (H, d, F_j, B)
+    grad_s = a * (grad_a - (grad_a * a).sum(2, keepdim=True)) * scale
+    grad_q = (grad_s.unsqueeze(1) * k.unsqueeze(2)).sum(3)  # (H, d, F_i, B)
+    grad_k = (grad_s.unsqueeze(1) * q.unsqueeze(3)).sum(2)  # (H, d, F_j, B)
+    return torch.stack([grad_q, grad_k, grad_v])
 
 
 class FieldSelfAttention(nn.Module):
@@ -140,7 +180,7 @@ class FieldSelfAttention(nn.Module):
         flat = x.reshape(x.shape[0], F * B)  # (D_in, F·B)
         qkv = (self.qkv.weight @ flat).view(3, self.num_heads, self.head_dim, F, B)
         scale = self.head_dim**-0.5 if self.scale else 1.0
-        out = FewFieldAttention.apply(qkv[0], qkv[1], qkv[2], scale).reshape(-1, F * B)  # (H·d, F·B)
+        out = FewFieldAttention.apply(qkv, scale).reshape(-1, F * B)  # (H·d, F·B)
         if self.residual is not None:
             out = out + self.residual.weight @ flat
         return torch.relu(out).view(-1, F, B)

@@ -6,6 +6,7 @@ table."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -14,10 +15,17 @@ from torch import nn
 from torch.autograd import gradcheck
 
 from rlrec.backbones.dcn import DCN
-from rlrec.layers.attention import FewFieldAttention, FieldSelfAttention, TargetAttention
+from rlrec.layers import compiled
+from rlrec.layers.attention import (
+    FewFieldAttention,
+    FieldSelfAttention,
+    TargetAttention,
+    few_field_attention,
+    few_field_attention_grad,
+)
 from rlrec.layers.embedding import FeatureEmbedding, GatherRows, WeightedBag, gather_rows, weighted_bag
 from rlrec.layers.interaction import BilinearInteraction, CrossNet, FactorizationMachine, bilinear_combination
-from rlrec.layers.mlp import MLP, Dice, DiceTrain
+from rlrec.layers.mlp import MLP, Dice, DiceTrain, dice_backward, dice_forward
 
 
 def reference_attention(q, k, v, scale):
@@ -36,14 +44,15 @@ def assert_same_values_and_gradients(out, ref, inputs):
 
 def test_few_field_attention_matches_definition_and_gradcheck():
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 5, 4, generator=g, dtype=torch.double, requires_grad=True) for _ in range(3))
-    out = FewFieldAttention.apply(q, k, v, 0.7)
+    qkv = torch.randn(3, 2, 3, 5, 4, generator=g, dtype=torch.double, requires_grad=True)
+    out = FewFieldAttention.apply(qkv, 0.7)
     assert out.shape == (2, 3, 5, 4)
-    torch.testing.assert_close(out, reference_attention(q, k, v, 0.7))
-    assert gradcheck(lambda a, b, c: FewFieldAttention.apply(a, b, c, 0.7), (q, k, v))
+    torch.testing.assert_close(out, reference_attention(*qkv, 0.7))
+    assert gradcheck(lambda x: FewFieldAttention.apply(x, 0.7), (qkv,))
     # each output is a convex combination of the value vectors: constant v gives that constant back
-    const = torch.full_like(v, 3.0)
-    torch.testing.assert_close(FewFieldAttention.apply(q, k, const, 1.0), const)
+    const = qkv.detach().clone()
+    const[2] = 3.0
+    torch.testing.assert_close(FewFieldAttention.apply(const, 1.0), const[2])
 
 
 @pytest.mark.parametrize("scale", [True, False])
@@ -244,6 +253,76 @@ def test_large_catalogue_path_equals_per_step_item_table(tiny_prep, tiny_batch, 
         torch.testing.assert_close(a, b)
     n_item = emb.num_user_fields + emb.num_item_fields
     torch.testing.assert_close(small[0][0, n_item:], torch.zeros(emb.num_item_fields, 4))
+
+
+@pytest.fixture()
+def compiling():
+    """rlrec.layers.compiled kernels compile inside the test (conftest turns them off elsewhere)."""
+    was = compiled.enabled()
+    compiled.set_enabled(True)
+    yield
+    compiled.set_enabled(was)
+
+
+def test_compiled_kernels_equal_their_eager_form(compiling):
+    g = torch.Generator().manual_seed(0)
+    x, grad = torch.randn(300, 16, generator=g) * 2 + 0.5, torch.randn(300, 16, generator=g)
+    alpha = torch.rand(16, generator=g)
+    qkv, out_grad = torch.randn(3, 2, 4, 6, 32, generator=g), torch.randn(2, 4, 6, 32, generator=g)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "rlrec: compiling")  # a failed compilation falls back: fail
+        fwd = dice_forward(x, alpha, 1e-8)
+        bwd = dice_backward(grad, x, alpha, fwd[1], fwd[2], fwd[4])
+        att = few_field_attention(qkv, 0.5)
+        att_grad = few_field_attention_grad(out_grad, qkv, att[1], 0.5)
+    cases = [
+        (fwd, dice_forward.eager(x, alpha, 1e-8)),
+        (bwd, dice_backward.eager(grad, x, alpha, fwd[1], fwd[2], fwd[4])),
+        (att, few_field_attention.eager(qkv, 0.5)),
+        ((att_grad,), (few_field_attention_grad.eager(out_grad, qkv, att[1], 0.5),)),
+    ]
+    for got, want in cases:
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # the eager loops are the broadcast definitions, term for term
+    torch.testing.assert_close(few_field_attention.eager(qkv, 0.5), few_field_attention.__wrapped__(qkv, 0.5))
+    torch.testing.assert_close(
+        few_field_attention_grad.eager(out_grad, qkv, att[1], 0.5),
+        few_field_attention_grad.__wrapped__(out_grad, qkv, att[1], 0.5),
+    )
+
+
+def test_kernel_falls_back_to_eager_once_when_compiling_fails(compiling, monkeypatch):
+    calls = []
+
+    def broken_compile(fn, **kw):
+        def run(*a):
+            calls.append(kw)
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+
+    @compiled.kernel
+    def double(x):
+        return x * 2
+
+    x = torch.arange(4.0)
+    with pytest.warns(RuntimeWarning, match="compiling .*double failed .*no C\\+\\+ compiler"):
+        torch.testing.assert_close(double(x), x * 2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "rlrec: compiling")  # warned once; then eager, no new try
+        torch.testing.assert_close(double(x + 1), (x + 1) * 2)
+    assert calls == [{"dynamic": True}]
+    compiled.set_enabled(False)  # switched off: never compiled
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled while switched off"))
+
+    @compiled.kernel
+    def triple(x):
+        return x * 3
+
+    torch.testing.assert_close(triple(x), x * 3)
 
 
 def test_dice_train_node_equals_batch_norm_form_with_running_statistics():
