@@ -580,6 +580,39 @@ def rlrec_side(cfg: dict, prep, seed: int):
     return model, tensors, loss_fn, predict
 
 
+def warm_up(cfg: dict, prep, protocol: dict) -> float:
+    """Build rlrec's compiled kernels (rlrec.layers.compiled) outside the clock: train a throwaway
+    model built from `cfg` one step on a full batch and one on the epoch's last, smaller batch (the
+    two shapes a run compiles for). Returns the seconds it took (0 with RLREC_COMPILE=0); the report
+    gives them, as a once-per-process cost."""
+    import _protocol
+
+    from rlrec.layers import compiled
+
+    if not compiled.enabled():
+        return 0.0
+    t0 = time.perf_counter()
+    model, tensors, loss_fn, _ = rlrec_side(cfg, prep, seed=0)
+    optimizer = _protocol.build_optimizer(model, rlrec_optimizer(), 1e-3)
+    n, b = len(tensors["train"]["label"]), 1024
+    for rows in (slice(0, b), slice(0, n % b or b)):
+        batch = {k: v[rows] for k, v in tensors["train"].items()}
+        _protocol.train_step(model, optimizer, loss_fn, batch, protocol["max_grad_norm"])
+    return time.perf_counter() - t0
+
+
+def cpu_model() -> str:
+    """lscpu's model name and whether the CPU has avx512_bf16 / AMX (what bf16 speed depends on)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+    name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
+    flags = next((ln.split(":", 1)[1].split() for ln in out.splitlines() if ln.startswith("Flags")), [])
+    has = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(has) if has else 'no avx512_bf16, no AMX'})"
+
+
 def run_rlrec(cfg: dict, prep, seed: int, protocol: dict) -> dict:
     import _protocol
 
@@ -821,6 +854,9 @@ def report(results: dict, args, sizes: dict, meta: dict) -> str:
             else f"none ({peer.label}'s fit does not clip)"
         ),
         f"- the shared protocol replaces {peer.label}'s own training loop: {peer.replaced}",
+        "- rlrec's compiled kernels (rlrec.layers.compiled; RLREC_COMPILE=0 switches them off) were built "
+        "before each model's timed runs, once per process, not counted in samples/s: "
+        + ", ".join(f"{m} {r.get('compile_seconds', 0.0):.1f} s" for m, r in results.items()),
         f"- machine: {meta['machine']}",
         f"- command: `python benchmarks/{Path(__file__).name} {' '.join(meta['argv'])}`",
         "",
@@ -859,7 +895,7 @@ def main(argv=None) -> None:
         "rlrec": importlib.metadata.version("rlrec"),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs",
+        "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {cpu_model()}",
         "argv": list(sys.argv[1:] if argv is None else argv),
     }
     with tempfile.TemporaryDirectory(prefix="ctr_peer_") as tmp:
@@ -871,6 +907,7 @@ def main(argv=None) -> None:
             cfg, peer_notes = peer_config(args.peer, name, ycfg) if name in peer.models else (None, [])
             notes = notes + peer_notes
             results[name] = {"rlrec": [], "peer": [], "notes": list(notes)}
+            results[name]["compile_seconds"] = warm_up(ycfg, prep, protocol)
             for k, seed in enumerate(args.seeds):
                 # the machine's speed drifts over minutes: alternate which side runs first
                 sides = ["rlrec", "peer"] if cfg is not None else ["rlrec"]
