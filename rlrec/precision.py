@@ -155,3 +155,12 @@ def autocast(precision: str, device: torch.device | str = "cpu"):
     if str(precision) in ("16-mixed", "16") and device_type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+def full_precision(device: torch.device | str = "cpu"):
+    """Autocast off inside a `bf16-mixed` step: for evaluation forwards whose outputs are ranked or
+    thresholded against each other (CTR probabilities for AUC, a list's candidate scores). A bf16
+    score has 8 significant bits: probabilities near 0.6 collapse onto steps of 0.004 and a list's
+    close scores tie, and ties fall back to the given order. Training keeps bf16; the weights are
+    fp32 in either case."""
+    return torch.autocast(torch.device(device).type, enabled=False)

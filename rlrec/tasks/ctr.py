@@ -12,6 +12,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from rlrec.launch import gather
 from rlrec.metrics import user_auc
+from rlrec.precision import full_precision
 
 
 class CTRTask(pl.LightningModule):
@@ -46,7 +47,8 @@ class CTRTask(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict, stage: str) -> None:
-        logits = self.model(batch).float()  # bf16-mixed: bf16 probabilities near 0.5 all round to one value
+        with full_precision(batch["label"].device):  # bf16 logits near 0 round onto a coarse grid: ties
+            logits = self.model(batch).float()
         prob = torch.sigmoid(logits)
         y = batch["label"]
         self.auc[stage].update(prob, y.long())

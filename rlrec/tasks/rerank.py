@@ -12,6 +12,7 @@ from torch import nn
 
 from rlrec.launch import gather
 from rlrec.metrics import list_metrics, mean_list_metrics
+from rlrec.precision import full_precision
 
 
 def pointwise_bce(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,8 @@ class RerankTask(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch, stage):
-        scores = self.model(batch)
+        with full_precision(batch["labels"].device):  # a list's close bf16 scores tie (→ given order)
+            scores = self.model(batch).float()
         self._outputs[stage].append((scores.detach().cpu(), batch["labels"].cpu(), batch["mask"].cpu()))
 
     def _eval_end(self, stage):

@@ -153,3 +153,35 @@ def test_ctr_fit_under_bf16_mixed_reaches_the_fp32_auc(tiny_prep):
     auc16 = fit_auc(tiny_prep, "bf16-mixed")
     assert auc32 > 0.8, auc32  # the task is learnable, so the comparison means something
     assert abs(auc16 - auc32) < 0.02 and np.isfinite(auc16), (auc16, auc32)
+
+
+def test_eval_steps_score_in_fp32_under_bf16_autocast(tiny_prep):
+    """CTR and re-rank evaluation forwards run with autocast off inside a bf16-mixed step: the
+    scores that AUC and NDCG rank are the fp32 model's, not bf16's 8-bit ones (ties)."""
+    from rlrec.data.ctr import ctr_tensors
+    from rlrec.data.rerank import kar_lists
+    from rlrec.tasks.ctr import CTRTask
+    from rlrec.tasks.rerank import RerankTask
+    from tests.unit.test_backbones import build
+    from tests.unit.test_rerankers import build as build_reranker
+
+    batch = ctr_tensors(tiny_prep, "train")
+    task = CTRTask(build("din", tiny_prep.spec, seed=0), optimizer=torch.optim.Adam).eval()
+    with torch.no_grad():
+        want = task.model(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            coarse = task.model(batch)
+            task._eval_step(batch, "test")
+    got = task._outputs["test"][0][1]
+    assert coarse.dtype == torch.bfloat16 and not torch.equal(coarse.float(), want)  # bf16 would differ
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+    lists = kar_lists(tiny_prep, "train", chunk=3, list_len=6, seed=0).tensors()
+    ranker = RerankTask(build_reranker("setrank", tiny_prep.spec), optimizer=torch.optim.Adam).eval()
+    with torch.no_grad():
+        want = ranker.model(lists)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not torch.equal(ranker.model(lists).float(), want)
+            ranker._eval_step(lists, "test")
+    torch.testing.assert_close(ranker._outputs["test"][0][0], want, rtol=0, atol=0)
