@@ -142,11 +142,8 @@ def test_kv_cache_cap_keeps_fewer_prompts_in_flight_and_the_same_texts():
     for cap, slots in ((None, 64), (1e-5, None)):
         sampler = PrefixSharingSampler(model, [EOS], batch_size=128, kv_cache_gb=cap)
         seen = []  # the cache's shapes while the run holds it
-
-        def shapes(done, sampler=sampler, seen=seen):
-            seen.append((sampler.k_pre.shape, sampler.k_suf.shape))
-
-        sampler.run([Job(i, [1, 2]) for i in ids], 1.0, 1.0, 8, shapes)
+        sampler.run([Job(i, [1, 2]) for i in ids], 1.0, 1.0, 8,
+                    lambda done: seen.append((sampler.k_pre.shape, sampler.k_suf.shape)))  # fmt: skip
         pre, suf = seen[0]
         per_slot = (pre.numel() // pre[1] + suf.numel() // suf[1]) * 4 * 2  # k and v, fp32
         if slots is not None:
