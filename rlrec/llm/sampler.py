@@ -277,12 +277,6 @@ class PrefixSharingSampler:
         queue = sorted(range(len(jobs)), key=lambda i: -len(jobs[i].prompt_ids))  # long first: Lcur shrinks
         queue.reverse()  # pop() from the end
         self.temperature, self.top_p, self.max_new = temperature, top_p, max_new_tokens
-        try:
-            self._serve(jobs, queue, slots, common, on_finished)
-        finally:
-            self._free()
-
-    def _serve(self, jobs, queue, slots, common, on_finished) -> None:
         while queue or self.alive.any():
             free = [s for s in range(slots) if self.slot_job[s] is None]
             done: list[Finished] = []
@@ -322,13 +316,6 @@ class PrefixSharingSampler:
         self.tokens: dict[tuple[int, int], list[int]] = {}
         self.states: dict[tuple[int, int], object] = {}  # constrained rows: (slot, sample) → state
         self.n = n
-
-    def _free(self) -> None:
-        """Drop the KV cache (up to `kv_cache_gb`) once a run is over: the sampler outlives it (the
-        policy keeps it for the next pass), and the stages after sampling (preference training)
-        would otherwise carry the cache through their own peak."""
-        self.k_pre = self.v_pre = self.k_suf = self.v_suf = None
-        self.tokens, self.states = {}, {}
 
     def _common_prefix(self, jobs: list[Job]) -> tuple[int, object] | None:
         """(length, KV cache) of the token prefix every prompt shares, when long enough to pay."""
