@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rlrec.layers.compiled import kernel
 from rlrec.layers.mlp import activation, fused_ok
 
 
@@ -94,15 +95,40 @@ class CrossV1(torch.autograd.Function):
         L = ctx.L
         saved = ctx.saved_tensors
         x0, ws, xs, ss = saved[0], saved[1 : 1 + L], saved[1 + L : 1 + 2 * L], saved[1 + 2 * L :]
-        gx0 = torch.zeros_like(x0)
-        gw, gb = [None] * L, [None] * L
-        for l in reversed(range(L)):
-            gb[l] = g.sum(0)  # ∂/∂b_l
-            gs = (g * x0).sum(1)  # (B,): ∂/∂s_l
-            gx0.addcmul_(g, ss[l])  # x_0 term of layer l
-            gw[l] = xs[l].t() @ gs  # (d,): ∂/∂w_l = Σ_b x_l gs
-            g = torch.addr(g, gs, ws[l])  # ∂/∂x_l = g + gs w_lᵀ
-        return (gx0.add_(g), *gw, *gb)
+        gx0, gw, gb = cross_v1_grad(g.contiguous(), x0, tuple(ws), tuple(xs), tuple(ss))
+        return (gx0, *gw, *gb)
+
+
+def _cross_v1_grad_in_place(g, x0, ws, xs, ss):
+    """`cross_v1_grad` for eager torch: the running gradients updated in place."""
+    L = len(ws)
+    gx0 = torch.zeros_like(x0)
+    gw, gb = [None] * L, [None] * L
+    for l in reversed(range(L)):
+        gb[l] = g.sum(0)
+        gs = (g * x0).sum(1)  # (B,)
+        gx0.addcmul_(g, ss[l])
+        gw[l] = xs[l].t() @ gs  # (d,)
+        g = torch.addr(g, gs, ws[l])
+    return gx0.add_(g), gw, gb
+
+
+@kernel(eager=_cross_v1_grad_in_place, dynamic=False)
+def cross_v1_grad(g, x0, ws, xs, ss):
+    """Gradients of the v1 cross stack for the output gradient g (B, d), layer by layer from the top:
+        ∂b_l = Σ_rows g,   ∂s_l = g · x_0 (per row),   ∂w_l = Σ_rows x_l ∂s_l,
+        ∂x_0 += g s_l,     g ← ∂x_l = g + ∂s_l w_lᵀ;   finally ∂x_0 += g.
+    ws: the L weight vectors (d,); xs: the layer inputs x_l (B, d); ss: s_l = x_lᵀ w_l (B, 1)."""
+    L = len(ws)
+    gx0 = torch.zeros_like(x0)
+    gw, gb = [], []
+    for l in reversed(range(L)):
+        gb.append(g.sum(0))
+        gs = (g * x0).sum(1, keepdim=True)  # (B, 1)
+        gx0 = gx0 + g * ss[l]
+        gw.append((xs[l] * gs).sum(0))  # (d,)
+        g = g + gs * ws[l]
+    return gx0 + g, gw[::-1], gb[::-1]
 
 
 class SqueezeExcitation(nn.Module):

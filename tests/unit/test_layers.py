@@ -24,7 +24,13 @@ from rlrec.layers.attention import (
     few_field_attention_grad,
 )
 from rlrec.layers.embedding import FeatureEmbedding, GatherRows, WeightedBag, gather_rows, weighted_bag
-from rlrec.layers.interaction import BilinearInteraction, CrossNet, FactorizationMachine, bilinear_combination
+from rlrec.layers.interaction import (
+    BilinearInteraction,
+    CrossNet,
+    FactorizationMachine,
+    bilinear_combination,
+    cross_v1_grad,
+)
 from rlrec.layers.mlp import MLP, Dice, DiceTrain, dice_backward, dice_forward
 
 
@@ -275,7 +281,15 @@ def test_compiled_kernels_equal_their_eager_form(compiling):
         bwd = dice_backward(grad, x, alpha, fwd[1], fwd[2], fwd[4])
         att = few_field_attention(qkv, 0.5)
         att_grad = few_field_attention_grad(out_grad, qkv, att[1], 0.5)
+        ws = tuple(
+            torch.randn(16, generator=g) * 0.1 for _ in range(3)
+        )  # gradients stay O(1): fp32 tolerances
+        xs = tuple(torch.randn(300, 16, generator=g) for _ in range(3))
+        ss = tuple(x @ w[:, None] for x, w in zip(xs, ws))
+        cross = cross_v1_grad(grad, x, ws, xs, ss)
+    gx0, gw, gb = cross_v1_grad.eager(grad, x, ws, xs, ss)
     cases = [
+        ((cross[0], *cross[1], *cross[2]), (gx0, *gw, *gb)),
         (fwd, dice_forward.eager(x, alpha, 1e-8)),
         (bwd, dice_backward.eager(grad, x, alpha, fwd[1], fwd[2], fwd[4])),
         (att, few_field_attention.eager(qkv, 0.5)),
