@@ -81,8 +81,13 @@ class Context:
     @property
     def trainer_key(self) -> dict:
         """What of `cfg.trainer` can change a CTR / re-rank fit's result (everything but display
-        settings, precision resolved): part of every such fit's stage key."""
-        return {k: v for k, v in self.trainer_node("ctr").items() if k not in DISPLAY}
+        settings, precision resolved): part of every such fit's stage key. Under bf16 it also says
+        that the fit's validation and test forwards ran in fp32 (`rlrec.precision.full_precision`),
+        so fits scored on bf16 outputs by earlier versions are not reused (fp32 keys are unchanged)."""
+        key = {k: v for k, v in self.trainer_node("ctr").items() if k not in DISPLAY}
+        if precision.is_bf16(key.get("precision", "")):
+            key["eval_precision"] = "32-true"
+        return key
 
     @property
     def llm_trainer_key(self) -> dict:

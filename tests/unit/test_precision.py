@@ -74,6 +74,11 @@ def test_context_resolves_auto_into_every_trainer_and_key(tmp_path, monkeypatch)
     assert ctx.llm_trainer.trainer["precision"] == ctx.llm_precision == "bf16-mixed"
     assert ctx.trainer.trainer["precision"] == "32-true"
     assert ctx.llm_trainer_key["precision"] == "bf16-mixed" and ctx.trainer_key["precision"] == "32-true"
+    assert "eval_precision" not in ctx.trainer_key  # fp32 keys are what they were
+    monkeypatch.setattr(precision, "measure", fake_measure({"llm": 2.0, "ctr": 2.0})[0])
+    monkeypatch.setenv("RLREC_PRECISION_CACHE", str(tmp_path / "other"))
+    bf16 = Context(cfg, tmp_path / "out2").trainer_key
+    assert bf16["precision"] == "bf16-mixed" and bf16["eval_precision"] == "32-true"  # new key under bf16
 
 
 def _sdpo_loss_and_grads(autocast: bool):
