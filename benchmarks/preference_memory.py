@@ -1,0 +1,80 @@
+"""Peak RSS of one TrackRec-sized S-DPO group, in isolation: the embedded SmolLM2-135M with LoRA
+r=8 on q,k,v,o (dropout 0.05), one prompt of ~440 tokens with a chosen and 3 rejected completions
+of 64 tokens, one group per forward (the profile's `preference.batch_size=1`), 4 optimiser steps;
+the reference pass at batch 1, then (with `--val-batch`) at the held-out evaluation's batch.
+
+    python benchmarks/preference_memory.py --precision bf16-mixed --val-batch 4
+    python benchmarks/preference_memory.py --precision 32-true --val-batch 4
+
+Prints RSS and peak RSS (GiB, `rlrec.memory`) after loading, after each reference pass and after
+training: the training step's increment over the loaded model is what the S-DPO stage adds to a
+run's resident state. Run one at a time (peak RSS is per process and never goes down).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--precision", default="bf16-mixed", help="Lightning precision: bf16-mixed or 32-true")
+    ap.add_argument(
+        "--val-batch", type=int, default=4, help="groups per forward of the second reference pass"
+    )
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(HERE))
+    import preference as pb  # the benchmark's model config and word-salad texts
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader
+
+    from rlrec import memory
+    from rlrec.llm.data import PreferenceDataset
+    from rlrec.llm.loading import load_model
+    from rlrec.precision import autocast
+    from rlrec.tasks.preference import PreferenceTask
+
+    torch.set_num_threads(args.threads)
+
+    def report(tag: str) -> None:
+        print(f"{tag}: rss {memory.rss_gb():.2f} GiB, peak {memory.peak_rss_gb():.2f} GiB", flush=True)
+
+    model, tok = load_model(pb.LLM)
+    report("loaded")
+    lora = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": pb.TARGETS}
+    task = PreferenceTask(model, loss="sdpo", beta=0.1, lora=lora, tokenizer=tok,
+                          optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))  # fmt: skip
+    rng = random.Random(0)
+    groups = [{"prompt": pb.text_of(tok, 440, rng) + "\nSummarise the user's preference:",
+               "chosen": pb.text_of(tok, 64, rng), "rejected": [pb.text_of(tok, 64, rng) for _ in range(3)]}
+              for _ in range(8)]  # fmt: skip
+    ds = PreferenceDataset(groups, tok, max_prompt_len=512, max_completion_len=65)
+    loader = DataLoader(ds, batch_size=1, collate_fn=ds.collate)
+    with autocast(args.precision):
+        task.precompute_reference(loader)
+    report("reference, 1 group per forward")
+    if args.val_batch > 1:
+        with autocast(args.precision):
+            task.precompute_reference(DataLoader(ds, batch_size=args.val_batch, collate_fn=ds.collate), "val")
+        report(f"reference, {args.val_batch} groups per forward")
+    trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, precision=args.precision)  # fmt: skip
+    t0 = time.perf_counter()
+    trainer.fit(task, loader)
+    report(f"trained 4 steps ({time.perf_counter() - t0:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
