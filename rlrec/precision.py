@@ -7,8 +7,12 @@ the matmul shapes of rlrec's two workloads in fp32 and under bf16 autocast:
 
 - `llm`: the policy's linear layers (decode batch × hidden → MLP width): sampling, preference
   training (DPO / S-DPO), SFT and an LLM validator;
-- `ctr`: a CTR backbone's / re-ranker's MLP on a training batch: the table's fits and the
-  feedback models.
+- `ctr`: one training step (forward and backward) of DIN's shape, the default backbone and the
+  validator: a Dice-activated attention unit over 1024 × 20 behaviour rows and a ReLU MLP over the
+  batch — the table's fits, the feedback models and the re-rankers. A step, not its matmuls: the
+  fp32 path runs rlrec's fused/compiled CPU kernels (`rlrec.layers`), which under autocast step
+  aside for their plain forms, and DIN's step is mostly elementwise work; on a CPU whose bf16
+  matmuls are 3× faster the whole step can still be slower under bf16.
 
 The result is cached per machine kind (CPU model, its bf16 flags, torch version, thread count) in
 `~/.cache/rlrec/precision/<kind>.json` (`$XDG_CACHE_HOME`, or `$RLREC_PRECISION_CACHE` for the
@@ -37,10 +41,11 @@ log = logging.getLogger("rlrec")
 WORKLOADS = ("llm", "ctr")
 MIN_SPEEDUP = 1.15  # bf16 must win clearly: autocast adds casts the matmul timing does not show
 # (batch, in, out) of the matmuls each workload spends its time in
-SHAPES = {
-    "llm": [(128, 576, 1536), (128, 1536, 576), (512, 576, 576)],
-    "ctr": [(1024, 256, 256), (1024, 256, 128)],
-}
+SHAPES = {"llm": [(128, 576, 1536), (128, 1536, 576), (512, 576, 576)]}
+# DIN's training step: attention-unit rows (batch × behaviours), their width (4 × 3 item fields × 16,
+# split as rlrec does: 2 × 48), the unit's hidden width (Dice), batch, MLP input and widths
+CTR_STEP = {"rows": 20480, "d_in": 96, "hidden": 64, "batch": 1024, "mlp_in": 256, "mlp_dims": (256, 128)}
+PROBE_VERSION = 2  # 2: the ctr workload is a training step (1: its matmuls)
 BF16 = "bf16-mixed"
 FP32 = "32-true"
 
@@ -62,6 +67,7 @@ def cpu_identity() -> dict:
         "bf16_flags": wanted,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "probe": PROBE_VERSION,
     }
 
 
@@ -75,27 +81,55 @@ def _time(fn, repeats: int = 5) -> float:
     return best
 
 
-@torch.inference_mode()
-def measure(shapes=SHAPES, repeats: int = 5) -> dict:
-    """{workload: {"fp32_ms", "bf16_ms", "speedup"}}: the workload's matmuls (forward), best of
-    `repeats`, in fp32 and under CPU bf16 autocast (weights stay fp32, as in autocast training)."""
+def measure(shapes=SHAPES, repeats: int = 5, ctr_step: dict | None = CTR_STEP) -> dict:
+    """{workload: {"fp32_ms", "bf16_ms", "speedup"}}, best of `repeats`, in fp32 and under CPU bf16
+    autocast (weights stay fp32, as in autocast training): each of `shapes`' workloads times its
+    matmuls (forward); `ctr` times `ctr_step`'s training step (`_ctr_step`)."""
     gen = torch.Generator().manual_seed(0)
     out = {}
     for workload, dims in shapes.items():
         mats = [(torch.randn(b, i, generator=gen), torch.randn(o, i, generator=gen)) for b, i, o in dims]
 
+        @torch.inference_mode()
         def run(mats=mats):
             for x, w in mats:
                 torch.nn.functional.linear(x, w)
 
-        def run_bf16(run=run):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                run()
-
-        fp32, bf16 = _time(run, repeats), _time(run_bf16, repeats)
-        out[workload] = {"fp32_ms": float(f"{fp32 * 1e3:.4g}"), "bf16_ms": float(f"{bf16 * 1e3:.4g}"),
-                         "speedup": float(f"{fp32 / bf16:.4g}")}  # fmt: skip
+        out[workload] = _compare(run, repeats)
+    if ctr_step is not None:  # a training step, whatever grad mode the caller is in
+        with torch.inference_mode(False), torch.enable_grad():
+            out["ctr"] = _compare(_ctr_step(gen, **ctr_step), repeats)
     return out
+
+
+def _compare(run, repeats: int) -> dict:
+    def run_bf16():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            run()
+
+    fp32, bf16 = _time(run, repeats), _time(run_bf16, repeats)
+    return {"fp32_ms": float(f"{fp32 * 1e3:.4g}"), "bf16_ms": float(f"{bf16 * 1e3:.4g}"),
+            "speedup": float(f"{fp32 / bf16:.4g}")}  # fmt: skip
+
+
+def _ctr_step(gen, rows: int, d_in: int, hidden: int, batch: int, mlp_in: int, mlp_dims):
+    """A training step of DIN's shape with rlrec's own layers: Dice attention unit on (rows, d_in)
+    and a ReLU MLP on (batch, mlp_in), forward (under the caller's autocast, if any) and backward."""
+    from rlrec.layers.mlp import MLP
+
+    torch.manual_seed(0)
+    unit, top = MLP(d_in, (hidden,), 1, activation_fn="dice"), MLP(mlp_in, tuple(mlp_dims), 1)
+    x, z = torch.randn(rows, d_in, generator=gen), torch.randn(batch, mlp_in, generator=gen)
+    params = [*unit.parameters(), *top.parameters()]
+
+    def step():
+        loss = unit(x).float().mean() + top(z).float().mean()
+        with torch.autocast("cpu", enabled=False):
+            loss.backward()
+        for p in params:
+            p.grad = None
+
+    return step
 
 
 def machine_cache() -> Path:
@@ -117,7 +151,7 @@ def probe(cache_dir: str | Path | None = None) -> dict:
         except (OSError, json.JSONDecodeError):
             pass  # unreadable: measure again and replace it
     result = {**ident, "min_speedup": MIN_SPEEDUP, "workloads": measure()}
-    log.info("precision=auto: bf16 vs fp32 matmuls on %s (%s): %s", ident["cpu"],
+    log.info("precision=auto: bf16 vs fp32 on %s (%s): %s", ident["cpu"],
              ", ".join(ident["bf16_flags"]) or "no bf16 flags",
              ", ".join(f"{w} {v['speedup']:.2f}x" for w, v in result["workloads"].items()))  # fmt: skip
     try:

@@ -54,7 +54,8 @@ def test_auto_needs_a_clear_win_and_explicit_values_pass_through(tmp_path, monke
 
 
 def test_measure_times_both_workloads():
-    out = precision.measure(shapes={"llm": [(8, 16, 16)], "ctr": [(8, 16, 4)]}, repeats=2)
+    step = {"rows": 64, "d_in": 8, "hidden": 4, "batch": 16, "mlp_in": 8, "mlp_dims": (8,)}
+    out = precision.measure(shapes={"llm": [(8, 16, 16)]}, repeats=2, ctr_step=step)
     assert set(out) == {"llm", "ctr"}
     for v in out.values():
         assert v["fp32_ms"] > 0 and v["bf16_ms"] > 0
