@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from rlrec.cache import atomic_write_json, fingerprint
+from rlrec.layers import compiled
 
 log = logging.getLogger("rlrec")
 
@@ -51,7 +52,8 @@ FP32 = "32-true"
 
 
 def cpu_identity() -> dict:
-    """What decides bf16 speed on this CPU: model name and its bf16 / AMX flags, torch, threads."""
+    """What decides bf16 speed on this CPU: model name and its bf16 / AMX flags, torch, threads, and
+    what the probe runs (its version, whether rlrec's kernels compile)."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -68,6 +70,8 @@ def cpu_identity() -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "probe": PROBE_VERSION,
+        # the fp32 CTR step runs compiled kernels or their eager forms (RLREC_COMPILE): other timings
+        "compiled_kernels": compiled.enabled(),
     }
 
 

@@ -53,6 +53,15 @@ def test_auto_needs_a_clear_win_and_explicit_values_pass_through(tmp_path, monke
         precision.resolve("auto", "vision", "cpu", tmp_path)
 
 
+def test_machine_kind_names_what_the_probe_runs(monkeypatch):
+    from rlrec.layers import compiled
+
+    ident = precision.cpu_identity()
+    assert ident["probe"] == precision.PROBE_VERSION and ident["compiled_kernels"] == compiled.enabled()
+    monkeypatch.setattr(compiled, "_state", {"enabled": not compiled.enabled()})
+    assert precision.cpu_identity()["compiled_kernels"] != ident["compiled_kernels"]  # another kind
+
+
 def test_measure_times_both_workloads():
     step = {"rows": 64, "d_in": 8, "hidden": 4, "batch": 16, "mlp_in": 8, "mlp_dims": (8,)}
     out = precision.measure(shapes={"llm": [(8, 16, 16)]}, repeats=2, ctr_step=step)
