@@ -1,9 +1,9 @@
-"""`trainer.precision=auto`: bf16 autocast where this machine's bf16 matmuls are faster than fp32,
-fp32 elsewhere — decided by measurement, once per machine kind.
+"""`trainer.precision=auto`: bf16 autocast where this machine runs a workload faster under bf16 than
+in fp32, fp32 elsewhere — decided by measurement, once per machine kind.
 
 CPUs of one cloud machine type differ: some have native bf16 (avx512_bf16, AMX) and run bf16
 matmuls faster than fp32; others emulate bf16 and run it several times slower. `probe()` times
-the matmul shapes of rlrec's two workloads in fp32 and under bf16 autocast:
+rlrec's two workloads in fp32 and under bf16 autocast:
 
 - `llm`: the policy's linear layers (decode batch × hidden → MLP width): sampling, preference
   training (DPO / S-DPO), SFT and an LLM validator;
@@ -14,9 +14,11 @@ the matmul shapes of rlrec's two workloads in fp32 and under bf16 autocast:
   aside for their plain forms, and DIN's step is mostly elementwise work; on a CPU whose bf16
   matmuls are 3× faster the whole step can still be slower under bf16.
 
-The result is cached per machine kind (CPU model, its bf16 flags, torch version, thread count) in
+The result is cached per machine kind (CPU model, its bf16 flags, torch version, thread count, probe
+version, whether rlrec's kernels compile) in
 `~/.cache/rlrec/precision/<kind>.json` (`$XDG_CACHE_HOME`, or `$RLREC_PRECISION_CACHE` for the
-folder), so the probe runs once per machine (~2 s) whatever run or cache_dir asks.
+folder), so the probe runs once per machine (~6 s, plus the kernels' first compilation) whatever
+run or cache_dir asks.
 `resolve("auto", workload)` gives Lightning's precision string for that workload: `bf16-mixed`
 when bf16 was ≥ `MIN_SPEEDUP`× faster, else `32-true`. On a CUDA GPU, `auto` is `bf16-mixed` where the GPU supports bf16. An
 explicit precision (`32-true`, `bf16-mixed`, …) is used as given.
