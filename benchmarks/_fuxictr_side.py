@@ -120,6 +120,42 @@ def build(name: str, cfg: dict, meta: dict, zoo: Path, lr: float):
     )
 
 
+def skipped_tables(model) -> list:
+    """The tables FuxiCTR 2.3.10's init leaves at PyTorch's N(0, 1), with the initializer their layer
+    declares: `FeatureEmbeddingDict.init_weights` skips every field marked `share_embedding`, also in
+    a layer built with `use_sharing=False` (the LR layer's 1-d tables of DeepFM / FiBiNET), where
+    such a field has a table of its own."""
+    import torch
+    from fuxictr.pytorch.layers import FeatureEmbeddingDict
+
+    out = []
+    for m in model.modules():
+        if isinstance(m, FeatureEmbeddingDict):
+            for field, table in m.embedding_layers.items():
+                shared = m._feature_map.features[field].get("share_embedding")
+                if (
+                    shared
+                    and type(table) is torch.nn.Embedding
+                    and (shared not in m.embedding_layers or table is not m.embedding_layers[shared])
+                ):
+                    out.append((table, m.embedding_initializer))
+    return out
+
+
+def init_as_declared(tables: list) -> None:
+    """Give each of `skipped_tables` its layer's declared initializer (N(0, 1e-4), padding row 0),
+    as init_weights does for every other table."""
+    import torch
+
+    with torch.no_grad():
+        for table, initializer in tables:
+            if table.padding_idx is not None:
+                initializer(table.weight[1:, :])
+                table.weight[table.padding_idx].zero_()
+            else:
+                initializer(table.weight)
+
+
 def model_inputs(arrays: dict, split: str, meta: dict) -> dict:
     """The split as the dict `get_inputs` reads: one (N,) int64 tensor per field, one (N, L) per
     history sequence ("hist_<item field>"), float labels. neg_hist_* are not inputs: with FuxiCTR's
@@ -166,6 +202,7 @@ def main() -> None:
     protocol = cfg.pop("protocol")
     lr = protocol.get("lr", 1e-3)
     fused = bool(cfg.pop("fused_adam", False))  # ctr_peer.py --peer-fused-adam: not the library's default
+    as_shipped = bool(cfg.pop("as_shipped", False))  # ctr_peer.py --peer-as-shipped: keep the N(0, 1) tables
     zoo = Path(args.model_zoo)
 
     with np.load(args.npz, allow_pickle=False) as z:
@@ -179,6 +216,9 @@ def main() -> None:
 
     seed_everything(args.seed)  # FuxiCTR's own seeding (random, numpy, torch), as its run_expid.py
     model = build(args.model, cfg, meta, zoo, lr)
+    skipped = skipped_tables(model)
+    if not as_shipped:
+        init_as_declared(skipped)
     tensors = {split: model_inputs(arrays, split, meta) for split in SPLITS}
 
     def loss_fn(m, batch):  # BaseModel.train_step's loss
@@ -208,7 +248,17 @@ def main() -> None:
         model_zoo_commit=commit.read_text().strip() if commit.exists() else "unknown",
         torch_version=torch.__version__,
         threads=torch.get_num_threads(),
-        notes=[],
+        notes=[
+            f"peer: {len(skipped)} LR table(s) of share_embedding fields, which FuxiCTR 2.3.10's "
+            "init_weights skips (PyTorch's N(0, 1) start), "
+            + (
+                "kept as shipped (--peer-as-shipped)"
+                if as_shipped
+                else "initialised N(0, 1e-4) as the layer declares"
+            )
+        ]
+        if skipped
+        else [],
     )
     print(json.dumps(result))
 

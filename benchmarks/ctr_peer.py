@@ -154,7 +154,7 @@ REFERENCE = {
         "scale": False,
     },
     "fibinet": {**PLAIN, "mlp_dims": MLP},
-    "fignn": {"embed_dim": 16},
+    "fignn": {"embed_dim": 16, "self_attention": False},  # the peer's FiGNN has no §3.3 layer
 }
 
 
@@ -192,6 +192,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--peer-fused-adam",
         action="store_true",
         help="give the peer torch's fused Adam too (its compile('adam') builds the loop version)",
+    )
+    ap.add_argument(
+        "--peer-as-shipped",
+        action="store_true",
+        help="FuxiCTR: keep the N(0, 1) start of the LR tables its init skips (share_embedding fields "
+        "of DeepFM / FiBiNET); by default they are initialised N(0, 1e-4), as the peer declares",
     )
     ap.add_argument(
         "--reference",
@@ -430,8 +436,7 @@ def fuxictr_config(name: str, c: dict) -> tuple[dict, list[str]]:
     )
     first_order = (
         "first-order term: the peer's LR layer gives each history field its own 1-d table (not the item's), "
-        "sum-pooled, and its init skips tables of fields marked share_embedding, so these start N(0, 1) "
-        "(PyTorch's default) instead of N(0, 1e-4); rlrec: the item's first-order weights, mean-pooled"
+        "sum-pooled; rlrec: the item's first-order weights, mean-pooled"
     )
     if name == "din":
         zoo, cls = "DIN", "DIN"
@@ -541,9 +546,13 @@ def fuxictr_config(name: str, c: dict) -> tuple[dict, list[str]]:
             "use_gru": True,
             "reuse_graph_layer": True,  # one W_in / W_out set for every step, as rlrec
         }
+        if c.get("self_attention", True):
+            notes.append(
+                f"peer has no multi-head self-attention layer before the graph (§3.3): its node states are "
+                f"the {c['embed_dim']}-wide field embeddings (rlrec: {c['num_heads']} heads x {c['head_dim']}; "
+                "self_attention=false removes it)"
+            )
         notes += [
-            f"peer has no multi-head self-attention layer before the graph (§3.3): its node states are the "
-            f"{c['embed_dim']}-wide field embeddings (rlrec: {c['num_heads']} heads x {c['head_dim']})",
             "scoring: the peer weighs the nodes by sigmoid(W [h_1 ... h_F]) from all states at once and "
             "scores each by a linear map; rlrec: a_i = MLP_2(h_i), y_i = MLP_1(h_i) per node",
         ]
@@ -644,7 +653,14 @@ def peer_command(name: str, npz: Path, seed: int, cfg: dict, protocol: dict, arg
         "--threads",
         str(args.threads),
         "--config",
-        json.dumps({**cfg, "protocol": protocol, "fused_adam": args.peer_fused_adam}),
+        json.dumps(
+            {
+                **cfg,
+                "protocol": protocol,
+                "fused_adam": args.peer_fused_adam,
+                **({"as_shipped": True} if args.peer_as_shipped else {}),
+            }
+        ),
     ]
     return cmd, env
 

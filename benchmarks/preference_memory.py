@@ -5,6 +5,7 @@ the reference pass at batch 1, then (with `--val-batch`) at the held-out evaluat
 
     python benchmarks/preference_memory.py --precision bf16-mixed --val-batch 4
     python benchmarks/preference_memory.py --precision 32-true --val-batch 4
+    python benchmarks/preference_memory.py --precision bf16-mixed --val-batch 4 --checkpoint-prompt true
 
 Prints RSS and peak RSS (GiB, `rlrec.memory`) after loading, after each reference pass and after
 training: the training step's increment over the loaded model is what the S-DPO stage adds to a
@@ -33,6 +34,12 @@ def main(argv=None) -> None:
         "--val-batch", type=int, default=4, help="groups per forward of the second reference pass"
     )
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--checkpoint-prompt",
+        choices=("true", "false"),
+        default="false",
+        help="recompute the prompt pass in the backward (preference.task.checkpoint_prompt)",
+    )
     args = ap.parse_args(argv)
     sys.path.insert(0, str(HERE))
     import preference as pb  # the benchmark's model config and word-salad texts
@@ -55,6 +62,7 @@ def main(argv=None) -> None:
     report("loaded")
     lora = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": pb.TARGETS}
     task = PreferenceTask(model, loss="sdpo", beta=0.1, lora=lora, tokenizer=tok,
+                          checkpoint_prompt=args.checkpoint_prompt == "true",
                           optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))  # fmt: skip
     rng = random.Random(0)
     groups = [{"prompt": pb.text_of(tok, 440, rng) + "\nSummarise the user's preference:",

@@ -24,7 +24,10 @@ class FiGNN(nn.Module):
         a_i^t = W_in^i Σ_j A[i, j] W_out^j h_j^{t−1} + b_p        (per-node edge transformation)
         h_i^t = GRU(h_i^{t−1}, a_i^t) + h_i¹                        (state update + residual, eqs. 8–10)
     Scoring: ŷ_i = MLP_1(h_i^T), a_i = MLP_2(h_i^T), logit = Σ_i a_i ŷ_i (eqs. 11–12; the sigmoid is
-    left to the loss). Knowledge fields (if any) are nodes of the graph like every other field."""
+    left to the loss). Knowledge fields (if any) are nodes of the graph like every other field.
+
+    `self_attention=False` drops the §3.3 layer: the node states H¹ are the D-wide field embeddings
+    themselves (FuxiCTR's FiGNN, the BARS benchmark's)."""
 
     def __init__(
         self,
@@ -33,6 +36,7 @@ class FiGNN(nn.Module):
         num_heads: int = 2,
         head_dim: int = 16,
         num_layers: int = 3,
+        self_attention: bool = True,
         residual: bool = True,
         leaky_slope: float = 0.2,
         score_dims: tuple[int, ...] = (),
@@ -42,9 +46,11 @@ class FiGNN(nn.Module):
         self.embedding = FeatureEmbedding(features, embed_dim, adapter)
         self.num_layers, self.residual, self.leaky_slope = num_layers, residual, leaky_slope
         F = self.embedding.num_fields(pool_history=True)
-        d = num_heads * head_dim
+        d = num_heads * head_dim if self_attention else embed_dim
         # multi-head self-attention layer (§3.3): (B, F, D) → (B, F, d)
-        self.self_attention = FieldSelfAttention(embed_dim, head_dim, num_heads)
+        self.self_attention = (
+            FieldSelfAttention(embed_dim, head_dim, num_heads) if self_attention else nn.Identity()
+        )
         self.edge_attention = nn.Linear(2 * d, 1, bias=False)  # W_w, eq. 4
         self.w_out = nn.Parameter(torch.empty(F, d, d))  # W_out^j, one per (source) node
         self.w_in = nn.Parameter(torch.empty(F, d, d))  # W_in^i, one per (target) node

@@ -97,6 +97,7 @@ def shared_prompt_logps(
     prompt_mask: torch.Tensor,
     completion_ids: torch.Tensor,
     completion_mask: torch.Tensor,
+    checkpoint_prompt: bool = False,
 ) -> torch.Tensor:
     """Summed completion log-probs when each of B prompts has R/B completions, rows laid out
     [completion_1 (B); completion_2 (B); …] (the preference batch's [chosen; rejected_1; …]).
@@ -106,6 +107,14 @@ def shared_prompt_logps(
     as a second forward on top of it. Gradients reach the prompt's activations through the
     cache, so this equals `completion_logps` on the concatenated sequences — with the prompt
     computed once instead of R/B times (S-DPO with K negatives: K+1 times). → (R,).
+
+    `checkpoint_prompt` (with gradients on): the prompt pass keeps only its KV cache and last
+    logits, not its activations, and runs again in the backward (`torch.utils.checkpoint`,
+    non-reentrant: dropout masks and autocast replayed), so a step holds the prompt's or the
+    completions' activations at a time, not both — for one TrackRec group (~460 prompt tokens,
+    4 × 64 completion tokens) the prompt's are most of them. Same values and gradients; the
+    prompt's forward runs twice. The cache stays read-only: the completion pass appends to it by
+    concatenation, never in place, which is what checkpointing a cached forward needs.
     """
     B, R = len(prompt_ids), len(completion_ids)
     assert R % B == 0, f"{R} completions for {B} prompts"
@@ -117,22 +126,30 @@ def shared_prompt_logps(
     completion_ids, completion_mask = completion_ids[order], completion_mask[order]
 
     prompt_pos = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens from 0
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True,
-                logits_to_keep=1)  # fmt: skip
-    cache = out.past_key_values
+
+    def prompt_pass():
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True,
+                    logits_to_keep=1)  # fmt: skip
+        return out.logits[:, -1], out.past_key_values
+
+    if checkpoint_prompt and torch.is_grad_enabled():
+        last_logits, cache = torch.utils.checkpoint.checkpoint(prompt_pass, use_reentrant=False)
+    else:
+        last_logits, cache = prompt_pass()
     cache.batch_repeat_interleave(copies)
     # (R, V): the prompt's last position predicts each completion's first token
-    first_logits = out.logits[:, -1].repeat_interleave(copies, 0)
+    first_logits = last_logits.repeat_interleave(copies, 0)
 
-    prompt_mask = prompt_mask.repeat_interleave(copies, 0)  # (R, P)
+    # a new name: prompt_pass reads prompt_mask again when the backward recomputes it
+    repeated_mask = prompt_mask.repeat_interleave(copies, 0)  # (R, P)
     C = completion_ids.shape[1]
-    positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(C, device=completion_ids.device)  # (R, C)
+    positions = repeated_mask.sum(-1, keepdim=True) + torch.arange(C, device=completion_ids.device)  # (R, C)
     keep = torch.zeros_like(completion_mask)
     keep[:, :-1] = completion_mask[:, 1:]  # position t predicts completion token t+1
     out = model(
         input_ids=completion_ids,
         # the completion tokens are exactly the real (non-pad) ones
-        attention_mask=torch.cat([prompt_mask, completion_mask.long()], 1),
+        attention_mask=torch.cat([repeated_mask, completion_mask.long()], 1),
         position_ids=positions,
         past_key_values=cache,
         logits_to_keep=keep,

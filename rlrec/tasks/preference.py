@@ -39,6 +39,7 @@ class PreferenceTask(LLMTask):
         reference: str = "current",
         average_logps: bool = False,
         share_prompt: bool = True,
+        checkpoint_prompt: bool = False,
         adapter_path: str | None = None,
         tokenizer=None,
         config: dict | None = None,
@@ -59,6 +60,8 @@ class PreferenceTask(LLMTask):
         self.average_logps = average_logps  # per-token mean log-probs (IPO's convention) instead of sums
         # run each prompt once for its 1+K completions (same values, less work)
         self.share_prompt = share_prompt
+        # with share_prompt: recompute the prompt's activations in the backward instead of keeping them
+        self.checkpoint_prompt = checkpoint_prompt
         # split → (chosen (N,), rejected (N, K)) reference log-probs, indexed by example index
         self.refs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -68,6 +71,7 @@ class PreferenceTask(LLMTask):
             logps = shared_prompt_logps(
                 self.model, batch["prompt_input_ids"], batch["prompt_attention_mask"],
                 batch["completion_input_ids"], batch["completion_attention_mask"],
+                checkpoint_prompt=self.checkpoint_prompt,
             )  # fmt: skip
         else:
             logps = self.completion_logps(batch)  # ((1+K)·B,)

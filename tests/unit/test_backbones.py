@@ -115,6 +115,23 @@ def test_dien_without_auxiliary_loss_never_runs_its_net(tiny_prep, tiny_batch):
     assert aux is not None and aux.item() > 0  # α > 0: −log σ terms, positive
 
 
+def test_fignn_without_self_attention_starts_the_graph_from_the_field_embeddings(tiny_prep, tiny_batch):
+    model = build("fignn", tiny_prep.spec, self_attention=False).train()
+    assert not any("self_attention" in n for n, _ in model.named_parameters())
+    D, F = 16, model.embedding.num_fields(pool_history=True)
+    assert (
+        model.w_in.shape == (F, D, D) and model.gru.hidden_size == D
+    )  # node states D wide, not heads x head_dim
+    states = []
+    model.gru.register_forward_hook(lambda m, args, out: states.append(args[1]))
+    model(tiny_batch)
+    fields = model.embedding(tiny_batch, pool_history=True)  # H¹: the GRU's first hidden state
+    torch.testing.assert_close(states[0], fields.reshape(-1, D))
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(tiny_batch), tiny_batch["label"])
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
 @pytest.mark.parametrize("name", BACKBONES)
 def test_plain_forms_equal_the_fused_kernels_and_run_under_bf16_autocast(
     name, tiny_prep, tiny_batch, monkeypatch

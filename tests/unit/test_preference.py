@@ -116,7 +116,8 @@ def test_completion_logps_matches_full_logits():
     assert torch.allclose(fast, sequence_logps(full, batch["input_ids"], batch["completion_mask"]), atol=1e-4)
 
 
-def test_shared_prompt_logps_equal_full_sequences_in_value_and_gradient():
+@pytest.mark.parametrize("checkpoint_prompt", [False, True])
+def test_shared_prompt_logps_equal_full_sequences_in_value_and_gradient(checkpoint_prompt):
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(
@@ -131,13 +132,45 @@ def test_shared_prompt_logps_equal_full_sequences_in_value_and_gradient():
     grads_full = torch.autograd.grad(full.sum(), [p for p in model.parameters() if p.requires_grad])
     shared = shared_prompt_logps(
         model, b["prompt_input_ids"], b["prompt_attention_mask"], b["completion_input_ids"],
-        b["completion_attention_mask"],
+        b["completion_attention_mask"], checkpoint_prompt=checkpoint_prompt,
     )  # fmt: skip
     grads_shared = torch.autograd.grad(shared.sum(), [p for p in model.parameters() if p.requires_grad])
     assert torch.allclose(full, shared, atol=1e-4), (full, shared)
     assert full.view(4, 3)[2:, 1].eq(0).all()  # the missing negatives score 0
     for g1, g2 in zip(grads_full, grads_shared):
         assert torch.allclose(g1, g2, atol=1e-4, rtol=1e-3)
+
+
+def test_checkpointed_prompt_replays_dropout_and_frees_the_prompt_activations():
+    """With LoRA dropout in training mode, the recomputed prompt pass draws the same masks: values and
+    gradients equal the kept-activations pass under the same seed; and the forward keeps fewer saved
+    tensors alive (the prompt's are recomputed in the backward)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        tiny_llama(),
+        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.3, init_lora_weights=False),
+    ).train()
+    ds = PreferenceDataset(pref_examples(2, seed=3, k=2), CharTokenizer())
+    b = ds.collate([ds[i] for i in range(2)])
+    params = [p for p in model.parameters() if p.requires_grad]
+    runs = {}
+    for ckpt in (False, True):
+        saved = []
+        torch.manual_seed(11)
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t, s=saved: s.append(t.numel()) or t, lambda t: t
+        ):
+            logps = shared_prompt_logps(
+                model, b["prompt_input_ids"], b["prompt_attention_mask"], b["completion_input_ids"],
+                b["completion_attention_mask"], checkpoint_prompt=ckpt,
+            )  # fmt: skip
+        runs[ckpt] = (logps, torch.autograd.grad(logps.sum(), params), sum(saved))
+    (v0, g0, n0), (v1, g1, n1) = runs[False], runs[True]
+    assert torch.equal(v0, v1)
+    for a, c in zip(g0, g1):
+        assert torch.allclose(a, c, atol=1e-6)
+    assert n1 < n0, (n1, n0)
 
 
 # --- losses ---------------------------------------------------------------------------------
