@@ -2,7 +2,7 @@
 same pairs, the embedded SmolLM2-135M, LoRA r=8 on q,k,v,o, reference log-probs precomputed on
 both sides, prompt ~256 + responses ~128 tokens, 2 pairs per step.
 
-    python benchmarks/preference.py --steps 20            # the measurement (machine otherwise idle): rlrec, trl, trl_fp32
+    python benchmarks/preference.py --steps 20            # the measurement (machine otherwise idle): rlrec, rlrec_kept, trl, trl_fp32
     python benchmarks/preference.py --steps 3             # a smoke check that both sides run
     python benchmarks/preference.py --sides rlrec,rlrec_unshared   # what running each prompt once buys
 
@@ -10,10 +10,12 @@ The two run one after the other in this process (never two timed things at once:
 that distorts both), each on a freshly loaded base model. Rates are pairs/s over the steps
 after the first (the first pays allocator and autograd warm-up); the reference pass is timed
 apart; per-step process CPU seconds are printed too (steadier than wall time when other jobs
-share the cores). Sides: `rlrec` (its default `precision=auto`, no gradient checkpointing), `trl`
-(trl's DPOTrainer with its own defaults), `trl_fp32` (fp32, gradient checkpointing off); each prints
-its settings. The last lines are `ratio_trl: X`, `ratio_trl_fp32: X` (rlrec pairs/s ÷ that side's)
-and `ratio: X` against the faster trl configuration.
+share the cores). Sides: `rlrec` (its defaults: `precision=auto`, the prompt pass checkpointed,
+`preference.task.checkpoint_prompt`), `rlrec_kept` (the prompt's activations kept: no recompute, more
+memory), `trl` (trl's DPOTrainer with its own defaults: gradient checkpointing, bf16 where the CPU has
+it), `trl_fp32` (fp32, gradient checkpointing off); each prints its settings. The last lines are
+`ratio_trl: X`, `ratio_trl_fp32: X` (rlrec pairs/s ÷ that side's) and `ratio: X` against the faster trl
+configuration (with `rlrec_kept` run too: `ratio_kept: X`, the same for it).
 
 rlrec's step runs each prompt once and reuses its KV cache for the chosen and rejected
 responses, and applies the LM head only where a response token is predicted; trl runs both
@@ -76,7 +78,7 @@ def rate(step_times: list[float], batch_size: int) -> float:
     return batch_size * len(timed) / sum(timed)
 
 
-def run_rlrec(pairs, args, share_prompt: bool = True) -> dict:
+def run_rlrec(pairs, args, share_prompt: bool = True, checkpoint_prompt: bool = True) -> dict:
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
@@ -87,7 +89,7 @@ def run_rlrec(pairs, args, share_prompt: bool = True) -> dict:
     lora = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": TARGETS}
     task = PreferenceTask(
         model, loss="dpo", beta=0.1, lora=lora, tokenizer=tok, share_prompt=share_prompt,
-        optimizer=lambda p: torch.optim.AdamW(p, lr=args.lr),
+        checkpoint_prompt=checkpoint_prompt, optimizer=lambda p: torch.optim.AdamW(p, lr=args.lr),
     )  # fmt: skip
     ds = PreferenceDataset(
         [dict(p, rejected=[p["rejected"]]) for p in pairs], tok,
@@ -119,7 +121,8 @@ def run_rlrec(pairs, args, share_prompt: bool = True) -> dict:
         enable_progress_bar=False, enable_model_summary=False, callbacks=[Timer()], precision=precision,
     )  # fmt: skip
     trainer.fit(task, loader)
-    settings = {"precision": precision, "gradient_checkpointing": False, "share_prompt": share_prompt,
+    settings = {"precision": precision, "gradient_checkpointing": "prompt pass" if share_prompt and checkpoint_prompt
+                else False, "share_prompt": share_prompt,
                 "batch_size": args.batch_size, "beta": 0.1}  # fmt: skip
     return {"pairs_per_s": rate(times, args.batch_size), "step_s": times, "step_cpu_s": cpu, "reference_s": ref_s,
             "loss": float(trainer.logged_metrics["train/dpo_loss"]), "settings": settings}  # fmt: skip
@@ -181,9 +184,10 @@ def main() -> None:
         "--precision", default="auto", help="rlrec's side: auto (measured) | 32-true | bf16-mixed"
     )
     ap.add_argument(
-        "--sides", default="rlrec,trl,trl_fp32",
-        help="comma list of rlrec (prompt run once per pair), rlrec_unshared (whole sequences), trl (its "
-        "defaults), trl_fp32 (fp32, no gradient checkpointing)",
+        "--sides", default="rlrec,rlrec_kept,trl,trl_fp32",
+        help="comma list of rlrec (its defaults: prompt run once per pair, its pass checkpointed), rlrec_kept "
+        "(prompt activations kept), rlrec_unshared (whole sequences), trl (its defaults), trl_fp32 (fp32, no "
+        "gradient checkpointing)",
     )  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -194,6 +198,7 @@ def main() -> None:
     results = {}
     sides = {
         "rlrec": run_rlrec,
+        "rlrec_kept": lambda p, a: run_rlrec(p, a, checkpoint_prompt=False),
         "rlrec_unshared": lambda p, a: run_rlrec(p, a, share_prompt=False),
         "trl": run_trl,
         "trl_fp32": lambda p, a: run_trl(p, a, plain=True),
@@ -212,6 +217,8 @@ def main() -> None:
         fastest = max(trls, key=lambda k: results[k]["pairs_per_s"])
         print(f"ratio: {results['rlrec']['pairs_per_s'] / results[fastest]['pairs_per_s']:.2f}  (against {fastest}, "
               "trl's faster configuration here)")  # fmt: skip
+        if "rlrec_kept" in results:
+            print(f"ratio_kept: {results['rlrec_kept']['pairs_per_s'] / results[fastest]['pairs_per_s']:.2f}")
 
 
 if __name__ == "__main__":

@@ -6,10 +6,13 @@ head over the prompt is wasted work). `shared_prompt_logps` also runs each promp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -108,13 +111,15 @@ def shared_prompt_logps(
     cache, so this equals `completion_logps` on the concatenated sequences — with the prompt
     computed once instead of R/B times (S-DPO with K negatives: K+1 times). → (R,).
 
-    `checkpoint_prompt` (with gradients on): the prompt pass keeps only its KV cache and last
-    logits, not its activations, and runs again in the backward (`torch.utils.checkpoint`,
-    non-reentrant: dropout masks and autocast replayed), so a step holds the prompt's or the
-    completions' activations at a time, not both — for one TrackRec group (~460 prompt tokens,
-    4 × 64 completion tokens) the prompt's are most of them. Same values and gradients; the
-    prompt's forward runs twice. The cache stays read-only: the completion pass appends to it by
-    concatenation, never in place, which is what checkpointing a cached forward needs.
+    `checkpoint_prompt` (with gradients on, model in training mode): the prompt pass keeps only
+    its KV cache, its last logits and each decoder layer's input, and the backward replays it one
+    layer at a time (`torch.utils.checkpoint`, non-reentrant: dropout masks and autocast replayed),
+    so a step holds the completions' activations and one prompt layer's, not the whole prompt's
+    (for a TrackRec group, ~460 prompt tokens and 4 × 64 completion tokens, the prompt's are most of
+    them). Same values and gradients; the prompt's forward runs twice. transformers disables the
+    cache of a checkpointed layer because a replay would append its keys again; here the prompt
+    pass writes into a `_RecordingCache` (an update stores the layer's states, replay included,
+    instead of appending), and the completions run on a cache of their own built from it.
     """
     B, R = len(prompt_ids), len(completion_ids)
     assert R % B == 0, f"{R} completions for {B} prompts"
@@ -127,15 +132,21 @@ def shared_prompt_logps(
 
     prompt_pos = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens from 0
 
-    def prompt_pass():
+    def prompt_pass(cache=None):
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True,
-                    logits_to_keep=1)  # fmt: skip
+                    past_key_values=cache, logits_to_keep=1)  # fmt: skip
         return out.logits[:, -1], out.past_key_values
 
-    if checkpoint_prompt and torch.is_grad_enabled():
-        last_logits, cache = torch.utils.checkpoint.checkpoint(prompt_pass, use_reentrant=False)
-    else:
+    if not (checkpoint_prompt and torch.is_grad_enabled()):
         last_logits, cache = prompt_pass()
+    else:
+        with _checkpointed_layers(model) as per_layer:
+            if per_layer:  # each decoder layer replays on its own in the backward
+                last_logits, recorded = prompt_pass(_RecordingCache())
+                # the completions' cache: its own layers, so a replayed prompt layer never sees their tokens
+                cache = DynamicCache(ddp_cache_data=[(layer.keys, layer.values) for layer in recorded.layers])
+            else:  # no transformers decoder layers: replay the whole prompt pass
+                last_logits, cache = torch.utils.checkpoint.checkpoint(prompt_pass, use_reentrant=False)
     cache.batch_repeat_interleave(copies)
     # (R, V): the prompt's last position predicts each completion's first token
     first_logits = last_logits.repeat_interleave(copies, 0)
@@ -160,6 +171,48 @@ def shared_prompt_logps(
     rest = _token_logps_to_rows(out.logits, targets, keep.nonzero()[:, 0], R)
     logps = first * completion_mask[:, 0] + rest
     return torch.empty_like(logps).index_copy(0, order, logps)  # back to the blocked order
+
+
+class _RecordingCache(DynamicCache):
+    """The cache of a prompt pass with no past whose layers replay in the backward: `update` stores a
+    layer's key/value states (replacing, not appending) and returns them, so a replayed layer sees
+    exactly the states it computed the first time."""
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        while len(self.layers) <= layer_idx:
+            self.layers.append(DynamicLayer())
+        layer = self.layers[layer_idx]
+        if not layer.is_initialized:
+            layer.lazy_initialization(key_states, value_states)
+        layer.keys, layer.values = key_states, value_states
+        return key_states, value_states
+
+
+@contextmanager
+def _checkpointed_layers(model: nn.Module) -> Iterator[bool]:
+    """Within the block, every transformers decoder layer of `model` (a `GradientCheckpointingLayer`)
+    in training mode checkpoints its forward (non-reentrant) and keeps the cache it is given
+    (`_can_checkpoint_with_cache`: the caller passes a `_RecordingCache`); restored on exit. Yields
+    whether the model has such layers."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    keys = ("gradient_checkpointing", "_gradient_checkpointing_func", "_can_checkpoint_with_cache")
+    before = [{k: m.__dict__[k] for k in keys if k in m.__dict__} for m in layers]
+    replay = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+    for m in layers:
+        m.gradient_checkpointing, m._gradient_checkpointing_func, m._can_checkpoint_with_cache = (
+            True,
+            replay,
+            True,
+        )
+    try:
+        yield bool(layers)
+    finally:
+        for m, own in zip(layers, before):
+            for k in keys:
+                m.__dict__.pop(k, None)
+            m.__dict__.update(own)
 
 
 def choice_token_ids(tokenizer, choices: Sequence[str]) -> list[list[int]]:
