@@ -38,8 +38,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,8 +210,41 @@ def sample_seed(seed: int, prompt_key: str, index: int) -> int:
 # ----------------------------------------------------------------------------- backends
 
 
+@contextmanager
+def lora_merged(model) -> Iterator[int]:
+    """Within the block the active LoRA adapters of a PEFT `model` are merged into their base weights:
+    a projection is one matmul instead of three and a Python-level adapter loop, so an aligned policy
+    samples at about the base model's speed. On exit every base weight is restored bit for bit (from
+    a saved copy, not by subtracting the delta again). A plain model, or adapters switched off
+    (`disable_adapter()`), passes through. Yields how many layers were merged."""
+    import torch
+
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # no peft: nothing can be an adapter
+        yield 0
+        return
+    layers = [
+        m for m in model.modules()
+        if isinstance(m, LoraLayer) and not m.merged and not m.disable_adapters and m.active_adapters
+    ]  # fmt: skip
+    saved = [m.get_base_layer().weight.detach().clone() for m in layers]
+    try:
+        with torch.no_grad():
+            for m in layers:
+                m.merge()
+        yield len(layers)
+    finally:
+        with torch.no_grad():
+            for m, weight in zip(layers, saved):
+                if m.merged:
+                    m.unmerge()
+                m.get_base_layer().weight.copy_(weight)
+
+
 class HFBackend:
-    """A transformers causal LM in this process (plain or PEFT-wrapped)."""
+    """A transformers causal LM in this process (plain or PEFT-wrapped; a PEFT model's LoRA is merged
+    while it samples, `lora_merged`)."""
 
     name = "hf"
     wants_messages = False
@@ -272,7 +306,7 @@ class HFBackend:
         self.model.eval()  # sampling from the policy, not from its dropout-perturbed version
         device = next(self.model.parameters()).device
         try:
-            with autocast(self.precision, device):
+            with lora_merged(self.model), autocast(self.precision, device):
                 self._run(jobs, fast, temperature, top_p, max_new_tokens, finished)
         finally:
             self.model.train(was_training)

@@ -15,7 +15,7 @@ import torch
 from scipy.stats import chisquare
 
 from rlrec.llm.chat import format_chat
-from rlrec.llm.generation import GenerationCache, Generator, SamplingConfig
+from rlrec.llm.generation import GenerationCache, Generator, SamplingConfig, lora_merged
 from rlrec.llm.sampler import Job, PrefixSharingSampler, top_p_keep
 
 V = 64
@@ -117,6 +117,32 @@ def test_greedy_with_a_lora_adapter_matches_hf_generate():
     ours = Generator(model, tok, progress=False).greedy(PROMPTS[:2], max_new_tokens=10)
     assert ours == [hf_greedy(model, tok, format_chat(tok, p), 10) for p in PROMPTS[:2]]
     assert ours != plain  # the adapter is live in the fast decode path
+
+
+def test_lora_merged_samples_the_adapted_model_and_restores_the_base_weights_exactly():
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    model = get_peft_model(tiny_llama(sharpen=4.0), lora).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.tensor([[5, 9, 17, 30, 4]])
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+        with lora_merged(model) as n:
+            merged = model(input_ids=ids).logits
+            assert n == 8  # 2 layers x q, k, v, o
+            base = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+            assert not torch.equal(
+                base, before["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"]
+            )
+        after = model(input_ids=ids).logits
+    torch.testing.assert_close(merged, adapted, rtol=1e-5, atol=1e-5)  # the same function, one matmul each
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # bit for bit
+    assert torch.equal(after, adapted)
+    with model.disable_adapter(), lora_merged(model) as n:  # adapters off: nothing merged
+        assert n == 0
+    with lora_merged(tiny_llama()) as n:  # a plain model passes through
+        assert n == 0
 
 
 def test_samples_do_not_depend_on_batch_composition():

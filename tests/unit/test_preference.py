@@ -171,6 +171,11 @@ def test_checkpointed_prompt_replays_dropout_and_frees_the_prompt_activations():
     for a, c in zip(g0, g1):
         assert torch.allclose(a, c, atol=1e-6)
     assert n1 < n0, (n1, n0)
+    # the layers checkpoint only inside the prompt pass: afterwards they are as before
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert layers and not any(m.gradient_checkpointing or m._can_checkpoint_with_cache for m in layers)
 
 
 # --- losses ---------------------------------------------------------------------------------
