@@ -133,6 +133,10 @@ PEERS = {
 # --reference: the setting the FuxiCTR comparison was asked for, as overrides of conf/backbone/*.yaml
 MLP = [256, 128, 64]
 PLAIN = {"embed_dim": 16, "dropout": 0.0, "batch_norm": False}
+# a key `same_settings` adds to a model's config for rlrec_side (not a yaml key): BatchNorm settings
+# for every Dice module, where the peer's are fixed
+DICE_BN = "__dice_batch_norm__"
+
 REFERENCE = {
     "din": {
         **PLAIN,
@@ -314,6 +318,14 @@ def same_settings(peer: str, name: str, c: dict) -> tuple[dict, list[str]]:
             "crashes (DIEN.add_loss: a view of a non-contiguous mask), so neither side trains it"
         )
         c["aux_weight"] = 0.0
+    if peer == "fuxictr" and c.get("activation") == "dice":
+        # FuxiCTR's Dice fixes its BatchNorm at momentum 0.01, eps 1e-9 (rlrec's Dice: PyTorch's 0.1, 1e-8):
+        # the running statistics that evaluation uses differ; rlrec_side sets the peer's on its modules
+        notes.append(
+            "rlrec's Dice BatchNorm run at the peer's fixed momentum 0.01 and eps 1e-9 (rlrec's default: 0.1, "
+            "1e-8), so both evaluate with the same kind of running statistics"
+        )
+        c[DICE_BN] = {"momentum": 0.01, "eps": 1e-9}
     if peer == "fuxictr" and name == "fignn" and c["leaky_slope"] != 0.01:
         notes.append(
             f"rlrec run with leaky_slope=0.01 (yaml: {c['leaky_slope']}): the peer's edge-attention "
@@ -430,10 +442,6 @@ def fuxictr_config(name: str, c: dict) -> tuple[dict, list[str]]:
         "peer outputs sigmoid probabilities and trains on BCE of them (compute_loss); "
         "rlrec trains on BCE-with-logits",
     ]
-    dice = (
-        "Dice: the peer's BatchNorm has momentum 0.01 and eps 1e-9 (rlrec: 0.1 and 1e-8), so other running "
-        "statistics at evaluation"
-    )
     first_order = (
         "first-order term: the peer's LR layer gives each history field its own 1-d table (not the item's), "
         "sum-pooled; rlrec: the item's first-order weights, mean-pooled"
@@ -450,8 +458,6 @@ def fuxictr_config(name: str, c: dict) -> tuple[dict, list[str]]:
             "attention_dropout": 0.0,
             "din_use_softmax": c["attention_softmax"],
         }
-        if c["activation"] == "dice":
-            notes.append(dice)
     elif name == "dien":
         zoo, cls = "DIEN", "DIEN"
         kwargs = {
@@ -475,8 +481,6 @@ def fuxictr_config(name: str, c: dict) -> tuple[dict, list[str]]:
             "batch); rlrec runs right-padded sequences (same states); the peer's AUGRU has a bias on both "
             "projections (rlrec: the input one)",
         ]
-        if c["activation"] == "dice":
-            notes.append(dice)
     elif name == "deepfm":
         zoo, cls = "DeepFM/DeepFM_torch", "DeepFM"
         kwargs = {**net, "hidden_units": mlp, "hidden_activations": act}
@@ -570,9 +574,15 @@ def rlrec_side(cfg: dict, prep, seed: int):
     from hydra.utils import instantiate
 
     from rlrec.data.ctr import ctr_tensors
+    from rlrec.layers.mlp import Dice
 
+    cfg = dict(cfg)
+    dice_bn = cfg.pop(DICE_BN, None)
     torch.manual_seed(seed)
     model = instantiate(cfg)(features=prep.spec)
+    for m in model.modules() if dice_bn else ():
+        if isinstance(m, Dice):
+            m.bn.momentum, m.bn.eps = dice_bn["momentum"], dice_bn["eps"]
     tensors = {s: ctr_tensors(prep, s) for s in ("train", "valid", "test")}
 
     def loss_fn(m, batch):  # as rlrec.tasks.ctr.CTRTask.training_step

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
