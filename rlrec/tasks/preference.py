@@ -206,7 +206,9 @@ def fit_preference(
     if heldout:
         cap = P.get("val_pairs")
         vds = dataset(heldout if cap is None else heldout[: int(cap)])
-        val = DataLoader(vds, batch_size=max(int(P.batch_size), 4), collate_fn=vds.collate)
+        # as many groups per forward as training: a no-grad pass over g groups of 1+K completions holds
+        # their prompts' KV repeated 1+K times for every layer (4 TrackRec groups: ~0.8 GB in fp32)
+        val = DataLoader(vds, batch_size=int(P.batch_size), collate_fn=vds.collate)
         checks = max(1, int(P.get("val_checks", 1) or 1))
         steps = len(loader)
         if checks > 1 and steps >= checks:
