@@ -202,11 +202,9 @@ def _checkpointed_layers(model: nn.Module) -> Iterator[bool]:
     before = [{k: m.__dict__[k] for k in keys if k in m.__dict__} for m in layers]
     replay = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
     for m in layers:
-        m.gradient_checkpointing, m._gradient_checkpointing_func, m._can_checkpoint_with_cache = (
-            True,
-            replay,
-            True,
-        )
+        m.gradient_checkpointing = True
+        m._gradient_checkpointing_func = replay
+        m._can_checkpoint_with_cache = True
     try:
         yield bool(layers)
     finally:
