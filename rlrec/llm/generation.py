@@ -60,7 +60,8 @@ class SamplingConfig:
     max_new_tokens: int = 256  # a 200-word summary is ~260 tokens
     num_samples: int = 4  # N candidates per prompt to rank into preference pairs
     batch_size: int = 128  # samples decoded together (hf); large batches amortise weight reads
-    kv_cache_gb: float | None = 2.0  # hf: the KV cache's size cap; fewer prompts in flight when it binds
+    kv_cache_gb: float | None = 1.0  # hf: the KV cache's size cap; fewer prompts in flight when it binds
+    kv_dtype: str = "auto"  # hf: auto = the autocast dtype under bf16 autocast (else the weights'); float32
     backend: str = "hf"  # hf | openai | vllm
     seed: int = 0
     chat: bool = True  # wrap prompts in the chat template / send as chat messages
@@ -95,7 +96,7 @@ class SamplingConfig:
             model = model if isinstance(model, str) else self.api_model
             kw = {"base_url": self.urls, "api_key_env": self.api_key_env, **kw}
         elif self.backend == "hf":
-            kw = {"kv_cache_gb": self.kv_cache_gb, **kw}
+            kw = {"kv_cache_gb": self.kv_cache_gb, "kv_dtype": self.kv_dtype, **kw}
         return Generator(
             model,
             tokenizer,
@@ -251,15 +252,19 @@ class HFBackend:
 
     def __init__(
         self, model, tokenizer, batch_size: int = 128, engine: str = "auto", precision: str = "32-true",
-        kv_cache_gb: float | None = 2.0,
+        kv_cache_gb: float | None = 1.0, kv_dtype: str = "auto",
     ):  # fmt: skip
         assert engine in ("auto", "prefix", "generate"), f"engine={engine!r}: auto | prefix | generate"
         self.model, self.tokenizer = model, tokenizer
         # a resolved precision (rlrec.precision): bf16-* samples under bf16 autocast; the cache keys
         # of its texts differ from fp32's (the backend's name says so), fp32 keys stay as they were
         self.precision = str(precision)
+        if kv_dtype not in ("auto", "float32"):
+            raise ValueError(f"sampling.kv_dtype={kv_dtype!r}: auto | float32")
+        self.kv_dtype = kv_dtype
         if is_bf16(self.precision):
-            self.name = f"hf-{self.precision}"
+            # a bf16 KV cache rounds the keys: its texts get keys of their own
+            self.name = f"hf-{self.precision}" + ("-kv16" if kv_dtype == "auto" else "")
         self.batch_size = batch_size
         self.kv_cache_gb = kv_cache_gb
         self.engine = engine
@@ -315,7 +320,9 @@ class HFBackend:
         from rlrec.llm.sampler import PrefixSharingSampler, generate_fallback
 
         if fast:
-            sampler = PrefixSharingSampler(self.model, self.stop_ids, self.batch_size, self.kv_cache_gb)
+            sampler = PrefixSharingSampler(
+                self.model, self.stop_ids, self.batch_size, self.kv_cache_gb, self.kv_dtype
+            )
             try:
                 sampler.run(jobs, temperature, top_p, max_new_tokens, finished)
             finally:

@@ -192,6 +192,18 @@ def base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def kv_dtype(model, device: torch.device, choice: str = "auto") -> torch.dtype:
+    """The KV cache's dtype. `auto`: the autocast dtype while autocast is on for `device` (the
+    projections that produce keys and values run in it; bf16 halves the cache and the bytes each
+    decode step reads; keys are rounded after their rotary embedding, so texts can differ from an
+    fp32 cache's), else the weights' dtype. `float32`: fp32."""
+    if choice == "float32":
+        return torch.float32
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return next(model.parameters()).dtype
+
+
 def supports_prefix_sharing(model, max_len: int = 0) -> bool:
     """Whether the fast path reproduces this model's attention for sequences up to `max_len`."""
     m = base_model(model)
@@ -215,13 +227,19 @@ class PrefixSharingSampler:
     `batch_size` caps the number of samples decoded together: prompts take
     `batch_size // N` slots of N sample rows each, N = the most samples any job wants.
     `kv_cache_gb` caps the preallocated KV cache (fewer slots when it binds): 128 greedy prompts
-    of ~600 tokens would hold 3.5 GB for SmolLM2-135M; prefill dominates a greedy pass, and
-    measured on the main job, 34 greedy prompts in flight took 256 s for 300 users against 221 s
-    with 128.
+    of ~600 tokens would hold 3.5 GiB for SmolLM2-135M in fp32, 1.75 GiB in bf16 (`kv_dtype`).
+    Fewer slots cost decode time: 150 greedy TrackRec prompts under bf16 autocast took 80.6 s with
+    ~70 fp32 slots (2 GiB), 78.1 s with ~70 bf16 slots (1 GiB); 300 prompts with ~35 fp32 slots
+    (1 GiB) 201 s against 163 s with ~70.
     """
 
     def __init__(
-        self, model, stop_ids: Sequence[int], batch_size: int = 128, kv_cache_gb: float | None = 2.0
+        self,
+        model,
+        stop_ids: Sequence[int],
+        batch_size: int = 128,
+        kv_cache_gb: float | None = 1.0,
+        kv_dtype: str = "auto",
     ):
         self.model = model
         self.m = base_model(model)
@@ -230,6 +248,7 @@ class PrefixSharingSampler:
         self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
         self.batch_size = batch_size
         self.kv_cache_gb = kv_cache_gb
+        self.kv_dtype = kv_dtype
         self.n_layers = len(self.inner.layers)
         attn = self.inner.layers[0].self_attn
         self.head_dim = getattr(attn, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -258,7 +277,7 @@ class PrefixSharingSampler:
             return
         n = max(len(j.seeds) for j in jobs)
         slots = max(1, self.batch_size // n)
-        dtype = next(self.m.parameters()).dtype
+        dtype = kv_dtype(self.m, self.device, self.kv_dtype)
         max_prompt = max(len(j.prompt_ids) for j in jobs)
         if self.kv_cache_gb:  # keys + values of every layer for a slot's prompt and its n samples
             per_slot = (
@@ -439,10 +458,9 @@ class PrefixSharingSampler:
             k = attn.k_proj(h).view(B, Hkv, 1, D)
             v = attn.v_proj(h).view(B, Hkv, D)
             q, k = self.apply_rope(q, k, cos, sin)  # (B, H, 1, D), (B, Hkv, 1, D)
-            # the KV cache keeps the weights' dtype; under bf16 autocast only the projections are bf16
             self.k_suf[layer_idx, pi, si, :, st] = k[:, :, 0].to(dt)
             self.v_suf[layer_idx, pi, si, :, st] = v.to(dt)
-            o = self._attend(layer_idx, q[:, :, 0], pi - a, si, a, b, lp, ls, pre_mask, suf_mask)
+            o = self._attend(layer_idx, q[:, :, 0].to(dt), pi - a, si, a, b, lp, ls, pre_mask, suf_mask)
             x = x + attn.o_proj(o)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.m.lm_head(self.inner.norm(x)).float().cpu()  # (B, V); sampling runs on the CPU
@@ -484,9 +502,9 @@ def _attend_part(q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
             return out, lse
         except RuntimeError:  # dtype/shape the kernel rejects: fall through
             pass
-    s = torch.matmul(q * scale, k.transpose(-1, -2)).add_(mask)  # (B, H, M, T)
+    s = torch.matmul(q * scale, k.transpose(-1, -2)).float().add_(mask)  # (B, H, M, T), softmax in fp32
     lse = torch.logsumexp(s, dim=-1)
-    return torch.matmul(s.sub_(lse[..., None]).exp_(), v), lse
+    return torch.matmul(s.sub_(lse[..., None]).exp_().to(v.dtype), v), lse
 
 
 # ----------------------------------------------------------------------------- fallback

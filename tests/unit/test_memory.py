@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -31,3 +32,21 @@ def test_peak_since_reset_measures_one_stretch():
     buf = np.ones(96 * 2**20 // 8)  # 96 MiB within the stretch
     assert memory.peak_since_reset_gb() - start > 0.08
     del buf
+
+
+def test_importing_rlrec_bounds_the_onednn_shape_caches_unless_the_user_set_them():
+    """Bounded per-shape caches of oneDNN / ideep (bf16 matmuls on CPU): defaults, user values kept."""
+    import subprocess
+    import sys
+
+    code = "import os, rlrec; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+    }
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["128", "64"]
+    env["LRU_CACHE_CAPACITY"] = "7"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["128", "7"]

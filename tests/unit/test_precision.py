@@ -136,7 +136,38 @@ def test_sampler_under_bf16_autocast_keeps_the_next_token_distribution_and_its_o
         for p, g in gens.items()
     }
     assert {len(row) for rows in out.values() for row in rows} == {3}
-    assert gens["bf16-mixed"].backend.name == "hf-bf16-mixed" and gens["32-true"].backend.name == "hf"
+    assert gens["bf16-mixed"].backend.name == "hf-bf16-mixed-kv16" and gens["32-true"].backend.name == "hf"
+    exact = Generator(
+        model, tok, "tiny", tmp_path / "x", progress=False, precision="bf16-mixed", kv_dtype="float32"
+    )
+    assert exact.backend.name == "hf-bf16-mixed"  # an fp32 cache's texts keep their earlier keys
+
+
+@pytest.mark.parametrize("prompt", ["user abc likes", "u"])
+@pytest.mark.parametrize("kv", ["auto", "float32"])
+def test_sampler_under_bf16_autocast_keeps_a_bf16_kv_cache_and_the_next_token_distribution(kv, prompt):
+    """kv_dtype=auto: under bf16 autocast keys and values are stored in bf16 (half the bytes at the
+    same slots); every decode step's next-token distribution stays within a small total variation
+    of the fp32 model's on the same tokens (`float32` keeps an fp32 cache)."""
+    from rlrec.llm.sampler import Job, PrefixSharingSampler
+    from tests.unit.test_generation import CharTokenizer as Chars
+    from tests.unit.test_generation import tiny_llama as sharp_llama
+
+    model, tok = sharp_llama(seed=4, sharpen=4.0), Chars()  # peaked logits: TV means something
+    ids = tok(prompt)["input_ids"]
+    sampler = PrefixSharingSampler(model, [10**6], batch_size=8, kv_cache_gb=None, kv_dtype=kv)
+    logits, forward = [], sampler._forward_rows
+    sampler._forward_rows = lambda *a: logits.append(forward(*a)) or logits[-1]
+    out = []
+    with precision.autocast("bf16-mixed"):
+        sampler.run([Job(ids, [7])], 0.0, 1.0, 6, lambda fs: out.extend(f.token_ids for f in fs))
+    assert sampler.k_pre.dtype == sampler.v_suf.dtype == (torch.bfloat16 if kv == "auto" else torch.float32)
+    assert sampler.k_pre.shape[1] == 8  # batch_size // n slots, whatever the dtype
+    assert len(out[0]) == 6 and len(logits) == 5  # token 1 from the prefill, then one step per token
+    for t, step in enumerate(logits):  # the fp32 model, no cache, on the same tokens
+        with torch.no_grad():
+            p32 = model(input_ids=torch.tensor([ids + out[0][: t + 1]])).logits[0, -1].softmax(-1)
+        assert (step[0].float().softmax(-1) - p32).abs().sum() < 0.05, t
 
 
 def fit_auc(tiny_prep, precision_: str) -> float:
