@@ -518,7 +518,9 @@ def test_a_run_prints_its_stages_and_no_library_noise(tmp_path):
     assert "stage fit/din: building 3 of 3 shards on Joblib" in out and "stage fit/din: 3/3 shard in" in out
     # the hf sampler's log names its precision when it is not fp32 (precision=auto on a bf16 CPU)
     assert (
-        re.search(r"generate\[hf(-bf16-mixed(-kv16)?)?\]: ", out) and "tok/s" in out and "align: 1/1 round in" in out
+        re.search(r"generate\[hf(-bf16-mixed(-kv16)?)?\]: ", out)
+        and "tok/s" in out
+        and "align: 1/1 round in" in out
     )
     # 64 cached shard lines of an ensemble are not one per shard: the rerun says it once
     again = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
