@@ -40,6 +40,19 @@ def user_prompts(n: int) -> list[str]:
     return list(PromptView(prep).user_prompts("trackrec_cot", users=range(1, n + 1)).values())
 
 
+def load_llm(name: str):
+    """(LLMConfig, model, tokenizer) of conf/llm/<name>.yaml, its files under $RLREC_CACHE/models."""
+    from omegaconf import OmegaConf
+
+    from rlrec.llm.loading import LLMConfig, load_model
+
+    raw = OmegaConf.load(f"conf/llm/{name}.yaml")
+    raw.cache_dir = os.path.join(os.environ.get("RLREC_CACHE", ".cache/rlrec"), "models")
+    raw.seed = 0
+    cfg = LLMConfig(**{k: v for k, v in OmegaConf.to_container(raw, resolve=True).items() if k != "_target_"})
+    return (cfg, *load_model(cfg))
+
+
 @torch.inference_mode()
 def baseline(
     model, tok, texts: list[str], temperature: float, top_p: float, max_new: int
@@ -140,17 +153,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from omegaconf import OmegaConf
-
     from rlrec.llm.chat import format_chat
     from rlrec.llm.generation import Generator
-    from rlrec.llm.loading import LLMConfig, load_model, model_folder
+    from rlrec.llm.loading import model_folder
 
-    raw = OmegaConf.load(f"conf/llm/{args.llm}.yaml")
-    raw.cache_dir = os.path.join(os.environ.get("RLREC_CACHE", ".cache/rlrec"), "models")
-    raw.seed = 0
-    cfg = LLMConfig(**{k: v for k, v in OmegaConf.to_container(raw, resolve=True).items() if k != "_target_"})
-    model, tok = load_model(cfg)
+    cfg, model, tok = load_llm(args.llm)
     prompts = user_prompts(args.prompts)
     print(f"model={cfg.name} threads={torch.get_num_threads()} prompts={len(prompts)} samples={args.samples} "
           f"max_new_tokens={args.max_new_tokens} temperature={args.temperature} top_p={args.top_p}")  # fmt: skip

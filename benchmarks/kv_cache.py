@@ -16,22 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import time
-from pathlib import Path
 
 import torch
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
-        )
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -45,21 +32,15 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from generation import user_prompts  # benchmarks/generation.py: the same prompts
-    from omegaconf import OmegaConf
+    from ctr_peer import cpu_model  # lscpu's model name and its bf16 flags
+    from generation import load_llm, user_prompts  # benchmarks/generation.py: the same model and prompts
 
     from rlrec import memory
     from rlrec.llm.generation import Generator
-    from rlrec.llm.loading import LLMConfig, load_model
 
-    raw = OmegaConf.load(f"conf/llm/{args.llm}.yaml")
-    raw.cache_dir = os.path.join(os.environ.get("RLREC_CACHE", ".cache/rlrec"), "models")
-    raw.seed = 0
-    cfg = LLMConfig(**{k: v for k, v in OmegaConf.to_container(raw, resolve=True).items() if k != "_target_"})
-    model, tok = load_model(cfg)
+    cfg, model, tok = load_llm(args.llm)
     prompts = user_prompts(args.prompts)
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    print(f"cpu={cpu_model()!r} avx512_bf16={'avx512_bf16' in flags} amx={'amx_bf16' in flags} "
+    print(f"cpu={cpu_model()!r} "
           f"threads={torch.get_num_threads()} prompts={len(prompts)} max_new_tokens={args.max_new_tokens} "
           f"precision=bf16-mixed batch_size=128")  # fmt: skip
     # page the weights in (a safetensors file is mapped lazily) so that each pass's peak is its own
