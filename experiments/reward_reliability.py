@@ -72,7 +72,7 @@ def main() -> None:
         seconds.append(time.perf_counter() - start)
     R = np.stack(members)  # (K_max, U, N)
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=CONF.parent
     ).stdout.strip()
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     cpu = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")),
