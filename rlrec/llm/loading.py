@@ -8,9 +8,11 @@ lazily: composing or instantiating an `LLMConfig` touches no file.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import shutil
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,12 +176,46 @@ def load_tokenizer(cfg: LLMConfig):
     return tok
 
 
-def load_model(cfg: LLMConfig, tokenizer=None):
+_DONORS: dict[str, weakref.ref] = {}  # weights fingerprint → the pristine model shared loads alias
+
+
+def load_model(cfg: LLMConfig, tokenizer=None, share: bool = False):
     """(model in eval mode, tokenizer). A `random_init` config builds a LlamaForCausalLM of that
-    size (seeded) with the source's tokenizer: nothing is downloaded."""
+    size (seeded) with the source's tokenizer: nothing is downloaded.
+
+    `share=True` is for frozen base weights (a LoRA fit, a frozen policy or judge): the model is a
+    module tree of its own whose parameters and buffers alias one pristine copy of these weights,
+    loaded once per process and kept while any alias lives (`alias_weights`). The policy, its SFT
+    pass, the judge and an LLM validator on the same weights then hold them once (each fresh load
+    maps the weights file again, and every mapping counts in the resident set). Nothing may train
+    a shared model's base weights in place: full fine-tuning loads with `share=False`."""
+    tok = tokenizer or load_tokenizer(cfg)
+    if not share:
+        return _load(cfg, tok), tok
+    ref = _DONORS.get(cfg.fingerprint)
+    donor = ref() if ref is not None else None
+    if donor is None:
+        donor = _load(cfg, tok)
+        _DONORS[cfg.fingerprint] = weakref.ref(donor)
+    model = alias_weights(donor)
+    model.__dict__["_rlrec_weights"] = (donor,)  # not a submodule: keeps the shared weights alive
+    return model, tok
+
+
+def alias_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of `model` whose parameters are new `Parameter`s on the same storage (tied ones
+    stay tied) and whose buffers are the same tensors: modules, hooks and requires_grad are its
+    own (peft can wrap it without touching `model`); writing a weight in place writes both."""
+    memo: dict = {
+        id(p): torch.nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in model.parameters()
+    }
+    memo.update({id(b): b for b in model.buffers()})
+    return copy.deepcopy(model, memo)
+
+
+def _load(cfg: LLMConfig, tok):
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    tok = tokenizer or load_tokenizer(cfg)
     if cfg.random_init is not None:
         conf = LlamaConfig(
             vocab_size=len(tok),
@@ -199,4 +235,4 @@ def load_model(cfg: LLMConfig, tokenizer=None):
             raise _hub_error(cfg, e) from e
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tok.pad_token_id
-    return model.eval(), tok
+    return model.eval()

@@ -44,6 +44,7 @@ class LLMTask(pl.LightningModule):
         self.init_seed: int | None = (
             None  # seeds a new LoRA adapter's init wherever the weights load (a launched rank too)
         )
+        self.frozen = False  # set before the weights load: nothing of the model trains (Policy.frozen)
         self.model: nn.Module | None = None
         if isinstance(llm, nn.Module):
             self.model = self._wrap(llm)
@@ -74,7 +75,8 @@ class LLMTask(pl.LightningModule):
         """Load and wrap the weights once (Lightning calls this at fit; so do the helpers below)."""
         if self.model is not None:
             return
-        base, self._tokenizer = load_model(self.llm_config, tokenizer=self._tokenizer)
+        share = self.lora is not None or self.frozen  # frozen base weights: one copy per process
+        base, self._tokenizer = load_model(self.llm_config, tokenizer=self._tokenizer, share=share)
         if self.init_seed is not None:
             torch.manual_seed(self.init_seed)
         self.model = self._wrap(base)

