@@ -20,11 +20,15 @@ class MLPConnector(nn.Module):
         self.nets = nn.ModuleList(MLP(d, hidden, embed_dim, dropout) for d in in_dims if d)
         self.num_fields = len(self.nets)
 
-    def forward(self, vectors: list[torch.Tensor]) -> torch.Tensor:
+    def towers(self, vectors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One (B_j, D) field per knowledge vector (B_j, Dk_j); the towers may differ in rows."""
         assert len(vectors) == len(self.nets), (
             f"expected {len(self.nets)} knowledge vectors, got {len(vectors)}"
         )
-        return torch.stack([net(v) for net, v in zip(self.nets, vectors)], dim=1)  # (B, K, D)
+        return [net(v) for net, v in zip(self.nets, vectors)]
+
+    def forward(self, vectors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(self.towers(vectors), dim=1)  # (B, K, D)
 
 
 class HybridExpertAdaptor(nn.Module):
@@ -54,7 +58,8 @@ class HybridExpertAdaptor(nn.Module):
         )
         self.gates = nn.ModuleList(nn.Linear(d, num_shared + num_specific) for _ in dims)
 
-    def forward(self, vectors: list[torch.Tensor]) -> torch.Tensor:
+    def towers(self, vectors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One (B_j, D) field per knowledge vector (B_j, Dk); the towers may differ in rows."""
         assert len(vectors) == self.num_fields, (
             f"expected {self.num_fields} knowledge vectors, got {len(vectors)}"
         )
@@ -65,4 +70,7 @@ class HybridExpertAdaptor(nn.Module):
             )  # (B, E, D)
             gate = self.gates[j](x).softmax(-1).unsqueeze(-1)  # (B, E, 1)
             out.append((gate * experts).sum(1))  # (B, D)
-        return torch.stack(out, dim=1)  # (B, K, D)
+        return out
+
+    def forward(self, vectors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(self.towers(vectors), dim=1)  # (B, K, D)

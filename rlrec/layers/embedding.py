@@ -166,6 +166,25 @@ class FeatureEmbedding(nn.Module):
             )
         return self.adapter(vectors)
 
+    def list_knowledge_fields(self, batch: dict) -> torch.Tensor:
+        """(B·N, K, D) adapted knowledge fields of every candidate of B lists of N: the user's
+        vector goes through the adapter once per list and is shared by its N candidates (not N
+        times: the adapter was most of a small re-ranker's step)."""
+        B, N = batch["items"].shape
+        vectors, per_list = [], []
+        if getattr(self, "user_knowledge", None) is not None:
+            u = batch["user_knowledge"] if "user_knowledge" in batch else self.user_knowledge[batch["user"]]
+            vectors.append(u)  # (B, Du)
+            per_list.append(True)
+        if getattr(self, "item_knowledge", None) is not None:
+            i = batch["item_knowledge"].reshape(B * N, -1) if "item_knowledge" in batch else None
+            vectors.append(self.item_knowledge[batch["items"].reshape(-1)] if i is None else i)  # (B·N, Di)
+            per_list.append(False)
+        towers = self.adapter.towers(vectors)
+        return torch.stack(
+            [t.repeat_interleave(N, dim=0) if p else t for t, p in zip(towers, per_list)], dim=1
+        )
+
     def item_rows(self) -> torch.Tensor:
         """(num_items + 1, Fi·D): every catalogue item's field embeddings, flattened. Looking the
         history up in this small per-step table (instead of L·Fi rows of the big one per sample)
@@ -203,10 +222,13 @@ class FeatureEmbedding(nn.Module):
         w = weights.repeat_interleave(self.num_item_fields, dim=0)  # (B·Fi, L)
         return weighted_bag(self.embedding.weight, idx, w).view(B, self.num_item_fields, -1)
 
-    def lookup(self, batch: dict, pool_history: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def lookup(
+        self, batch: dict, pool_history: bool = False, knowledge: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, F, D) fields as `forward`, and with `first_order=True` the (B,) first-order term
         Σ_f w_f over the user, target-item and (pooled) history fields (None otherwise; knowledge
-        fields are dense vectors, not field values, so they have no first-order weight)."""
+        fields are dense vectors, not field values, so they have no first-order weight).
+        `knowledge=False` leaves the knowledge fields out (the caller adds them)."""
         idx = torch.cat(
             [self.user_table[batch["user"]], self.item_table[batch["item"]]], dim=1
         )  # (B, Fu + Fi)
@@ -218,7 +240,7 @@ class FeatureEmbedding(nn.Module):
             values = torch.cat(parts, dim=1)  # (B, F', D + 1)
             linear = values[..., -1].sum(1)  # (B,)
             parts = [values[..., :-1]]
-        if self.adapter is not None:
+        if self.adapter is not None and knowledge:
             parts.append(self.knowledge_fields(batch))
         return (torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]), linear
 
@@ -232,7 +254,11 @@ class FeatureEmbedding(nn.Module):
         (the user's knowledge is shared by all candidates of its list, as in KAR)."""
         B, N = batch["items"].shape
         flat = {"user": batch["user"].repeat_interleave(N), "item": batch["items"].reshape(-1)}
-        if "user_knowledge" in batch:
+        if self.adapter is not None and hasattr(self.adapter, "towers"):
+            fields = self.lookup(flat, knowledge=False)[0]  # (B·N, Fu + Fi, D)
+            fields = torch.cat([fields, self.list_knowledge_fields(batch)], dim=1)
+            return fields.reshape(B, N, -1, self.embed_dim)  # (B, N, F, D)
+        if "user_knowledge" in batch:  # an adapter without `towers`: every candidate's row adapted
             flat["user_knowledge"] = batch["user_knowledge"].repeat_interleave(N, dim=0)
         if "item_knowledge" in batch:
             flat["item_knowledge"] = batch["item_knowledge"].reshape(B * N, -1)

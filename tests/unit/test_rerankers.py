@@ -161,6 +161,47 @@ def test_adaptor_changes_output_only_with_knowledge(name, tiny_prep, lists):
         assert not torch.allclose(model(k1)[lists["mask"]], model(k2)[lists["mask"]])
 
 
+@pytest.mark.parametrize("adapter", ["hea", "mlp"])
+@pytest.mark.parametrize("towers", ["user", "user+item", "tables"])
+def test_user_knowledge_adapted_once_per_list_equals_every_candidate_row(adapter, towers, tiny_prep, lists):
+    """`list_fields` runs the user's vector through the adapter once per list: its fields and their
+    gradients equal adapting the vector repeated for every candidate (the adapter without `towers`)."""
+    from rlrec.knowledge.adapters import MLPConnector
+
+    cls = HybridExpertAdaptor if adapter == "hea" else MLPConnector
+    dims = (8,) if towers == "user" else (8, 8)
+    spec = tiny_prep.spec.with_knowledge(dims)
+    B, N = lists["items"].shape
+    g = torch.Generator().manual_seed(0)
+    batch = dict(lists)
+    if towers == "tables":  # knowledge from the model's tables, looked up by user / item id
+        user = torch.randn(spec.num_users + 1, 8, generator=g)
+        item = torch.randn(spec.num_items + 1, 8, generator=g)
+    else:
+        batch["user_knowledge"] = torch.randn(B, 8, generator=g)
+        if towers == "user+item":
+            batch["item_knowledge"] = torch.randn(B, N, 8, generator=g)
+    model = build("setrank", spec, seed=3, adapter=functools.partial(cls, hidden=(8,))).train()
+    if towers == "tables":
+        model.embedding.set_knowledge(user=user, item=item)
+    flat = {"user": batch["user"].repeat_interleave(N), "item": batch["items"].reshape(-1)}
+    if "user_knowledge" in batch:
+        flat["user_knowledge"] = batch["user_knowledge"].repeat_interleave(N, dim=0)
+    if "item_knowledge" in batch:
+        flat["item_knowledge"] = batch["item_knowledge"].reshape(B * N, -1)
+    params = [p for p in model.embedding.parameters() if p.requires_grad]
+    once = model.embedding.list_fields(batch)
+    every = model.embedding(flat).reshape(B, N, -1, 16)  # every candidate's row adapted
+    assert once.shape == every.shape == (B, N, model.embedding.num_fields(), 16)
+    torch.testing.assert_close(once, every, rtol=1e-5, atol=1e-6)
+    w = torch.randn(once.shape, generator=g)
+    for a, b in zip(torch.autograd.grad((once * w).sum(), params, allow_unused=True),
+                    torch.autograd.grad((every * w).sum(), params, allow_unused=True)):  # fmt: skip
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_list_metrics_hand_computed():
     scores = np.array([[0.1, 0.9, 0.5, 0.3], [0.4, 0.3, 0.2, 0.1], [0.5, 0.4, 0.3, 0.2]])
     labels = np.array([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 0, 0]])
