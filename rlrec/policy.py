@@ -130,8 +130,9 @@ class Policy:
         from rlrec.tasks.llm import LLMTask
 
         if self.preference is None:  # frozen: the plain model, shared by the process's frozen policies
-            task = LLMTask(self.llm, lora=None)
-            task.frozen = True  # its weights alias the process's one copy (`load_model(share=True)`)
+            task = LLMTask(
+                self.llm, lora=None, frozen=True
+            )  # weights: the process's one copy (`load_model(share=True)`)
             task.configure_model()
             task.model.requires_grad_(False)
             task = task.to(self.device).eval()

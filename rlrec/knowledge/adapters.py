@@ -1,4 +1,5 @@
-"""Adapters that map dense knowledge vectors (user / item text embeddings) into field embeddings,
+"""Adapters that map dense knowledge vectors (user / item text embeddings) into field embeddings
+(`towers(vectors)`: one field per vector, the vectors may differ in rows; `forward` stacks them),
 so a backbone's own interaction layers see knowledge as just more fields."""
 
 from __future__ import annotations

@@ -254,12 +254,7 @@ class FeatureEmbedding(nn.Module):
         (the user's knowledge is shared by all candidates of its list, as in KAR)."""
         B, N = batch["items"].shape
         flat = {"user": batch["user"].repeat_interleave(N), "item": batch["items"].reshape(-1)}
-        if self.adapter is not None and hasattr(self.adapter, "towers"):
-            fields = self.lookup(flat, knowledge=False)[0]  # (B·N, Fu + Fi, D)
+        fields = self.lookup(flat, knowledge=False)[0]  # (B·N, Fu + Fi, D)
+        if self.adapter is not None:
             fields = torch.cat([fields, self.list_knowledge_fields(batch)], dim=1)
-            return fields.reshape(B, N, -1, self.embed_dim)  # (B, N, F, D)
-        if "user_knowledge" in batch:  # an adapter without `towers`: every candidate's row adapted
-            flat["user_knowledge"] = batch["user_knowledge"].repeat_interleave(N, dim=0)
-        if "item_knowledge" in batch:
-            flat["item_knowledge"] = batch["item_knowledge"].reshape(B * N, -1)
-        return self(flat).reshape(B, N, -1, self.embed_dim)  # (B, N, F, D)
+        return fields.reshape(B, N, -1, self.embed_dim)  # (B, N, F, D)

@@ -33,6 +33,7 @@ class LLMTask(pl.LightningModule):
         adapter_path: str | None = None,
         tokenizer=None,
         config: dict | None = None,
+        frozen: bool = False,
     ):
         super().__init__()
         self.llm_config = llm if isinstance(llm, LLMConfig) else None
@@ -44,7 +45,7 @@ class LLMTask(pl.LightningModule):
         self.init_seed: int | None = (
             None  # seeds a new LoRA adapter's init wherever the weights load (a launched rank too)
         )
-        self.frozen = False  # set before the weights load: nothing of the model trains (Policy.frozen)
+        self.frozen = frozen  # nothing of the model trains (Policy.frozen): its base weights can be shared
         self.model: nn.Module | None = None
         if isinstance(llm, nn.Module):
             self.model = self._wrap(llm)

