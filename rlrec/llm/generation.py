@@ -46,7 +46,7 @@ from pathlib import Path
 
 from rlrec.cache import fingerprint, set_sqlite_journal
 from rlrec.llm.chat import chat_messages, format_chat
-from rlrec.precision import autocast, is_bf16
+from rlrec.precision import cast_linear_weights, is_bf16
 
 log = logging.getLogger("rlrec")
 
@@ -311,7 +311,7 @@ class HFBackend:
         self.model.eval()  # sampling from the policy, not from its dropout-perturbed version
         device = next(self.model.parameters()).device
         try:
-            with lora_merged(self.model), autocast(self.precision, device):
+            with lora_merged(self.model), cast_linear_weights(self.model, self.precision, device):
                 self._run(jobs, fast, temperature, top_p, max_new_tokens, finished)
         finally:
             self.model.train(was_training)

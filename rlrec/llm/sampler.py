@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from rlrec.llm.constrain import apply_constraints
+from rlrec.llm.logps import last_logits
 
 log = logging.getLogger("rlrec")
 
@@ -350,7 +351,7 @@ class PrefixSharingSampler:
             c = i
         if c < MIN_COMMON_PREFIX:
             return None
-        out = self.model(input_ids=self._ids(first[:c]), use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=self._ids(first[:c]), use_cache=True, logits_to_keep=1)  # logits unused
         self.forward_calls += 1
         return c, out.past_key_values
 
@@ -359,14 +360,11 @@ class PrefixSharingSampler:
         ids = job.prompt_ids
         if common is not None:
             c, cache = common
-            out = self.model(
-                input_ids=self._ids(ids[c:]),
-                past_key_values=copy.deepcopy(cache),
-                use_cache=True,
-                logits_to_keep=1,
+            last, out = last_logits(
+                self.model, self._ids(ids[c:]), past_key_values=copy.deepcopy(cache), use_cache=True
             )
         else:
-            out = self.model(input_ids=self._ids(ids), use_cache=True, logits_to_keep=1)
+            last, out = last_logits(self.model, self._ids(ids), use_cache=True)
         self.forward_calls += 1
         T = len(ids)
         for layer, kv in enumerate(out.past_key_values.layers):
@@ -380,7 +378,7 @@ class PrefixSharingSampler:
         self.alive[s, :k] = True
         self.seeds[s] = 0
         self.seeds[s, :k] = np.array(job.seeds, dtype=np.uint64)
-        logits = out.logits[0, -1].float().cpu().unsqueeze(0).expand(k, -1)  # (k, V)
+        logits = last[0].float().cpu().unsqueeze(0).expand(k, -1)  # (k, V)
         states = None
         if job.constraint is not None:
             states = [job.constraint.start() for _ in range(k)]

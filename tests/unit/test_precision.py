@@ -231,3 +231,57 @@ def test_eval_steps_score_in_fp32_under_bf16_autocast(tiny_prep):
             assert not torch.equal(ranker.model(lists).float(), want)
             ranker._eval_step(lists, "test")
     torch.testing.assert_close(ranker._outputs["test"][0][0], want, rtol=0, atol=0)
+
+
+def test_cast_linear_weights_gives_autocasts_outputs_and_restores_the_parameters():
+    """The block's forwards equal plain bf16 autocast's bit for bit (the same rounding, done once);
+    on exit every module holds its original fp32 Parameter objects with unchanged values; a weight
+    tied between two linears is cast once and shared; fp32 precision swaps nothing."""
+    model = tiny_llama(seed=3)
+    lin = torch.nn.Linear(32, 32, bias=True)
+    tied = torch.nn.Sequential(lin, torch.nn.Linear(32, 32))
+    tied[1].weight = lin.weight
+    before = {n: (p, p.detach().clone()) for n, p in [*model.named_parameters(), *tied.named_parameters()]}
+    ids = torch.tensor([[5, 9, 3, 7, 2, 11]])
+    x = torch.randn(4, 32)
+    with torch.inference_mode():
+        with precision.autocast("bf16-mixed"):
+            want, want_tied = model(input_ids=ids).logits, tied(x)
+        with precision.cast_linear_weights(model, "bf16-mixed"), precision.cast_linear_weights(tied, "bf16-mixed"):
+            assert model.lm_head.weight.dtype == torch.bfloat16
+            assert model.model.embed_tokens.weight.dtype == torch.float32  # embeddings are not linears
+            assert tied[0].weight is tied[1].weight and tied[0].bias.dtype == torch.bfloat16
+            got, got_tied = model(input_ids=ids).logits, tied(x)
+        with precision.cast_linear_weights(model, "32-true"):
+            assert model.lm_head.weight.dtype == torch.float32
+    assert torch.equal(got, want) and torch.equal(got_tied, want_tied)
+    for n, p in [*model.named_parameters(), *tied.named_parameters()]:
+        assert p is before[n][0] and torch.equal(p, before[n][1]), n
+    assert tied[0].weight is tied[1].weight
+
+
+def test_last_logits_are_the_last_positions_logits_with_left_padding_and_a_cache():
+    from rlrec.llm.logps import last_logits
+
+    model = tiny_llama(seed=5)
+    ids = torch.tensor([[0, 0, 5, 9, 3], [4, 8, 6, 2, 7]])
+    mask = (ids != 0).long()
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+        got, out = last_logits(model, ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        assert got.shape == (2, model.config.vocab_size) and torch.allclose(got, want, atol=1e-5)
+        # continuing from the returned cache gives the full sequence's last logits
+        nxt = torch.tensor([[3], [1]])
+        step, _ = last_logits(model, nxt, attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1),
+                              position_ids=pos[:, -1:] + 1, past_key_values=out.past_key_values)  # fmt: skip
+        full = model(input_ids=torch.cat([ids, nxt], 1), attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1),
+                     position_ids=torch.cat([pos, pos[:, -1:] + 1], 1)).logits[:, -1]  # fmt: skip
+    assert torch.allclose(step, full, atol=1e-5)
+
+    class Full(torch.nn.Module):  # a model that ignores logits_to_keep
+        def forward(self, input_ids, logits_to_keep=None):
+            return type("Out", (), {"logits": torch.arange(input_ids.numel() * 3.0).view(*input_ids.shape, 3)})()
+
+    got, _ = last_logits(Full(), torch.zeros(2, 4, dtype=torch.long))
+    assert torch.equal(got, torch.tensor([[9.0, 10, 11], [21, 22, 23]]))
