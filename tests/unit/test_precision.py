@@ -247,7 +247,10 @@ def test_cast_linear_weights_gives_autocasts_outputs_and_restores_the_parameters
     with torch.inference_mode():
         with precision.autocast("bf16-mixed"):
             want, want_tied = model(input_ids=ids).logits, tied(x)
-        with precision.cast_linear_weights(model, "bf16-mixed"), precision.cast_linear_weights(tied, "bf16-mixed"):
+        with (
+            precision.cast_linear_weights(model, "bf16-mixed"),
+            precision.cast_linear_weights(tied, "bf16-mixed"),
+        ):
             assert model.lm_head.weight.dtype == torch.bfloat16
             assert model.model.embed_tokens.weight.dtype == torch.float32  # embeddings are not linears
             assert tied[0].weight is tied[1].weight and tied[0].bias.dtype == torch.bfloat16
@@ -281,7 +284,9 @@ def test_last_logits_are_the_last_positions_logits_with_left_padding_and_a_cache
 
     class Full(torch.nn.Module):  # a model that ignores logits_to_keep
         def forward(self, input_ids, logits_to_keep=None):
-            return type("Out", (), {"logits": torch.arange(input_ids.numel() * 3.0).view(*input_ids.shape, 3)})()
+            return type(
+                "Out", (), {"logits": torch.arange(input_ids.numel() * 3.0).view(*input_ids.shape, 3)}
+            )()
 
     got, _ = last_logits(Full(), torch.zeros(2, 4, dtype=torch.long))
     assert torch.equal(got, torch.tensor([[9.0, 10, 11], [21, 22, 23]]))
