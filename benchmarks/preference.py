@@ -96,14 +96,10 @@ def run_rlrec(pairs, args, share_prompt: bool = True, checkpoint_prompt: bool = 
         max_prompt_len=args.prompt_len + 16, max_completion_len=args.response_len + 1,
     )  # fmt: skip
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, collate_fn=ds.collate)
-    from rlrec.precision import autocast, resolve
+    from rlrec.precision import resolve
+    from rlrec.tasks.preference import frozen_weights_cast
 
     precision = resolve(args.precision, "llm", "cpu")  # rlrec's default: auto, measured per machine
-
-    t0 = time.perf_counter()
-    with autocast(precision):
-        task.precompute_reference(loader)
-    ref_s = time.perf_counter() - t0
 
     times: list[float] = []
     cpu: list[float] = []  # process CPU seconds: steadier than wall time on a shared machine
@@ -120,7 +116,12 @@ def run_rlrec(pairs, args, share_prompt: bool = True, checkpoint_prompt: bool = 
         max_steps=args.steps, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[Timer()], precision=precision,
     )  # fmt: skip
-    trainer.fit(task, loader)
+    with frozen_weights_cast(task, trainer):  # as `fit_preference` runs a round
+        t0 = time.perf_counter()
+        with trainer.precision_plugin.forward_context():
+            task.precompute_reference(loader)
+        ref_s = time.perf_counter() - t0
+        trainer.fit(task, loader)
     settings = {"precision": precision, "gradient_checkpointing": "prompt pass" if share_prompt and checkpoint_prompt
                 else False, "share_prompt": share_prompt,
                 "batch_size": args.batch_size, "beta": 0.1}  # fmt: skip

@@ -21,6 +21,7 @@ from rlrec import launch
 from rlrec.llm.loading import LLMConfig
 from rlrec.llm.logps import shared_prompt_logps
 from rlrec.llm.losses import LOSSES
+from rlrec.precision import autocast, low_precision_weights
 from rlrec.tasks.llm import LLMTask
 
 
@@ -169,6 +170,16 @@ class PreferenceTask(LLMTask):
             self.log(f"val/{k}", metrics[k], batch_size=B)
 
 
+def frozen_weights_cast(task: nn.Module, trainer):
+    """On a CPU Trainer under bf16 autocast, the frozen base weights (a LoRA fit's) cast to bf16 once
+    for the block instead of on every forward and its recomputation (`low_precision_weights`; the
+    same numerics). Elsewhere nothing changes (a GPU Trainer moves the module inside `fit`)."""
+    ac = autocast(str(trainer.precision), "cpu")
+    on_cpu = trainer.strategy.root_device.type == "cpu"
+    return low_precision_weights(task, ac.fast_dtype if isinstance(ac, torch.autocast) and on_cpu else None,
+                                 frozen_only=True)  # fmt: skip
+
+
 def fit_preference(
     task: PreferenceTask, groups: list[dict], preference, make_trainer, seed: int, heldout: list[dict] | None = None,
     out: str | Path | None = None,
@@ -221,13 +232,14 @@ def fit_preference(
     )  # fmt: skip
     # the reference is scored at the Trainer's precision (bf16 autocast under bf16-mixed), so the
     # policy's log-probs at step 0 equal it and the loss starts at its zero-margin value
-    with trainer.precision_plugin.forward_context():
-        task.precompute_reference(DataLoader(ds, batch_size=int(P.batch_size), collate_fn=ds.collate))
-        if val is not None:
-            task.precompute_reference(val, "val")
-    task.train()
-    trainer.fit(task, loader, val)
-    task.eval()
+    with frozen_weights_cast(task, trainer):
+        with trainer.precision_plugin.forward_context():
+            task.precompute_reference(DataLoader(ds, batch_size=int(P.batch_size), collate_fn=ds.collate))
+            if val is not None:
+                task.precompute_reference(val, "val")
+        task.train()
+        trainer.fit(task, loader, val)
+        task.eval()
     if out is not None and is_global_zero():  # only rank 0 publishes the adapter
         task.save_adapter(out)
     return metrics.means(), metrics.curve

@@ -91,21 +91,38 @@ def test_context_resolves_auto_into_every_trainer_and_key(tmp_path, monkeypatch)
     assert bf16["precision"] == "bf16-mixed" and bf16["eval_precision"] == "32-true"  # new key under bf16
 
 
-def _sdpo_loss_and_grads(autocast: bool):
+def _sdpo_loss_and_grads(autocast: bool, cast_frozen: bool = False):
     ds = PreferenceDataset(pref_examples(4, seed=5, k=3), CharTokenizer())
     task = PreferenceTask(tiny_llama(seed=3), loss="sdpo", beta=0.5, lora=LORA)
-    with precision.autocast("bf16-mixed" if autocast else "32-true"):  # as fit_preference does
-        task.precompute_reference(loader(ds))
-    with torch.no_grad():  # move off the zero-margin point so the loss and gradients are generic
-        for n, p in task.model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(n))) * 0.05)
-    batch = ds.collate([ds[i] for i in range(4)])
-    with precision.autocast("bf16-mixed" if autocast else "32-true"):
-        loss, _ = task.step(batch)
-    loss.mean().backward()
+    frozen = [p for p in task.parameters() if not p.requires_grad]
+    before = [p.detach().clone() for p in frozen]
+    low = precision.low_precision_weights(task, torch.bfloat16 if cast_frozen else None, frozen_only=True)
+    with low:
+        with precision.autocast("bf16-mixed" if autocast else "32-true"):  # as fit_preference does
+            task.precompute_reference(loader(ds))
+        with torch.no_grad():  # move off the zero-margin point so the loss and gradients are generic
+            for n, p in task.model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(n))) * 0.05)
+        if cast_frozen:  # the base weights are bf16 copies, the adapters stay fp32 Parameters
+            assert {p.dtype for p in task.parameters() if p.requires_grad} == {torch.float32}
+            assert task.model.get_base_model().lm_head.weight.dtype == torch.bfloat16
+        batch = ds.collate([ds[i] for i in range(4)])
+        with precision.autocast("bf16-mixed" if autocast else "32-true"):
+            loss, _ = task.step(batch)
+        loss.mean().backward()
+    assert all(a is b for a, b in zip(frozen, [p for p in task.parameters() if not p.requires_grad]))
+    assert all(torch.equal(p, b) for p, b in zip(frozen, before))  # the fp32 base weights are back
     grads = torch.cat([p.grad.flatten() for n, p in task.model.named_parameters() if p.grad is not None])
     return loss.detach(), grads
+
+
+def test_frozen_weights_cast_once_give_autocasts_loss_and_gradients():
+    """A LoRA fit under bf16 autocast with its frozen base weights cast once (`low_precision_weights`,
+    `frozen_weights_cast`): the loss and the adapters' gradients equal autocast's own casts."""
+    loss, grads = _sdpo_loss_and_grads(True)
+    loss_c, grads_c = _sdpo_loss_and_grads(True, cast_frozen=True)
+    assert torch.equal(loss_c, loss) and torch.equal(grads_c, grads)
 
 
 def test_sdpo_loss_and_lora_gradients_under_bf16_autocast_match_fp32():
