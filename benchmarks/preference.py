@@ -97,7 +97,7 @@ def run_rlrec(pairs, args, share_prompt: bool = True, checkpoint_prompt: bool = 
     )  # fmt: skip
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, collate_fn=ds.collate)
     from rlrec.precision import resolve
-    from rlrec.tasks.preference import frozen_weights_cast
+    from rlrec.tasks.llm import frozen_weights_cast
 
     precision = resolve(args.precision, "llm", "cpu")  # rlrec's default: auto, measured per machine
 

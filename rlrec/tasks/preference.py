@@ -21,8 +21,7 @@ from rlrec import launch
 from rlrec.llm.loading import LLMConfig
 from rlrec.llm.logps import shared_prompt_logps
 from rlrec.llm.losses import LOSSES
-from rlrec.precision import autocast, low_precision_weights
-from rlrec.tasks.llm import LLMTask
+from rlrec.tasks.llm import LLMTask, frozen_weights_cast
 
 
 class PreferenceTask(LLMTask):
@@ -168,16 +167,6 @@ class PreferenceTask(LLMTask):
         self.log(f"val/{self.loss_name}_loss", loss.mean(), batch_size=B)
         for k in ("reward_acc", "margin"):
             self.log(f"val/{k}", metrics[k], batch_size=B)
-
-
-def frozen_weights_cast(task: nn.Module, trainer):
-    """On a CPU Trainer under bf16 autocast, the frozen base weights (a LoRA fit's) cast to bf16 once
-    for the block instead of on every forward and its recomputation (`low_precision_weights`; the
-    same numerics). Elsewhere nothing changes (a GPU Trainer moves the module inside `fit`)."""
-    ac = autocast(str(trainer.precision), "cpu")
-    on_cpu = trainer.strategy.root_device.type == "cpu"
-    return low_precision_weights(task, ac.fast_dtype if isinstance(ac, torch.autocast) and on_cpu else None,
-                                 frozen_only=True)  # fmt: skip
 
 
 def fit_preference(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from rlrec import launch
-from rlrec.tasks.llm import LLMTask
+from rlrec.tasks.llm import LLMTask, frozen_weights_cast
 
 
 class SFTTask(LLMTask):
@@ -49,7 +49,8 @@ def _fit_sft(task: SFTTask, loader, make_trainer, max_epochs: int, prefix: str, 
     task.train()
     extra = {"accumulate_grad_batches": int(accumulate)} if int(accumulate) > 1 else {}
     trainer = make_trainer(max_epochs=max_epochs, callbacks=[log], progress=True, **extra)
-    trainer.fit(task, loader)
+    with frozen_weights_cast(task, trainer):
+        trainer.fit(task, loader)
     task.eval()
     if out is not None and launch.is_global_zero():
         task.save_adapter(out)

@@ -119,7 +119,7 @@ def _sdpo_loss_and_grads(autocast: bool, cast_frozen: bool = False):
 
 def test_frozen_weights_cast_once_give_autocasts_loss_and_gradients():
     """A LoRA fit under bf16 autocast with its frozen base weights cast once (`low_precision_weights`,
-    `frozen_weights_cast`): the loss and the adapters' gradients equal autocast's own casts."""
+    `rlrec.tasks.llm.frozen_weights_cast`): the loss and the adapters' gradients equal autocast's own casts."""
     loss, grads = _sdpo_loss_and_grads(True)
     loss_c, grads_c = _sdpo_loss_and_grads(True, cast_frozen=True)
     assert torch.equal(loss_c, loss) and torch.equal(grads_c, grads)
