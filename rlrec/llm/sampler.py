@@ -351,7 +351,7 @@ class PrefixSharingSampler:
             c = i
         if c < MIN_COMMON_PREFIX:
             return None
-        out = self.model(input_ids=self._ids(first[:c]), use_cache=True, logits_to_keep=1)  # logits unused
+        out = self.inner(input_ids=self._ids(first[:c]), use_cache=True)  # the decoder only: no logits needed
         self.forward_calls += 1
         return c, out.past_key_values
 
