@@ -201,8 +201,15 @@ def test_trackrec_smoke_in_process_and_resume_without_regenerating(tmp_path):
 def test_positive_control_encodes_item_titles_and_planted_feedback_runs(tmp_path):
     """`trackrec_synthetic`: the item side of the knowledge is the encoded title (no LLM call per
     item); any feedback runs in it, here the planted one (the loop's own positive control)."""
+    small = [
+        "dataset.loader.num_users=200",
+        "dataset.loader.num_items=300",
+        "dataset.max_users=60",
+        "align.users=12",
+        "align.heldout_users=6",
+    ]  # the preset's 400 users: the wiring needs fewer
     res = run(_paper_cfg(tmp_path, "trackrec_synthetic", "feedback=planted", "feedback.phrase=e", "feedback.cap=1000",
-                         "downstream.seeds=[1]"), tmp_path / "run")  # fmt: skip
+                         "downstream.seeds=[1]", *small), tmp_path / "run")  # fmt: skip
     m = res["metrics"]
     assert {"base/test/auc", "round0/test/auc", "aligned/test/auc", "iter1/heldout/reward_gain"} <= set(m)
     assert m["round0/test/auc"] != m["base/test/auc"]
