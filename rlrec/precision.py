@@ -208,9 +208,14 @@ def cast_linear_weights(model: torch.nn.Module, precision: str, device: torch.de
     Parameters (fp32, LoRA-merged or not) are put back on exit, untouched; tied weights share one
     cast. The copies cost the model's linear weights in the low dtype (0.27 GB for SmolLM2-135M in
     bf16). Without a low-precision autocast the block changes nothing."""
-    ctx = autocast(precision, device)
-    with ctx, low_precision_weights(model, ctx.fast_dtype if isinstance(ctx, torch.autocast) else None):
+    with autocast(precision, device), low_precision_weights(model, autocast_dtype(precision, device)):
         yield
+
+
+def autocast_dtype(precision: str, device: torch.device | str = "cpu") -> torch.dtype | None:
+    """The dtype `autocast(precision, device)` computes matmuls in; None when it is no autocast."""
+    ctx = autocast(precision, device)
+    return ctx.fast_dtype if isinstance(ctx, torch.autocast) else None
 
 
 @contextlib.contextmanager

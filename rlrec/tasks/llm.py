@@ -13,7 +13,7 @@ from torch import nn
 
 from rlrec.llm.loading import LLMConfig, load_model, load_tokenizer
 from rlrec.llm.logps import completion_logps
-from rlrec.precision import autocast, low_precision_weights
+from rlrec.precision import autocast_dtype, low_precision_weights
 
 
 def _adamw(params):  # the default when no optimizer partial is given
@@ -151,7 +151,7 @@ def frozen_weights_cast(task: nn.Module, trainer):
     """On a CPU Trainer under bf16 autocast, the frozen base weights (a LoRA fit's) cast to bf16 once
     for the block instead of on every forward and its recomputation (`low_precision_weights`; the
     same numerics). Elsewhere nothing changes (a GPU Trainer moves the module inside `fit`)."""
-    ac = autocast(str(trainer.precision), "cpu")
     on_cpu = trainer.strategy.root_device.type == "cpu"
-    return low_precision_weights(task, ac.fast_dtype if isinstance(ac, torch.autocast) and on_cpu else None,
-                                 frozen_only=True)  # fmt: skip
+    return low_precision_weights(
+        task, autocast_dtype(str(trainer.precision)) if on_cpu else None, frozen_only=True
+    )
