@@ -19,6 +19,8 @@ compares the halves within each user:
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -52,16 +54,24 @@ class Ensemble:
 
     def score(self, users, texts, vectors) -> np.ndarray:
         self.last = np.stack([m.score(users, texts, vectors) for m in self.members])
-        return np.nanmean(self.last, 0)
+        return _nanmean(self.last)
 
     def halves(self) -> tuple[np.ndarray, np.ndarray] | None:
         if self.last is None:
             return None
-        return np.nanmean(self.last[0::2], 0), np.nanmean(self.last[1::2], 0)
+        return _nanmean(self.last[0::2]), _nanmean(self.last[1::2])
 
     def score_info(self) -> dict:
         infos = [m.score_info() for m in self.members if hasattr(m, "score_info")]
         return {k: float(np.mean([i[k] for i in infos])) for k in infos[0]} if infos else {}
+
+
+def _nanmean(rewards: np.ndarray) -> np.ndarray:
+    """The members' mean reward per (user, text); NaN where no member could score it (a user with no
+    samples to score on) — expected, so numpy's "Mean of empty slice" warning is not shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(rewards, 0)
 
 
 def build_feedback(cfg: DictConfig, ctx, downstream):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import warnings
 
 import numpy as np
 import pytest
@@ -90,3 +91,25 @@ def test_build_feedback_gives_one_member_or_an_ensemble_of_seeds():
     judge_like = OmegaConf.create({"_target_": f"{__name__}.Member", "_partial_": True, "ensemble": 2})
     with pytest.raises(ValueError, match="has no `seed`"):
         build_feedback(judge_like, None, None)
+
+
+def test_a_user_no_member_can_score_stays_nan_without_a_warning():
+    """A user with no samples is NaN in every member: NaN in the reward and both halves, silently;
+    a text one member could not score takes the others' mean."""
+
+    class Gaps(Member):
+        def score(self, users, texts, vectors):
+            r = super().score(users, texts, vectors)
+            r[1] = np.nan  # user 2 has nothing to score on
+            if self.seed == 0:
+                r[0, 0] = np.nan
+            return r
+
+    e = Ensemble([Gaps(seed=s) for s in range(4)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = e.score([1, 2], [["0", "1"], ["1", "0"]], None)
+        a, b = e.halves()
+    np.testing.assert_array_equal(r[0], [0.0, 1.0])
+    assert np.isnan(r[1]).all() and np.isnan(a[1]).all() and np.isnan(b[1]).all()
+    np.testing.assert_array_equal(a[0], [0.0, 1.0])
