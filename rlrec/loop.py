@@ -21,6 +21,7 @@ from rlrec.cache import fingerprint
 from rlrec.console import bar
 from rlrec.feedback.ensemble import Ensemble, split_half
 from rlrec.llm.pairs import build_groups
+from rlrec.metrics import nan_rows_ok
 from rlrec.results import Probe, Round
 
 log = logging.getLogger("rlrec")
@@ -155,7 +156,8 @@ def heldout_gain(before: np.ndarray, after: np.ndarray) -> dict:
     """
     from scipy.stats import ttest_rel
 
-    b, a = np.nanmean(before, 1), np.nanmean(after, 1)
+    with nan_rows_ok():
+        b, a = np.nanmean(before, 1), np.nanmean(after, 1)
     ok = np.isfinite(a) & np.isfinite(b)
     b, a = b[ok], a[ok]
     out = {
@@ -224,8 +226,9 @@ def score(store, refit: Refit, probes: list[Probe], users, texts, vectors):
 
 def reward_stats(rewards: np.ndarray) -> dict:
     """Mean reward, mean of each user's best, mean spread (best − worst) of a round's rewards."""
-    return {
-        "reward/mean": float(np.nanmean(rewards)),
-        "reward/best_mean": float(np.nanmean(np.nanmax(rewards, 1))),
-        "reward/spread": float(np.nanmean(np.nanmax(rewards, 1) - np.nanmin(rewards, 1))),
-    }
+    with nan_rows_ok():
+        return {
+            "reward/mean": float(np.nanmean(rewards)),
+            "reward/best_mean": float(np.nanmean(np.nanmax(rewards, 1))),
+            "reward/spread": float(np.nanmean(np.nanmax(rewards, 1) - np.nanmin(rewards, 1))),
+        }

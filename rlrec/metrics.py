@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
+
 import numpy as np
 import pandas as pd
+
+
+@contextmanager
+def nan_rows_ok():
+    """A user nothing could score (no samples to score on) is a row of NaN rewards: its nan-mean and
+    nan-max are NaN, as they should be, without numpy's warnings about empty or all-NaN slices."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Mean of empty slice|All-NaN slice", RuntimeWarning)
+        yield
 
 
 def user_auc(users, scores, labels) -> float:

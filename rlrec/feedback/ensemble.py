@@ -19,13 +19,12 @@ compares the halves within each user:
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rlrec.cache import fingerprint
+from rlrec.metrics import nan_rows_ok
 
 
 class Ensemble:
@@ -67,10 +66,8 @@ class Ensemble:
 
 
 def _nanmean(rewards: np.ndarray) -> np.ndarray:
-    """The members' mean reward per (user, text); NaN where no member could score it (a user with no
-    samples to score on) — expected, so numpy's "Mean of empty slice" warning is not shown."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+    """The members' mean reward per (user, text); NaN where no member could score it."""
+    with nan_rows_ok():
         return np.nanmean(rewards, 0)
 
 

@@ -4,6 +4,8 @@ which policy it saw). No LLM, no data, no encoder."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -201,6 +203,20 @@ def test_heldout_gain_is_zero_and_untested_when_nothing_changes():
     r = np.array([[0.1, 0.2], [0.3, 0.4]])
     g = loop.heldout_gain(r, r.copy())
     assert g["heldout/reward_gain"] == 0.0 and "heldout/p" not in g
+
+
+def test_a_user_nothing_could_score_is_left_out_silently():
+    """A row of NaN (a user with no samples) leaves the gain and the round's reward stats to the
+    others, without numpy's empty-slice warnings."""
+    before = np.array([[0.1, 0.3], [np.nan, np.nan], [0.2, np.nan]])
+    after = np.array([[0.3, 0.5], [np.nan, np.nan], [0.5, 0.5]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = loop.heldout_gain(before, after)
+        s = loop.reward_stats(before)
+    assert g["heldout/users"] == 2.0 and g["heldout/reward_gain"] == pytest.approx(0.25)
+    assert s["reward/mean"] == pytest.approx(0.2) and s["reward/spread"] == pytest.approx(0.1)
+    assert s["reward/best_mean"] == pytest.approx(0.25)
 
 
 def test_each_round_reports_its_rewards_split_half_reliability(tmp_path):
