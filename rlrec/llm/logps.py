@@ -14,6 +14,23 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+# The KV cache's name in a model's forward and in its outputs: transformers 5 renamed `past_key_values`
+# to `cache` (the old keyword is deprecated, to be removed in 5.40, after which a model's **kwargs would
+# swallow it and run without the cache); the releases before the rename (pyproject: ≥ 4.56) know only
+# `past_key_values`.
+CACHE_NAME = "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+
+
+def with_cache(cache) -> dict:
+    """The keyword argument that hands `cache` (a transformers `Cache`) to a model's forward."""
+    return {CACHE_NAME: cache}
+
+
+def cache_of(out):
+    """The KV cache a model's forward returned (`use_cache=True`)."""
+    return getattr(out, CACHE_NAME)
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -151,8 +168,8 @@ def shared_prompt_logps(
 
     def prompt_pass(cache=None):
         logits, out = last_logits(model, prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos,
-                                  use_cache=True, past_key_values=cache)  # fmt: skip
-        return logits, out.past_key_values
+                                  use_cache=True, **with_cache(cache))  # fmt: skip
+        return logits, cache_of(out)
 
     if not (checkpoint_prompt and torch.is_grad_enabled()):
         prompt_last, cache = prompt_pass()
@@ -179,8 +196,8 @@ def shared_prompt_logps(
         # the completion tokens are exactly the real (non-pad) ones
         attention_mask=torch.cat([repeated_mask, completion_mask.long()], 1),
         position_ids=positions,
-        past_key_values=cache,
         logits_to_keep=keep,
+        **with_cache(cache),
     )
     assert out.logits.ndim == 2, "shared_prompt_logps needs a model that accepts a boolean logits_to_keep"
     first = selective_log_softmax(first_logits[None], completion_ids[None, :, 0]).squeeze(0)  # (R,)

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from rlrec.llm.constrain import apply_constraints
-from rlrec.llm.logps import last_logits
+from rlrec.llm.logps import cache_of, last_logits, with_cache
 
 log = logging.getLogger("rlrec")
 
@@ -353,7 +353,7 @@ class PrefixSharingSampler:
             return None
         out = self.inner(input_ids=self._ids(first[:c]), use_cache=True)  # the decoder only: no logits needed
         self.forward_calls += 1
-        return c, out.past_key_values
+        return c, cache_of(out)
 
     def _admit(self, s: int, job: Job, common) -> list[Finished]:
         """Prefill `job` into slot `s` and draw every sample's first token from the prompt logits."""
@@ -361,13 +361,13 @@ class PrefixSharingSampler:
         if common is not None:
             c, cache = common
             last, out = last_logits(
-                self.model, self._ids(ids[c:]), past_key_values=copy.deepcopy(cache), use_cache=True
+                self.model, self._ids(ids[c:]), use_cache=True, **with_cache(copy.deepcopy(cache))
             )
         else:
             last, out = last_logits(self.model, self._ids(ids), use_cache=True)
         self.forward_calls += 1
         T = len(ids)
-        for layer, kv in enumerate(out.past_key_values.layers):
+        for layer, kv in enumerate(cache_of(out).layers):
             self.k_pre[layer, s, :, :T] = kv.keys[0]  # (Hkv, T, D)
             self.v_pre[layer, s, :, :T] = kv.values[0]
         k = len(job.seeds)

@@ -5,6 +5,7 @@ the sampler's next-token distribution, and a CTR backbone's AUC."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -281,20 +282,23 @@ def test_cast_linear_weights_gives_autocasts_outputs_and_restores_the_parameters
 
 
 def test_last_logits_are_the_last_positions_logits_with_left_padding_and_a_cache():
-    from rlrec.llm.logps import last_logits
+    """…and the cache goes in and comes out under the installed transformers' own name (no
+    deprecation warning: a deprecated keyword would be dropped silently once it is removed)."""
+    from rlrec.llm.logps import cache_of, last_logits, with_cache
 
     model = tiny_llama(seed=5)
     ids = torch.tensor([[0, 0, 5, 9, 3], [4, 8, 6, 2, 7]])
     mask = (ids != 0).long()
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
         want = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
         got, out = last_logits(model, ids, attention_mask=mask, position_ids=pos, use_cache=True)
         assert got.shape == (2, model.config.vocab_size) and torch.allclose(got, want, atol=1e-5)
         # continuing from the returned cache gives the full sequence's last logits
         nxt = torch.tensor([[3], [1]])
         step, _ = last_logits(model, nxt, attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1),
-                              position_ids=pos[:, -1:] + 1, past_key_values=out.past_key_values)  # fmt: skip
+                              position_ids=pos[:, -1:] + 1, **with_cache(cache_of(out)))  # fmt: skip
         full = model(input_ids=torch.cat([ids, nxt], 1), attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1),
                      position_ids=torch.cat([pos, pos[:, -1:] + 1], 1)).logits[:, -1]  # fmt: skip
     assert torch.allclose(step, full, atol=1e-5)
