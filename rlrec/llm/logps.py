@@ -20,7 +20,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 # to `cache` (the old keyword is deprecated, to be removed in 5.40, after which a model's **kwargs would
 # swallow it and run without the cache); the releases before the rename (pyproject: ≥ 4.56) know only
 # `past_key_values`.
-CACHE_NAME = "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+CACHE_NAME = (
+    "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
+)
 
 
 def with_cache(cache) -> dict:
