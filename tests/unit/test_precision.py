@@ -282,8 +282,8 @@ def test_cast_linear_weights_gives_autocasts_outputs_and_restores_the_parameters
 
 
 def test_last_logits_are_the_last_positions_logits_with_left_padding_and_a_cache():
-    """…and the cache goes in and comes out under the installed transformers' own name (no
-    deprecation warning: a deprecated keyword would be dropped silently once it is removed)."""
+    """…and the cache goes back in under the installed transformers' own keyword (no deprecation
+    warning: a deprecated keyword would be dropped silently once it is removed)."""
     from rlrec.llm.logps import cache_of, last_logits, with_cache
 
     model = tiny_llama(seed=5)
