@@ -91,21 +91,10 @@ def validate(cfg) -> None:
              "best_vs_all (S-DPO) or best_vs_worst (DPO)")  # fmt: skip
     number("feedback.ensemble", 1, expected="an integer ≥ 1 (the feedback members a reward averages)")
     number("threads", 1, expected="an integer ≥ 1")
-    precisions = (
-        "auto",
-        "32-true",
-        "32",
-        "bf16-mixed",
-        "bf16-true",
-        "bf16",
-        "16-mixed",
-        "16-true",
-        "16",
-        "64-true",
-        "64",
-    )
-    need(str(get("trainer.precision", "auto")) in precisions, "trainer.precision",
-         "auto (measured per machine: rlrec/precision.py) or a Lightning precision: " + ", ".join(precisions[1:]))  # fmt: skip
+    from rlrec.precision import CANONICAL
+
+    need(str(get("trainer.precision", "auto")) in ("auto", *CANONICAL), "trainer.precision",
+         "auto (measured per machine: rlrec/precision.py) or a Lightning precision: " + ", ".join(CANONICAL))  # fmt: skip
     for key in ("dataset.path", "knowledge.source"):
         path = OmegaConf.select(cfg, key)
         need(path is None or Path(str(path)).expanduser().exists(), key, "an existing path")

@@ -21,8 +21,8 @@ folder), so the probe runs once per machine (~6 s, plus the kernels' first compi
 run or cache_dir asks.
 `resolve("auto", workload)` gives Lightning's precision string for that workload: `bf16-mixed`
 when bf16 was ≥ `MIN_SPEEDUP`× faster, else `32-true`. On a CUDA GPU, `auto` is `bf16-mixed` where the GPU supports bf16. An
-explicit precision (`32-true`, `bf16-mixed`, …) is used as given.
-"""
+explicit precision is used as given, under its one name (`normalise`: `32` is `32-true`, `bf16` is
+`bf16-mixed`). `$RLREC_PRECISION_AUTO` pins what `auto` gives on a CPU without probing (`pinned`)."""
 
 from __future__ import annotations
 
@@ -167,17 +167,56 @@ def probe(cache_dir: str | Path | None = None) -> dict:
     return result
 
 
+# Lightning's spellings of one precision (32, "32", "32-true" are one computation): every value is
+# normalised before it enters a stage key, a log or a result, so one computation has one key
+CANONICAL = {"32": FP32, "32-true": FP32, "bf16": BF16, "bf16-mixed": BF16, "bf16-true": "bf16-true",
+             "16": "16-mixed", "16-mixed": "16-mixed", "16-true": "16-true", "64": "64-true", "64-true": "64-true"}
+PINNED = "RLREC_PRECISION_AUTO"  # what `auto` resolves to without probing: one precision, or per workload
+
+
+def normalise(precision) -> str:
+    """The one name of a Lightning precision (`auto` stays `auto`).
+
+    >>> normalise(32), normalise("32"), normalise("bf16"), normalise("bf16-mixed"), normalise(16)
+    ('32-true', '32-true', 'bf16-mixed', 'bf16-mixed', '16-mixed')
+    """
+    name = str(precision).strip()
+    if name == "auto":
+        return name
+    if name not in CANONICAL:
+        raise ValueError(f"trainer.precision={name!r}: expected auto or one of {', '.join(CANONICAL)}")
+    return CANONICAL[name]
+
+
+def pinned(workload: str) -> str | None:
+    """`auto`'s answer for `workload` when `$RLREC_PRECISION_AUTO` fixes it: `32-true`, `bf16-mixed`,
+    or per workload `llm=bf16-mixed,ctr=32-true` (a workload it does not name is probed). Pins a
+    fleet of mixed CPUs to one choice, and the test suite to each outcome in turn."""
+    value = os.environ.get(PINNED, "").strip()
+    if not value:
+        return None
+    if "=" not in value:
+        return normalise(value)
+    pairs = dict(part.split("=", 1) for part in value.split(",") if part.strip())
+    unknown = set(pairs) - set(WORKLOADS)
+    if unknown:
+        raise ValueError(f"${PINNED}={value!r}: unknown workload(s) {sorted(unknown)}; expected {WORKLOADS}")
+    return normalise(pairs[workload]) if workload in pairs else None
+
+
 def resolve(precision, workload: str = "llm", accelerator: str = "cpu", cache_dir=None) -> str:
-    """Lightning's precision string for `workload` (`llm` | `ctr`): `auto` decided as the module
-    docstring says; anything else returned as given (as a string: Lightning also takes 32, 16)."""
+    """Lightning's precision string for `workload` (`llm` | `ctr`), normalised (`normalise`): `auto`
+    decided as the module docstring says (or as `$RLREC_PRECISION_AUTO` pins it on a CPU)."""
     if str(precision) != "auto":
-        return str(precision)
+        return normalise(precision)
     if workload not in WORKLOADS:
         raise ValueError(f"precision workload {workload!r}: one of {WORKLOADS}")
     if str(accelerator) in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         return BF16 if torch.cuda.is_bf16_supported() else "16-mixed"
     if str(accelerator) not in ("cpu", "auto"):
         return FP32  # mps and others: fp32, the safe default
+    if pinned(workload) is not None:
+        return pinned(workload)
     speed = probe(cache_dir)["workloads"][workload]["speedup"]
     return BF16 if speed >= MIN_SPEEDUP else FP32
 

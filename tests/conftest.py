@@ -15,10 +15,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # rlrec.layers.compiled kernels run eagerly in tests (same values; compiling each test's shapes would
 # cost minutes): tests/unit/test_layers.py switches compilation on to check compiled == eager
 os.environ.setdefault("RLREC_COMPILE", "0")
+# precision=auto resolves by what this CPU runs faster (rlrec.precision): pinned to fp32 for the suite
+# (subprocesses inherit it), so every machine of the kind runs the same code paths; tests whose outcome
+# depends on the probe's answer take `auto_precision` and run once with each answer
+os.environ["RLREC_PRECISION_AUTO"] = "32-true"
 torch.set_num_threads(1)  # tests are many tiny ops: one thread avoids spinning OpenMP workers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+
+
+@pytest.fixture(params=["32-true", "bf16-mixed"], ids=["auto=fp32", "auto=bf16"])
+def auto_precision(request, monkeypatch):
+    """`trainer.precision=auto` resolving to fp32 (a CPU without native bf16) and to bf16 autocast (one
+    with avx512_bf16 / AMX), whichever CPU runs the test."""
+    monkeypatch.setenv("RLREC_PRECISION_AUTO", request.param)
+    return request.param
 
 
 @pytest.fixture(scope="session")

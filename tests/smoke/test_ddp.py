@@ -28,7 +28,7 @@ def test_backbone_only_under_ddp_on_cpu_runs_the_app_once(tmp_path):
     assert not list((tmp_path / "cache" / "launch").iterdir())  # job files cleaned up
 
 
-def test_the_fit_key_depends_on_strategy_devices_and_precision(tmp_path):
+def test_the_fit_key_depends_on_strategy_devices_and_precision(tmp_path, auto_precision):
     from rlrec.context import Context
 
     def key(*overrides):
@@ -45,5 +45,10 @@ def test_the_fit_key_depends_on_strategy_devices_and_precision(tmp_path):
         ]
     }
     assert len(keys) == 4
-    # precision=auto (the default) is what it resolves to on this machine: fp32 or bf16 autocast
-    assert key() in keys and key(*ddp) in keys
+    # one computation, one key: Lightning's spellings of a precision are one name
+    assert key("trainer.precision=32-true") == key("trainer.precision=32")
+    assert key("trainer.precision=bf16") == key("trainer.precision=bf16-mixed")
+    # precision=auto (the default) keys as what it resolves to: fp32 on a CPU without native bf16,
+    # bf16 autocast on one with it (the fixture runs both)
+    assert key() == key(f"trainer.precision={auto_precision}")
+    assert key(*ddp) == key(*ddp, "trainer.precision=bf16")  # trainer=ddp keeps trainer=gpu's explicit bf16

@@ -28,6 +28,7 @@ def fake_measure(speedups: dict):
 
 
 def test_auto_picks_bf16_per_workload_by_the_measured_speedup_and_caches_it(tmp_path, monkeypatch):
+    monkeypatch.delenv(precision.PINNED)  # the probe decides, as on a user's machine
     measure, calls = fake_measure({"llm": 1.6, "ctr": 0.9})
     monkeypatch.setattr(precision, "measure", measure)
     assert precision.resolve("auto", "llm", "cpu", tmp_path) == "bf16-mixed"
@@ -43,6 +44,7 @@ def test_auto_picks_bf16_per_workload_by_the_measured_speedup_and_caches_it(tmp_
 
 
 def test_auto_needs_a_clear_win_and_explicit_values_pass_through(tmp_path, monkeypatch):
+    monkeypatch.delenv(precision.PINNED)  # the probe decides, as on a user's machine
     monkeypatch.setattr(
         precision, "measure", fake_measure({"llm": precision.MIN_SPEEDUP - 0.01, "ctr": 3.0})[0]
     )
@@ -52,6 +54,31 @@ def test_auto_needs_a_clear_win_and_explicit_values_pass_through(tmp_path, monke
     assert precision.resolve("bf16-mixed", "llm", "cpu", tmp_path) == "bf16-mixed"
     with pytest.raises(ValueError, match="workload"):
         precision.resolve("auto", "vision", "cpu", tmp_path)
+
+
+def test_one_name_per_precision():
+    for spellings, name in (((32, "32", "32-true"), "32-true"), (("bf16", "bf16-mixed"), "bf16-mixed"),
+                            ((16, "16", "16-mixed"), "16-mixed"), ((64, "64", "64-true"), "64-true"),
+                            (("bf16-true",), "bf16-true"), (("16-true",), "16-true"), (("auto",), "auto")):  # fmt: skip
+        assert {precision.normalise(s) for s in spellings} == {name}
+        assert all(precision.resolve(s, "ctr") == name for s in spellings if s != "auto")
+    with pytest.raises(ValueError, match="trainer.precision='fp8'.*expected auto or one of 32"):
+        precision.normalise("fp8")
+
+
+def test_a_pinned_auto_never_probes(tmp_path, monkeypatch):
+    measure, calls = fake_measure({"llm": 3.0, "ctr": 3.0})
+    monkeypatch.setattr(precision, "measure", measure)
+    monkeypatch.setenv(precision.PINNED, "32")
+    assert precision.resolve("auto", "llm", "cpu", tmp_path) == precision.resolve("auto", "ctr", "cpu", tmp_path) \
+        == "32-true"  # fmt: skip
+    monkeypatch.setenv(precision.PINNED, "llm=bf16")  # one workload pinned, the other probed
+    assert precision.resolve("auto", "llm", "cpu", tmp_path) == "bf16-mixed" and calls == []
+    assert precision.resolve("auto", "ctr", "cpu", tmp_path) == "bf16-mixed" and calls == [1]
+    assert precision.resolve("bf16-true", "ctr", "cpu", tmp_path) == "bf16-true"  # explicit values win
+    monkeypatch.setenv(precision.PINNED, "vision=bf16")
+    with pytest.raises(ValueError, match="RLREC_PRECISION_AUTO.*vision"):
+        precision.resolve("auto", "ctr", "cpu", tmp_path)
 
 
 def test_machine_kind_names_what_the_probe_runs(monkeypatch):
@@ -73,6 +100,7 @@ def test_measure_times_both_workloads():
 
 
 def test_context_resolves_auto_into_every_trainer_and_key(tmp_path, monkeypatch):
+    monkeypatch.delenv(precision.PINNED)  # the probe decides, as on a user's machine
     from omegaconf import OmegaConf
 
     from rlrec.context import Context
