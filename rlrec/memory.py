@@ -80,11 +80,25 @@ def peak_since_reset_gb() -> float:
 
 
 _LIBC = None
+_SETTLED = False
+
+
+def settle_imports() -> None:
+    """Move what the process holds now (the imported libraries' ~600K objects: modules, classes,
+    functions) out of the cyclic collector's reach, once per process (`gc.freeze`): every later
+    `gc.collect` scans only what the run creates (0.8 s → milliseconds per collection with torch,
+    transformers and Lightning loaded). Frozen objects are still freed by reference counting."""
+    global _SETTLED
+    if not _SETTLED:
+        gc.collect()
+        gc.freeze()
+        _SETTLED = True
 
 
 def release() -> None:
     """Collect garbage and return freed heap pages to the OS (glibc `malloc_trim`; a no-op
-    elsewhere). Cheap (milliseconds): called between stages and after big buffers are dropped."""
+    elsewhere). Cheap (milliseconds once `settle_imports` ran): called between stages and after big
+    buffers are dropped."""
     global _LIBC
     gc.collect()
     if _LIBC is None:

@@ -169,8 +169,18 @@ def probe(cache_dir: str | Path | None = None) -> dict:
 
 # Lightning's spellings of one precision (32, "32", "32-true" are one computation): every value is
 # normalised before it enters a stage key, a log or a result, so one computation has one key
-CANONICAL = {"32": FP32, "32-true": FP32, "bf16": BF16, "bf16-mixed": BF16, "bf16-true": "bf16-true",
-             "16": "16-mixed", "16-mixed": "16-mixed", "16-true": "16-true", "64": "64-true", "64-true": "64-true"}
+CANONICAL = {
+    "32": FP32,
+    "32-true": FP32,
+    "bf16": BF16,
+    "bf16-mixed": BF16,
+    "bf16-true": "bf16-true",
+    "16": "16-mixed",
+    "16-mixed": "16-mixed",
+    "16-true": "16-true",
+    "64": "64-true",
+    "64-true": "64-true",
+}
 PINNED = "RLREC_PRECISION_AUTO"  # what `auto` resolves to without probing: one precision, or per workload
 
 

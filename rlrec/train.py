@@ -17,6 +17,7 @@ import hydra
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from rlrec import memory
 from rlrec.cache import atomic_write_json, atomic_write_text, sqlite_journal
 from rlrec.configs import conf_dir, user_errors, validate
 from rlrec.console import quiet_libraries
@@ -30,6 +31,7 @@ log = logging.getLogger("rlrec")
 def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Run the configured job and write its results into `output_dir` (atomically)."""
     sqlite_journal()  # a bad RLREC_SQLITE_JOURNAL fails now, not when a cache first opens
+    memory.settle_imports()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

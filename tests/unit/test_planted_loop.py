@@ -7,6 +7,7 @@ held-out gain with its paired test."""
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -78,9 +79,12 @@ def encode(texts):
     return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8) for t in texts])
 
 
-def z_rate(policy, users) -> float:
-    texts = policy.sample([Prompts.questions[int(u)] for u in users], seed=99)
-    return float(np.mean([t.count("z") / max(len(t), 1) for row in texts for t in row]))
+def phrase_rate(policy, users, feedback: PlantedFeedback) -> tuple[float, int]:
+    """(occurrences of the planted phrase per character, characters) in the policy's N samples for
+    each of `users`, drawn with one fixed sampling seed before and after training."""
+    texts = [t for row in policy.sample([Prompts.questions[int(u)] for u in users], seed=99) for t in row]
+    chars = sum(len(t) for t in texts)
+    return sum(len(feedback.pattern.findall(t)) for t in texts) / max(chars, 1), chars
 
 
 def test_the_loop_learns_to_write_the_planted_phrase_for_held_out_users(tmp_path):
@@ -94,15 +98,24 @@ def test_the_loop_learns_to_write_the_planted_phrase_for_held_out_users(tmp_path
     policy = Policy(SimpleNamespace(fingerprint="tiny-char-llama"), sampling, PREFERENCE, Store(tmp_path),
                     make_trainer, task=task, seed=0)  # fmt: skip
     policy.progress = False
-    _, held = loop.split_users(Prompts.train_users, 16, seed=3)
-    before = z_rate(policy, held)
-    rounds = loop.align(policy, PlantedFeedback(phrase="z"), Prompts(), Store(tmp_path), encode, rounds=2, users=24,
-                        seed=3, heldout=16)  # fmt: skip
+    feedback = PlantedFeedback(phrase="z")
+    _, held = loop.split_users(Prompts.train_users, 16, seed=3)  # never trained on
+    before, chars_before = phrase_rate(policy, held, feedback)
+    rounds = loop.align(policy, feedback, Prompts(), Store(tmp_path), encode, rounds=2, users=24, seed=3,
+                        heldout=16)  # fmt: skip
+    trained = policy.with_adapter(None, rounds[-1].policy_key)  # the last round's weights, by key
+    trained.__dict__["task"] = task  # trained in place: the object the rounds handed on
+    after, chars_after = phrase_rate(trained, held, feedback)
+    # The positive control itself: the held-out users' texts say the phrase more often. Untrained, the
+    # rate is 0.027-0.041 over five sampling seeds (~1/29: every letter is sampled); trained, ~0.12. The
+    # binomial standard error of the difference is ~0.01 on ~1,200 characters a side, so demand twice
+    # the rate and 5 standard errors: chance cannot give that, a fit that does not learn cannot pass.
+    se = math.sqrt(before * (1 - before) / chars_before + after * (1 - after) / chars_after)
+    assert before > 0, "the untrained policy never writes the phrase: the control cannot show a rise"
+    assert after > 2 * before and after - before > 5 * se, (before, after, se)
+
     assert [r.t for r in rounds] == [0, 1, 2] and all(r.trained for r in rounds[1:])
     for r in rounds[1:]:  # every round raises the held-out reward, and the fit saw held-out pairs
         assert r.metrics["heldout/reward_gain"] > 0 and r.metrics["heldout/users"] == 16
         assert r.curve and "align/heldout_reward_acc" in r.metrics
     assert rounds[-1].metrics["heldout/p"] < 0.01
-    trained = policy.with_adapter(None, rounds[-1].policy_key)  # the last round's weights, by key
-    trained.__dict__["task"] = task  # trained in place: the object the rounds handed on
-    assert z_rate(trained, held) > 2 * before, (before, z_rate(trained, held))
