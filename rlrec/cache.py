@@ -4,7 +4,9 @@ a killed run never leaves a partial artifact that looks complete."""
 
 from __future__ import annotations
 
+import ast
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +34,49 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     return obj
+
+
+PACKAGE = Path(__file__).resolve().parent
+# modules that only present results (tables, plots, the console, exports, CLIs): never a stage's output
+PRESENTATION = ("report.py", "console.py", "cli.py", "export.py", "data/__main__.py")
+CODE_VERSION = "RLREC_CODE_VERSION"  # set: every stage key takes this instead of the code's hash
+
+
+def code_version(root: str | Path = PACKAGE) -> str:
+    """The version of the code under `root` (default: the rlrec package) that computes stage outputs:
+    a hash of every module's syntax tree, docstrings dropped, so a comment, a docstring or a
+    reformatting keeps it and any change to what the code does gives a new one. Part of every
+    stage key (`rlrec.store`) and of every cached text's key (`rlrec/llm` only), so changed code never
+    reuses an old output. Presentation modules (`PRESENTATION`) do not count. `$RLREC_CODE_VERSION`
+    pins it for a developer who knows an edit cannot change results (a new plug-in file, say).
+
+    >>> len(code_version())
+    12
+    """
+    if os.environ.get(CODE_VERSION):
+        return os.environ[CODE_VERSION]
+    root = Path(root)
+    files = [
+        (p.relative_to(root).as_posix(), p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*.py")
+    ]
+    return _tree_hash(root, tuple(sorted(f for f in files if f[0] not in PRESENTATION)))
+
+
+@functools.cache
+def _tree_hash(root: Path, files: tuple) -> str:
+    """`code_version`'s hash, once per state of the files (their names, times and sizes)."""
+    h = hashlib.sha256()
+    for rel, _, _ in files:
+        path = root / rel
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):  # docstrings are documentation, not behaviour
+            body = getattr(node, "body", None)
+            if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                    and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):  # fmt: skip
+                node.body = body[1:] or [ast.Pass()]
+        h.update(f"{rel}\0{ast.dump(tree)}\0".encode())
+    return h.hexdigest()[:12]
 
 
 def fingerprint(*parts: Any, length: int = 16) -> str:

@@ -2,7 +2,7 @@
 
 An artifact lives in `root/<name>/<key>/`, where `key` hashes `deps`: whatever the stage's output
 depends on, by content (the texts it scores, the rendered prompts, the weight files' identity,
-the data's content hash, the resolved config). `build(work_dir) -> dict` writes its files into a
+the data's content hash, the resolved config), and the version of rlrec's code (`code_version`). `build(work_dir) -> dict` writes its files into a
 private `.partial` folder and returns a JSON-able summary; the folder is renamed into place only
 when `build` returns, so a killed run never leaves an artifact that looks complete.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rlrec import memory
-from rlrec.cache import atomic_write_json, file_lock, fingerprint, read_json
+from rlrec.cache import atomic_write_json, code_version, file_lock, fingerprint, read_json
 
 log = logging.getLogger("rlrec")
 
@@ -61,7 +61,7 @@ class Store:
         """The artifact of `name` for `deps`: reused when published, else built now. One log line when a
         build starts and one when the stage ends (built, with its time, or cached); `quiet` (the many
         shards of one `executor.stages` call, which logs them together) logs at DEBUG."""
-        key = fingerprint(deps)
+        key = self.key(deps)
         level = logging.DEBUG if quiet else logging.INFO
         final = self.root / name / key
         t0 = time.perf_counter()
@@ -110,9 +110,14 @@ class Store:
         )
         return art
 
+    @staticmethod
+    def key(deps: Any) -> str:
+        """A stage's key: its `deps` and the version of the code that computes it (`code_version`)."""
+        return fingerprint(deps, code_version())
+
     def ready(self, name: str, deps: Any) -> bool:
         """True when `stage(name, deps, …)` would reuse a published artifact (nothing to build)."""
-        key = fingerprint(deps)
+        key = self.key(deps)
         reuse = self.reuse or (name, key) in self._seen
         return reuse and (self.root / name / key / "result.json").exists()
 

@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlrec.cache import fingerprint, set_sqlite_journal
+from rlrec.cache import code_version, fingerprint, set_sqlite_journal
 from rlrec.llm.chat import chat_messages, format_chat
 from rlrec.precision import cast_linear_weights, is_bf16
 
@@ -664,6 +664,8 @@ class Generator:
         )
         self.chat, self.system, self.progress = chat, system, progress
         self.last_stats = GenerationStats()
+        # the version of the code that turns a prompt into text (rlrec/llm): part of every cached text's key
+        self.code = code_version(Path(__file__).resolve().parent)
 
     def set_adapter_fingerprint(self, adapter_fingerprint: str) -> None:
         """Call whenever the policy's trainable weights change (new round, new checkpoint)."""
@@ -749,7 +751,8 @@ class Generator:
         ]
         keys = [
             [
-                fingerprint(self.model_fingerprint, adapter, self.backend.name, v[2], params, 0 if greedy else seed, i, length=32)
+                fingerprint(self.model_fingerprint, adapter, self.backend.name, v[2], params, 0 if greedy else seed, i,
+                            self.code, length=32)
                 for i in range(n)
             ]
             for v in views

@@ -16,3 +16,53 @@ def test_nested_configs_hash_by_resolved_values():
     assert fingerprint([smoke.dataset]) != fingerprint([cpu.dataset])
     same = OmegaConf.create({"profile": {"users": 60}, "dataset": {"max_users": 60}})
     assert fingerprint({"dataset": smoke.dataset}) == fingerprint({"dataset": same.dataset})
+
+
+def test_the_code_version_follows_what_the_code_does_not_how_it_reads(tmp_path):
+    from rlrec.cache import code_version
+
+    pkg = tmp_path / "pkg"
+    (pkg / "data").mkdir(parents=True)
+    module = pkg / "scale.py"
+    module.write_text('"""Scales."""\n\ndef scale(x):\n    """Twice x."""\n    return 2 * x\n')
+    (pkg / "data" / "load.py").write_text("def load():\n    return []\n")
+
+    def version(edit=None, text=None):
+        if edit is not None:
+            edit.write_text(text)
+        return code_version(pkg)
+
+    v0 = version()
+    assert v0 == code_version(pkg) and len(v0) == 12
+    # a comment, a docstring, a reformatting: the same code
+    assert (
+        version(module, '"""Scales by two."""\n# why: the paper\'s eq. 3\ndef scale( x ):\n    return 2*x\n')
+        == v0
+    )
+    # presentation modules (tables, plots, CLIs) never compute a stage's output
+    assert version(pkg / "report.py", "def table():\n    return 'x'\n") == v0
+    # what the code computes, where it lives, a new module: a new version
+    assert version(module, "def scale(x):\n    return 3 * x\n") != v0
+    version(module, "def scale(x):\n    return 2 * x\n")
+    assert version(pkg / "data" / "load.py", "def load():\n    return [0]\n") != v0
+
+
+def test_changed_code_rebuilds_a_stage_and_a_pinned_version_reuses_it(tmp_path, monkeypatch):
+    from rlrec import cache
+    from rlrec.store import Store
+
+    builds = []
+
+    def build(work):
+        builds.append(1)
+        return {"n": len(builds)}
+
+    store = Store(tmp_path)
+    assert store.stage("fit", {"a": 1}, build).data == {"n": 1}
+    assert store.stage("fit", {"a": 1}, build).cached
+    monkeypatch.setattr(cache, "_tree_hash", lambda root, files: "other-code")  # the package's code changed
+    art = Store(tmp_path).stage("fit", {"a": 1}, build)
+    assert not art.cached and art.data == {"n": 2}
+    monkeypatch.setenv(cache.CODE_VERSION, "v1")  # pinned by hand: reused while it stays pinned
+    assert not Store(tmp_path).stage("fit", {"a": 1}, build).cached
+    assert Store(tmp_path).stage("fit", {"a": 1}, build).cached and len(builds) == 3
