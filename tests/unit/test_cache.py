@@ -21,30 +21,26 @@ def test_nested_configs_hash_by_resolved_values():
 def test_the_code_version_follows_what_the_code_does_not_how_it_reads(tmp_path):
     from rlrec.cache import code_version
 
-    pkg = tmp_path / "pkg"
-    (pkg / "data").mkdir(parents=True)
-    module = pkg / "scale.py"
-    module.write_text('"""Scales."""\n\ndef scale(x):\n    """Twice x."""\n    return 2 * x\n')
-    (pkg / "data" / "load.py").write_text("def load():\n    return []\n")
+    base = {"scale.py": '"""Scales."""\n\ndef scale(x):\n    """Twice x."""\n    return 2 * x\n',
+            "data/load.py": "def load():\n    return []\n"}  # fmt: skip
 
-    def version(edit=None, text=None):
-        if edit is not None:
-            edit.write_text(text)
-        return code_version(pkg)
+    def version(name, edits=None):  # a copy of the package with `edits` ({file: text}) applied
+        for rel, text in {**base, **(edits or {})}.items():
+            (tmp_path / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / rel).write_text(text)
+        return code_version(tmp_path / name)
 
-    v0 = version()
-    assert v0 == code_version(pkg) and len(v0) == 12
+    v0 = version("v0")
+    assert len(v0) == 12 and version("again") == v0
     # a comment, a docstring, a reformatting: the same code
     assert (
-        version(module, '"""Scales by two."""\n# why: the paper\'s eq. 3\ndef scale( x ):\n    return 2*x\n')
-        == v0
+        version("doc", {"scale.py": '"""Scales by two."""\n# eq. 3\ndef scale( x ):\n    return 2*x\n'}) == v0
     )
     # presentation modules (tables, plots, CLIs) never compute a stage's output
-    assert version(pkg / "report.py", "def table():\n    return 'x'\n") == v0
-    # what the code computes, where it lives, a new module: a new version
-    assert version(module, "def scale(x):\n    return 3 * x\n") != v0
-    version(module, "def scale(x):\n    return 2 * x\n")
-    assert version(pkg / "data" / "load.py", "def load():\n    return [0]\n") != v0
+    assert version("report", {"report.py": "def table():\n    return 'x'\n"}) == v0
+    # what the code computes, in any module: a new version
+    assert version("scale", {"scale.py": "def scale(x):\n    return 3 * x\n"}) != v0
+    assert version("load", {"data/load.py": "def load():\n    return [0]\n"}) != v0
 
 
 def test_changed_code_rebuilds_a_stage_and_a_pinned_version_reuses_it(tmp_path, monkeypatch):
@@ -60,7 +56,7 @@ def test_changed_code_rebuilds_a_stage_and_a_pinned_version_reuses_it(tmp_path, 
     store = Store(tmp_path)
     assert store.stage("fit", {"a": 1}, build).data == {"n": 1}
     assert store.stage("fit", {"a": 1}, build).cached
-    monkeypatch.setattr(cache, "_tree_hash", lambda root, files: "other-code")  # the package's code changed
+    monkeypatch.setattr(cache, "_tree_hash", lambda root: "other-code")  # the package's code changed
     art = Store(tmp_path).stage("fit", {"a": 1}, build)
     assert not art.cached and art.data == {"n": 2}
     monkeypatch.setenv(cache.CODE_VERSION, "v1")  # pinned by hand: reused while it stays pinned

@@ -7,6 +7,7 @@ equal the single-process ones. A CTR fit on 2 ranks returns a trained model and 
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
@@ -28,12 +29,12 @@ TRAINER = {"_target_": "pytorch_lightning.Trainer", "accelerator": "cpu", "max_e
 def factory(tmp_path, devices: int, via: str = "torchrun") -> TrainerFactory:
     node = {**TRAINER, "devices": devices, **({"strategy": "ddp"} if devices > 1 else {})}
     where = {"via": via, "dir": str(tmp_path / "launch"), "cluster": "local"}  # submitit: local processes
-    return TrainerFactory(trainer=node, launch=where, threads=2)
+    return TrainerFactory(trainer=node, launch=where, threads=1)  # 2 ranks × 1 thread on 2 cores
 
 
 def tiny_random(tmp_path):
     node = OmegaConf.load(CONF / "llm" / "tiny_random.yaml")
-    node.cache_dir, node.seed = str(tmp_path / "models"), 0
+    node.cache_dir, node.seed = os.environ["RLREC_MODEL_CACHE"], 0  # the suite's converted tokenizer
     from hydra.utils import instantiate
 
     return instantiate(node)
@@ -169,3 +170,19 @@ def test_table_fits_log_under_their_own_version(tmp_path):
     a, b = (make(inner=False, log_version=v).logger for v in ("fit-a", "fit-b"))
     assert (a.version, b.version) == ("fit-a", "fit-b") and a.log_dir != b.log_dir
     assert make(inner=True).logger is None  # inner fits (feedback models, preference rounds) log nothing
+
+
+def test_ranks_interleave_one_shuffled_order_so_their_batches_make_one_processs_batch(monkeypatch):
+    from rlrec import launch as where
+    from rlrec.data.ctr import TensorBatches
+
+    rows = {"x": torch.arange(22)}
+    one = [b["x"] for b in TensorBatches(rows, 6, shuffle=True, seed=5)]  # 1 process, batch 2 × 3
+    ranks = []
+    for rank in (0, 1):
+        monkeypatch.setattr(where, "world", lambda rank=rank: (rank, 2))
+        ranks.append([b["x"] for b in TensorBatches(rows, 3, shuffle=True, seed=5)])
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == 4  # 11 rows each: batches of 3, 3, 3, 2
+    for k in range(4):  # the k-th batches of the two ranks are the single process's k-th batch
+        assert sorted(torch.cat([ranks[0][k], ranks[1][k]]).tolist()) == sorted(one[k].tolist())
+    assert not set(torch.cat(ranks[0]).tolist()) & set(torch.cat(ranks[1]).tolist())  # disjoint shares

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import re
 from types import SimpleNamespace
 
@@ -34,7 +35,7 @@ def tiny_llm(tmp_path_factory):
     from rlrec.llm.loading import LLMConfig, load_model
 
     conf = OmegaConf.load(CONF / "llm" / "tiny_random.yaml")
-    conf.cache_dir, conf.seed = str(tmp_path_factory.mktemp("models")), 0
+    conf.cache_dir, conf.seed = os.environ["RLREC_MODEL_CACHE"], 0  # the suite's converted tokenizer
     kwargs = OmegaConf.to_container(conf, resolve=True)
     kwargs.pop("_target_")
     return load_model(LLMConfig(**kwargs))
