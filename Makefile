@@ -22,7 +22,7 @@ install:  ## the one set-up command: torch (CPU wheel) first, rlrec + dev extras
 # one worker per core (pytest-xdist); every test runs torch on one thread, so workers never oversubscribe
 TEST_WORKERS ?= auto
 test:  ## fast tests (unit + config + smoke; excludes `slow`), one worker per core
-	$(PYTHON) -m pytest -q -m "not slow" -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
+	$(PYTHON) -m pytest -q -m "not slow" -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
 
 test-all:  ## every test, slow ones included
 	$(PYTHON) -m pytest -q -p no:cacheprovider

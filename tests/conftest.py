@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# one thread per process: the suite runs in one worker per core (pytest-xdist), and a subprocess a test
+# starts (a run, a rank, a joblib worker) with more threads than its share spins against the others
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = "1"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

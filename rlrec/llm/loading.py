@@ -110,8 +110,7 @@ def _gguf_folder(cfg: LLMConfig, src: Path, with_model: bool = True) -> Path:
     gguf = src / cfg.gguf_file
     if not gguf.exists():
         raise LLMNotFoundError(f"llm={cfg.name}: GGUF file '{gguf}' not found (llm.gguf_file)")
-    key = fingerprint(str(gguf), gguf.stat().st_size, cfg.dtype)
-    full = Path(cfg.cache_dir) / f"gguf-{key}"
+    full = converted_folder(cfg, gguf)
     folder = full if with_model else full.with_name(full.name + "-tokenizer")
     with file_lock(folder):
         if (full / "config.json").exists():
@@ -119,6 +118,11 @@ def _gguf_folder(cfg: LLMConfig, src: Path, with_model: bool = True) -> Path:
         if not (folder / "tokenizer_config.json").exists():
             (_convert_elsewhere if with_model else _convert)(cfg, src, folder, with_model)
     return folder
+
+
+def converted_folder(cfg: LLMConfig, gguf: Path) -> Path:
+    """Where `cfg`'s GGUF file is dequantised to, in `cfg.cache_dir`."""
+    return Path(cfg.cache_dir) / f"gguf-{fingerprint(str(gguf), gguf.stat().st_size, cfg.dtype)}"
 
 
 def _convert_elsewhere(cfg: LLMConfig, src: Path, folder: Path, with_model: bool) -> None:
@@ -129,11 +133,19 @@ def _convert_elsewhere(cfg: LLMConfig, src: Path, folder: Path, with_model: bool
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(_convert, cfg, src, folder, with_model).result()
+        pool.submit(_convert_only, cfg, src, folder, with_model).result()
 
 
-def _convert(cfg: LLMConfig, src: Path, folder: Path, with_model: bool) -> None:
+def _convert_only(cfg: LLMConfig, src: Path, folder: Path, with_model: bool) -> None:
+    _convert(cfg, src, folder, with_model)  # the model stays in the child process
+
+
+def _convert(cfg: LLMConfig, src: Path, folder: Path, with_model: bool):
+    """Write the HF folder of `cfg`'s GGUF into `folder` (atomically); returns the model as the GGUF
+    loaded it (None with `with_model=False`), the reference the folder must reproduce."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = None
 
     log.info("llm=%s: converting %s once into %s", cfg.name, cfg.gguf_file, folder)
     tmp = folder.with_name(folder.name + ".partial")
@@ -149,6 +161,7 @@ def _convert(cfg: LLMConfig, src: Path, folder: Path, with_model: bool) -> None:
     tok.save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+    return model
 
 
 def model_folder(cfg: LLMConfig) -> Path | str:

