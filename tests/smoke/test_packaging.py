@@ -32,18 +32,19 @@ def test_the_wheel_runs_from_any_directory_with_its_configs_and_a_users_own(tmp_
     assert "positive rate" in py("-m", "rlrec.data", "describe", "dataset=synthetic")
     job = py("-m", "rlrec.train", "--cfg", "job", "+experiment=trackrec_movielens")
     assert "experiment_name: trackrec_movielens" in job
-    # the console entry point
-    script = target / "bin" / "rlrec"
-    assert script.is_file() and "experiment_name: dpo4rec_movielens" in py(
-        str(script), "train", "--cfg", "job", "+experiment=dpo4rec_movielens"
-    )
-    # a user's own dataset config, added with --config-dir, next to the shipped ones
+    # the console entry point, with a user's own dataset config added by --config-dir next to the
+    # shipped ones
     mine = tmp_path / "myconf" / "dataset"
     mine.mkdir(parents=True)
     shipped = (target / "rlrec" / "conf" / "dataset" / "synthetic.yaml").read_text()
     (mine / "mydata.yaml").write_text(shipped.replace("name: synthetic", "name: mydata"))
-    job = py("-m", "rlrec.train", "--config-dir", str(tmp_path / "myconf"), "--cfg", "job", "dataset=mydata")
-    assert "name: mydata" in job and "name: smollm2_135m" in job
+    script = target / "bin" / "rlrec"
+    assert script.is_file()
+    job = py(str(script), "train", "--config-dir", str(tmp_path / "myconf"), "--cfg", "job",
+             "+experiment=dpo4rec_movielens", "dataset=mydata")  # fmt: skip
+    assert (
+        "experiment_name: dpo4rec_movielens" in job and "name: mydata" in job and "name: smollm2_135m" in job
+    )
     assert (
         Path(target / "rlrec" / "conf" / "train.yaml").read_text()
         == (ROOT / "conf" / "train.yaml").read_text()
