@@ -99,9 +99,7 @@ def build(name: str, cfg: dict, meta: dict, zoo: Path, lr: float):
     elif name == "dien":
         # FuxiCTR's DIEN sizes its MLP with the neg_hist_* sequences in the feature map (it
         # subtracts them), so they are declared even when its auxiliary loss is off
-        kwargs.update(
-            dien_target_field=[target], dien_sequence_field=[history], dien_neg_seq_field=[negatives]
-        )
+        kwargs.update(dien_target_field=[target], dien_sequence_field=[history], dien_neg_seq_field=[negatives])
     model_class = import_model(zoo, cfg["zoo"], cfg["class"])
     return model_class(
         fmap,
@@ -162,9 +160,7 @@ def model_inputs(arrays: dict, split: str, meta: dict) -> dict:
     auxiliary loss off (see ctr_peer.py) DIEN never looks them up."""
     import torch
 
-    out = {
-        f: torch.from_numpy(arrays[f"{split}_fields"][:, k].copy()) for k, f in enumerate(meta["field_names"])
-    }
+    out = {f: torch.from_numpy(arrays[f"{split}_fields"][:, k].copy()) for k, f in enumerate(meta["field_names"])}
     for k, f in enumerate(meta["item_field_names"]):
         out["hist_" + f] = torch.from_numpy(arrays[f"{split}_hist"][:, :, k].copy())
     out["label"] = torch.from_numpy(arrays[f"{split}_label"].astype(np.float32))
@@ -178,9 +174,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--config", required=True, help="JSON: model class, hyper-parameters + protocol")
-    ap.add_argument(
-        "--model-zoo", default=str(MODEL_ZOO), help="FuxiCTR's model_zoo folder (setup_fuxictr.sh)"
-    )
+    ap.add_argument("--model-zoo", default=str(MODEL_ZOO), help="FuxiCTR's model_zoo folder (setup_fuxictr.sh)")
     ap.add_argument(
         "--serve",
         action="store_true",
@@ -251,11 +245,7 @@ def main() -> None:
         notes=[
             f"peer: {len(skipped)} LR table(s) of share_embedding fields, which FuxiCTR 2.3.10's "
             "init_weights skips (PyTorch's N(0, 1) start), "
-            + (
-                "kept as shipped (--peer-as-shipped)"
-                if as_shipped
-                else "initialised N(0, 1e-4) as the layer declares"
-            )
+            + ("kept as shipped (--peer-as-shipped)" if as_shipped else "initialised N(0, 1e-4) as the layer declares")
         ]
         if skipped
         else [],

@@ -208,9 +208,7 @@ def build(name: str, cfg: dict, meta: dict, seed: int):
             model.field_size = n_fields
             model.SE = SENETLayer(n_fields, cfg["reduction_ratio"], seed)
             model.Bilinear = BilinearInteraction(n_fields, D, cfg["bilinear_type"], seed)
-            notes.append(
-                f"SENET/bilinear layers rebuilt for {n_fields} fields (library bug with shared tables)"
-            )
+            notes.append(f"SENET/bilinear layers rebuilt for {n_fields} fields (library bug with shared tables)")
     else:
         raise SystemExit(f"_peer_side.py: no DeepCTR-Torch model for {name!r}")
     return model, notes
@@ -303,9 +301,7 @@ def main() -> None:
     def predict(m, batch):
         return m(batch["x"]).squeeze(-1)
 
-    optimizer = (
-        (lambda params: torch.optim.Adam(params, lr=protocol.get("lr", 1e-3), fused=True)) if fused else None
-    )
+    optimizer = (lambda params: torch.optim.Adam(params, lr=protocol.get("lr", 1e-3), fused=True)) if fused else None
     if args.serve:
         clock = _protocol.StepClock(model, tensors["train"], loss_fn, seed=args.seed,
                                     lr=protocol.get("lr", 1e-3), optimizer=optimizer,

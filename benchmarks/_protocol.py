@@ -64,10 +64,7 @@ def _slices(n: int, batch_size: int):
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module,
-    data: Batch,
-    predict: Callable[[torch.nn.Module, Batch], torch.Tensor],
-    batch_size: int,
+    model: torch.nn.Module, data: Batch, predict: Callable[[torch.nn.Module, Batch], torch.Tensor], batch_size: int
 ) -> dict:
     """AUC and log-loss of `predict` (probabilities) over `data` (needs a "label" tensor)."""
     model.eval()

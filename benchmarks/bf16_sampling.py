@@ -64,9 +64,7 @@ def main() -> None:
     prompts = user_prompts(args.prompts)
     print(f"cpu={cpu_model()!r} threads={torch.get_num_threads()} prompts={len(prompts)} "
           f"max_new_tokens={args.max_new_tokens} precision=bf16-mixed batch_size=128 kv_dtype=auto kv_cache_gb=1.0")  # fmt: skip
-    Generator(model, tok, progress=False, precision="bf16-mixed").greedy(
-        prompts[:2], 4
-    )  # page the weights in
+    Generator(model, tok, progress=False, precision="bf16-mixed").greedy(prompts[:2], 4)  # page the weights in
     runs = {}
     for name, ctx in (("baseline", plain_autocast), ("rlrec", None)):
         gen = Generator(model, tok, cfg.fingerprint, cache_dir=None, batch_size=128, precision="bf16-mixed",

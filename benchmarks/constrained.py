@@ -35,9 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks" / ".xgrammar"))
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(
-            line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")
-        )
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
     except Exception:  # noqa: BLE001 - informational only
         return platform.processor() or "unknown"
 
@@ -60,9 +58,7 @@ def main() -> None:
     from rlrec.policy import Policy
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            "train", overrides=["+experiment=reclaif_movielens", "output_dir=/tmp/bench_constrained"]
-        )
+        cfg = compose("train", overrides=["+experiment=reclaif_movielens", "output_dir=/tmp/bench_constrained"])
     ctx = Context(cfg, "/tmp/bench_constrained")
     down = instantiate(cfg.downstream)(ctx=ctx)
     users = [int(u) for u in down.train_users[: args.prompts]]
@@ -145,9 +141,7 @@ def main() -> None:
         accepted += good
     print(f"xgrammar    setup {xg_setup * 1e3:7.1f} ms/question   {t_xg / max(steps, 1) * 1e6:7.1f} µs/token   "
           f"samples with the forced header it accepts: {accepted}/{eligible}")  # fmt: skip
-    head = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     print(f"{date.today()} commit {head.stdout.strip()} · {cpu_model()} · {args.threads} threads · "
           f"{len(prompts)} questions × {args.samples} samples × ≤ {args.max_new_tokens} tokens")  # fmt: skip
 

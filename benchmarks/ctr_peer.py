@@ -138,13 +138,7 @@ PLAIN = {"embed_dim": 16, "dropout": 0.0, "batch_norm": False}
 DICE_BN = "__dice_batch_norm__"
 
 REFERENCE = {
-    "din": {
-        **PLAIN,
-        "mlp_dims": MLP,
-        "activation": "dice",
-        "attention_dims": [64],
-        "attention_softmax": False,
-    },
+    "din": {**PLAIN, "mlp_dims": MLP, "activation": "dice", "attention_dims": [64], "attention_softmax": False},
     "dien": {**PLAIN, "mlp_dims": MLP, "activation": "relu", "aux_weight": 0.0},
     "deepfm": {**PLAIN, "mlp_dims": MLP},
     "dcn": {**PLAIN, "mlp_dims": MLP, "version": "v1", "num_layers": 3},
@@ -164,25 +158,18 @@ REFERENCE = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--peer", choices=sorted(PEERS), default="deepctr", help="the library rlrec is compared with"
-    )
-    ap.add_argument(
-        "--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}"
-    )
+    ap.add_argument("--peer", choices=sorted(PEERS), default="deepctr", help="the library rlrec is compared with")
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--max-epochs", type=int, default=10)
     ap.add_argument("--patience", type=int, default=2)
-    ap.add_argument(
-        "--limit-batches", type=int, default=None, help="training batches per epoch (quick checks)"
-    )
+    ap.add_argument("--limit-batches", type=int, default=None, help="training batches per epoch (quick checks)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--speed-rounds",
         type=int,
         default=20,
-        help="interleaved throughput: at least this many rounds of turns per model (0: whole-run "
-        "throughput only)",
+        help="interleaved throughput: at least this many rounds of turns per model (0: whole-run throughput only)",
     )
     ap.add_argument(
         "--speed-seconds",
@@ -215,9 +202,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="MODEL.KEY=VALUE",
         help="override one key of conf/backbone/MODEL.yaml on both sides (VALUE parsed as YAML); repeatable",
     )
-    ap.add_argument(
-        "--out", default=None, help="report (default: results/ctr_peer.md, results/ctr_peer_fuxictr.md)"
-    )
+    ap.add_argument("--out", default=None, help="report (default: results/ctr_peer.md, results/ctr_peer_fuxictr.md)")
     ap.add_argument("--peer-python", default=None, help="default: the peer's virtualenv")
     ap.add_argument("--data-path", default=None, help="folder with MovieLens100k_*.parquet.brotli")
     args = ap.parse_args(argv)
@@ -364,17 +349,11 @@ def deepctr_config(name: str, c: dict) -> tuple[dict, list[str]]:
         "peer outputs sigmoid probabilities and trains on BCE of them; rlrec trains on BCE-with-logits",
     ]
     if name == "din":
-        cfg = {
-            **common,
-            "attention_dims": list(c["attention_dims"]),
-            "attention_softmax": c["attention_softmax"],
-        }
+        cfg = {**common, "attention_dims": list(c["attention_dims"]), "attention_softmax": c["attention_softmax"]}
         notes.append("Dice: the peer's BatchNorm is affine (learned scale/shift), rlrec's is not")
     elif name == "dien":
         if c.get("hidden_dim") is not None:
-            notes.append(
-                f"hidden_dim={c['hidden_dim']} not expressible: the peer's GRU width is the item width"
-            )
+            notes.append(f"hidden_dim={c['hidden_dim']} not expressible: the peer's GRU width is the item width")
         if list(c.get("aux_dims", [100, 50])) != [100, 50] or c.get("aux_activation", "sigmoid") != "sigmoid":
             notes.append("peer's auxiliary net is fixed at [100, 50] sigmoid")
         cfg = {
@@ -396,12 +375,7 @@ def deepctr_config(name: str, c: dict) -> tuple[dict, list[str]]:
     elif name == "dcn":
         cfg = {**common, "num_layers": c["num_layers"], "version": c["version"]}
     elif name == "autoint":
-        cfg = {
-            **common,
-            "num_layers": c["num_layers"],
-            "num_heads": c["num_heads"],
-            "residual": c["residual"],
-        }
+        cfg = {**common, "num_layers": c["num_layers"], "num_heads": c["num_heads"], "residual": c["residual"]}
         if c.get("scale"):
             notes.append("peer's AutoInt never scales attention scores (rlrec: scale=true)")
     elif name == "fibinet":
@@ -439,8 +413,7 @@ def fuxictr_config(name: str, c: dict) -> tuple[dict, list[str]]:
     notes = [
         "peer inits every Linear weight xavier-normal with zero bias (BaseModel.reset_parameters); "
         "rlrec keeps PyTorch's default Linear init (embeddings N(0, 1e-4) on both sides)",
-        "peer outputs sigmoid probabilities and trains on BCE of them (compute_loss); "
-        "rlrec trains on BCE-with-logits",
+        "peer outputs sigmoid probabilities and trains on BCE of them (compute_loss); rlrec trains on BCE-with-logits",
     ]
     first_order = (
         "first-order term: the peer's LR layer gives each history field its own 1-d table (not the item's), "
@@ -471,12 +444,9 @@ def fuxictr_config(name: str, c: dict) -> tuple[dict, list[str]]:
             "aux_loss_alpha": c["aux_weight"],  # 0: `same_settings`
         }
         if c.get("hidden_dim") is not None:
-            notes.append(
-                f"hidden_dim={c['hidden_dim']} not expressible: the peer's GRU width is the item width"
-            )
+            notes.append(f"hidden_dim={c['hidden_dim']} not expressible: the peer's GRU width is the item width")
         notes += [
-            "attention: the peer initialises the bilinear W to the identity "
-            "(rlrec: PyTorch's default Linear init)",
+            "attention: the peer initialises the bilinear W to the identity (rlrec: PyTorch's default Linear init)",
             "peer packs variable-length sequences (nn.GRU extractor, AUGRU cell stepped over the packed "
             "batch); rlrec runs right-padded sequences (same states); the peer's AUGRU has a bias on both "
             "projections (rlrec: the input one)",
@@ -488,12 +458,7 @@ def fuxictr_config(name: str, c: dict) -> tuple[dict, list[str]]:
     elif name == "dcn":
         if c["version"] == "v1":
             zoo, cls = "DCN/DCN_torch", "DCN"
-            kwargs = {
-                **net,
-                "dnn_hidden_units": mlp,
-                "dnn_activations": act,
-                "num_cross_layers": c["num_layers"],
-            }
+            kwargs = {**net, "dnn_hidden_units": mlp, "dnn_activations": act, "num_cross_layers": c["num_layers"]}
         else:  # DCN-V2's parallel structure with full-rank cross layers, as rlrec's v2
             zoo, cls = "DCNv2", "DCNv2"
             kwargs = {
@@ -558,7 +523,7 @@ def fuxictr_config(name: str, c: dict) -> tuple[dict, list[str]]:
             )
         notes += [
             "scoring: the peer weighs the nodes by sigmoid(W [h_1 ... h_F]) from all states at once and "
-            "scores each by a linear map; rlrec: a_i = MLP_2(h_i), y_i = MLP_1(h_i) per node",
+            "scores each by a linear map; rlrec: a_i = MLP_2(h_i), y_i = MLP_1(h_i) per node"
         ]
     else:
         raise ValueError(name)
@@ -683,9 +648,7 @@ def run_peer(name: str, npz: Path, seed: int, cfg: dict, protocol: dict, args) -
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def interleaved_speed(
-    name: str, rlrec_cfg: dict, prep, npz: Path, seed: int, cfg: dict, protocol: dict, args
-) -> dict:
+def interleaved_speed(name: str, rlrec_cfg: dict, prep, npz: Path, seed: int, cfg: dict, protocol: dict, args) -> dict:
     """Training throughput of both sides measured in turns: the peer trains in a server process
     (its side script with `--serve`) and waits, blocked on its stdin, while rlrec trains here (from
     `rlrec_cfg`). After `--speed-warmup` steps each, rounds of `--speed-steps` steps per side, which
@@ -695,9 +658,7 @@ def interleaved_speed(
     import _protocol
 
     cmd, env = peer_command(name, npz, seed, cfg, protocol, args)
-    peer = subprocess.Popen(
-        cmd + ["--serve"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    peer = subprocess.Popen(cmd + ["--serve"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def peer_steps(k: int) -> dict:
         peer.stdin.write(json.dumps({"steps": k}) + "\n")
@@ -731,12 +692,9 @@ def interleaved_speed(
 def speed_summary(rounds: dict) -> dict:
     """Pooled samples/s per side (all rounds' samples / all rounds' seconds), their ratio, and the
     per-round ratios (the spread)."""
-    pooled = {
-        side: sum(t["samples"] for t in ts) / sum(t["seconds"] for t in ts) for side, ts in rounds.items()
-    }
+    pooled = {side: sum(t["samples"] for t in ts) / sum(t["seconds"] for t in ts) for side, ts in rounds.items()}
     per_round = [
-        (a["samples"] / a["seconds"]) / (b["samples"] / b["seconds"])
-        for a, b in zip(rounds["rlrec"], rounds["peer"])
+        (a["samples"] / a["seconds"]) / (b["samples"] / b["seconds"]) for a, b in zip(rounds["rlrec"], rounds["peer"])
     ]
     return {
         "rlrec_samples_per_s": pooled["rlrec"],
@@ -838,9 +796,7 @@ def report(results: dict, args, sizes: dict, meta: dict) -> str:
             return f"{a} / {_fmt([x[key] for x in p], digits) if p else 'n/a'}"
 
         params = f"{r[0]['params']:,} / {p[0]['params']:,}" if p else f"{r[0]['params']:,} / n/a"
-        lines.append(
-            f"| {name} | {pair('epochs', 1)} | {pair('best_epoch', 1)} | {pair('val_auc', 4)} | {params} |"
-        )
+        lines.append(f"| {name} | {pair('epochs', 1)} | {pair('best_epoch', 1)} | {pair('val_auc', 4)} | {params} |")
     lines += ["", "## Configuration differences the peer cannot remove", ""]
     for name in args.models:
         notes = results[name]["notes"]
@@ -853,9 +809,7 @@ def report(results: dict, args, sizes: dict, meta: dict) -> str:
         for name in args.models
         if args.overrides[name]
     )
-    flags = " and ".join(
-        flag for flag, given in (("--reference", args.reference), ("--set", args.set)) if given
-    )
+    flags = " and ".join(flag for flag, given in (("--reference", args.reference), ("--set", args.set)) if given)
     source = f", model_zoo at commit {meta['peer_source']}" if meta.get("peer_source") else ""
     lines += [
         "",
@@ -962,9 +916,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    out.with_suffix(".json").write_text(
-        json.dumps({"args": vars(args), "meta": meta, "results": results}, indent=1)
-    )
+    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "meta": meta, "results": results}, indent=1))
     print(f"written: {out} (+ {out.with_suffix('.json').name})", file=sys.stderr)
 
 

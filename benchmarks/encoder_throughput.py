@@ -105,9 +105,7 @@ def main() -> None:
         enc._load()
         load_s = time.perf_counter() - t0
         texts = make_texts(args.texts, args.words, seed=0)
-        tokens = [
-            len(ids) for ids in enc._tokenizer(texts, truncation=True, max_length=enc.max_length)["input_ids"]
-        ]
+        tokens = [len(ids) for ids in enc._tokenizer(texts, truncation=True, max_length=enc.max_length)["input_ids"]]
         enc._embed(make_texts(2, args.words, seed=1))  # warm-up (first-call allocations)
 
         t0 = time.perf_counter()

@@ -54,9 +54,7 @@ def load_llm(name: str):
 
 
 @torch.inference_mode()
-def baseline(
-    model, tok, texts: list[str], temperature: float, top_p: float, max_new: int
-) -> tuple[int, float]:
+def baseline(model, tok, texts: list[str], temperature: float, top_p: float, max_new: int) -> tuple[int, float]:
     """One `generate` call per prompt, num_return_sequences=1, batch 1 (no padding)."""
     stop = model.generation_config.eos_token_id
     stop = {stop} if isinstance(stop, int) else set(stop)
@@ -143,9 +141,7 @@ def main() -> None:
     ap.add_argument("--engine", default="auto", choices=["auto", "prefix", "generate"])
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--hf-batch-sizes", default="2,4,8", help="prompts per HF generate call to try")
-    ap.add_argument(
-        "--hf-batched-prompts", type=int, default=8, help="prompts each batched HF size is timed on"
-    )
+    ap.add_argument("--hf-batched-prompts", type=int, default=8, help="prompts each batched HF size is timed on")
     ap.add_argument("--skip-hf-batched", action="store_true")
     ap.add_argument("--skip-vllm", action="store_true")
     ap.add_argument("--llm", default="smollm2_135m", help="conf/llm/<name>.yaml")
@@ -195,9 +191,7 @@ def main() -> None:
               f"{vllm['tokens']} tokens in {vllm['seconds']:.1f}s = {vllm['tokens_per_s']:.1f} tok/s "
               f"(engine start {vllm['startup_seconds']:.0f}s, not timed)")  # fmt: skip
 
-    gen = Generator(
-        model, tok, cfg.fingerprint, cache_dir=None, batch_size=args.batch_size, engine=args.engine
-    )
+    gen = Generator(model, tok, cfg.fingerprint, cache_dir=None, batch_size=args.batch_size, engine=args.engine)
     gen.sample(prompts, args.samples, args.temperature, args.top_p, args.max_new_tokens, seed=0)
     s = gen.last_stats
     print(f"ours (Generator.sample, engine={args.engine}, batch_size={args.batch_size}, {s.generated} samples): "

@@ -187,13 +187,9 @@ def child(mem: str, overrides: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--out", type=Path, default=ROOT / "outputs" / "gpu_check", help="runs, logs, gpu_check.json"
-    )
+    ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "gpu_check", help="runs, logs, gpu_check.json")
     ap.add_argument("--loss-atol", type=float, default=0.02, help="max |GPU - CPU| of the per-step loss")
-    ap.add_argument(
-        "--adapter-rtol", type=float, default=0.25, help="max relative error of the LoRA update B A"
-    )
+    ap.add_argument("--adapter-rtol", type=float, default=0.25, help="max relative error of the LoRA update B A")
     ap.add_argument("--feedback", default=None, help="another feedback for both runs, e.g. planted")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads per run")
     args = ap.parse_args(argv)
@@ -237,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report["loss_max_abs_diff"] = max(abs(a - b) for a, b in zip(g_loss, c_loss))
             if report["loss_max_abs_diff"] > args.loss_atol:
-                failures.append(
-                    f"loss curve: max |GPU - CPU| {report['loss_max_abs_diff']:.4g} > {args.loss_atol}"
-                )
+                failures.append(f"loss curve: max |GPU - CPU| {report['loss_max_abs_diff']:.4g} > {args.loss_atol}")
         report["adapter"] = compare_adapters(g_dir, c_dir)
         if not report["adapter"]["update_rel_error"] <= args.adapter_rtol:
             failures.append(f"adapter: relative error of B A {report['adapter']['update_rel_error']:.4g} > "

@@ -181,9 +181,7 @@ def main() -> None:
     ap.add_argument("--response-len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument(
-        "--precision", default="auto", help="rlrec's side: auto (measured) | 32-true | bf16-mixed"
-    )
+    ap.add_argument("--precision", default="auto", help="rlrec's side: auto (measured) | 32-true | bf16-mixed")
     ap.add_argument(
         "--sides", default="rlrec,rlrec_kept,trl,trl_fp32",
         help="comma list of rlrec (its defaults: prompt run once per pair, its pass checkpointed), rlrec_kept "

@@ -32,9 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--precision", default="bf16-mixed", help="Lightning precision: bf16-mixed or 32-true")
-    ap.add_argument(
-        "--val-batch", type=int, default=4, help="groups per forward of the second reference pass"
-    )
+    ap.add_argument("--val-batch", type=int, default=4, help="groups per forward of the second reference pass")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--prompt-tokens", type=int, default=440)
     ap.add_argument("--negatives", type=int, default=3, help="rejected completions per group (DPO: 1)")

@@ -72,9 +72,7 @@ def table(runs: dict[str, list[dict]]) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "sweep", type=Path, help="the multirun's sweep directory (holds <n>_<overrides>/results.json)"
-    )
+    ap.add_argument("sweep", type=Path, help="the multirun's sweep directory (holds <n>_<overrides>/results.json)")
     args = ap.parse_args(argv)
     print(table(load(args.sweep)))
 

@@ -79,9 +79,7 @@ def main() -> None:
                platform.processor())  # fmt: skip
     print(f"feedback={cfg.feedback._target_.rsplit('.', 1)[-1]}, {len(users)} users × N = {N}, "
           f"{date.today()}, commit {commit}, {cpu}, {cfg.threads} threads")  # fmt: skip
-    print(
-        f"\n| K | split-half Spearman | same best (chance {1 / N:.2f}) | Spearman–Brown (all K) | fit + score s |"
-    )
+    print(f"\n| K | split-half Spearman | same best (chance {1 / N:.2f}) | Spearman–Brown (all K) | fit + score s |")
     print("|---|---|---|---|---|")
     for k in ks:
         rel = split_half(R[:k][0::2].mean(0), R[:k][1::2].mean(0))

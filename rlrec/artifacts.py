@@ -48,9 +48,7 @@ def write_run(out: Path, rounds, user_ids: np.ndarray, item_ids: np.ndarray, abo
         if p.texts:
             files.append(_write_klg(folder / "user.klg", {user_ids[u - 1]: t for u, t in p.texts.items()}))
         if p.item_texts:
-            files.append(
-                _write_klg(folder / "item.klg", {item_ids[i - 1]: t for i, t in p.item_texts.items()})
-            )
+            files.append(_write_klg(folder / "item.klg", {item_ids[i - 1]: t for i, t in p.item_texts.items()}))
         if p.vectors is not None:
             files += _write_vectors(folder / "user_vectors.npy", p.vectors, sorted(p.texts), user_ids)
         if p.item_vectors is not None:
@@ -58,13 +56,12 @@ def write_run(out: Path, rounds, user_ids: np.ndarray, item_ids: np.ndarray, abo
             files += _write_vectors(folder / "item_vectors.npy", p.item_vectors, rows, item_ids)
         if r.pairs:
             files.append(
-                write_jsonl(
-                    folder / "pairs.jsonl", [{**g, "user": _raw(user_ids[g["user"] - 1])} for g in r.pairs]
-                )
+                write_jsonl(folder / "pairs.jsonl", [{**g, "user": _raw(user_ids[g["user"] - 1])} for g in r.pairs])
             )
         if r.samples:
-            files.append(write_jsonl(folder / "samples.jsonl", [{**x, "user": _raw(user_ids[x["user"] - 1])}
-                                                                for x in r.samples]))  # fmt: skip
+            files.append(
+                write_jsonl(folder / "samples.jsonl", [{**x, "user": _raw(user_ids[x["user"] - 1])} for x in r.samples])
+            )
         entry = {"round": r.t, "files": files}
         if r.adapter is not None:
             entry["adapter"] = str(Path(r.adapter).resolve())
@@ -147,8 +144,10 @@ def read_vectors(path: Path) -> tuple[list[str], np.ndarray]:
     except json.JSONDecodeError as e:
         raise DataError(f"{index}: line {e.lineno}: not valid JSON ({e.msg}); expected a list of ids") from e
     if vectors.ndim != 2 or not isinstance(ids, list) or len(ids) != len(vectors):
-        raise DataError(f"{path}: expected (n, D) vectors with n = the {len(ids) if isinstance(ids, list) else '?'} "
-                        f"ids of {index.name}, got shape {vectors.shape}")  # fmt: skip
+        raise DataError(
+            f"{path}: expected (n, D) vectors with n = the {len(ids) if isinstance(ids, list) else '?'} "
+            f"ids of {index.name}, got shape {vectors.shape}"
+        )
     if not np.isfinite(vectors).all():
         raise DataError(f"{path}: row {int(np.flatnonzero(~np.isfinite(vectors).all(1))[0])} is not finite")
     return [str(i) for i in ids], vectors.astype(np.float32)
@@ -168,8 +167,10 @@ def read_pairs(path: Path) -> list[dict]:
                 raise DataError(f"{path}: line {n}: not valid JSON ({e.msg})") from e
             missing = [k for k in ("prompt", "chosen", "rejected") if k not in g]
             if missing or not isinstance(g.get("rejected"), list):
-                raise DataError(f"{path}: line {n}: expected prompt, chosen and rejected [list of texts]; "
-                                f"missing {missing or 'a list in rejected'}")  # fmt: skip
+                raise DataError(
+                    f"{path}: line {n}: expected prompt, chosen and rejected [list of texts]; "
+                    f"missing {missing or 'a list in rejected'}"
+                )
             groups.append(g)
     return groups
 
@@ -180,6 +181,8 @@ def indexed(ids: list[str], values, known: np.ndarray, what: str, path: Path) ->
     lookup = {str(_raw(x)): k + 1 for k, x in enumerate(known)}
     rows = [(lookup[i], v) for i, v in zip(ids, values) if i in lookup]
     if ids and not rows:
-        raise DataError(f"{path}: none of its {len(ids)} {what} ids (e.g. {ids[0]!r}) is a {what} of this "
-                        f"dataset (e.g. {str(_raw(known[0]))!r}); is it for another dataset?")  # fmt: skip
+        raise DataError(
+            f"{path}: none of its {len(ids)} {what} ids (e.g. {ids[0]!r}) is a {what} of this "
+            f"dataset (e.g. {str(_raw(known[0]))!r}); is it for another dataset?"
+        )
     return [r for r, _ in rows], [v for _, v in rows]

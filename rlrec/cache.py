@@ -68,9 +68,13 @@ def _tree_hash(root: Path) -> str:
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):  # docstrings are documentation, not behaviour
             body = getattr(node, "body", None)
-            if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
-                    and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                    and isinstance(body[0].value.value, str)):  # fmt: skip
+            if (
+                isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
         h.update(f"{rel}\0{ast.dump(tree)}\0".encode())
     return h.hexdigest()[:12]
@@ -144,9 +148,7 @@ def file_hash(path: Path, chunk: int = 1 << 16) -> str:
 def folder_identity(folder: Path) -> dict:
     """What a model folder's outputs depend on: config.json and the weight files (not the folder's
     path, so an embedded model and a copy of it share one cache)."""
-    weights = sorted(
-        p for pattern in ("*.safetensors", "*.bin", "*.pt") for p in folder.glob(pattern) if p.is_file()
-    )
+    weights = sorted(p for pattern in ("*.safetensors", "*.bin", "*.pt") for p in folder.glob(pattern) if p.is_file())
     return {
         "config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:16],
         "weights": [[p.name, file_hash(p)] for p in weights],

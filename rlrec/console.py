@@ -20,9 +20,7 @@ import warnings
 log = logging.getLogger("rlrec")
 
 _QUIET = False  # quiet_libraries() ran in this process
-_LIBRARIES = (
-    r"(transformers|torch|pytorch_lightning|lightning_fabric|lightning|peft|trl|accelerate|faiss|hydra)(\.|$)"
-)
+_LIBRARIES = r"(transformers|torch|pytorch_lightning|lightning_fabric|lightning|peft|trl|accelerate|faiss|hydra)(\.|$)"
 
 
 def quiet_libraries() -> None:
@@ -43,14 +41,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*`?past_key_values`? is deprecated")
     # Lightning's advice on tiny fits (a feedback shard of a few batches logs less often than it steps)
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
-    for name in (
-        "faiss",
-        "faiss.loader",
-        "pytorch_lightning",
-        "lightning",
-        "lightning_fabric",
-        "lightning.pytorch",
-    ):
+    for name in ("faiss", "faiss.loader", "pytorch_lightning", "lightning", "lightning_fabric", "lightning.pytorch"):
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         from transformers.utils import logging as hf_logging

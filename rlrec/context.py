@@ -73,8 +73,9 @@ class Context:
         key = f"trainer_node/{workload}"
         if key not in self.memo:
             node = OmegaConf.to_container(self.cfg.trainer, resolve=True)
-            node["precision"] = precision.resolve(node.get("precision", "32-true"), workload,
-                                                  node.get("accelerator", "cpu"))  # fmt: skip
+            node["precision"] = precision.resolve(
+                node.get("precision", "32-true"), workload, node.get("accelerator", "cpu")
+            )
             self.memo[key] = node
         return dict(self.memo[key])
 

@@ -24,11 +24,20 @@ from rlrec.policy import Policy, preference_deps
 
 class Distill:
     def __init__(
-        self, ctx, users: int, epochs: int = 1, batch_size: int = 4, optimizer: DictConfig | None = None,
+        self,
+        ctx,
+        users: int,
+        epochs: int = 1,
+        batch_size: int = 4,
+        optimizer: DictConfig | None = None,
         accumulate_grad_batches: int = 1,
-        max_new_tokens: int | None = None, num_samples: int = 0, require_valid: bool = False,
-        teacher: DictConfig | None = None, base_url: str | None = None, api_model: str | None = None,
-    ):  # fmt: skip
+        max_new_tokens: int | None = None,
+        num_samples: int = 0,
+        require_valid: bool = False,
+        teacher: DictConfig | None = None,
+        base_url: str | None = None,
+        api_model: str | None = None,
+    ):
         self.ctx, self.users, self.epochs, self.batch_size = ctx, int(users), int(epochs), int(batch_size)
         self.optimizer, self.max_new_tokens = optimizer, max_new_tokens
         self.accumulate = int(accumulate_grad_batches or 1)
@@ -42,9 +51,7 @@ class Distill:
         if self.base_url:
             sampling = SamplingConfig(backend="openai", base_url=self.base_url, api_model=self.api_model)
             return Policy.frozen(None, sampling, ctx.generation_cache, ctx.device)
-        if (
-            self.teacher_cfg is not None
-        ):  # a local model: sampled in this process whatever sampling.backend is
+        if self.teacher_cfg is not None:  # a local model: sampled in this process whatever sampling.backend is
             sampling = instantiate(ctx.cfg.sampling, backend="hf")
             return Policy.frozen(instantiate(self.teacher_cfg), sampling, ctx.generation_cache, ctx.device)
         return policy
@@ -55,13 +62,25 @@ class Distill:
         rng = np.random.default_rng(ctx.seed)
         users = sorted(rng.choice(pool, size=min(self.users, len(pool)), replace=False).tolist())
         teacher = self.teacher(policy)
-        deps = {"policy": policy.key, "weights": policy.llm.fingerprint, "seed": ctx.seed,
-                "teacher": teacher.base_key, "sampling": asdict(teacher.sampling),
-                "trainer": ctx.llm_trainer_key,
-                "questions": fingerprint([downstream.questions[u] for u in users]),
-                "distill": [self.epochs, self.batch_size, self.optimizer, self.max_new_tokens, self.num_samples,
-                            self.require_valid, *([self.accumulate] if self.accumulate > 1 else [])],
-                "preference": preference_deps(ctx.cfg.preference)}  # fmt: skip
+        deps = {
+            "policy": policy.key,
+            "weights": policy.llm.fingerprint,
+            "seed": ctx.seed,
+            "teacher": teacher.base_key,
+            "sampling": asdict(teacher.sampling),
+            "trainer": ctx.llm_trainer_key,
+            "questions": fingerprint([downstream.questions[u] for u in users]),
+            "distill": [
+                self.epochs,
+                self.batch_size,
+                self.optimizer,
+                self.max_new_tokens,
+                self.num_samples,
+                self.require_valid,
+                *([self.accumulate] if self.accumulate > 1 else []),
+            ],
+            "preference": preference_deps(ctx.cfg.preference),
+        }
 
         def build(work) -> dict:
             keep, info = self.answers(teacher, downstream, users)
@@ -83,15 +102,18 @@ class Distill:
             return bool(a.strip()) and (not self.require_valid or downstream.valid_answer(u, a))
 
         redo = [k for k, (u, a) in enumerate(zip(users, answers)) if not ok(u, a)]
-        if (
-            self.require_valid and self.num_samples and redo
-        ):  # try the teacher's samples, keep the first usable
+        if self.require_valid and self.num_samples and redo:  # try the teacher's samples, keep the first usable
             s = teacher.sampling
             extra = teacher.generator.sample(
-                [prompts[k] for k in redo], self.num_samples, float(s.temperature), float(s.top_p),
-                int(self.max_new_tokens or s.max_new_tokens), seed=self.ctx.seed, adapter_fingerprint=teacher.key,
+                [prompts[k] for k in redo],
+                self.num_samples,
+                float(s.temperature),
+                float(s.top_p),
+                int(self.max_new_tokens or s.max_new_tokens),
+                seed=self.ctx.seed,
+                adapter_fingerprint=teacher.key,
                 constraints=teacher.constraints([prompts[k] for k in redo]),
-            )  # fmt: skip
+            )
             for k, row in zip(redo, extra):
                 answers[k] = next((a for a in row if ok(users[k], a)), answers[k])
         keep = [{"prompt": p, "completion": a} for u, p, a in zip(users, prompts, answers) if ok(u, a)]
@@ -116,9 +138,12 @@ class Distill:
         torch.manual_seed(self.ctx.seed)  # LoRA init and dropout: independent of what ran before
         sft = SFTTask(policy.llm, lora=lora, optimizer=instantiate(self.optimizer), tokenizer=tok)
         sft.configure_model()
-        loader = DataLoader(ds, batch_size=self.batch_size, shuffle=True, collate_fn=ds.collate,
-                            generator=torch.Generator().manual_seed(self.ctx.seed))  # fmt: skip
-        _, means, _ = fit_sft(
-            sft, loader, self.ctx.llm_trainer, self.epochs, "distill/", out, self.accumulate
+        loader = DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=True,
+            collate_fn=ds.collate,
+            generator=torch.Generator().manual_seed(self.ctx.seed),
         )
+        _, means, _ = fit_sft(sft, loader, self.ctx.llm_trainer, self.epochs, "distill/", out, self.accumulate)
         return means

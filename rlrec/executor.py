@@ -105,14 +105,13 @@ class Submitit:
         try:
             import submitit
         except ImportError as e:
-            raise ImportError(
-                "executor=submitit needs submitit (a dependency of rlrec): pip install submitit"
-            ) from e
+            raise ImportError("executor=submitit needs submitit (a dependency of rlrec): pip install submitit") from e
         if not jobs:
             return []
         ex = submitit.AutoExecutor(folder=str(self.folder), cluster=self.cluster)
-        ex.update_parameters(timeout_min=int(self.timeout_min), cpus_per_task=int(self.threads),
-                             **dict(self.parameters or {}))  # fmt: skip
+        ex.update_parameters(
+            timeout_min=int(self.timeout_min), cpus_per_task=int(self.threads), **dict(self.parameters or {})
+        )
         n = len(jobs)
         handles = ex.map_array(call, [fn] * n, list(jobs), [self.threads] * n)
         log.info("executor: %d jobs submitted (%s, %s)", n, ex.cluster, self.folder)
@@ -152,9 +151,7 @@ def stages(executor: Executor, store: Store, shards: list[Shard]) -> list[Artifa
     if todo:
         from rlrec.console import bar
 
-        log.info(
-            "stage %s: building %d of %d shards on %s", names, len(todo), len(shards), type(executor).__name__
-        )
+        log.info("stage %s: building %d of %d shards on %s", names, len(todo), len(shards), type(executor).__name__)
         jobs = [(store.fork(), shards[i].name, shards[i].deps, shards[i].make()) for i in todo]
         with bar(len(todo), f"stage {names}", "shard") as progress:
             for i, (art, events) in zip(todo, executor.map(_stage, jobs, done=progress.update)):

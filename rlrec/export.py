@@ -38,9 +38,7 @@ def export(run_dir: str | Path, out: str | Path, what=WHAT, rounds=None, merge: 
     names = list(man["rounds"]) if rounds is None else list(rounds)
     missing = [r for r in names if r not in man["rounds"]]
     if missing:
-        raise DataError(
-            f"--rounds: {missing} not in {src / artifacts.MANIFEST}; the run has {list(man['rounds'])}"
-        )
+        raise DataError(f"--rounds: {missing} not in {src / artifacts.MANIFEST}; the run has {list(man['rounds'])}")
     written: dict = {}
     for name in names:
         entry, files = man["rounds"][name], []
@@ -51,14 +49,14 @@ def export(run_dir: str | Path, out: str | Path, what=WHAT, rounds=None, merge: 
                     shutil.copyfile(src / name / f, out / name / f)
                     files.append(f)
         if "pairs" in what and "pairs.jsonl" in entry["files"]:
-            files.append(
-                _trl_pairs(artifacts.read_pairs(src / name / "pairs.jsonl"), out / name / "pairs.trl.jsonl")
-            )
+            files.append(_trl_pairs(artifacts.read_pairs(src / name / "pairs.jsonl"), out / name / "pairs.trl.jsonl"))
         if ("adapter" in what or merge) and entry.get("adapter"):
             adapter = Path(entry["adapter"])
             if not adapter.is_dir():
-                raise DataError(f"{src / artifacts.MANIFEST}: round {name}'s adapter {adapter} is gone (the run's "
-                                "stage cache was cleared?); rerun the job to rebuild it")  # fmt: skip
+                raise DataError(
+                    f"{src / artifacts.MANIFEST}: round {name}'s adapter {adapter} is gone (the run's "
+                    "stage cache was cleared?); rerun the job to rebuild it"
+                )
             if "adapter" in what:
                 _copy_tree(adapter, out / name / "adapter")
                 files.append("adapter/")
@@ -66,8 +64,11 @@ def export(run_dir: str | Path, out: str | Path, what=WHAT, rounds=None, merge: 
                 merged(adapter, out / name / "merged", man)
                 files.append("merged/")
         written[name] = {"round": entry["round"], "files": files}
-    result = {"from": str(Path(run_dir).resolve()), "rounds": written,
-              **{k: man.get(k) for k in ("dataset", "llm", "encoder")}}  # fmt: skip
+    result = {
+        "from": str(Path(run_dir).resolve()),
+        "rounds": written,
+        **{k: man.get(k) for k in ("dataset", "llm", "encoder")},
+    }
     atomic_write_json(out / "manifest.json", result)
     return result
 
@@ -102,9 +103,7 @@ def merged(adapter: Path, dst: Path, man: dict) -> Path:
     from rlrec.llm.loading import load_model
 
     if not isinstance(man.get("llm"), dict):
-        raise DataError(
-            f"--merge: {man['dir']}/{artifacts.MANIFEST} names no base model (llm) for the adapter"
-        )
+        raise DataError(f"--merge: {man['dir']}/{artifacts.MANIFEST} names no base model (llm) for the adapter")
     base, tok = load_model(instantiate(man["llm"]))
     model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     partial = dst.with_name(dst.name + ".partial")
@@ -122,15 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="the folder to write")
     p.add_argument("--what", default=",".join(WHAT), help=f"comma list of {','.join(WHAT)} (default: all)")
     p.add_argument("--rounds", default=None, help="comma list of round names (default: every round)")
-    p.add_argument(
-        "--merge", action="store_true", help="also write each adapter merged into the base weights"
-    )
+    p.add_argument("--merge", action="store_true", help="also write each adapter merged into the base weights")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_libraries()
     try:
-        result = export(args.run_dir, args.out, [w for w in args.what.split(",") if w],
-                        None if args.rounds is None else args.rounds.split(","), args.merge)  # fmt: skip
+        result = export(
+            args.run_dir,
+            args.out,
+            [w for w in args.what.split(",") if w],
+            None if args.rounds is None else args.rounds.split(","),
+            args.merge,
+        )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -114,9 +114,15 @@ class TrainerFactory:
         return self.devices * self.num_nodes
 
     def __call__(
-        self, *, inner: bool = True, max_epochs: int | None = None, callbacks=(), progress=None,
-        log_version: str | None = None, **kw,
-    ):  # fmt: skip
+        self,
+        *,
+        inner: bool = True,
+        max_epochs: int | None = None,
+        callbacks=(),
+        progress=None,
+        log_version: str | None = None,
+        **kw,
+    ):
         """A Trainer. `inner=True` (fits inside a stage: feedback models, preference / SFT rounds,
         SASRec): no logger, no checkpoint files, no batch limits of the profile; the caller keeps
         what it needs. `inner=False`: the run's loggers and callbacks, the profile's batch limits
@@ -143,16 +149,19 @@ class TrainerFactory:
         args: dict = {"callbacks": list(callbacks)}
         if inner:
             args.update(
-                logger=False, enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-                limit_train_batches=1.0, limit_val_batches=1.0, limit_test_batches=1.0,
+                logger=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                limit_train_batches=1.0,
+                limit_val_batches=1.0,
+                limit_test_batches=1.0,
                 enable_progress_bar=False,
-            )  # fmt: skip
+            )
         else:
             # best weights are kept in memory and saved by the stage; no Lightning checkpoint files
             version = {} if log_version is None else {"version": log_version}
-            args.update(
-                logger=[instantiate(c, **version) for c in self.loggers] or False, enable_checkpointing=False
-            )
+            args.update(logger=[instantiate(c, **version) for c in self.loggers] or False, enable_checkpointing=False)
             args["callbacks"] += [instantiate(c) for c in (self.callbacks or {}).values()]
         if max_epochs is not None:
             args["max_epochs"] = int(max_epochs)
@@ -190,8 +199,16 @@ def launch(factory: TrainerFactory, fn, args: tuple, kwargs: dict):
     job = root / uuid.uuid4().hex
     job.mkdir(parents=True)
     D, N = factory.devices, factory.num_nodes
-    torch.save({"fn": fn, "args": args, "kwargs": kwargs, "threads": max(1, factory.threads // D),
-                "accelerator": factory.accelerator}, job / "job.pt")  # fmt: skip
+    torch.save(
+        {
+            "fn": fn,
+            "args": args,
+            "kwargs": kwargs,
+            "threads": max(1, factory.threads // D),
+            "accelerator": factory.accelerator,
+        },
+        job / "job.pt",
+    )
     name = getattr(fn, "__qualname__", str(fn))
     log.info("launching %s on %d × %d ranks via %s (%s)", name, N, D, via, job)
     entry = [sys.executable, "-m", "rlrec.stage", str(job / "job.pt")]
@@ -203,29 +220,26 @@ def launch(factory: TrainerFactory, fn, args: tuple, kwargs: dict):
                     f"trainer.num_nodes={N}: torchrun --standalone starts ranks on this machine only; "
                     "use launch.via=srun (inside a SLURM allocation) or launch.via=submitit"
                 )
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={D}",
-                   *map(str, L.get("torchrun_args") or ()), *entry[1:]]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={D}",
+                *map(str, L.get("torchrun_args") or ()),
+                *entry[1:],
+            ]
             _call(cmd, env, job)
         elif via == "srun":
             if shutil.which("srun") is None:
-                raise RuntimeError(
-                    "launch.via=srun: no `srun` on PATH (run the pipeline inside a SLURM allocation)"
-                )
-            cmd = [
-                "srun",
-                f"--nodes={N}",
-                f"--ntasks-per-node={D}",
-                *map(str, L.get("srun_args") or ()),
-                *entry,
-            ]
+                raise RuntimeError("launch.via=srun: no `srun` on PATH (run the pipeline inside a SLURM allocation)")
+            cmd = ["srun", f"--nodes={N}", f"--ntasks-per-node={D}", *map(str, L.get("srun_args") or ()), *entry]
             _call(cmd, env, job)
         else:
             _submitit(L, D, N, factory.accelerator, job)
         out = job / "result.pt"
         if not out.exists():
-            raise RuntimeError(
-                f"launched {name}: rank 0 wrote no result ({out}); see the ranks' output above"
-            )
+            raise RuntimeError(f"launched {name}: rank 0 wrote no result ({out}); see the ranks' output above")
         return torch.load(out, map_location="cpu", weights_only=False)
     finally:
         if not L.get("keep_jobs"):
@@ -242,9 +256,7 @@ def _submitit(L: dict, D: int, N: int, accelerator: str, job: Path) -> None:
     try:
         import submitit
     except ImportError as e:
-        raise ImportError(
-            "launch.via=submitit needs submitit (a dependency of rlrec): pip install submitit"
-        ) from e
+        raise ImportError("launch.via=submitit needs submitit (a dependency of rlrec): pip install submitit") from e
     from rlrec import stage
 
     executor = submitit.AutoExecutor(folder=str(job / "submitit"), cluster=L.get("cluster"))
@@ -262,8 +274,7 @@ def _submitit(L: dict, D: int, N: int, accelerator: str, job: Path) -> None:
         failed.sort(key=lambda f: any(m in str(f[1]) for m in _LOST_PEER))
         lines = [f"rank {i}: {_last_error_line(e)}" for i, e in failed]
         raise RuntimeError(
-            f"launched ranks failed (launch.via=submitit, logs in {job / 'submitit'}):\n  "
-            + "\n  ".join(lines)
+            f"launched ranks failed (launch.via=submitit, logs in {job / 'submitit'}):\n  " + "\n  ".join(lines)
         ) from failed[0][1]
 
 

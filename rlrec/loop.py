@@ -28,10 +28,22 @@ log = logging.getLogger("rlrec")
 
 
 def align(
-    policy, feedback, downstream, store, encode, *, rounds: int, users: int, seed: int, pairs: str = "best_vs_all",
-    dedup_threshold: float | None = 0.98, min_gap: float = 0.0, min_z: float = 0.0, first: str = "round0",
+    policy,
+    feedback,
+    downstream,
+    store,
+    encode,
+    *,
+    rounds: int,
+    users: int,
+    seed: int,
+    pairs: str = "best_vs_all",
+    dedup_threshold: float | None = 0.98,
+    min_gap: float = 0.0,
+    min_z: float = 0.0,
+    first: str = "round0",
     heldout: int = 0,
-) -> list[Round]:  # fmt: skip
+) -> list[Round]:
     """T = `rounds` preference rounds on `users` users each; returns [round 0, round 1, …]. A round
     whose samples give no informative group ends the loop with the policy unchanged.
 
@@ -40,8 +52,7 @@ def align(
     give `heldout/reward_gain` with a paired t-test over users; the pairs of their "before" texts
     are the preference fit's held-out pairs. `min_z` > 0 keeps only groups whose best text an
     ensemble feedback ranks first with confidence (`build_groups`)."""
-    history = [Round(0, first, policy.key, downstream.probe(policy, first),
-                     adapter=adapter_of(policy))]  # fmt: skip
+    history = [Round(0, first, policy.key, downstream.probe(policy, first), adapter=adapter_of(policy))]
     history[0].metrics.update(history[0].probe.metrics)
     refit = Refit(feedback)
     pool, held = split_users(downstream.train_users, heldout, seed)
@@ -51,25 +62,48 @@ def align(
         chosen = pick_users(pool, users, seed, t)
         prompts = [downstream.questions[int(u)] for u in chosen]
         probes = [r.probe for r in history]
-        texts, vectors, rewards, info, members = sample_scored(policy, store, refit, probes, encode, chosen,
-                                                               prompts, seed * 1000 + t)  # fmt: skip
-        groups, stats = build_groups(prompts, texts, rewards, vectors, mode=pairs, dedup_threshold=dedup_threshold,
-                                     min_gap=min_gap, members=members, min_z=min_z)  # fmt: skip
+        texts, vectors, rewards, info, members = sample_scored(
+            policy, store, refit, probes, encode, chosen, prompts, seed * 1000 + t
+        )
+        groups, stats = build_groups(
+            prompts,
+            texts,
+            rewards,
+            vectors,
+            mode=pairs,
+            dedup_threshold=dedup_threshold,
+            min_gap=min_gap,
+            members=members,
+            min_z=min_z,
+        )
         metrics = {**reward_stats(rewards), **info, **stats.as_dict()}
-        log.info("round %d/%d: %d users, mean reward %.4f, %d groups, split-half Spearman %.3f", t, rounds,
-                 len(chosen), metrics["reward/mean"], len(groups), metrics.get("reliability/spearman", np.nan))  # fmt: skip
+        log.info(
+            "round %d/%d: %d users, mean reward %.4f, %d groups, split-half Spearman %.3f",
+            t,
+            rounds,
+            len(chosen),
+            metrics["reward/mean"],
+            len(groups),
+            metrics.get("reliability/spearman", np.nan),
+        )
         if not groups:
-            log.warning(
-                "round %d: no informative preference groups; the loop stops with the policy unchanged", t
-            )
+            log.warning("round %d: no informative preference groups; the loop stops with the policy unchanged", t)
             history.append(Round(t, f"round{t}", policy.key, history[-1].probe, {**metrics, "stopped": 1.0}))
             break
         held_groups, before = [], None
         if len(held):  # the same seed every round: this round's "before" texts are the last round's "after"
             before = sample_scored(policy, store, refit, probes, encode, held, held_prompts, seed * 1000)
-            held_groups, _ = build_groups(held_prompts, before[0], before[2], before[1], mode=pairs,
-                                          dedup_threshold=dedup_threshold, min_gap=min_gap, members=before[4],
-                                          min_z=min_z)  # fmt: skip
+            held_groups, _ = build_groups(
+                held_prompts,
+                before[0],
+                before[2],
+                before[1],
+                mode=pairs,
+                dedup_threshold=dedup_threshold,
+                min_gap=min_gap,
+                members=before[4],
+                min_z=min_z,
+            )
         policy = policy.train_on(groups, heldout=held_groups)
         if before is not None and getattr(feedback, "pairwise", False):
             # a pairwise feedback (a judge) ranks a user's answers against each other, so each user's mean
@@ -86,14 +120,30 @@ def align(
             metrics.update(heldout_gain(before[2], after[2]))
         if before is not None:
             metrics["heldout/pairs"] = float(len(held_groups))
-            log.info("round %d: held-out reward %.4f → %.4f (gain %+.4f, p = %.3g, %d users)", t,
-                     metrics["heldout/reward_before"], metrics["heldout/reward_after"],
-                     metrics["heldout/reward_gain"], metrics.get("heldout/p", np.nan), len(held))  # fmt: skip
+            log.info(
+                "round %d: held-out reward %.4f → %.4f (gain %+.4f, p = %.3g, %d users)",
+                t,
+                metrics["heldout/reward_before"],
+                metrics["heldout/reward_after"],
+                metrics["heldout/reward_gain"],
+                metrics.get("heldout/p", np.nan),
+                len(held),
+            )
         probe = downstream.probe(policy, f"round{t}")
         by_prompt = dict(zip(prompts, chosen.tolist()))
-        history.append(Round(t, f"round{t}", policy.key, probe, {**metrics, **policy.training, **probe.metrics},
-                             curve=list(policy.curve), pairs=[{"user": by_prompt[g["prompt"]], **g} for g in groups],
-                             adapter=adapter_of(policy), samples=sample_roles(chosen, prompts, texts, rewards, groups)))  # fmt: skip
+        history.append(
+            Round(
+                t,
+                f"round{t}",
+                policy.key,
+                probe,
+                {**metrics, **policy.training, **probe.metrics},
+                curve=list(policy.curve),
+                pairs=[{"user": by_prompt[g["prompt"]], **g} for g in groups],
+                adapter=adapter_of(policy),
+                samples=sample_roles(chosen, prompts, texts, rewards, groups),
+            )
+        )
         progress.update(1)
     progress.close()
     return history
@@ -204,8 +254,13 @@ def score(store, refit: Refit, probes: list[Probe], users, texts, vectors):
     texts themselves."""
     feedback = refit.feedback
     ensemble = isinstance(feedback, Ensemble)
-    deps = {"feedback": feedback.key, "fitted_on": [p.key for p in probes], "users": np.asarray(users).tolist(),
-            "texts": fingerprint(texts), **({"members": True} if ensemble else {})}  # fmt: skip
+    deps = {
+        "feedback": feedback.key,
+        "fitted_on": [p.key for p in probes],
+        "users": np.asarray(users).tolist(),
+        "texts": fingerprint(texts),
+        **({"members": True} if ensemble else {}),
+    }
 
     def build(work) -> dict:
         info = refit(probes)

@@ -25,9 +25,7 @@ def user_auc(users, scores, labels) -> float:
     >>> user_auc([1, 1, 1, 2, 2], [0.9, 0.1, 0.5, 0.3, 0.3], [1, 0, 0, 1, 1])
     1.0
     """
-    df = pd.DataFrame(
-        {"u": np.asarray(users), "s": np.asarray(scores, float), "y": np.asarray(labels, float)}
-    )
+    df = pd.DataFrame({"u": np.asarray(users), "s": np.asarray(scores, float), "y": np.asarray(labels, float)})
     df["r"] = df.groupby("u")["s"].rank(method="average")
     g = df.groupby("u").agg(n=("y", "size"), pos=("y", "sum"))
     g["rank_pos"] = df[df["y"] > 0].groupby("u")["r"].sum()
@@ -68,9 +66,7 @@ def list_loglik(scores, labels, mask=None) -> np.ndarray:
     return np.divide(total, n, out=np.full(len(n), np.nan), where=n > 0)
 
 
-def list_metrics(
-    scores, labels, mask=None, ks=(1, 3, 5), map_definition: str = "kar"
-) -> dict[str, np.ndarray]:
+def list_metrics(scores, labels, mask=None, ks=(1, 3, 5), map_definition: str = "kar") -> dict[str, np.ndarray]:
     """Per-list ranking metrics, as KAR/LibRerank's `evaluate_rerank` defines them.
 
     NDCG@k: gain 2^rel − 1, discount log2(rank + 1), ideal DCG from the same list's labels.
@@ -85,9 +81,7 @@ def list_metrics(
     """
     scores, labels = np.asarray(scores, float), np.asarray(labels, float)
     mask = np.ones_like(labels, bool) if mask is None else np.asarray(mask, bool)
-    assert map_definition in ("kar", "standard"), (
-        f"map_definition must be 'kar' or 'standard', got {map_definition!r}"
-    )
+    assert map_definition in ("kar", "standard"), f"map_definition must be 'kar' or 'standard', got {map_definition!r}"
     ranked = rank_by_score(scores, labels, mask)
     ideal = -np.sort(-np.where(mask, labels, 0.0), axis=1)
     n = labels.shape[1]
@@ -101,11 +95,7 @@ def list_metrics(
         dcg, idcg = gains[:, :k].sum(1), ideal_gains[:, :k].sum(1)
         out[f"ndcg@{k}"] = np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0)
         ap = (prec[:, :k] * hits[:, :k]).sum(1)
-        denom = (
-            hits[:, :k].sum(1)
-            if map_definition == "kar"
-            else np.minimum(k, (np.where(mask, labels, 0) > 0).sum(1))
-        )
+        denom = hits[:, :k].sum(1) if map_definition == "kar" else np.minimum(k, (np.where(mask, labels, 0) > 0).sum(1))
         out[f"map@{k}"] = np.divide(ap, denom, out=np.zeros_like(ap), where=denom > 0)
         out[f"click@{k}"] = hits[:, :k].sum(1)
     return out

@@ -32,10 +32,20 @@ log = logging.getLogger("rlrec")
 
 class Policy:
     def __init__(
-        self, llm, sampling: DictConfig, preference: DictConfig, store: Store, trainer, device="cpu",
-        cache_dir: str | Path | None = None, adapter: str | Path | None = None, key: str = "base",
-        task=None, seed: int = 0, fit_key=None,
-    ):  # fmt: skip
+        self,
+        llm,
+        sampling: DictConfig,
+        preference: DictConfig,
+        store: Store,
+        trainer,
+        device="cpu",
+        cache_dir: str | Path | None = None,
+        adapter: str | Path | None = None,
+        key: str = "base",
+        task=None,
+        seed: int = 0,
+        fit_key=None,
+    ):
         self.llm, self.sampling_cfg, self.preference = llm, sampling, preference
         self.store, self.trainer, self.device = store, trainer, torch.device(device)
         self.cache_dir, self.adapter, self.key, self.seed = cache_dir, adapter, key, int(seed)
@@ -50,15 +60,19 @@ class Policy:
     @classmethod
     def from_context(cls, ctx, llm=None, sampling: DictConfig | None = None) -> Policy:
         return cls(
-            llm if llm is not None else ctx.llm, sampling if sampling is not None else ctx.cfg.sampling,
-            ctx.cfg.preference, ctx.store, ctx.llm_trainer, ctx.device, ctx.generation_cache, seed=ctx.seed,
+            llm if llm is not None else ctx.llm,
+            sampling if sampling is not None else ctx.cfg.sampling,
+            ctx.cfg.preference,
+            ctx.store,
+            ctx.llm_trainer,
+            ctx.device,
+            ctx.generation_cache,
+            seed=ctx.seed,
             fit_key=ctx.llm_trainer_key,
-        )  # fmt: skip
+        )
 
     @classmethod
-    def frozen(
-        cls, llm, sampling: SamplingConfig, cache_dir=None, device="cpu", progress: bool = True
-    ) -> Policy:
+    def frozen(cls, llm, sampling: SamplingConfig, cache_dir=None, device="cpu", progress: bool = True) -> Policy:
         """A policy that is never trained (a judge, a teacher): no adapter; one copy of the weights per
         (model, device) in the process, shared by every frozen policy of that model."""
         policy = cls(llm, sampling, None, None, None, device, cache_dir)
@@ -71,9 +85,19 @@ class Policy:
 
     def with_adapter(self, adapter: str | Path, key: str, task=None) -> Policy:
         policy = Policy(
-            self.llm, self.sampling_cfg, self.preference, self.store, self.trainer, self.device, self.cache_dir,
-            adapter=adapter, key=key, task=task, seed=self.seed, fit_key=self.fit_key,
-        )  # fmt: skip
+            self.llm,
+            self.sampling_cfg,
+            self.preference,
+            self.store,
+            self.trainer,
+            self.device,
+            self.cache_dir,
+            adapter=adapter,
+            key=key,
+            task=task,
+            seed=self.seed,
+            fit_key=self.fit_key,
+        )
         policy.constrain = self.constrain
         return policy
 
@@ -150,9 +174,7 @@ class Policy:
         for k in ("_target_", "llm"):
             kwargs.pop(k, None)
         kwargs["optimizer"] = instantiate(self.preference.task.optimizer)
-        task = PreferenceTask(
-            self.llm, adapter_path=None if self.adapter is None else str(self.adapter), **kwargs
-        )
+        task = PreferenceTask(self.llm, adapter_path=None if self.adapter is None else str(self.adapter), **kwargs)
         task.init_seed = self.seed  # the LoRA init: the same whatever ran before, in this process or a rank
         return task
 
@@ -163,9 +185,7 @@ class Policy:
     @cached_property
     def sampling(self) -> SamplingConfig:
         return (
-            instantiate(self.sampling_cfg)
-            if not isinstance(self.sampling_cfg, SamplingConfig)
-            else self.sampling_cfg
+            instantiate(self.sampling_cfg) if not isinstance(self.sampling_cfg, SamplingConfig) else self.sampling_cfg
         )
 
     @cached_property
@@ -187,26 +207,34 @@ class Policy:
             model, tok = str(model_folder(self.llm)), None
             lora = None if self.preference is None else OmegaConf.select(self.preference, "task.lora")
             # a trainable policy's engine has LoRA on from the base round, so later rounds reuse it
-            kw = {"adapter": self.served_adapter(), "enable_lora": lora is not None or self.adapter is not None,
-                  "max_lora_rank": s.max_lora_rank, **dict(s.engine_args or {})}  # fmt: skip
-        return s.generator(model, tok, self.base_key, self.cache_dir, adapter_fingerprint=self.key,
-                           progress=self.progress, **kw)  # fmt: skip
+            kw = {
+                "adapter": self.served_adapter(),
+                "enable_lora": lora is not None or self.adapter is not None,
+                "max_lora_rank": s.max_lora_rank,
+                **dict(s.engine_args or {}),
+            }
+        return s.generator(
+            model, tok, self.base_key, self.cache_dir, adapter_fingerprint=self.key, progress=self.progress, **kw
+        )
 
     # ---- texts --------------------------------------------------------------------------------
     def sample(self, prompts: list[str], seed: int | None = None) -> list[list[str]]:
         """(len(prompts), N) sampled texts, N = sampling.num_samples."""
         s = self.sampling
         return self.generator.sample(
-            prompts, int(s.num_samples), float(s.temperature), float(s.top_p), int(s.max_new_tokens),
-            seed=int(s.seed if seed is None else seed), adapter_fingerprint=self.key,
+            prompts,
+            int(s.num_samples),
+            float(s.temperature),
+            float(s.top_p),
+            int(s.max_new_tokens),
+            seed=int(s.seed if seed is None else seed),
+            adapter_fingerprint=self.key,
             constraints=self.constraints(prompts),
-        )  # fmt: skip
+        )
 
     def greedy(self, prompts: list[str], max_new_tokens: int | None = None) -> list[str]:
         n = int(self.sampling.max_new_tokens if max_new_tokens is None else max_new_tokens)
-        return self.generator.greedy(
-            prompts, n, adapter_fingerprint=self.key, constraints=self.constraints(prompts)
-        )
+        return self.generator.greedy(prompts, n, adapter_fingerprint=self.key, constraints=self.constraints(prompts))
 
     def constraints(self, prompts: list[str]) -> list | None:
         """One decoding constraint per prompt (`constrain`), or None when the policy writes freely."""

@@ -114,8 +114,11 @@ def _compare(run, repeats: int) -> dict:
             run()
 
     fp32, bf16 = _time(run, repeats), _time(run_bf16, repeats)
-    return {"fp32_ms": float(f"{fp32 * 1e3:.4g}"), "bf16_ms": float(f"{bf16 * 1e3:.4g}"),
-            "speedup": float(f"{fp32 / bf16:.4g}")}  # fmt: skip
+    return {
+        "fp32_ms": float(f"{fp32 * 1e3:.4g}"),
+        "bf16_ms": float(f"{bf16 * 1e3:.4g}"),
+        "speedup": float(f"{fp32 / bf16:.4g}"),
+    }
 
 
 def _ctr_step(gen, rows: int, d_in: int, hidden: int, batch: int, mlp_in: int, mlp_dims):
@@ -157,9 +160,12 @@ def probe(cache_dir: str | Path | None = None) -> dict:
         except (OSError, json.JSONDecodeError):
             pass  # unreadable: measure again and replace it
     result = {**ident, "min_speedup": MIN_SPEEDUP, "workloads": measure()}
-    log.info("precision=auto: bf16 vs fp32 on %s (%s): %s", ident["cpu"],
-             ", ".join(ident["bf16_flags"]) or "no bf16 flags",
-             ", ".join(f"{w} {v['speedup']:.2f}x" for w, v in result["workloads"].items()))  # fmt: skip
+    log.info(
+        "precision=auto: bf16 vs fp32 on %s (%s): %s",
+        ident["cpu"],
+        ", ".join(ident["bf16_flags"]) or "no bf16 flags",
+        ", ".join(f"{w} {v['speedup']:.2f}x" for w, v in result["workloads"].items()),
+    )
     try:
         atomic_write_json(path, result)
     except OSError as e:  # a read-only home: measure again next time

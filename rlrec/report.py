@@ -16,11 +16,21 @@ import numpy as np
 from rlrec.cache import atomic_write_text
 
 DEFAULT_METRICS = (
-    "test/auc", "test/logloss", "test/uauc", "val/auc", "train/samples_per_s", "train/epochs",
+    "test/auc",
+    "test/logloss",
+    "test/uauc",
+    "val/auc",
+    "train/samples_per_s",
+    "train/epochs",
     # re-rank runs: the re-ranker, then the initial order and a shuffled order of the same test lists
-    "test/map@5", "test/ndcg@5", "test/click@5", "initial/test/map@5", "initial/test/ndcg@5",
-    "shuffled/test/map@5", "shuffled/test/ndcg@5",
-)  # fmt: skip
+    "test/map@5",
+    "test/ndcg@5",
+    "test/click@5",
+    "initial/test/map@5",
+    "initial/test/ndcg@5",
+    "shuffled/test/map@5",
+    "shuffled/test/ndcg@5",
+)
 GROUP_KEYS = ("experiment", "dataset", "split", "backbone")
 
 
@@ -34,11 +44,30 @@ def _fmt(x) -> str:
     return f"{x:.1f}" if abs(x) >= 100 else f"{x:.4f}"
 
 
-ROUND_COLUMNS = ("reward/mean", "reward/spread", "reliability/spearman", "reliability/same_best", "pairs/groups",
-                 "align/sdpo_loss", "align/dpo_loss", "align/ipo_loss", "align/final_sdpo_loss",
-                 "align/final_dpo_loss", "align/final_ipo_loss", "align/reward_acc", "align/heldout_reward_acc",
-                 "heldout/reward_gain", "heldout/p", "validator/val_auc", "recommender/val_ndcg@5",
-                 "judge/consistency", "eval/validity", "eval/hit@1", "eval/ndcg@3", "knowledge_tokens")  # fmt: skip
+ROUND_COLUMNS = (
+    "reward/mean",
+    "reward/spread",
+    "reliability/spearman",
+    "reliability/same_best",
+    "pairs/groups",
+    "align/sdpo_loss",
+    "align/dpo_loss",
+    "align/ipo_loss",
+    "align/final_sdpo_loss",
+    "align/final_dpo_loss",
+    "align/final_ipo_loss",
+    "align/reward_acc",
+    "align/heldout_reward_acc",
+    "heldout/reward_gain",
+    "heldout/p",
+    "validator/val_auc",
+    "recommender/val_ndcg@5",
+    "judge/consistency",
+    "eval/validity",
+    "eval/hit@1",
+    "eval/ndcg@3",
+    "knowledge_tokens",
+)
 LOSSES = ("align/sdpo_loss", "align/dpo_loss", "align/ipo_loss")
 
 
@@ -55,8 +84,10 @@ def table_markdown(table: dict) -> str:
     if table.get("paired"):
         lines += ["", "| comparison | metric | mean difference | n | t | p |", "|---|---|---|---|---|---|"]
         for e in table["paired"]:
-            lines.append(f"| {e['comparison']} | {e['metric']} | {e['mean_diff']:+.4f} | {e['n']} | "
-                         f"{_fmt(e.get('t'))} | {_fmt(e.get('p'))} |")  # fmt: skip
+            lines.append(
+                f"| {e['comparison']} | {e['metric']} | {e['mean_diff']:+.4f} | {e['n']} | "
+                f"{_fmt(e.get('t'))} | {_fmt(e.get('p'))} |"
+            )
     if table.get("notes"):
         lines += [""] + list(table["notes"])
     return "\n".join(lines) + "\n"
@@ -130,11 +161,7 @@ def training_plot(curves: dict[str, list[dict]], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for i, (name, curve) in enumerate(curves.items()):
         colour = f"C{i}"
-        loss = (
-            next((k for k in curve[0] if k.startswith("train/") and k.endswith("_loss")), None)
-            if curve
-            else None
-        )
+        loss = next((k for k in curve[0] if k.startswith("train/") and k.endswith("_loss")), None) if curve else None
         for ax, key in ((axes[0], loss), (axes[1], "train/reward_acc")):
             if key is None:
                 continue
@@ -163,14 +190,10 @@ def run_markdown(results: dict) -> str:
     """One run: its identity, the paper table and per-round table (if any), then every metric."""
     run = results.get("run", {})
     lines = [
-        f"## {run.get('experiment', 'run')} — "
-        + ", ".join(f"{k}={v}" for k, v in run.items() if k != "experiment")
+        f"## {run.get('experiment', 'run')} — " + ", ".join(f"{k}={v}" for k, v in run.items() if k != "experiment")
     ]
     table = results.get("table") or {}
-    for title, body in (
-        (table.get("title", "Table"), table_markdown(table)),
-        ("Rounds", rounds_table(results)),
-    ):
+    for title, body in ((table.get("title", "Table"), table_markdown(table)), ("Rounds", rounds_table(results))):
         if body:
             lines += ["", f"### {title}", "", body.rstrip()]
     mem = results.get("memory") or {}
@@ -224,9 +247,7 @@ def aggregate(runs: list[dict], metrics=DEFAULT_METRICS) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rlrec.report", description=__doc__)
-    ap.add_argument(
-        "root", nargs="?", default="multirun", help="folder searched recursively for results.json"
-    )
+    ap.add_argument("root", nargs="?", default="multirun", help="folder searched recursively for results.json")
     ap.add_argument("--out", default=None, help="write the table here too (default: <root>/report.md)")
     ap.add_argument("--metrics", nargs="*", default=list(DEFAULT_METRICS))
     a = ap.parse_args(argv)

@@ -35,9 +35,7 @@ class Round:
     probe: Probe
     metrics: dict = field(default_factory=dict)
     curve: list[dict] = field(default_factory=list)  # the preference fit's per-step metrics
-    pairs: list[dict] = field(
-        default_factory=list
-    )  # the groups it trained on ({user, prompt, chosen, rejected, ..})
+    pairs: list[dict] = field(default_factory=list)  # the groups it trained on ({user, prompt, chosen, rejected, ..})
     adapter: str | None = None  # the trained policy's adapter folder (None: the base weights)
     samples: list[dict] = field(default_factory=list)  # every scored sample: {user, text, reward, role}
 

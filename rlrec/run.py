@@ -33,8 +33,10 @@ def run(ctx: Context) -> RunResult:
     source = (cfg.get("knowledge") or {}).get("source")
     if source:  # bring your own knowledge: files in the export format, no LLM
         if not hasattr(downstream, "from_files"):
-            raise DataError(f"knowledge.source={source!r}: downstream {cfg.downstream._target_} takes no knowledge "
-                            "(knowledge.source feeds a CTR backbone or a re-ranker: downstream=ctr, rerank or kar)")  # fmt: skip
+            raise DataError(
+                f"knowledge.source={source!r}: downstream {cfg.downstream._target_} takes no knowledge "
+                "(knowledge.source feeds a CTR backbone or a re-ranker: downstream=ctr, rerank or kar)"
+            )
         rounds.append(Round(0, "source", "files", downstream.from_files(source)))
     elif downstream.uses_policy:
         policy = Policy.from_context(ctx)
@@ -49,23 +51,44 @@ def run(ctx: Context) -> RunResult:
         feedback = build_feedback(cfg.feedback, ctx, downstream)
         A = cfg.align
         rounds += loop.align(
-            policy, feedback, downstream, ctx.store, ctx.encoder.encode, rounds=int(A.rounds), users=int(A.users),
-            seed=ctx.seed, pairs=str(cfg.preference.pairs), dedup_threshold=A.get("dedup_threshold"),
-            min_gap=float(A.get("min_gap", 0.0)), min_z=float(A.get("min_z") or 0.0), first=first, heldout=int(A.get("heldout_users") or 0),
-        )  # fmt: skip
+            policy,
+            feedback,
+            downstream,
+            ctx.store,
+            ctx.encoder.encode,
+            rounds=int(A.rounds),
+            users=int(A.users),
+            seed=ctx.seed,
+            pairs=str(cfg.preference.pairs),
+            dedup_threshold=A.get("dedup_threshold"),
+            min_gap=float(A.get("min_gap", 0.0)),
+            min_z=float(A.get("min_z") or 0.0),
+            first=first,
+            heldout=int(A.get("heldout_users") or 0),
+        )
         if first == "sft":
             next(r for r in rounds if r.t == 0).metrics.update(policy.training)
     table, metrics = downstream.evaluate(rounds)  # evaluate
     if rounds:  # every round's texts, vectors, pairs and adapter, in the export format
         prep = ctx.prep
-        about = {"dataset": cfg.dataset.name, "encoder": (cfg.get("encoder") or {}).get("source"),
-                 "llm": llm_identity(cfg)}  # fmt: skip
+        about = {
+            "dataset": cfg.dataset.name,
+            "encoder": (cfg.get("encoder") or {}).get("source"),
+            "llm": llm_identity(cfg),
+        }
         artifacts.write_run(ctx.output_dir / "artifacts", rounds, prep.user_ids, prep.item_ids, about)
     metrics.update(round_metrics(rounds))
-    return RunResult(run=summary(cfg), metrics=metrics, table=table, rounds=[r.summary() for r in rounds if r.t > 0],
-                     stages=list(ctx.store.events), data=data,
-                     examples={r.name: dict(list(r.probe.texts.items())[:2]) for r in rounds},
-                     curves={r.name: r.curve for r in rounds if r.curve}, memory=memory.summary())  # fmt: skip
+    return RunResult(
+        run=summary(cfg),
+        metrics=metrics,
+        table=table,
+        rounds=[r.summary() for r in rounds if r.t > 0],
+        stages=list(ctx.store.events),
+        data=data,
+        examples={r.name: dict(list(r.probe.texts.items())[:2]) for r in rounds},
+        curves={r.name: r.curve for r in rounds if r.curve},
+        memory=memory.summary(),
+    )
 
 
 def round_metrics(rounds: list[Round]) -> dict:
@@ -77,9 +100,7 @@ def round_metrics(rounds: list[Round]) -> dict:
             out.update({f"iter{r.t}/{k}": v for k, v in r.metrics.items()})
         elif r.t == 0:
             out.update({k: v for k, v in r.metrics.items() if k.startswith("distill/")})
-            out.update(
-                {f"round0/{k}": v for k, v in r.metrics.items() if not k.startswith(("distill/", "eval/"))}
-            )
+            out.update({f"round0/{k}": v for k, v in r.metrics.items() if not k.startswith(("distill/", "eval/"))})
     if rounds:
         out["rounds_done"] = max([0] + [r.t for r in rounds if r.trained])
     return out

@@ -40,9 +40,12 @@ def _environment() -> None:
             ) from None
         env = SLURMEnvironment()
         os.environ.update(
-            RANK=str(env.global_rank()), WORLD_SIZE=str(env.world_size()), LOCAL_RANK=str(env.local_rank()),
-            MASTER_ADDR=env.main_address, MASTER_PORT=str(env.main_port),
-        )  # fmt: skip
+            RANK=str(env.global_rank()),
+            WORLD_SIZE=str(env.world_size()),
+            LOCAL_RANK=str(env.local_rank()),
+            MASTER_ADDR=env.main_address,
+            MASTER_PORT=str(env.main_port),
+        )
     nodes = int(os.environ.get("SLURM_NNODES", 1))
     os.environ.setdefault("LOCAL_WORLD_SIZE", str(int(os.environ["WORLD_SIZE"]) // max(1, nodes)))
     os.environ.setdefault("GROUP_RANK", str(int(os.environ["RANK"]) // int(os.environ["LOCAL_WORLD_SIZE"])))

@@ -66,9 +66,15 @@ def _start_wandb(cfg) -> None:
     import wandb
 
     if wandb.run is None:
-        wandb.init(project=conf.get("project"), name=conf.get("name"), group=conf.get("group"),
-                   dir=conf.get("save_dir"), mode="offline" if conf.get("offline", True) else None,
-                   config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous")  # fmt: skip
+        wandb.init(
+            project=conf.get("project"),
+            name=conf.get("name"),
+            group=conf.get("group"),
+            dir=conf.get("save_dir"),
+            mode="offline" if conf.get("offline", True) else None,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            reinit="finish_previous",
+        )
 
 
 def _log_wandb(results: dict, output_dir: Path) -> None:
@@ -93,9 +99,11 @@ def _log_wandb(results: dict, output_dir: Path) -> None:
         cols = list(table["columns"])
         media["results/table"] = wandb.Table(
             columns=["variant", *cols, *[f"{c}_std" for c in cols]],
-            data=[[label, *[row.get(c) for c in cols], *[row.get(f"{c}_std") for c in cols]]
-                  for label, row in table["rows"].items()],
-        )  # fmt: skip
+            data=[
+                [label, *[row.get(c) for c in cols], *[row.get(f"{c}_std") for c in cols]]
+                for label, row in table["rows"].items()
+            ],
+        )
         if table.get("paired"):
             keys = sorted({k for e in table["paired"] for k in e})
             media["results/paired"] = wandb.Table(
@@ -158,14 +166,12 @@ def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
         threads = launcher_threads(
-            int(cfg.threads),
-            OmegaConf.to_container(hc.launcher),
-            list(hc.overrides.task),
-            len(os.sched_getaffinity(0)),
+            int(cfg.threads), OmegaConf.to_container(hc.launcher), list(hc.overrides.task), len(os.sched_getaffinity(0))
         )
         if threads != int(cfg.threads):
-            log.info("threads: %d per job under %s (was %d)", threads, hc.runtime.choices.get("hydra/launcher"),
-                     cfg.threads)  # fmt: skip
+            log.info(
+                "threads: %d per job under %s (was %d)", threads, hc.runtime.choices.get("hydra/launcher"), cfg.threads
+            )
             cfg.threads = threads
     try:
         validate(cfg)

@@ -25,9 +25,7 @@ os.environ.setdefault("RLREC_COMPILE", "0")
 os.environ["RLREC_PRECISION_AUTO"] = "32-true"
 # converted model folders (the tiny random LLM's tokenizer, read from the embedded GGUF in ~10 s) are
 # built once for the whole suite, its subprocesses included, not once per test's cache_dir
-os.environ.setdefault(
-    "RLREC_MODEL_CACHE", str(Path(__file__).resolve().parents[1] / ".cache" / "rlrec" / "models")
-)
+os.environ.setdefault("RLREC_MODEL_CACHE", str(Path(__file__).resolve().parents[1] / ".cache" / "rlrec" / "models"))
 torch.set_num_threads(1)  # tests are many tiny ops: one thread avoids spinning OpenMP workers
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -39,9 +39,7 @@ class DCN(nn.Module):
         # The combination layer w·[x_L; h_L] + b (DCN eq. 5) split by its input: `out` holds the
         # cross part w_c (and b when there is no deep part); the deep part's w_d and b are the
         # deep MLP's output layer, so the MLP runs as one fused stack down to the logit.
-        self.deep = (
-            MLP(in_dim, tuple(mlp_dims), 1, dropout, activation, batch_norm) if len(mlp_dims) else None
-        )
+        self.deep = MLP(in_dim, tuple(mlp_dims), 1, dropout, activation, batch_norm) if len(mlp_dims) else None
         self.out = nn.Linear(in_dim, 1, bias=self.deep is None)
         if self.deep is not None:  # the init of one Linear over the concatenation [x_L; h_L]
             bound = (in_dim + mlp_dims[-1]) ** -0.5

@@ -130,9 +130,7 @@ class DIEN(nn.Module):
         aux = self.auxiliary_loss(interests, behaviours, mask) if with_aux else None
         return logits, aux
 
-    def auxiliary_loss(
-        self, interests: torch.Tensor, behaviours: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
+    def auxiliary_loss(self, interests: torch.Tensor, behaviours: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """L_aux (eq. 6): −mean over valid t of [log σ(h_t, e_b[t+1]) + log(1 − σ(h_t, ê_b[t+1]))].
         interests (B, L, H), behaviours (B, L, Fi·D), mask (B, L) → scalar (unweighted)."""
         valid = mask[:, 1:]  # (B, L−1): behaviour t+1 exists

@@ -42,8 +42,6 @@ class DIN(nn.Module):
         hist, mask = self.embedding.history(batch)  # (B, L, Fi, D), (B, L)
         B, L = mask.shape
         e = self.embedding
-        target = fields[:, e.num_user_fields : e.num_user_fields + e.num_item_fields].reshape(
-            B, -1
-        )  # (B, Fi·D)
+        target = fields[:, e.num_user_fields : e.num_user_fields + e.num_item_fields].reshape(B, -1)  # (B, Fi·D)
         interest = self.attention(target, hist.reshape(B, L, -1), mask)  # (B, Fi·D)
         return self.mlp(torch.cat([fields.reshape(B, -1), interest], dim=1)).squeeze(-1)  # (B,)

@@ -48,9 +48,7 @@ class FiGNN(nn.Module):
         F = self.embedding.num_fields(pool_history=True)
         d = num_heads * head_dim if self_attention else embed_dim
         # multi-head self-attention layer (§3.3): (B, F, D) → (B, F, d)
-        self.self_attention = (
-            FieldSelfAttention(embed_dim, head_dim, num_heads) if self_attention else nn.Identity()
-        )
+        self.self_attention = FieldSelfAttention(embed_dim, head_dim, num_heads) if self_attention else nn.Identity()
         self.edge_attention = nn.Linear(2 * d, 1, bias=False)  # W_w, eq. 4
         self.w_out = nn.Parameter(torch.empty(F, d, d))  # W_out^j, one per (source) node
         self.w_in = nn.Parameter(torch.empty(F, d, d))  # W_in^i, one per (target) node

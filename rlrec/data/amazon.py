@@ -56,15 +56,9 @@ def load_amazon(
 ) -> RecData:
     """Reviews → interactions (reviewerID, asin, overall, unixReviewTime); meta → items
     (asin, title, brand, first category below the top level)."""
-    folder = require_file(
-        path, f"the Amazon {category} folder ({category}_5.json.gz + meta_{category}.json.gz)", name
-    )
-    f_rev = (
-        folder / reviews_file if reviews_file else _find(folder, f"{category}*.json.gz", "reviews file", name)
-    )
-    f_meta = (
-        folder / meta_file if meta_file else _find(folder, f"meta_{category}*.json.gz", "meta file", name)
-    )
+    folder = require_file(path, f"the Amazon {category} folder ({category}_5.json.gz + meta_{category}.json.gz)", name)
+    f_rev = folder / reviews_file if reviews_file else _find(folder, f"{category}*.json.gz", "reviews file", name)
+    f_meta = folder / meta_file if meta_file else _find(folder, f"meta_{category}*.json.gz", "meta file", name)
     require_file(f_rev, "the reviews file", name)
     require_file(f_meta, "the meta file", name)
 
@@ -72,9 +66,7 @@ def load_amazon(
     for lineno, obj in _json_lines(f_rev):
         missing = [k for k in REVIEW_FIELDS if k not in obj]
         if missing:
-            raise DataError(
-                f"{f_rev}: line {lineno}: missing field(s) {missing}; expected {list(REVIEW_FIELDS)}"
-            )
+            raise DataError(f"{f_rev}: line {lineno}: missing field(s) {missing}; expected {list(REVIEW_FIELDS)}")
         try:
             rating, ts = float(obj["overall"]), int(obj["unixReviewTime"])
         except (TypeError, ValueError) as e:
@@ -109,9 +101,7 @@ def load_amazon(
                 "category": cats[1] if len(cats) > 1 else (cats[0] if cats else "unknown"),
             }
         )
-    item_frame = pd.DataFrame(items, columns=["item_id", "title", "brand", "category"]).drop_duplicates(
-        "item_id"
-    )
+    item_frame = pd.DataFrame(items, columns=["item_id", "title", "brand", "category"]).drop_duplicates("item_id")
     users = pd.DataFrame({"user_id": inter["user_id"].unique()})
     return RecData(
         name=name,

@@ -30,9 +30,7 @@ class TensorBatches:
     [[0, 1], [2, 3], [4]]
     """
 
-    def __init__(
-        self, tensors: dict[str, torch.Tensor], batch_size: int, shuffle: bool = False, seed: int = 0
-    ):
+    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, shuffle: bool = False, seed: int = 0):
         sizes = {k: len(v) for k, v in tensors.items()}
         assert len(set(sizes.values())) == 1, f"tensors must have the same length: {sizes}"
         assert batch_size > 0

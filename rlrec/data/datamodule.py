@@ -43,9 +43,7 @@ class RecDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         if not callable(loader):
-            raise DataError(
-                f"dataset.loader must be a callable (a `_partial_: true` target), got {type(loader)}"
-            )
+            raise DataError(f"dataset.loader must be a callable (a `_partial_: true` target), got {type(loader)}")
         if loader_kwargs:
             raise DataError(f"dataset {name!r}: unknown option(s) {sorted(loader_kwargs)}")
         self.name = name
@@ -71,9 +69,7 @@ class RecDataModule(pl.LightningDataModule):
             return
         t0 = time.perf_counter()
         data = self.loader().subsample_users(self.max_users, self.seed)
-        self.prep = prepare(
-            data, self.label_threshold, self.split_cfg, self.history_len, self.history_positive_only
-        )
+        self.prep = prepare(data, self.label_threshold, self.split_cfg, self.history_len, self.history_positive_only)
         self.setup_seconds = time.perf_counter() - t0
 
     @property
@@ -89,9 +85,17 @@ class RecDataModule(pl.LightningDataModule):
                 for df in (raw.interactions, raw.users, raw.items)
             ]
             self._fingerprint = fingerprint(
-                self.name, content, self.label_threshold, self.split_cfg.__dict__, self.history_len,
-                self.history_positive_only, self.max_users, self.seed, self.batch_size, self.eval_batch_size,
-            )  # fmt: skip
+                self.name,
+                content,
+                self.label_threshold,
+                self.split_cfg.__dict__,
+                self.history_len,
+                self.history_positive_only,
+                self.max_users,
+                self.seed,
+                self.batch_size,
+                self.eval_batch_size,
+            )
         return self._fingerprint
 
     @property

@@ -13,9 +13,7 @@ from rlrec.data.schema import DataError, RecData, require_columns, require_file
 ESCI_GAIN = {"E": 3, "S": 2, "C": 1, "I": 0}
 
 
-def load_esci(
-    path: str | None = None, locale: str | None = "us", version: str | None = "small_version"
-) -> RecData:
+def load_esci(path: str | None = None, locale: str | None = "us", version: str | None = "small_version") -> RecData:
     folder = require_file(path, "the ESCI folder (shopping_queries_dataset_*.parquet)", "esci")
     f_ex = require_file(folder / "shopping_queries_dataset_examples.parquet", "the examples parquet", "esci")
     f_pr = require_file(folder / "shopping_queries_dataset_products.parquet", "the products parquet", "esci")
@@ -35,8 +33,10 @@ def load_esci(
         ex = ex[ex[version] == 1]
     bad = ~ex["esci_label"].isin(list(ESCI_GAIN))
     if bad.any():
-        raise DataError(f"{f_ex}: row {int(ex.index[bad.to_numpy()][0])}: esci_label must be one of E/S/C/I, "
-                        f"got {ex['esci_label'][bad].iloc[0]!r}")  # fmt: skip
+        raise DataError(
+            f"{f_ex}: row {int(ex.index[bad.to_numpy()][0])}: esci_label must be one of E/S/C/I, "
+            f"got {ex['esci_label'][bad].iloc[0]!r}"
+        )
     if ex.empty:
         raise DataError(f"esci: no examples left after locale={locale!r}, version={version!r}")
     inter = pd.DataFrame(
@@ -59,6 +59,10 @@ def load_esci(
         }
     ).drop_duplicates("item_id")
     return RecData(
-        name="esci", interactions=inter, users=users.reset_index(drop=True), items=items,
-        item_features=("brand",), source=str(folder),
-    ).validate()  # fmt: skip
+        name="esci",
+        interactions=inter,
+        users=users.reset_index(drop=True),
+        items=items,
+        item_features=("brand",),
+        source=str(folder),
+    ).validate()

@@ -53,13 +53,7 @@ class FeatureSpec:
 
     def with_knowledge(self, dims: tuple[int, ...]) -> FeatureSpec:
         return FeatureSpec(
-            self.fields,
-            self.history_len,
-            self.num_users,
-            self.num_items,
-            self.user_table,
-            self.item_table,
-            tuple(dims),
+            self.fields, self.history_len, self.num_users, self.num_items, self.user_table, self.item_table, tuple(dims)
         )
 
 
@@ -149,9 +143,7 @@ def prepare(
 
     user_ids = np.sort(df["user_id"].unique())
     item_ids = data.items["item_id"].to_numpy()
-    item_ids = (
-        np.sort(item_ids) if item_ids.dtype != object else np.array(sorted(item_ids, key=str), dtype=object)
-    )
+    item_ids = np.sort(item_ids) if item_ids.dtype != object else np.array(sorted(item_ids, key=str), dtype=object)
     df["u"] = pd.Index(user_ids).get_indexer(df["user_id"]) + 1
     df["i"] = pd.Index(item_ids).get_indexer(df["item_id"]) + 1
     assert (df["u"] > 0).all() and (df["i"] > 0).all()

@@ -18,9 +18,7 @@ def _read_tsv(file: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     except Exception as e:
         raise DataError(f"{file}: cannot parse as tab-separated values: {e}") from e
     if len(df.columns) == 1 and len(columns) > 1:
-        raise DataError(
-            f"{file}: expected tab-separated columns {list(columns)}, found one column {df.columns[0]!r}"
-        )
+        raise DataError(f"{file}: expected tab-separated columns {list(columns)}, found one column {df.columns[0]!r}")
     require_columns(df, columns, file)
     return df
 
@@ -32,9 +30,7 @@ def load_lastfm(path: str | None = None, interactions: str = "tagged") -> RecDat
     folder = require_file(path, "the hetrec2011-lastfm-2k folder", "lastfm")
     f_ua = require_file(folder / "user_artists.dat", "user_artists.dat", "lastfm")
     f_ar = require_file(folder / "artists.dat", "artists.dat", "lastfm")
-    f_tt = require_file(
-        folder / "user_taggedartists-timestamps.dat", "user_taggedartists-timestamps.dat", "lastfm"
-    )
+    f_tt = require_file(folder / "user_taggedartists-timestamps.dat", "user_taggedartists-timestamps.dat", "lastfm")
     ua = _read_tsv(f_ua, ("userID", "artistID", "weight"))
     ar = _read_tsv(f_ar, ("id", "name"))
     tt = _read_tsv(f_tt, ("userID", "artistID", "tagID", "timestamp"))
@@ -65,9 +61,7 @@ def load_lastfm(path: str | None = None, interactions: str = "tagged") -> RecDat
     inter = inter[["user_id", "item_id", "rating", "timestamp"]]
     # each artist's most used tag is a side feature (its "genre")
     top_tag = tags.groupby(["item_id", "tag_id"]).size().rename("n").reset_index()
-    top_tag = top_tag.sort_values(["item_id", "n", "tag_id"], ascending=[True, False, True]).drop_duplicates(
-        "item_id"
-    )
+    top_tag = top_tag.sort_values(["item_id", "n", "tag_id"], ascending=[True, False, True]).drop_duplicates("item_id")
     tag_names = {}
     f_tags = folder / "tags.dat"
     if f_tags.exists():
@@ -81,10 +75,5 @@ def load_lastfm(path: str | None = None, interactions: str = "tagged") -> RecDat
     items = items.drop(columns="tag_id")
     users = pd.DataFrame({"user_id": np.sort(inter["user_id"].unique())})
     return RecData(
-        name="lastfm",
-        interactions=inter,
-        users=users,
-        items=items,
-        item_features=("tag",),
-        source=str(folder),
+        name="lastfm", interactions=inter, users=users, items=items, item_features=("tag",), source=str(folder)
     ).validate()

@@ -13,18 +13,52 @@ import pandas as pd
 from rlrec.data.schema import DataError, RecData, require_columns, require_file, to_numeric_column
 
 GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 
 # ML-1M age codes → KAR/GroupLens age-group text (used by the prompts)
 ML1M_AGES = {1: "under 18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45-49", 50: "50-55", 56: "56+"}
 ML1M_OCCUPATIONS = (
-    "other", "academic/educator", "artist", "clerical/admin", "college/grad student", "customer service",
-    "doctor/health care", "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer",
-    "programmer", "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer",
-    "tradesman/craftsman", "unemployed", "writer",
-)  # fmt: skip
+    "other",
+    "academic/educator",
+    "artist",
+    "clerical/admin",
+    "college/grad student",
+    "customer service",
+    "doctor/health care",
+    "executive/managerial",
+    "farmer",
+    "homemaker",
+    "K-12 student",
+    "lawyer",
+    "programmer",
+    "retired",
+    "sales/marketing",
+    "scientist",
+    "self-employed",
+    "technician/engineer",
+    "tradesman/craftsman",
+    "unemployed",
+    "writer",
+)
 
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 
@@ -143,9 +177,7 @@ def _read_dat(file: Path, names: tuple[str, ...]) -> pd.DataFrame:
 def load_movielens1m(path: str | None = None) -> RecData:
     """GroupLens ML-1M from a folder holding ratings.dat, users.dat and movies.dat."""
     folder = require_file(path, "the ML-1M folder (ratings.dat, users.dat, movies.dat)", "movielens1m")
-    f_r, f_u, f_m = (
-        require_file(folder / n, n, "movielens1m") for n in ("ratings.dat", "users.dat", "movies.dat")
-    )
+    f_r, f_u, f_m = (require_file(folder / n, n, "movielens1m") for n in ("ratings.dat", "users.dat", "movies.dat"))
     r = _read_dat(f_r, ("user_id", "item_id", "rating", "timestamp"))
     u = _read_dat(f_u, ("user_id", "gender", "age", "occupation", "zip"))
     m = _read_dat(f_m, ("item_id", "title", "genres"))
@@ -164,9 +196,7 @@ def load_movielens1m(path: str | None = None) -> RecData:
             "user_id": to_numeric_column(u, "user_id", f_u).astype(np.int64),
             "gender": u["gender"].map({"M": "male", "F": "female"}).fillna(u["gender"]),
             "age": age.map(ML1M_AGES).fillna(age.astype(str)),
-            "occupation": occ.map(
-                lambda i: ML1M_OCCUPATIONS[i] if 0 <= i < len(ML1M_OCCUPATIONS) else str(i)
-            ),
+            "occupation": occ.map(lambda i: ML1M_OCCUPATIONS[i] if 0 <= i < len(ML1M_OCCUPATIONS) else str(i)),
             "zip": u["zip"].astype(str).str[:1],
         }
     )

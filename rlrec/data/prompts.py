@@ -41,9 +41,7 @@ class PromptTemplate:
                 raise DataError(f"prompt template {template!r} is neither a file nor one of {names}")
         self.path = path
         self.fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]  # by content, not location
-        env = jinja2.Environment(
-            undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False
-        )
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
         try:
             self.template = env.from_string(path.read_text())
         except jinja2.TemplateSyntaxError as e:
@@ -88,18 +86,14 @@ class PromptView:
         rows = self.histories.get(u, np.array([], dtype=np.int64))
         return [
             {**self.item(int(i)), "rating": float(r), "label": float(lab)}
-            for i, r, lab in zip(
-                f["i"].to_numpy()[rows], f["rating"].to_numpy()[rows], f["label"].to_numpy()[rows]
-            )
+            for i, r, lab in zip(f["i"].to_numpy()[rows], f["rating"].to_numpy()[rows], f["label"].to_numpy()[rows])
         ]
 
     def user_prompts(self, template: PromptTemplate | str, users=None) -> dict[int, str]:
         """u → prompt, for every user with a non-empty prompt history (or the given users)."""
         t = PromptTemplate(template) if isinstance(template, str) else template
         users = sorted(self.histories) if users is None else users
-        return {
-            int(u): t.render(user=self.user(u), history=self.history(u), domain=self.domain) for u in users
-        }
+        return {int(u): t.render(user=self.user(u), history=self.history(u), domain=self.domain) for u in users}
 
     def item_prompts(self, template: PromptTemplate | str, items=None) -> dict[int, str]:
         t = PromptTemplate(template) if isinstance(template, str) else template

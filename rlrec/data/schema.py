@@ -90,9 +90,15 @@ class RecData:
         keep = np.random.default_rng(seed).choice(users, size=int(n), replace=False)
         inter = self.interactions[self.interactions["user_id"].isin(keep)].reset_index(drop=True)
         return RecData(
-            self.name, inter, self.users[self.users["user_id"].isin(keep)].reset_index(drop=True), self.items,
-            self.user_features, self.item_features, f"{self.source} ({n} users, seed {seed})", dict(self.extra),
-        )  # fmt: skip
+            self.name,
+            inter,
+            self.users[self.users["user_id"].isin(keep)].reset_index(drop=True),
+            self.items,
+            self.user_features,
+            self.item_features,
+            f"{self.source} ({n} users, seed {seed})",
+            dict(self.extra),
+        )
 
     def summary(self) -> dict:
         return {
@@ -131,7 +137,5 @@ def to_numeric_column(df: pd.DataFrame, column: str, file: Path | str, line_offs
     bad = values.isna() & df[column].notna() | df[column].isna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(
-            f"{file}: line {i + line_offset}: field '{column}' must be numeric, got {df[column].iloc[i]!r}"
-        )
+        raise DataError(f"{file}: line {i + line_offset}: field '{column}' must be numeric, got {df[column].iloc[i]!r}")
     return values

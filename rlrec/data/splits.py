@@ -37,9 +37,7 @@ class SplitConfig:
             raise DataError(f"split.protocol must be 'temporal' or 'user', got {self.protocol!r}")
         r = tuple(float(x) for x in self.ratios)
         if len(r) != 3 or min(r) < 0 or abs(sum(r) - 1) > 1e-6:
-            raise DataError(
-                f"split.ratios must be three non-negative numbers summing to 1, got {list(self.ratios)}"
-            )
+            raise DataError(f"split.ratios must be three non-negative numbers summing to 1, got {list(self.ratios)}")
 
 
 def add_labels(inter: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -68,11 +66,7 @@ def assign_splits(inter: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
     r_train, r_valid, _ = cfg.ratios
     if cfg.protocol == "temporal":
         order = np.lexsort(
-            (
-                df["item_id"].to_numpy()[sample],
-                df["user_id"].to_numpy()[sample],
-                df["timestamp"].to_numpy()[sample],
-            )
+            (df["item_id"].to_numpy()[sample], df["user_id"].to_numpy()[sample], df["timestamp"].to_numpy()[sample])
         )
         ranked = sample[order]
         n_train = int(round(len(ranked) * r_train))
@@ -94,9 +88,7 @@ def assign_splits(inter: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
     return df
 
 
-def previous_items(
-    df: pd.DataFrame, items: np.ndarray, max_len: int, eligible: np.ndarray | None = None
-) -> np.ndarray:
+def previous_items(df: pd.DataFrame, items: np.ndarray, max_len: int, eligible: np.ndarray | None = None) -> np.ndarray:
     """(R, max_len) int64 behaviour histories: for each row of `df` (sorted by user, time, item),
     the last `max_len` eligible rows of the same user with a *strictly earlier* timestamp, oldest
     first, right-padded with 0. `items` (R,) holds the value to emit per row (catalogue index).

@@ -14,8 +14,24 @@ import pandas as pd
 
 from rlrec.data.schema import RecData
 
-THEMES = ("space", "pirate", "dragon", "detective", "zombie", "cowboy", "robot", "vampire", "samurai", "wizard",
-          "ninja", "alien", "mermaid", "knight", "spy", "dinosaur")  # fmt: skip
+THEMES = (
+    "space",
+    "pirate",
+    "dragon",
+    "detective",
+    "zombie",
+    "cowboy",
+    "robot",
+    "vampire",
+    "samurai",
+    "wizard",
+    "ninja",
+    "alien",
+    "mermaid",
+    "knight",
+    "spy",
+    "dinosaur",
+)
 ADJECTIVES = ("Dark", "Last", "Silent", "Golden", "Broken", "Hidden", "Lost", "Wild", "Crimson", "Endless")
 NOUNS = ("Return", "Legacy", "Chronicles", "Night", "Quest", "Empire", "Saga", "Code", "Dawn", "Storm")
 
@@ -56,18 +72,14 @@ def load_synthetic(
         n = int(rng.integers(min_len, max_len + 1))
         is_liked_item = np.isin(item_theme, liked)
         p = np.where(
-            is_liked_item,
-            liked_share / max(is_liked_item.sum(), 1),
-            (1 - liked_share) / max((~is_liked_item).sum(), 1),
+            is_liked_item, liked_share / max(is_liked_item.sum(), 1), (1 - liked_share) / max((~is_liked_item).sum(), 1)
         )
         chosen = rng.choice(num_items, size=n, replace=False, p=p / p.sum())
         good = is_liked_item[chosen] ^ (rng.random(n) < noise)
         rating = np.where(good, rng.integers(4, 6, n), rng.integers(1, 4, n))
         ts = np.sort(rng.integers(0, 10**7, n)) + 10**9
         rows.append(
-            pd.DataFrame(
-                {"user_id": u, "item_id": chosen + 1, "rating": rating.astype(np.float32), "timestamp": ts}
-            )
+            pd.DataFrame({"user_id": u, "item_id": chosen + 1, "rating": rating.astype(np.float32), "timestamp": ts})
         )
     users = pd.DataFrame(
         {

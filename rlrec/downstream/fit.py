@@ -27,15 +27,22 @@ class Fitted:
 
 
 def fit(
-    make_trainer: Callable[..., pl.Trainer], task: pl.LightningModule, train, valid, test=None, *,
-    monitor: str, patience: int,
-) -> Fitted:  # fmt: skip
+    make_trainer: Callable[..., pl.Trainer],
+    task: pl.LightningModule,
+    train,
+    valid,
+    test=None,
+    *,
+    monitor: str,
+    patience: int,
+) -> Fitted:
     """Train `task` (a CTRTask / RerankTask around `task.model`) on the `train` loader, early-stopping
     on `monitor` over `valid`; `make_trainer(callbacks=[...])` builds the Trainer from config.
     With a `test` loader, returns the best weights' val/* and test/* metrics too. A multi-process
     Trainer (`trainer.devices > 1`) runs the whole fit on launched ranks (`rlrec.launch`)."""
-    return launch.run(_fit, make_trainer, task, train, valid, test, monitor=monitor, patience=patience,
-                      factory=make_trainer)  # fmt: skip
+    return launch.run(
+        _fit, make_trainer, task, train, valid, test, monitor=monitor, patience=patience, factory=make_trainer
+    )
 
 
 def _fit(make_trainer, task, train, valid, test, *, monitor: str, patience: int) -> Fitted:
@@ -56,9 +63,18 @@ def _fit(make_trainer, task, train, valid, test, *, monitor: str, patience: int)
 
 
 def fit_shard(
-    work: Path, *, model: Callable[[], nn.Module], task: Callable[[nn.Module], pl.LightningModule], make_trainer,
-    train, valid, monitor: str, patience: int, seed: int, after: str | None = None,
-) -> dict:  # fmt: skip
+    work: Path,
+    *,
+    model: Callable[[], nn.Module],
+    task: Callable[[nn.Module], pl.LightningModule],
+    make_trainer,
+    train,
+    valid,
+    monitor: str,
+    patience: int,
+    seed: int,
+    after: str | None = None,
+) -> dict:
     """A feedback model's fit as a stage build (one shard, `rlrec.executor`), seeded here so it
     computes the same wherever it runs: `model()` builds it after `torch.manual_seed(seed)`; with
     `after` (a shard's `model.pt`) it continues from those weights with its own user knowledge.
@@ -83,9 +99,12 @@ def load_shard(model: Callable[[], nn.Module], artifact) -> nn.Module:
 
 
 def build_model(
-    factory: Callable[..., nn.Module], spec: FeatureSpec, adapter: Callable | None = None,
-    user: np.ndarray | torch.Tensor | None = None, item: np.ndarray | torch.Tensor | None = None,
-) -> nn.Module:  # fmt: skip
+    factory: Callable[..., nn.Module],
+    spec: FeatureSpec,
+    adapter: Callable | None = None,
+    user: np.ndarray | torch.Tensor | None = None,
+    item: np.ndarray | torch.Tensor | None = None,
+) -> nn.Module:
     """A backbone / re-ranker from its `_partial_` factory and the FeatureSpec; with knowledge
     vectors (`user` (num_users + 1, D), optionally `item`), one more field per table through
     `adapter`, loaded with those vectors. Without, exactly the base model."""

@@ -57,21 +57,29 @@ class KnowledgeDownstream:
     monitor = ""
 
     def __init__(
-        self, ctx, model: DictConfig, adapter: DictConfig | None, optimizer: DictConfig, prompt: str,
-        history_len: int | None = None, max_new_tokens: int | None = None, item_prompt: str | None = None,
-        item_max_new_tokens: int | None = None, variants=("base", "round0", "aligned"), seeds=(1,), patience: int = 2,
+        self,
+        ctx,
+        model: DictConfig,
+        adapter: DictConfig | None,
+        optimizer: DictConfig,
+        prompt: str,
+        history_len: int | None = None,
+        max_new_tokens: int | None = None,
+        item_prompt: str | None = None,
+        item_max_new_tokens: int | None = None,
+        variants=("base", "round0", "aligned"),
+        seeds=(1,),
+        patience: int = 2,
         item_text: str | None = None,
-    ):  # fmt: skip
+    ):
         if item_prompt is not None and item_text is not None:
-            raise ValueError("set one of downstream.item_prompt (LLM item knowledge) and downstream.item_text "
-                             f"(an item field, encoded), not both: got {item_prompt!r} and {item_text!r}")  # fmt: skip
+            raise ValueError(
+                "set one of downstream.item_prompt (LLM item knowledge) and downstream.item_text "
+                f"(an item field, encoded), not both: got {item_prompt!r} and {item_text!r}"
+            )
         self.ctx, self.model_cfg, self.adapter_cfg, self.optimizer_cfg = ctx, model, adapter, optimizer
         self.prompt, self.history_len, self.max_new_tokens = prompt, history_len, max_new_tokens
-        self.item_prompt, self.item_max_new_tokens, self.item_text = (
-            item_prompt,
-            item_max_new_tokens,
-            item_text,
-        )
+        self.item_prompt, self.item_max_new_tokens, self.item_text = (item_prompt, item_max_new_tokens, item_text)
         self.variants, self.seeds, self.patience = tuple(variants), [int(s) for s in seeds], int(patience)
         self.uses_policy = any(v != "base" for v in self.variants)
         self.name = (model.get("_target_") or "model").rsplit(".", 1)[-1].lower()
@@ -99,8 +107,14 @@ class KnowledgeDownstream:
     def context(self, user: int, split: str = "train") -> dict:
         """What a judge sees of a user's question: the prompt history (the same for every split),
         no candidates or target."""
-        return {"history": self.view.history(user), "candidates": [], "target": None,
-                "domain": self.view.domain, "k": None, "query": None}  # fmt: skip
+        return {
+            "history": self.view.history(user),
+            "candidates": [],
+            "target": None,
+            "domain": self.view.domain,
+            "k": None,
+            "query": None,
+        }
 
     def valid_answer(self, user: int, text: str) -> bool:
         return bool(text.strip())
@@ -122,8 +136,9 @@ class KnowledgeDownstream:
             items = self.knowledge_items()
             fields = self.view.item(items[0]) if items else {}
             if self.item_text not in fields:
-                raise ValueError(f"downstream.item_text={self.item_text!r} is not an item field; items have "
-                                 f"{sorted(fields)}")  # fmt: skip
+                raise ValueError(
+                    f"downstream.item_text={self.item_text!r} is not an item field; items have {sorted(fields)}"
+                )
             item_texts = [str(self.view.item(i)[self.item_text]) for i in items]
             item = vector_table(spec.num_items, items, encoder.encode(item_texts))
         key = fingerprint(texts, item_texts, encoder.key)
@@ -141,19 +156,24 @@ class KnowledgeDownstream:
         Ids are the dataset's raw ids; users without knowledge get the padding row (zeros)."""
         folder = Path(source)
         if not folder.is_dir():
-            raise DataError(f"knowledge.source={str(source)!r}: not a folder (expected user.klg and/or "
-                            "user_vectors.npy + user_vectors.ids.json, e.g. from `python -m rlrec.export`)")  # fmt: skip
+            raise DataError(
+                f"knowledge.source={str(source)!r}: not a folder (expected user.klg and/or "
+                "user_vectors.npy + user_vectors.ids.json, e.g. from `python -m rlrec.export`)"
+            )
         prep = self.ctx.prep
         user, texts = self._side(folder, "user", prep.user_ids, prep.spec.num_users)
         if user is None:
-            raise DataError(f"knowledge.source={str(source)!r}: holds neither user_vectors.npy nor user.klg "
-                            "(the user side of the knowledge is required; item.klg / item_vectors.npy are optional)")  # fmt: skip
+            raise DataError(
+                f"knowledge.source={str(source)!r}: holds neither user_vectors.npy nor user.klg "
+                "(the user side of the knowledge is required; item.klg / item_vectors.npy are optional)"
+            )
         item, item_texts = self._side(folder, "item", prep.item_ids, prep.spec.num_items)
-        key = fingerprint("files", hashlib.sha256(user.tobytes()).hexdigest(),
-                          None if item is None else hashlib.sha256(item.tobytes()).hexdigest())  # fmt: skip
-        return Probe(
-            "source", key, texts, user, item, {"knowledge/source_users": float(len(texts))}, item_texts
+        key = fingerprint(
+            "files",
+            hashlib.sha256(user.tobytes()).hexdigest(),
+            None if item is None else hashlib.sha256(item.tobytes()).hexdigest(),
         )
+        return Probe("source", key, texts, user, item, {"knowledge/source_users": float(len(texts))}, item_texts)
 
     def _side(self, folder: Path, side: str, raw_ids, num: int):
         """(the side's vector table or None, {index: text}) from `folder`."""
@@ -192,9 +212,7 @@ class KnowledgeDownstream:
             probes["aligned"] = trained[-1].probe
         # every (variant, seed) fit is its own stage, submitted together through the run's executor
         keys = [(label, seed) for label in probes for seed in self.seeds]
-        fits = stages(
-            self.ctx.executor, self.ctx.store, [self.shard(probes[label], seed) for label, seed in keys]
-        )
+        fits = stages(self.ctx.executor, self.ctx.store, [self.shard(probes[label], seed) for label, seed in keys])
         runs: dict[str, list[dict]] = {label: [] for label in probes}
         for (label, _), art in zip(keys, fits):
             runs[label].append(art.data["metrics"])
@@ -225,11 +243,15 @@ class KnowledgeDownstream:
         """The fit of the model with this knowledge (or none) and this seed, as a stage (metrics, and
         the best weights in `model.pt`) an executor can build: `fit_variant` and picklable arguments."""
         deps = {
-            "data": self.ctx.data_key, "model": self.model_cfg, "optimizer": self.optimizer_cfg, "seed": seed,
+            "data": self.ctx.data_key,
+            "model": self.model_cfg,
+            "optimizer": self.optimizer_cfg,
+            "seed": seed,
             "knowledge": None if knowledge is None else [knowledge.key, self.adapter_cfg],
             "trainer": self.ctx.trainer_key,
-            "patience": self.patience, **self.fit_deps(),
-        }  # fmt: skip
+            "patience": self.patience,
+            **self.fit_deps(),
+        }
 
         def make():
             loaders = self.loaders(seed)  # first, here: building lists may fit an initial ranker
@@ -237,13 +259,18 @@ class KnowledgeDownstream:
             if knowledge is not None:
                 user, item, adapter = knowledge.vectors, knowledge.item_vectors, instantiate(self.adapter_cfg)
             return partial(
-                fit_variant, model=partial(build_model, self.factory(), self.ctx.prep.spec, adapter,
-                                           user, item),
-                task=self.task(), loaders=loaders, seed=seed,
+                fit_variant,
+                model=partial(build_model, self.factory(), self.ctx.prep.spec, adapter, user, item),
+                task=self.task(),
+                loaders=loaders,
+                seed=seed,
                 # its own log version (the stage key): fits an executor runs side by side never share a CSV file
                 make_trainer=partial(self.ctx.trainer, inner=False, log_version=f"{self.name}-{fingerprint(deps)}"),
-                monitor=self.monitor, patience=self.patience, deps=_plain(deps), info=self.fit_info(),
-            )  # fmt: skip
+                monitor=self.monitor,
+                patience=self.patience,
+                deps=_plain(deps),
+                info=self.fit_info(),
+            )
 
         return Shard(f"fit/{self.name}", deps, make)
 
@@ -259,9 +286,8 @@ class KnowledgeDownstream:
 
 
 def fit_variant(
-    work, *, model, task, make_trainer, loaders: tuple, seed: int, monitor: str, patience: int, deps: dict,
-    info: dict,
-) -> dict:  # fmt: skip
+    work, *, model, task, make_trainer, loaders: tuple, seed: int, monitor: str, patience: int, deps: dict, info: dict
+) -> dict:
     """One fit of the table (a stage build, wherever the executor runs it): seeded here, `model()`
     built, fitted with `task(model)` on the (train, valid, test) `loaders`; the best weights go to
     `model.pt` with the resolved config that rebuilds them (`deps`)."""
@@ -331,14 +357,18 @@ class RerankDownstream(KnowledgeDownstream):
         from rlrec.tasks.rerank import RerankTask
 
         rr = self.rr
-        return partial(RerankTask, optimizer=instantiate(self.optimizer_cfg), loss=rr.loss, ks=tuple(rr.ks),
-                       map_definition=rr.map_definition, empty_lists=rr.empty_lists)  # fmt: skip
+        return partial(
+            RerankTask,
+            optimizer=instantiate(self.optimizer_cfg),
+            loss=rr.loss,
+            ks=tuple(rr.ks),
+            map_definition=rr.map_definition,
+            empty_lists=rr.empty_lists,
+        )
 
     def loaders(self, seed: int):
         bs = int(self.rr.batch_size)
-        return tuple(
-            TensorBatches(self.lists[s].tensors(), bs, shuffle=s == "train", seed=seed) for s in SPLITS
-        )
+        return tuple(TensorBatches(self.lists[s].tensors(), bs, shuffle=s == "train", seed=seed) for s in SPLITS)
 
     def fit_deps(self) -> dict:
         return {"rerank": self.rr}
@@ -353,10 +383,7 @@ class RerankDownstream(KnowledgeDownstream):
         rows, metrics = {}, {}
         for label, scores in (("initial", test.initial), ("shuffled", rng.random(test.items.shape))):
             per = list_metrics(scores, test.labels, test.mask, tuple(rr.ks), rr.map_definition)
-            row = {
-                f"test/{k}": v
-                for k, v in mean_list_metrics(per, (test.labels > 0).any(1), rr.empty_lists).items()
-            }
+            row = {f"test/{k}": v for k, v in mean_list_metrics(per, (test.labels > 0).any(1), rr.empty_lists).items()}
             rows[f"{label} order"] = row
             metrics.update({f"{label}/{k}": v for k, v in row.items()})
         if rr.get("initial_ranker") is not None:

@@ -51,9 +51,7 @@ def rerank_lists(ctx) -> dict[str, RerankLists]:
         pv = optional_vectors(ctx)
         later = ~ranker_rows(ctx)
         out = {
-            "train": ranked_lists(
-                prep, "train", scores["train"], rr.list_len, keep=later, vectors=pv["train"]
-            ),
+            "train": ranked_lists(prep, "train", scores["train"], rr.list_len, keep=later, vectors=pv["train"]),
             "valid": ranked_lists(prep, "valid", scores["valid"], rr.list_len, vectors=pv["valid"]),
             "test": ranked_lists(prep, "test", scores["test"], rr.list_len, vectors=pv["test"]),
         }
@@ -109,9 +107,7 @@ def ranker_rows(ctx) -> np.ndarray:
     if f is None:
         return np.ones(len(stamps), bool)
     if not 0.0 < float(f) < 1.0:
-        raise ValueError(
-            f"rerank.ranker_period must be in (0, 1) (the ranker's share of the train period), got {f}"
-        )
+        raise ValueError(f"rerank.ranker_period must be in (0, 1) (the ranker's share of the train period), got {f}")
     return stamps <= np.quantile(stamps, float(f))
 
 
@@ -130,9 +126,16 @@ def initial_ranker(ctx):
     rr = ctx.cfg.rerank
     node, period = rr.initial_ranker, rr.get("ranker_period")
     dm = ctx.datamodule
-    deps = {"data": ctx.data_key, "ranker": node, "optimizer": ctx.cfg.optimizer, "seed": ctx.seed,
-            "trainer": ctx.trainer_key, "patience": ctx.cfg.early_stopping_patience,
-            "outputs": ["score", "pv", "model"], **({"ranker_period": period} if period is not None else {})}  # fmt: skip
+    deps = {
+        "data": ctx.data_key,
+        "ranker": node,
+        "optimizer": ctx.cfg.optimizer,
+        "seed": ctx.seed,
+        "trainer": ctx.trainer_key,
+        "patience": ctx.cfg.early_stopping_patience,
+        "outputs": ["score", "pv", "model"],
+        **({"ranker_period": period} if period is not None else {}),
+    }
     splits = ("train", "valid", "test") if period is not None else ("valid", "test")
 
     def build(work) -> dict:
@@ -142,15 +145,17 @@ def initial_ranker(ctx):
         if period is not None:
             keep = torch.from_numpy(ranker_rows(ctx))
             train = TensorBatches(
-                {k: v[keep] for k, v in dm.tensors("train").items()},
-                dm.batch_size,
-                shuffle=True,
-                seed=ctx.seed,
+                {k: v[keep] for k, v in dm.tensors("train").items()}, dm.batch_size, shuffle=True, seed=ctx.seed
             )
         fitted = fit(
-            partial(ctx.trainer, inner=False), task, train, dm.val_dataloader(),
-            dm.test_dataloader(), monitor="val/auc", patience=ctx.cfg.early_stopping_patience,
-        )  # fmt: skip
+            partial(ctx.trainer, inner=False),
+            task,
+            train,
+            dm.val_dataloader(),
+            dm.test_dataloader(),
+            monitor="val/auc",
+            patience=ctx.cfg.early_stopping_patience,
+        )
         for split in splits:
             scores, vectors = score_rows(fitted.model, TensorBatches(dm.tensors(split), 8192))
             np.save(work / f"{split}.npy", scores)
@@ -206,7 +211,5 @@ def reranker_factory(ctx, node):
                 "personalised vector: pick a ranker with mlp_dims (din, dien, deepfm, fibinet, dcn, autoint) or set "
                 "reranker.personal_vector=false"
             )
-        factory = partial(
-            factory, personal_dim=0 if pv is None else int(pv.shape[-1])
-        )  # no ranker: no vector
+        factory = partial(factory, personal_dim=0 if pv is None else int(pv.shape[-1]))  # no ranker: no vector
     return factory

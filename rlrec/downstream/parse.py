@@ -166,9 +166,7 @@ def is_list_header(line: str) -> bool:
     return _is_rec_header(_clean(line)[1])
 
 
-def parse_recommendation(
-    text: str, candidates: list[str], k: int, threshold: float = FUZZY_THRESHOLD
-) -> Parsed:
+def parse_recommendation(text: str, candidates: list[str], k: int, threshold: float = FUZZY_THRESHOLD) -> Parsed:
     """Parse one recommender answer; see the module docstring for the validity rule.
 
     Lines after the "Recommended …" header are scanned (all lines but the key-preference block
@@ -199,11 +197,7 @@ def parse_recommendation(
         out.preferences = [b for b in [inline] + [b for _, b in lines[pref_at + 1 : end]] if b]
         skip = range(pref_at, end)
     seen: set[int] = set()
-    scan = (
-        range(rec_at + 1, len(lines))
-        if rec_at is not None
-        else [i for i in range(len(lines)) if i not in skip]
-    )
+    scan = range(rec_at + 1, len(lines)) if rec_at is not None else [i for i in range(len(lines)) if i not in skip]
 
     for i in scan:
         marked, body = lines[i]

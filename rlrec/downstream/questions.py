@@ -25,9 +25,14 @@ class Instance:
 
 
 def next_item_instances(
-    frame, split: str, num_items: int, history_len: int = 10, num_candidates: int = 10,
-    min_history: int = 3, seed: int = 0,
-) -> dict[int, Instance]:  # fmt: skip
+    frame,
+    split: str,
+    num_items: int,
+    history_len: int = 10,
+    num_candidates: int = 10,
+    min_history: int = 3,
+    seed: int = 0,
+) -> dict[int, Instance]:
     """RecLAIF's sequential setting on positive interactions (label 1), per user: the target is the
     user's *last* positive of `split` == "train" (the questions the policy is aligned on) or the
     *first* positive of valid/test (held out); the history is the `history_len` positives strictly
@@ -60,9 +65,15 @@ def next_item_instances(
 
 
 def query_instances(
-    frame, users_frame, split: str, num_exact: int = 10, num_other: int = 5, seed: int = 0,
-    split_fractions: tuple[float, float] = (0.6, 0.2), query_column: str = "query",
-) -> dict[int, Instance]:  # fmt: skip
+    frame,
+    users_frame,
+    split: str,
+    num_exact: int = 10,
+    num_other: int = 5,
+    seed: int = 0,
+    split_fractions: tuple[float, float] = (0.6, 0.2),
+    query_column: str = "query",
+) -> dict[int, Instance]:
     """RecLAIF's retrieval setting (ESCI, §4.2): a query ("user") with `num_exact` Exact products
     (gain 3) and `num_other` others among its judged results; queries with fewer are skipped. Queries
     are split 60/20/20 into train/valid/test by a seeded hash, as the paper's split sizes."""
@@ -95,11 +106,23 @@ class RecommendationTask:
     metric; `"recognised"` scores the candidates an answer names even if it also names others."""
 
     def __init__(
-        self, prep, template, domain: dict, setting: str = "next_item", k: int = 3,
-        history_len: int = 10, num_candidates: int = 10, min_history: int = 3, num_exact: int = 10,
-        num_other: int = 5, eval_users: int | None = None, seed: int = 0,
-        fuzzy_threshold: float = FUZZY_THRESHOLD, metrics_on: str = "valid", ks: tuple[int, ...] = (1, 3, 5),
-    ):  # fmt: skip
+        self,
+        prep,
+        template,
+        domain: dict,
+        setting: str = "next_item",
+        k: int = 3,
+        history_len: int = 10,
+        num_candidates: int = 10,
+        min_history: int = 3,
+        num_exact: int = 10,
+        num_other: int = 5,
+        eval_users: int | None = None,
+        seed: int = 0,
+        fuzzy_threshold: float = FUZZY_THRESHOLD,
+        metrics_on: str = "valid",
+        ks: tuple[int, ...] = (1, 3, 5),
+    ):
         from rlrec.data.prompts import PromptTemplate
 
         if setting not in ("next_item", "query"):
@@ -112,9 +135,11 @@ class RecommendationTask:
         items = prep.items
         self.titles = ["<pad>"] + [str(t) for t in items["title"].tolist()]
         extra = items["genres"] if "genres" in items else items.get("genre")
-        self.texts = self.titles if extra is None else ["<pad>"] + [
-            f"{t} ({str(g).replace('|', ', ')})" for t, g in zip(self.titles[1:], extra.tolist())
-        ]  # fmt: skip
+        self.texts = (
+            self.titles
+            if extra is None
+            else ["<pad>"] + [f"{t} ({str(g).replace('|', ', ')})" for t, g in zip(self.titles[1:], extra.tolist())]
+        )
         self.instances: dict[str, dict[int, Instance]] = {}
         for split in ("train", "test"):
             if setting == "next_item":
@@ -139,30 +164,36 @@ class RecommendationTask:
     def context(self, user: int, split: str = "train") -> dict:
         """What a judge sees of the question `user`'s answer was written for (`split`'s instance)."""
         inst = self.instances[split][user]
-        history = (
-            [{"title": inst.query}] if inst.query is not None else [self.entity(i) for i in inst.history]
+        history = [{"title": inst.query}] if inst.query is not None else [self.entity(i) for i in inst.history]
+        target = (
+            self.entity(inst.target)
+            if inst.target is not None
+            else {"title": ", ".join(self.titles[i] for i in sorted(inst.relevant))}
         )
-        target = self.entity(inst.target) if inst.target is not None else {"title": ", ".join(
-            self.titles[i] for i in sorted(inst.relevant))}  # fmt: skip
-        return {"history": history, "candidates": [self.entity(i) for i in inst.candidates], "target": target,
-                "domain": self.domain, "k": self.k, "query": inst.query}  # fmt: skip
+        return {
+            "history": history,
+            "candidates": [self.entity(i) for i in inst.candidates],
+            "target": target,
+            "domain": self.domain,
+            "k": self.k,
+            "query": inst.query,
+        }
 
     def prompt(self, inst: Instance) -> str:
-        history = (
-            [{"title": inst.query}] if inst.query is not None else [self.entity(i) for i in inst.history]
-        )
+        history = [{"title": inst.query}] if inst.query is not None else [self.entity(i) for i in inst.history]
         return self.template.render(
-            history=history, candidates=[self.entity(i) for i in inst.candidates], k=self.k,
-            domain=self.domain, query=inst.query,
-        )  # fmt: skip
+            history=history,
+            candidates=[self.entity(i) for i in inst.candidates],
+            k=self.k,
+            domain=self.domain,
+            query=inst.query,
+        )
 
     def prompts(self, split: str) -> dict[int, str]:
         return {u: self.prompt(inst) for u, inst in self.instances[split].items()}
 
     def parse(self, inst: Instance, text: str) -> Parsed:
-        return parse_recommendation(
-            text, [self.titles[i] for i in inst.candidates], self.k, self.fuzzy_threshold
-        )
+        return parse_recommendation(text, [self.titles[i] for i in inst.candidates], self.k, self.fuzzy_threshold)
 
     def ranked(self, inst: Instance, parsed: Parsed) -> list[int]:
         """Catalogue ids of the answer's recommendations (empty if invalid under metrics_on=valid)."""

@@ -30,10 +30,18 @@ class RecommendDownstream:
     title = "Methods (RecLAIF table)"
 
     def __init__(
-        self, ctx, prompt: str, rater: DictConfig, sasrec: DictConfig, max_new_tokens: int | None = None,
-        constrained: bool = False, preamble_tokens: int = 64, reason_tokens: int = 32, compare_free: bool = True,
+        self,
+        ctx,
+        prompt: str,
+        rater: DictConfig,
+        sasrec: DictConfig,
+        max_new_tokens: int | None = None,
+        constrained: bool = False,
+        preamble_tokens: int = 64,
+        reason_tokens: int = 32,
+        compare_free: bool = True,
         **questions,
-    ):  # fmt: skip
+    ):
         self.ctx, self.prompt, self.max_new_tokens = ctx, prompt, max_new_tokens
         self.rater_cfg, self.sasrec_cfg, self.options = rater, sasrec, questions
         self.constrained, self.compare_free = bool(constrained), bool(compare_free)
@@ -62,9 +70,7 @@ class RecommendDownstream:
 
     @cached_property
     def _instances_by_prompt(self) -> dict[str, object]:
-        return {
-            self.task.prompt(i): i for split in ("train", "test") for i in self.task.instances[split].values()
-        }
+        return {self.task.prompt(i): i for split in ("train", "test") for i in self.task.instances[split].values()}
 
     def constraint(self, prompt: str):
         """The policy's decoding constraint for one of this downstream's questions (`constrained=true`):
@@ -80,10 +86,13 @@ class RecommendDownstream:
 
         plural = str(self.task.domain["plural"]).title()  # the template's `domain.plural | title`
         return CandidateList(
-            tuple(self.task.titles[i] for i in inst.candidates), self.task.k,
-            f"Recommended {plural} (from most to least likely):", is_header=is_list_header,
-            max_preamble_tokens=self.preamble_tokens, max_reason_tokens=self.reason_tokens,
-        )  # fmt: skip
+            tuple(self.task.titles[i] for i in inst.candidates),
+            self.task.k,
+            f"Recommended {plural} (from most to least likely):",
+            is_header=is_list_header,
+            max_preamble_tokens=self.preamble_tokens,
+            max_reason_tokens=self.reason_tokens,
+        )
 
     def valid_answer(self, user: int, text: str) -> bool:
         """An answer names candidates only (RecLAIF's validity), for distillation's rejection sampling."""
@@ -114,14 +123,16 @@ class RecommendDownstream:
     def _score(self, users: list[int], texts: list[str]) -> dict:
         """Test metrics of answers `texts` (one per user), with the rater's explainability: a stage."""
         key = fingerprint(texts)
-        deps = {"answers": key, "questions": self.options, "data": self.ctx.data_key,
-                "rater": [self.rater_cfg, self.rater.llm_cfg.fingerprint if self.rater.llm_cfg else None],
-                "encoder": self.ctx.encoder.key}  # fmt: skip
+        deps = {
+            "answers": key,
+            "questions": self.options,
+            "data": self.ctx.data_key,
+            "rater": [self.rater_cfg, self.rater.llm_cfg.fingerprint if self.rater.llm_cfg else None],
+            "encoder": self.ctx.encoder.key,
+        }
 
         def build(work) -> dict:
-            metrics, parsed = self.task.evaluate(
-                "test", dict(zip(users, texts)), encode=self.ctx.encoder.encode
-            )
+            metrics, parsed = self.task.evaluate("test", dict(zip(users, texts)), encode=self.ctx.encoder.encode)
             metrics["explainability"] = float(np.nanmean(self.rater.explain(users, texts, split="test")))
             examples = [{"user": u, "answer": t, "valid": parsed[u].valid} for u, t in zip(users[:5], texts)]
             return {"metrics": metrics, "examples": examples}
@@ -142,18 +153,17 @@ class RecommendDownstream:
             row = {k.removeprefix("eval/"): v for k, v in r.probe.metrics.items() if k.startswith("eval/")}
             table.rows[label] = row
             metrics.update({f"{r.name}/eval/{k}": v for k, v in row.items()})
-            free = {
-                k.removeprefix("eval_free/"): v
-                for k, v in r.probe.metrics.items()
-                if k.startswith("eval_free/")
-            }
+            free = {k.removeprefix("eval_free/"): v for k, v in r.probe.metrics.items() if k.startswith("eval_free/")}
             if free:
                 free_rows[f"{label} (unconstrained)"] = free
                 metrics.update({f"{r.name}/eval_free/{k}": v for k, v in free.items()})
         table.rows.update(free_rows)
         t = self.task
-        invalid = "an invalid answer scores 0 on relevance" if t.metrics_on == "valid" else (
-            "an answer's recognised candidates are scored even if it also names others")  # fmt: skip
+        invalid = (
+            "an invalid answer scores 0 on relevance"
+            if t.metrics_on == "valid"
+            else ("an answer's recognised candidates are scored even if it also names others")
+        )
         table.notes.append(
             f"{len(t.instances['test'])} test questions ({t.setting}, top-{t.k}); {invalid}; diversity = mean pairwise cosine distance of the recommended items' encoder vectors; "
             "explainability = the rater's 0–5 rating mapped to 1–100."
@@ -186,9 +196,7 @@ class RecommendDownstream:
         corpus = task.texts[1:]  # corpus position p = catalogue item p + 1
         out = {}
         for name, retriever in (("BM25", BM25Retriever(corpus)), ("Dense", DenseRetriever(encode, corpus))):
-            ranked = [
-                [p + 1 for p in retriever.rank(i.query, [c - 1 for c in i.candidates], task.k)] for i in test
-            ]
+            ranked = [[p + 1 for p in retriever.rank(i.query, [c - 1 for c in i.candidates], task.k)] for i in test]
             out[name] = {**task.score_lists(test, ranked, encode), "validity": 1.0}
         return out
 
@@ -205,13 +213,26 @@ class RecommendDownstream:
             prep.frame, "valid", num_items, len(test[0].history), len(test[0].candidates), 1, seed
         )
         v = [valid[u] for u in sorted(valid)]
-        batch = {"seq": torch.as_tensor(pad_left([i.history for i in v], max_len)),
-                 "target": torch.tensor([i.target for i in v]),
-                 "candidates": torch.tensor([i.candidates for i in v])} if v else None  # fmt: skip
+        batch = (
+            {
+                "seq": torch.as_tensor(pad_left([i.history for i in v], max_len)),
+                "target": torch.tensor([i.target for i in v]),
+                "candidates": torch.tensor([i.candidates for i in v]),
+            }
+            if v
+            else None
+        )
         model = fit_sasrec(
-            seqs, num_items, valid=batch, model=instantiate(S.model), max_epochs=int(S.max_epochs),
-            batch_size=int(S.batch_size), patience=S.get("patience"), seed=seed, trainer=self.ctx.trainer,
-        )  # fmt: skip
+            seqs,
+            num_items,
+            valid=batch,
+            model=instantiate(S.model),
+            max_epochs=int(S.max_epochs),
+            batch_size=int(S.batch_size),
+            patience=S.get("patience"),
+            seed=seed,
+            trainer=self.ctx.trainer,
+        )
         cands = np.array([i.candidates for i in test])
         order = rank_candidates(model, pad_left([i.history for i in test], max_len), cands)
         ranked = np.take_along_axis(cands, order, 1)[:, : self.task.k].tolist()

@@ -38,9 +38,7 @@ _SCORE = re.compile(
     r"^[\s\-•>]*(relevance|diversity|explainability)\b(?:\s*score)?[^\n\d]{0,12}?(\d+(?:\.\d+)?)", re.I | re.M
 )
 _RANGE = re.compile(r"[\[(]\s*0\s*[-–]\s*5\s*[\])]")  # an echoed "(0-5)" is not a score
-_CHOSEN = re.compile(
-    r"(?:chosen|preferred|selected|winning|better)\s+option\s*(?:is)?\s*[:\-]?[ \t]*([^\n]*)", re.I
-)
+_CHOSEN = re.compile(r"(?:chosen|preferred|selected|winning|better)\s+option\s*(?:is)?\s*[:\-]?[ \t]*([^\n]*)", re.I)
 _DECISION = re.compile(r"decision\s*[:\-][ \t]*([^\n]*)", re.I)  # fallback: "Decision: Option B"
 # the template's own decision line: "- Chosen Option: B"; the last one is the verdict
 _CHOSEN_LINE = re.compile(r"^[\s\-•>]*chosen\s+option\s*[:\-][ \t]*([^\n]*)", re.I | re.M)
@@ -208,9 +206,7 @@ def judge_pairs(
     answers = list(judge_fn(prompts)) if prompts else []
     if len(answers) != len(prompts):
         raise ValueError(f"judge_fn returned {len(answers)} answers for {len(prompts)} prompts")
-    return [
-        combine(parse_verdict(answers[2 * i]), parse_verdict(answers[2 * i + 1])) for i in range(len(pairs))
-    ]
+    return [combine(parse_verdict(answers[2 * i]), parse_verdict(answers[2 * i + 1])) for i in range(len(pairs))]
 
 
 def judge_pair(
@@ -229,12 +225,7 @@ class JudgeStats:
     malformed: int = 0
 
     def update(self, results: Sequence[JudgeResult]) -> JudgeStats:
-        key = {
-            "consistent": "consistent",
-            "inconsistent": "inconsistent",
-            "tie": "ties",
-            "malformed": "malformed",
-        }
+        key = {"consistent": "consistent", "inconsistent": "inconsistent", "tie": "ties", "malformed": "malformed"}
         for r in results:
             self.pairs += 1
             setattr(self, key[r.reason], getattr(self, key[r.reason]) + 1)
@@ -269,13 +260,26 @@ class JudgeFeedback:
     on their own; ties = pairs left undecided (every inconsistent pair, and agreeing pairs within the
     margin)."""
 
-    pairwise = True  # a user's rewards rank its answers against each other (the loop's held-out gain judges head to head)
+    pairwise = (
+        True  # a user's rewards rank its answers against each other (the loop's held-out gain judges head to head)
+    )
 
     def __init__(
-        self, downstream, llm, template, explain_template, mode: str = "logits", margin: float = 0.0,
-        max_new_tokens: int = 384, batch_size: int = 8, cache_dir: str | None = None, progress: bool = True,
-        base_url: str | None = None, api_model: str | None = None, ctx=None,
-    ):  # fmt: skip
+        self,
+        downstream,
+        llm,
+        template,
+        explain_template,
+        mode: str = "logits",
+        margin: float = 0.0,
+        max_new_tokens: int = 384,
+        batch_size: int = 8,
+        cache_dir: str | None = None,
+        progress: bool = True,
+        base_url: str | None = None,
+        api_model: str | None = None,
+        ctx=None,
+    ):
         from rlrec.data.prompts import PromptTemplate
 
         if mode not in ("generate", "logits"):
@@ -293,8 +297,15 @@ class JudgeFeedback:
         self.ctx, self.progress, self.base_url, self.api_model = ctx, progress, base_url, api_model
         self.cache_dir = cache_dir if cache_dir is not None or ctx is None else ctx.generation_cache
         weights = api_model if base_url else (self.llm_cfg.fingerprint if self.llm_cfg is not None else None)
-        config = [getattr(self.template, "fingerprint", template), getattr(self.explain_template, "fingerprint", None),
-                  mode, margin, max_new_tokens, base_url, weights]  # fmt: skip
+        config = [
+            getattr(self.template, "fingerprint", template),
+            getattr(self.explain_template, "fingerprint", None),
+            mode,
+            margin,
+            max_new_tokens,
+            base_url,
+            weights,
+        ]
         self.key = feedback_key(ctx, "judge", config) if ctx is not None else fingerprint("judge", config)
         self.stats = JudgeStats()
         self.continues = False  # the judge is not trained
@@ -322,9 +333,7 @@ class JudgeFeedback:
         return choice_probs(model, tok, formatted, choices, self.batch_size).numpy()  # (P, C)
 
     def judge_prompt(self, user: int, option_a: str, option_b: str) -> str:
-        return self.template.render(
-            option_a=option_a, option_b=option_b, **self.downstream.context(user, "train")
-        )
+        return self.template.render(option_a=option_a, option_b=option_b, **self.downstream.context(user, "train"))
 
     # -- Feedback protocol -------------------------------------------------------------------------
     def refit(self, probe=None) -> dict:
@@ -349,9 +358,7 @@ class JudgeFeedback:
             self.stats.update(results)
             winners = [r.winner for r in results]
             # P(option i wins) per order: 1 / 0 for a verdict, ½ for a tie or an unreadable one
-            p_first = np.array(
-                [[_first_wins(r.verdicts[0], "A"), _first_wins(r.verdicts[1], "B")] for r in results]
-            )
+            p_first = np.array([[_first_wins(r.verdicts[0], "A"), _first_wins(r.verdicts[1], "B")] for r in results])
         else:
             prompts = []
             for u, i, j in pairs:

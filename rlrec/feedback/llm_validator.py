@@ -26,11 +26,25 @@ from rlrec.results import Probe
 
 class LLMValidatorFeedback:
     def __init__(
-        self, ctx, downstream, llm, domain: dict | None = None, template: str = "trackrec_rec",
-        history_len: int = 10, samples_per_user: int = 8, tune: bool = True, tune_samples: int = 512,
-        lora: dict | None = None, optimizer=None, epochs: int = 1, batch_size: int = 4, max_prompt_len: int = 768,
-        folds: int = 2, restart: bool = True, seed: int = 0,
-    ):  # fmt: skip
+        self,
+        ctx,
+        downstream,
+        llm,
+        domain: dict | None = None,
+        template: str = "trackrec_rec",
+        history_len: int = 10,
+        samples_per_user: int = 8,
+        tune: bool = True,
+        tune_samples: int = 512,
+        lora: dict | None = None,
+        optimizer=None,
+        epochs: int = 1,
+        batch_size: int = 4,
+        max_prompt_len: int = 768,
+        folds: int = 2,
+        restart: bool = True,
+        seed: int = 0,
+    ):
         self.ctx, self.prep = ctx, ctx.prep
         self.llm_cfg = instantiate(llm) if not hasattr(llm, "fingerprint") else llm
         self.tune, self.samples_per_user, self.tune_samples = tune, samples_per_user, tune_samples
@@ -42,10 +56,28 @@ class LLMValidatorFeedback:
         self.restart, self.seed = restart, int(seed)
         self.continues = not restart
         self.folds = UserFolds(self.prep.spec.num_users, folds, seed)
-        self.key = feedback_key(ctx, "llm_validator", [self.template.fingerprint, self.view.domain, history_len,
-                                                       samples_per_user, tune, tune_samples,
-                                                       self.lora, optimizer, epochs, batch_size, max_prompt_len,
-                                                       folds, restart, seed], self.llm_cfg.fingerprint, llm=True)  # fmt: skip
+        self.key = feedback_key(
+            ctx,
+            "llm_validator",
+            [
+                self.template.fingerprint,
+                self.view.domain,
+                history_len,
+                samples_per_user,
+                tune,
+                tune_samples,
+                self.lora,
+                optimizer,
+                epochs,
+                batch_size,
+                max_prompt_len,
+                folds,
+                restart,
+                seed,
+            ],
+            self.llm_cfg.fingerprint,
+            llm=True,
+        )
         rows = self.prep.rows("train")
         rng = np.random.default_rng(seed)
         users = self.prep.frame["u"].to_numpy()[rows]
@@ -59,9 +91,8 @@ class LLMValidatorFeedback:
     def prompt(self, u: int, row: int, summary: str | None) -> str:
         item = self.view.item(int(self.prep.frame["i"].iat[row]))
         return self.template.render(
-            user=self.view.user(u), history=self.view.history(u), target=item, summary=summary,
-            domain=self.view.domain,
-        )  # fmt: skip
+            user=self.view.user(u), history=self.view.history(u), target=item, summary=summary, domain=self.view.domain
+        )
 
     def _task(self, k: int):
         from rlrec.tasks.sft import SFTTask
@@ -94,10 +125,15 @@ class LLMValidatorFeedback:
             examples = [
                 {"prompt": self.prompt(u, r, self.summaries.get(u)), "completion": "Yes." if labels[r] > 0 else "No."}
                 for u, r in (pool[i] for i in pick)
-            ]  # fmt: skip
+            ]
             ds = SFTDataset(examples, task.tokenizer, self.max_prompt_len, 4, chat_template=True)
-            loader = DataLoader(ds, batch_size=self.batch_size, shuffle=True, collate_fn=ds.collate,
-                                generator=torch.Generator().manual_seed(self.seed + k))  # fmt: skip
+            loader = DataLoader(
+                ds,
+                batch_size=self.batch_size,
+                shuffle=True,
+                collate_fn=ds.collate,
+                generator=torch.Generator().manual_seed(self.seed + k),
+            )
             task, _, last = fit_sft(task, loader, self.ctx.llm_trainer, self.epochs)
             task.configure_model()  # a fit on launched ranks sends the task back without its frozen weights
             self.tasks[k] = task.to(self.ctx.device)

@@ -19,8 +19,9 @@ from rlrec.cache import fingerprint
 
 
 class PlantedFeedback:
-    def __init__(self, ctx=None, downstream=None, phrase: str = "comedy", cap: int = 3, noise: float = 0.0,
-                 seed: int = 0):  # fmt: skip
+    def __init__(
+        self, ctx=None, downstream=None, phrase: str = "comedy", cap: int = 3, noise: float = 0.0, seed: int = 0
+    ):
         if not phrase or not str(phrase).strip():
             raise ValueError("feedback.phrase must be a non-empty string")
         self.phrase, self.cap, self.noise, self.seed = str(phrase), int(cap), float(noise), int(seed)
@@ -32,9 +33,7 @@ class PlantedFeedback:
         return {}  # nothing to train
 
     def score(self, users, texts: list[list[str]], vectors=None) -> np.ndarray:
-        counts = np.array(
-            [[min(len(self.pattern.findall(t)), self.cap) for t in row] for row in texts], float
-        )
+        counts = np.array([[min(len(self.pattern.findall(t)), self.cap) for t in row] for row in texts], float)
         if self.noise:  # seeded by the member and the texts, so a cached and a fresh score agree
             rng = np.random.default_rng([self.seed, int(fingerprint(texts)[:8], 16)])
             counts += self.noise * rng.normal(size=counts.shape)

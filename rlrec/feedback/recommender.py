@@ -30,10 +30,21 @@ log = logging.getLogger("rlrec")
 
 class RecommenderFeedback:
     def __init__(
-        self, ctx, downstream, reranker: DictConfig, adapter: DictConfig, optimizer: DictConfig, k: int = 5,
-        folds: int = 2, loss: str = "listwise", max_epochs: int = 10, patience: int = 3, batch_size: int = 256,
-        seed: int = 0, reward: str = "ndcg",
-    ):  # fmt: skip
+        self,
+        ctx,
+        downstream,
+        reranker: DictConfig,
+        adapter: DictConfig,
+        optimizer: DictConfig,
+        k: int = 5,
+        folds: int = 2,
+        loss: str = "listwise",
+        max_epochs: int = 10,
+        patience: int = 3,
+        batch_size: int = 256,
+        seed: int = 0,
+        reward: str = "ndcg",
+    ):
         if reward not in ("ndcg", "loglik"):
             raise ValueError(f"feedback.reward must be 'ndcg' (DPO4Rec) or 'loglik', got {reward!r}")
         self.reward = reward
@@ -44,8 +55,24 @@ class RecommenderFeedback:
         self.k, self.loss, self.max_epochs, self.patience = int(k), loss, int(max_epochs), int(patience)
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.folds = UserFolds(self.prep.spec.num_users, folds, seed)
-        self.key = feedback_key(ctx, "recommender", [reranker, adapter, optimizer, k, folds, loss, max_epochs,
-                                                     patience, batch_size, seed, ctx.cfg.rerank, reward])  # fmt: skip
+        self.key = feedback_key(
+            ctx,
+            "recommender",
+            [
+                reranker,
+                adapter,
+                optimizer,
+                k,
+                folds,
+                loss,
+                max_epochs,
+                patience,
+                batch_size,
+                seed,
+                ctx.cfg.rerank,
+                reward,
+            ],
+        )
         self.models: list = []
         self.continues = False  # every refit starts from fresh re-rankers
 
@@ -62,15 +89,25 @@ class RecommenderFeedback:
                 train = self.lists.tensors()
                 rows = torch.as_tensor(self.folds.train_rows(self.lists.user, k))
                 return partial(
-                    fit_shard, task=partial(RerankTask, optimizer=instantiate(self.optimizer), loss=self.loss),
-                    model=partial(build_model, reranker_factory(self.ctx, self.reranker), self.prep.spec, instantiate(self.adapter),
-                                  vec, probe.item_vectors),
-                    seed=self.seed + k, make_trainer=partial(self.ctx.trainer, max_epochs=self.max_epochs),
-                    train=TensorBatches({key: v[rows] for key, v in train.items()}, self.batch_size, shuffle=True,
-                                        seed=self.seed + k),
+                    fit_shard,
+                    task=partial(RerankTask, optimizer=instantiate(self.optimizer), loss=self.loss),
+                    model=partial(
+                        build_model,
+                        reranker_factory(self.ctx, self.reranker),
+                        self.prep.spec,
+                        instantiate(self.adapter),
+                        vec,
+                        probe.item_vectors,
+                    ),
+                    seed=self.seed + k,
+                    make_trainer=partial(self.ctx.trainer, max_epochs=self.max_epochs),
+                    train=TensorBatches(
+                        {key: v[rows] for key, v in train.items()}, self.batch_size, shuffle=True, seed=self.seed + k
+                    ),
                     valid=TensorBatches(self.valid_lists.tensors(), 4096),
-                    monitor=f"val/ndcg@{self.k}", patience=self.patience,
-                )  # fmt: skip
+                    monitor=f"val/ndcg@{self.k}",
+                    patience=self.patience,
+                )
 
             deps = {"feedback": self.key, "fold": k, "probe": probe.key}
             out.append(Shard("feedback_fit/recommender", deps, make))
@@ -79,13 +116,10 @@ class RecommenderFeedback:
     def load(self, probe: Probe, fits: list) -> dict:
         """The folds' fitted weights (the shards' artifacts) as the re-rankers `score` uses."""
         vec = knowledge_table(self.ctx, probe)
-        spec, reranker, adapter = (
-            self.prep.spec,
-            reranker_factory(self.ctx, self.reranker),
-            instantiate(self.adapter),
-        )
-        self.models = [load_shard(partial(build_model, reranker, spec, adapter, vec, probe.item_vectors), f)
-                       for f in fits]  # fmt: skip
+        spec, reranker, adapter = (self.prep.spec, reranker_factory(self.ctx, self.reranker), instantiate(self.adapter))
+        self.models = [
+            load_shard(partial(build_model, reranker, spec, adapter, vec, probe.item_vectors), f) for f in fits
+        ]
         scores = [f.data["best"] for f in fits]
         log.info("recommender refit: fold val NDCG@%d %s", self.k, [round(s, 4) for s in scores])
         return {f"recommender/val_ndcg@{self.k}": float(np.mean(scores))}

@@ -39,18 +39,31 @@ def p_true(prob: np.ndarray, label: np.ndarray) -> np.ndarray:
 
 class ValidatorFeedback:
     def __init__(
-        self, ctx, downstream, backbone: DictConfig, adapter: DictConfig, optimizer: DictConfig, folds: int = 2,
-        max_epochs: int = 5, patience: int = 2, batch_size: int = 1024, limit_batches: int | float | None = None,
-        restart: bool = True, seed: int = 0,
-    ):  # fmt: skip
+        self,
+        ctx,
+        downstream,
+        backbone: DictConfig,
+        adapter: DictConfig,
+        optimizer: DictConfig,
+        folds: int = 2,
+        max_epochs: int = 5,
+        patience: int = 2,
+        batch_size: int = 1024,
+        limit_batches: int | float | None = None,
+        restart: bool = True,
+        seed: int = 0,
+    ):
         self.ctx, self.prep = ctx, ctx.prep
         self.backbone, self.adapter, self.optimizer = backbone, adapter, optimizer
         self.max_epochs, self.patience, self.batch_size = int(max_epochs), int(patience), int(batch_size)
         self.limit_batches, self.restart, self.seed = limit_batches, restart, int(seed)
         self.continues = not restart
         self.folds = UserFolds(self.prep.spec.num_users, folds, seed)
-        self.key = feedback_key(ctx, "validator", [backbone, adapter, optimizer, folds, max_epochs, patience,
-                                                   batch_size, limit_batches, restart, seed])  # fmt: skip
+        self.key = feedback_key(
+            ctx,
+            "validator",
+            [backbone, adapter, optimizer, folds, max_epochs, patience, batch_size, limit_batches, restart, seed],
+        )
         self.train, self.valid = ctr_tensors(self.prep, "train"), ctr_tensors(self.prep, "valid")
         self.models: list = []
         self.fits: list = []  # the fold shards' artifacts the models were loaded from
@@ -68,21 +81,38 @@ class ValidatorFeedback:
             deps = {"feedback": self.key, "fold": k, "probe": probe.key, "after": after and after.key}
 
             def make(k=k, after=after):
-                rows = {s: torch.as_tensor(self.folds.train_rows(t["user"], k))
-                        for s, t in (("train", self.train), ("valid", self.valid))}  # fmt: skip
+                rows = {
+                    s: torch.as_tensor(self.folds.train_rows(t["user"], k))
+                    for s, t in (("train", self.train), ("valid", self.valid))
+                }
                 return partial(
-                    fit_shard, task=partial(CTRTask, optimizer=instantiate(self.optimizer)),
-                    model=partial(build_model, instantiate(self.backbone), self.prep.spec, instantiate(self.adapter),
-                                  vec, probe.item_vectors),
-                    after=after and str(after.path("model.pt")), seed=self.seed + k,
-                    make_trainer=partial(self.ctx.trainer, max_epochs=self.max_epochs,
-                                         limit_train_batches=self.limit_batches or 1.0),
-                    train=TensorBatches({key: v[rows["train"]] for key, v in self.train.items()}, self.batch_size,
-                                        shuffle=True, seed=self.seed + k),
-                    valid=TensorBatches({key: v[rows["valid"]] for key, v in self.valid.items()},
-                                        max(self.batch_size, 4096)),
-                    monitor="val/auc", patience=self.patience,
-                )  # fmt: skip
+                    fit_shard,
+                    task=partial(CTRTask, optimizer=instantiate(self.optimizer)),
+                    model=partial(
+                        build_model,
+                        instantiate(self.backbone),
+                        self.prep.spec,
+                        instantiate(self.adapter),
+                        vec,
+                        probe.item_vectors,
+                    ),
+                    after=after and str(after.path("model.pt")),
+                    seed=self.seed + k,
+                    make_trainer=partial(
+                        self.ctx.trainer, max_epochs=self.max_epochs, limit_train_batches=self.limit_batches or 1.0
+                    ),
+                    train=TensorBatches(
+                        {key: v[rows["train"]] for key, v in self.train.items()},
+                        self.batch_size,
+                        shuffle=True,
+                        seed=self.seed + k,
+                    ),
+                    valid=TensorBatches(
+                        {key: v[rows["valid"]] for key, v in self.valid.items()}, max(self.batch_size, 4096)
+                    ),
+                    monitor="val/auc",
+                    patience=self.patience,
+                )
 
             out.append(Shard("feedback_fit/validator", deps, make))
         return out
@@ -91,8 +121,9 @@ class ValidatorFeedback:
         """The folds' fitted weights (the shards' artifacts) as the models `score` uses."""
         vec = knowledge_table(self.ctx, probe)
         spec, backbone, adapter = self.prep.spec, instantiate(self.backbone), instantiate(self.adapter)
-        self.models = [load_shard(partial(build_model, backbone, spec, adapter, vec, probe.item_vectors), f)
-                       for f in fits]  # fmt: skip
+        self.models = [
+            load_shard(partial(build_model, backbone, spec, adapter, vec, probe.item_vectors), f) for f in fits
+        ]
         self.fits = list(fits)
         aucs = [f.data["best"] for f in fits]
         log.info("validator refit: fold val AUC %s", [round(a, 4) for a in aucs])

@@ -23,9 +23,7 @@ class MLPConnector(nn.Module):
 
     def towers(self, vectors: list[torch.Tensor]) -> list[torch.Tensor]:
         """One (B_j, D) field per knowledge vector (B_j, Dk_j); the towers may differ in rows."""
-        assert len(vectors) == len(self.nets), (
-            f"expected {len(self.nets)} knowledge vectors, got {len(vectors)}"
-        )
+        assert len(vectors) == len(self.nets), f"expected {len(self.nets)} knowledge vectors, got {len(vectors)}"
         return [net(v) for net, v in zip(self.nets, vectors)]
 
     def forward(self, vectors: list[torch.Tensor]) -> torch.Tensor:
@@ -61,14 +59,10 @@ class HybridExpertAdaptor(nn.Module):
 
     def towers(self, vectors: list[torch.Tensor]) -> list[torch.Tensor]:
         """One (B_j, D) field per knowledge vector (B_j, Dk); the towers may differ in rows."""
-        assert len(vectors) == self.num_fields, (
-            f"expected {self.num_fields} knowledge vectors, got {len(vectors)}"
-        )
+        assert len(vectors) == self.num_fields, f"expected {self.num_fields} knowledge vectors, got {len(vectors)}"
         out = []
         for j, x in enumerate(vectors):
-            experts = torch.stack(
-                [e(x) for e in self.shared] + [e(x) for e in self.specific[j]], dim=1
-            )  # (B, E, D)
+            experts = torch.stack([e(x) for e in self.shared] + [e(x) for e in self.specific[j]], dim=1)  # (B, E, D)
             gate = self.gates[j](x).softmax(-1).unsqueeze(-1)  # (B, E, 1)
             out.append((gate * experts).sum(1))  # (B, D)
         return out

@@ -167,9 +167,7 @@ class _VectorStore:
         """One transaction: either every row of the batch is stored or none is."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # (n, D)
         with self.conn:
-            self.conn.execute(
-                "INSERT OR IGNORE INTO meta (name, value) VALUES ('dim', ?)", (str(vectors.shape[1]),)
-            )
+            self.conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('dim', ?)", (str(vectors.shape[1]),))
             self.conn.executemany(
                 "INSERT OR REPLACE INTO vectors (key, vec) VALUES (?, ?)",
                 ((k, v.tobytes()) for k, v in zip(keys, vectors)),
@@ -255,13 +253,8 @@ class TextEncoder:
             if self.cache_dir is None:
                 path = ":memory:"
             else:
-                slug = re.sub(
-                    r"[^A-Za-z0-9._-]+", "_", str(self.source).rstrip("/").split("/")[-1].split(":")[-1]
-                )
-                path = str(
-                    Path(self.cache_dir)
-                    / f"{slug}-L{self.max_length}-{self.pooling}-{self.fingerprint}.sqlite"
-                )
+                slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(self.source).rstrip("/").split("/")[-1].split(":")[-1])
+                path = str(Path(self.cache_dir) / f"{slug}-L{self.max_length}-{self.pooling}-{self.fingerprint}.sqlite")
             self._store = _VectorStore(path)
         return self._store
 

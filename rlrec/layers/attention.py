@@ -148,9 +148,7 @@ class FieldSelfAttention(nn.Module):
     On CPU the layer runs batch-last (`forward_batch_last`, `FewFieldAttention`); elsewhere (GPU)
     torch's fused `scaled_dot_product_attention`. Same parameters, same function."""
 
-    def __init__(
-        self, in_dim: int, head_dim: int = 16, num_heads: int = 2, residual: bool = True, scale: bool = True
-    ):
+    def __init__(self, in_dim: int, head_dim: int = 16, num_heads: int = 2, residual: bool = True, scale: bool = True):
         super().__init__()
         self.num_heads, self.head_dim, self.scale = num_heads, head_dim, scale
         out = head_dim * num_heads
@@ -161,13 +159,9 @@ class FieldSelfAttention(nn.Module):
         if x.device.type == "cpu" and fused_ok(x):
             return self.forward_batch_last(x.permute(2, 1, 0).contiguous()).permute(2, 1, 0)
         B, F, _ = x.shape
-        q, k, v = (
-            self.qkv(x).view(B, F, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        )  # each (B, H, F, d)
+        q, k, v = self.qkv(x).view(B, F, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # each (B, H, F, d)
         # softmax(q kᵀ [/ √d]) v (eq. 5–6; AutoInt's paper does not scale)
-        out = nn.functional.scaled_dot_product_attention(
-            q, k, v, scale=None if self.scale else 1.0
-        )  # (B, H, F, d)
+        out = nn.functional.scaled_dot_product_attention(q, k, v, scale=None if self.scale else 1.0)  # (B, H, F, d)
         out = out.transpose(1, 2).reshape(B, F, -1)  # (B, F, H·d)
         if self.residual is not None:
             out = out + self.residual(x)

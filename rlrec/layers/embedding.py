@@ -102,15 +102,11 @@ class FeatureEmbedding(nn.Module):
         vocab = torch.tensor([f.vocab_size for f in features.fields])
         offsets = torch.cumsum(vocab, 0) - vocab
         n_user = len(features.user_fields)
-        assert [f.side for f in features.fields] == ["user"] * n_user + ["item"] * len(
-            features.item_fields
-        ), "FeatureSpec fields must list user fields first, then item fields"
-        self.register_buffer(
-            "user_table", torch.as_tensor(features.user_table) + offsets[:n_user], persistent=False
+        assert [f.side for f in features.fields] == ["user"] * n_user + ["item"] * len(features.item_fields), (
+            "FeatureSpec fields must list user fields first, then item fields"
         )
-        self.register_buffer(
-            "item_table", torch.as_tensor(features.item_table) + offsets[n_user:], persistent=False
-        )
+        self.register_buffer("user_table", torch.as_tensor(features.user_table) + offsets[:n_user], persistent=False)
+        self.register_buffer("item_table", torch.as_tensor(features.item_table) + offsets[n_user:], persistent=False)
         self.first_order = first_order
         self.embedding = nn.Embedding(int(vocab.sum()), embed_dim + int(first_order))
         nn.init.normal_(self.embedding.weight, std=init_std)
@@ -122,23 +118,15 @@ class FeatureEmbedding(nn.Module):
             self.adapter = adapter(in_dims=tuple(features.knowledge_dims), embed_dim=embed_dim)
             self.num_knowledge_fields = self.adapter.num_fields
             kd = list(features.knowledge_dims) + [0, 0]
-            self.register_buffer(
-                "user_knowledge", torch.zeros(features.num_users + 1, kd[0]) if kd[0] else None
-            )
-            self.register_buffer(
-                "item_knowledge", torch.zeros(features.num_items + 1, kd[1]) if kd[1] else None
-            )
+            self.register_buffer("user_knowledge", torch.zeros(features.num_users + 1, kd[0]) if kd[0] else None)
+            self.register_buffer("item_knowledge", torch.zeros(features.num_items + 1, kd[1]) if kd[1] else None)
         else:
             self.adapter = None
             self.num_knowledge_fields = 0
 
     def num_fields(self, pool_history: bool = False) -> int:
         """Fields `forward` returns: user + item (+ pooled history per item field) + knowledge."""
-        return (
-            self.num_user_fields
-            + self.num_item_fields * (2 if pool_history else 1)
-            + self.num_knowledge_fields
-        )
+        return self.num_user_fields + self.num_item_fields * (2 if pool_history else 1) + self.num_knowledge_fields
 
     @torch.no_grad()
     def set_knowledge(self, user: torch.Tensor | None = None, item: torch.Tensor | None = None) -> None:
@@ -147,9 +135,7 @@ class FeatureEmbedding(nn.Module):
             if value is None:
                 continue
             buf = getattr(self, name, None)
-            assert buf is not None, (
-                f"this model has no {name} (features.knowledge_dims={self.features.knowledge_dims})"
-            )
+            assert buf is not None, f"this model has no {name} (features.knowledge_dims={self.features.knowledge_dims})"
             assert value.shape == buf.shape, f"{name}: expected {tuple(buf.shape)}, got {tuple(value.shape)}"
             buf.copy_(value)
 
@@ -157,13 +143,9 @@ class FeatureEmbedding(nn.Module):
         """(B, K, D) adapted knowledge fields."""
         vectors = []
         if getattr(self, "user_knowledge", None) is not None:
-            vectors.append(
-                batch["user_knowledge"] if "user_knowledge" in batch else self.user_knowledge[batch["user"]]
-            )
+            vectors.append(batch["user_knowledge"] if "user_knowledge" in batch else self.user_knowledge[batch["user"]])
         if getattr(self, "item_knowledge", None) is not None:
-            vectors.append(
-                batch["item_knowledge"] if "item_knowledge" in batch else self.item_knowledge[batch["item"]]
-            )
+            vectors.append(batch["item_knowledge"] if "item_knowledge" in batch else self.item_knowledge[batch["item"]])
         return self.adapter(vectors)
 
     def list_knowledge_fields(self, batch: dict) -> torch.Tensor:
@@ -181,9 +163,7 @@ class FeatureEmbedding(nn.Module):
             vectors.append(self.item_knowledge[batch["items"].reshape(-1)] if i is None else i)  # (B·N, Di)
             per_list.append(False)
         towers = self.adapter.towers(vectors)
-        return torch.stack(
-            [t.repeat_interleave(N, dim=0) if p else t for t, p in zip(towers, per_list)], dim=1
-        )
+        return torch.stack([t.repeat_interleave(N, dim=0) if p else t for t, p in zip(towers, per_list)], dim=1)
 
     def item_rows(self) -> torch.Tensor:
         """(num_items + 1, Fi·D): every catalogue item's field embeddings, flattened. Looking the
@@ -229,9 +209,7 @@ class FeatureEmbedding(nn.Module):
         Σ_f w_f over the user, target-item and (pooled) history fields (None otherwise; knowledge
         fields are dense vectors, not field values, so they have no first-order weight).
         `knowledge=False` leaves the knowledge fields out (the caller adds them)."""
-        idx = torch.cat(
-            [self.user_table[batch["user"]], self.item_table[batch["item"]]], dim=1
-        )  # (B, Fu + Fi)
+        idx = torch.cat([self.user_table[batch["user"]], self.item_table[batch["item"]]], dim=1)  # (B, Fu + Fi)
         parts = [self.rows(idx)]  # (B, Fu + Fi, D')  D' = D (+ 1 with first_order)
         if pool_history:
             parts.append(self.pooled_history(batch["history"]))  # (B, Fi, D')

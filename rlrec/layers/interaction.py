@@ -230,9 +230,7 @@ class BilinearInteraction(nn.Module):
 
     def __init__(self, num_fields: int, embed_dim: int, bilinear_type: str = "field_interaction"):
         super().__init__()
-        assert bilinear_type in self.TYPES, (
-            f"bilinear_type must be one of {self.TYPES}, got {bilinear_type!r}"
-        )
+        assert bilinear_type in self.TYPES, f"bilinear_type must be one of {self.TYPES}, got {bilinear_type!r}"
         self.bilinear_type = bilinear_type
         i, j = torch.triu_indices(num_fields, num_fields, offset=1)  # the P pairs i < j, i-major
         self.register_buffer("i", i, persistent=False)

@@ -65,9 +65,15 @@ class CandidateList:
     def key(self) -> str:
         """Identifies the language (part of the generation cache key)."""
         return fingerprint(
-            "candidate_list/1", list(self.titles), self.k, self.header, self.max_preamble_tokens,
-            self.max_reason_tokens, self.separator, length=16,
-        )  # fmt: skip
+            "candidate_list/1",
+            list(self.titles),
+            self.k,
+            self.header,
+            self.max_preamble_tokens,
+            self.max_reason_tokens,
+            self.separator,
+            length=16,
+        )
 
     @property
     def lines(self) -> int:
@@ -162,8 +168,13 @@ class CandidateListDecoder:
     `start()` gives one sample's state."""
 
     def __init__(
-        self, spec: CandidateList, tokenizer, vocab_size: int, stop_ids: Sequence[int], max_new_tokens: int | None = None
-    ):  # fmt: skip
+        self,
+        spec: CandidateList,
+        tokenizer,
+        vocab_size: int,
+        stop_ids: Sequence[int],
+        max_new_tokens: int | None = None,
+    ):
         self.spec, self.table = spec, TokenTable.of(tokenizer, vocab_size)
         self.vocab_size = vocab_size
         self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
@@ -269,9 +280,7 @@ class CandidateListState:
             # the separator's first token after a complete title
             c = next((c for c in self.node.ends if c not in self.used), None)
             if c is None:
-                raise RuntimeError(
-                    f"constrained decoding: token {token} is not allowed after a partial title"
-                )
+                raise RuntimeError(f"constrained decoding: token {token} is not allowed after a partial title")
             self.used.add(c)
             self.chosen.append(c)
             rest = d.sep_ids[1:]

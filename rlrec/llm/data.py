@@ -78,9 +78,7 @@ def pad_left(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     return pad_right([list(s)[::-1] for s in seqs], value).flip(-1)
 
 
-def collate_sequences(
-    ids: list[list[int]], completion: list[list[int]], pad_id: int
-) -> dict[str, torch.Tensor]:
+def collate_sequences(ids: list[list[int]], completion: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded input_ids (N, T), attention_mask (N, T), completion_mask (N, T) bool."""
     return {
         "input_ids": pad_right(ids, pad_id),
@@ -111,12 +109,14 @@ class PreferenceDataset(Dataset):
         for i, ex in enumerate(examples):
             rejected = [ex["rejected"]] if isinstance(ex["rejected"], str) else list(ex["rejected"])
             assert rejected, f"example {i} has no rejected completion"
-            self.items.append({
-                "index": i,
-                "prompt": encode_prompt(tokenizer, ex["prompt"], max_prompt_len, chat_template),
-                "chosen": encode_completion(tokenizer, ex["chosen"], max_completion_len),
-                "rejected": [encode_completion(tokenizer, r, max_completion_len) for r in rejected],
-            })  # fmt: skip
+            self.items.append(
+                {
+                    "index": i,
+                    "prompt": encode_prompt(tokenizer, ex["prompt"], max_prompt_len, chat_template),
+                    "chosen": encode_completion(tokenizer, ex["chosen"], max_completion_len),
+                    "rejected": [encode_completion(tokenizer, r, max_completion_len) for r in rejected],
+                }
+            )
         self.num_negatives = num_negatives or max(len(it["rejected"]) for it in self.items)
 
     def __len__(self) -> int:

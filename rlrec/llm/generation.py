@@ -180,8 +180,7 @@ class GenerationCache:
         for i in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
             chunk = keys[i : i + 500]
             rows = self.db.execute(
-                f"SELECT key, text, n_tokens, finish FROM gen WHERE key IN ({','.join('?' * len(chunk))})",
-                chunk,
+                f"SELECT key, text, n_tokens, finish FROM gen WHERE key IN ({','.join('?' * len(chunk))})", chunk
             )
             for k, text, n_tok, finish in rows:
                 found[k] = Sample(text, n_tok, finish, cached=True)
@@ -226,9 +225,10 @@ def lora_merged(model) -> Iterator[int]:
         yield 0
         return
     layers = [
-        m for m in model.modules()
+        m
+        for m in model.modules()
         if isinstance(m, LoraLayer) and not m.merged and not m.disable_adapters and m.active_adapters
-    ]  # fmt: skip
+    ]
     saved = [m.get_base_layer().weight.detach().clone() for m in layers]
     try:
         with torch.no_grad():
@@ -251,9 +251,15 @@ class HFBackend:
     wants_messages = False
 
     def __init__(
-        self, model, tokenizer, batch_size: int = 128, engine: str = "auto", precision: str = "32-true",
-        kv_cache_gb: float | None = 1.0, kv_dtype: str = "auto",
-    ):  # fmt: skip
+        self,
+        model,
+        tokenizer,
+        batch_size: int = 128,
+        engine: str = "auto",
+        precision: str = "32-true",
+        kv_cache_gb: float | None = 1.0,
+        kv_dtype: str = "auto",
+    ):
         assert engine in ("auto", "prefix", "generate"), f"engine={engine!r}: auto | prefix | generate"
         self.model, self.tokenizer = model, tokenizer
         # a resolved precision (rlrec.precision): bf16-* samples under bf16 autocast; the cache keys
@@ -272,9 +278,7 @@ class HFBackend:
         self.last_detail: dict = {}
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos = [eos] if isinstance(eos, int) else list(eos or [])
-        self.stop_ids = sorted(
-            {*eos, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])}
-        )
+        self.stop_ids = sorted({*eos, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
         assert self.stop_ids, "no EOS token: set tokenizer.eos_token or model.generation_config.eos_token_id"
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
 
@@ -304,9 +308,7 @@ class HFBackend:
             on_done(out)
 
         max_len = max(len(j.prompt_ids) for j in jobs) + max_new_tokens
-        fast = self.engine == "prefix" or (
-            self.engine == "auto" and supports_prefix_sharing(self.model, max_len)
-        )
+        fast = self.engine == "prefix" or (self.engine == "auto" and supports_prefix_sharing(self.model, max_len))
         was_training = self.model.training
         self.model.eval()  # sampling from the policy, not from its dropout-perturbed version
         device = next(self.model.parameters()).device
@@ -320,9 +322,7 @@ class HFBackend:
         from rlrec.llm.sampler import PrefixSharingSampler, generate_fallback
 
         if fast:
-            sampler = PrefixSharingSampler(
-                self.model, self.stop_ids, self.batch_size, self.kv_cache_gb, self.kv_dtype
-            )
+            sampler = PrefixSharingSampler(self.model, self.stop_ids, self.batch_size, self.kv_cache_gb, self.kv_dtype)
             try:
                 sampler.run(jobs, temperature, top_p, max_new_tokens, finished)
             finally:
@@ -330,9 +330,16 @@ class HFBackend:
                 self.last_detail = {f"{k}_seconds": round(v, 2) for k, v in sampler.seconds.items()}
         else:
             generate_fallback(
-                self.model, self.pad_id, self.stop_ids, jobs, temperature, top_p, max_new_tokens,
-                self.batch_size, finished,
-            )  # fmt: skip
+                self.model,
+                self.pad_id,
+                self.stop_ids,
+                jobs,
+                temperature,
+                top_p,
+                max_new_tokens,
+                self.batch_size,
+                finished,
+            )
 
 
 class ServerError(RuntimeError):
@@ -373,9 +380,7 @@ class OpenAIBackend:
         adapter: tuple[str, str] | None = None,
     ):
         urls = [base_url] if isinstance(base_url, str) else list(base_url or [])
-        assert urls and all(urls), (
-            "backend=openai needs base_url or base_urls (e.g. http://localhost:8000/v1)"
-        )
+        assert urls and all(urls), "backend=openai needs base_url or base_urls (e.g. http://localhost:8000/v1)"
         assert model, "backend=openai needs the served model name (sampling.api_model)"
         self.base_urls = [str(u).rstrip("/") for u in urls]
         self.model = model
@@ -423,11 +428,10 @@ class OpenAIBackend:
                     reason = getattr(e, "reason", e)
                     raise ServerError(
                         f"openai backend: the server at {url} did not answer POST {path} after {attempt + 1} "
-                        f"tries ({reason}); is it up?", url,
-                    ) from e  # fmt: skip
-            log.warning(
-                "openai backend: %s%s retry %d/%d in %.1fs", url, path, attempt + 1, self.max_retries, wait
-            )
+                        f"tries ({reason}); is it up?",
+                        url,
+                    ) from e
+            log.warning("openai backend: %s%s retry %d/%d in %.1fs", url, path, attempt + 1, self.max_retries, wait)
             time.sleep(min(wait, 60.0))
         raise AssertionError("unreachable")
 
@@ -442,8 +446,10 @@ class OpenAIBackend:
             elif e.status in (404, 405):
                 raise ServerError(
                     f"openai backend: {url} cannot load LoRA adapters at run time ({e.status}); start vLLM with "
-                    "`--enable-lora` and the environment variable VLLM_ALLOW_RUNTIME_LORA_UPDATING=True", url, e.status,
-                ) from e  # fmt: skip
+                    "`--enable-lora` and the environment variable VLLM_ALLOW_RUNTIME_LORA_UPDATING=True",
+                    url,
+                    e.status,
+                ) from e
             else:
                 raise
         with self._lock:
@@ -475,9 +481,7 @@ class OpenAIBackend:
             self.forward_calls += 1
         choices = reply.get("choices") if isinstance(reply, dict) else None
         if not choices or len(choices) != 1:
-            raise RuntimeError(
-                f"openai backend: {url}{path} gave {len(choices or [])} choices, not 1: {reply}"
-            )
+            raise RuntimeError(f"openai backend: {url}{path} gave {len(choices or [])} choices, not 1: {reply}")
         c = choices[0]
         text = c["message"]["content"] if r.messages is not None else c["text"]
         n_tok = (reply.get("usage") or {}).get("completion_tokens")
@@ -561,8 +565,12 @@ class VLLMBackend:
             # vLLM's CPU build: a seeded request whose prefill is split into chunks kills the engine
             # ("CPU Generator does not use offset"), so every prompt is prefilled in one step
             max_len = llm_kwargs.get("max_model_len", 4096)
-            llm_kwargs = {"enable_chunked_prefill": False, "max_model_len": max_len,
-                          "max_num_batched_tokens": max_len, **llm_kwargs}  # fmt: skip
+            llm_kwargs = {
+                "enable_chunked_prefill": False,
+                "max_model_len": max_len,
+                "max_num_batched_tokens": max_len,
+                **llm_kwargs,
+            }
         key = (model, json.dumps(llm_kwargs, sort_keys=True, default=str))
         if key not in _ENGINES:
             _ENGINES[key] = vllm.LLM(model=model, enable_prefix_caching=True, **llm_kwargs)
@@ -597,12 +605,7 @@ class VLLMBackend:
             self.forward_calls += 1
             on_done(
                 [
-                    Result(
-                        tag,
-                        o.outputs[0].text,
-                        len(o.outputs[0].token_ids),
-                        o.outputs[0].finish_reason or "stop",
-                    )
+                    Result(tag, o.outputs[0].text, len(o.outputs[0].token_ids), o.outputs[0].finish_reason or "stop")
                     for (_, _, tag, _), o in zip(chunk, outs)
                 ]
             )
@@ -659,9 +662,7 @@ class Generator:
             raise ValueError("a cache needs model_fingerprint (e.g. LLMConfig.fingerprint)")
         self.model_fingerprint = model_fingerprint or "unfingerprinted"
         self.adapter_fingerprint = adapter_fingerprint
-        self.cache = (
-            GenerationCache(Path(cache_dir) / "generations.sqlite") if cache_dir is not None else None
-        )
+        self.cache = GenerationCache(Path(cache_dir) / "generations.sqlite") if cache_dir is not None else None
         self.chat, self.system, self.progress = chat, system, progress
         self.last_stats = GenerationStats()
         # the version of the code that turns a prompt into text (rlrec/llm): part of every cached text's key
@@ -690,9 +691,16 @@ class Generator:
         samples is committed to the cache (raise from it to stop; a rerun resumes). `constraints`:
         one per prompt (None = free), e.g. `rlrec.llm.constrain.CandidateList`."""
         rows = self.sample_records(
-            prompts, n, temperature, top_p, max_new_tokens, seed,
-            adapter_fingerprint=adapter_fingerprint, callback=callback, constraints=constraints,
-        )  # fmt: skip
+            prompts,
+            n,
+            temperature,
+            top_p,
+            max_new_tokens,
+            seed,
+            adapter_fingerprint=adapter_fingerprint,
+            callback=callback,
+            constraints=constraints,
+        )
         return [[s.text for s in row] for row in rows]
 
     def greedy(
@@ -733,9 +741,7 @@ class Generator:
         """Like `sample`, with token counts, finish reasons and whether each came from the cache."""
         assert n >= 1 and max_new_tokens >= 1, (n, max_new_tokens)
         if constraints is not None and len(constraints) != len(prompts):
-            raise ValueError(
-                f"constraints: one per prompt expected, got {len(constraints)} for {len(prompts)} prompts"
-            )
+            raise ValueError(f"constraints: one per prompt expected, got {len(constraints)} for {len(prompts)} prompts")
         constraints = list(constraints) if constraints is not None else [None] * len(prompts)
         assert temperature >= 0 and 0 < top_p <= 1, (temperature, top_p)
         t0 = time.perf_counter()
@@ -745,18 +751,24 @@ class Generator:
         adapter = adapter_fingerprint if adapter_fingerprint is not None else self.adapter_fingerprint
         views = [self._view(p) for p in prompts]  # (text, messages, key text) per prompt
         # a constrained prompt's key also names its constraint (unconstrained keys stay as they were)
-        views = [
-            v if c is None else (v[0], v[1], f"{v[2]}\x1fconstraint:{c.key}")
-            for v, c in zip(views, constraints)
-        ]
+        views = [v if c is None else (v[0], v[1], f"{v[2]}\x1fconstraint:{c.key}") for v, c in zip(views, constraints)]
         keys = [
             [
-                fingerprint(self.model_fingerprint, adapter, self.backend.name, v[2], params, 0 if greedy else seed, i,
-                            self.code, length=32)
+                fingerprint(
+                    self.model_fingerprint,
+                    adapter,
+                    self.backend.name,
+                    v[2],
+                    params,
+                    0 if greedy else seed,
+                    i,
+                    self.code,
+                    length=32,
+                )
                 for i in range(n)
             ]
             for v in views
-        ]  # fmt: skip
+        ]
         found = self.cache.get_many([k for row in keys for k in row]) if self.cache else {}
         stats = GenerationStats(prompts=len(prompts), samples=len(prompts) * n)
 

@@ -33,9 +33,7 @@ class LLMConfig:
     source: str  # hub id, local dir, or "embedded:<python module that ships the file>"
     gguf_file: str | None = None  # a GGUF file inside `source`
     dtype: str = "float32"  # fp32 is fastest on CPUs without native bf16
-    random_init: dict | None = field(
-        default=None
-    )  # LlamaConfig kwargs: a random model with source's tokenizer
+    random_init: dict | None = field(default=None)  # LlamaConfig kwargs: a random model with source's tokenizer
     cache_dir: str = ".cache/rlrec/models"
     trust_remote_code: bool = False
     seed: int = 0  # for random_init
@@ -99,8 +97,14 @@ def _hub_error(cfg: LLMConfig, err: Exception) -> LLMNotFoundError:
 
 
 def _dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-            "float16": torch.float16, "fp16": torch.float16}[name]  # fmt: skip
+    return {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }[name]
 
 
 def _gguf_folder(cfg: LLMConfig, src: Path, with_model: bool = True) -> Path:
@@ -169,9 +173,7 @@ def model_folder(cfg: LLMConfig) -> Path | str:
     src = resolve_source(cfg.source, cfg.name)
     if cfg.gguf_file:
         if not isinstance(src, Path):
-            raise LLMNotFoundError(
-                f"llm={cfg.name}: gguf_file needs a local folder or embedded source, got '{src}'"
-            )
+            raise LLMNotFoundError(f"llm={cfg.name}: gguf_file needs a local folder or embedded source, got '{src}'")
         return _gguf_folder(cfg, src, with_model=cfg.random_init is None)
     return src
 
@@ -219,9 +221,7 @@ def alias_weights(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy of `model` whose parameters are new `Parameter`s on the same storage (tied ones
     stay tied) and whose buffers are the same tensors: modules, hooks and requires_grad are its
     own (peft can wrap it without touching `model`); writing a weight in place writes both."""
-    memo: dict = {
-        id(p): torch.nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in model.parameters()
-    }
+    memo: dict = {id(p): torch.nn.Parameter(p.detach(), requires_grad=p.requires_grad) for p in model.parameters()}
     memo.update({id(b): b for b in model.buffers()})
     return copy.deepcopy(model, memo)
 

@@ -20,9 +20,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 # to `cache` (the old keyword is deprecated, to be removed in 5.40, after which a model's **kwargs would
 # swallow it and run without the cache); the releases before the rename (pyproject: ≥ 4.56) know only
 # `past_key_values`.
-CACHE_NAME = (
-    "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
-)
+CACHE_NAME = "cache" if "cache" in getattr(CausalLMOutputWithPast, "__dataclass_fields__", {}) else "past_key_values"
 
 
 def with_cache(cache) -> dict:
@@ -52,9 +50,7 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
         lse = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])
         return picked - lse
     # logsumexp-then-subtract loses precision in bf16/fp16: upcast row by row instead
-    rows = [
-        row.float().log_softmax(-1).gather(-1, i.unsqueeze(-1)).squeeze(-1) for row, i in zip(logits, index)
-    ]
+    rows = [row.float().log_softmax(-1).gather(-1, i.unsqueeze(-1)).squeeze(-1) for row, i in zip(logits, index)]
     return torch.stack(rows)  # fp32: a sequence's sum of bf16 log-probs would round to 0.25 at -60
 
 
@@ -120,14 +116,10 @@ def completion_logps(
     return _token_logps_to_rows(logits, targets, keep.nonzero()[:, 0], len(input_ids))
 
 
-def _token_logps_to_rows(
-    logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int
-) -> torch.Tensor:
+def _token_logps_to_rows(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Sum per-token log-probs (logits (N, V), targets (N,)) into their rows (N,) → (n_rows,)."""
     token_logps = selective_log_softmax(logits.unsqueeze(0), targets.unsqueeze(0)).squeeze(0)  # (N,)
-    return torch.zeros(n_rows, dtype=token_logps.dtype, device=token_logps.device).index_add(
-        0, rows, token_logps
-    )
+    return torch.zeros(n_rows, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
 
 
 def shared_prompt_logps(
@@ -169,8 +161,9 @@ def shared_prompt_logps(
     prompt_pos = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens from 0
 
     def prompt_pass(cache=None):
-        logits, out = last_logits(model, prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos,
-                                  use_cache=True, **with_cache(cache))  # fmt: skip
+        logits, out = last_logits(
+            model, prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True, **with_cache(cache)
+        )
         return logits, cache_of(out)
 
     if not (checkpoint_prompt and torch.is_grad_enabled()):
@@ -269,9 +262,7 @@ def choice_token_ids(tokenizer, choices: Sequence[str]) -> list[list[int]]:
 
 
 @torch.no_grad()
-def choice_probs(
-    model, tokenizer, prompts: Sequence[str], choices: Sequence[str], batch_size: int = 8
-) -> torch.Tensor:
+def choice_probs(model, tokenizer, prompts: Sequence[str], choices: Sequence[str], batch_size: int = 8) -> torch.Tensor:
     """(P, C): probability that the next token after each (fully formatted) prompt is each choice,
     renormalised over the choices — TrackRec's P(Yes) / (P(Yes) + P(No)) for an LLM validator, and a
     judge's A/B decision read from its logits. Each choice sums its spellings' probabilities."""
@@ -282,9 +273,7 @@ def choice_probs(
     for s in range(0, len(prompts), batch_size):
         rows = [tokenizer.encode(p, add_special_tokens=False) for p in prompts[s : s + batch_size]]
         T = max(len(r) for r in rows)
-        input_ids = torch.tensor(
-            [[pad] * (T - len(r)) + r for r in rows], device=device
-        )  # (B, T) left-padded
+        input_ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows], device=device)  # (B, T) left-padded
         mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows], device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
         logits, _ = last_logits(model, input_ids, attention_mask=mask, position_ids=positions)  # (B, V)

@@ -23,9 +23,7 @@ Metrics = dict[str, torch.Tensor]
 
 def _mask(rejected: torch.Tensor, rejected_mask: torch.Tensor | None) -> torch.Tensor:
     mask = torch.ones_like(rejected, dtype=torch.bool) if rejected_mask is None else rejected_mask.bool()
-    assert mask.shape == rejected.shape, (
-        f"rejected_mask {tuple(mask.shape)} vs rejected {tuple(rejected.shape)}"
-    )
+    assert mask.shape == rejected.shape, f"rejected_mask {tuple(mask.shape)} vs rejected {tuple(rejected.shape)}"
     assert bool(mask.any(-1).all()), "every example needs at least one real rejected completion"
     return mask
 

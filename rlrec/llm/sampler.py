@@ -60,9 +60,7 @@ class Job:
     prompt_ids: list[int]
     seeds: list[int]  # one 64-bit seed per wanted sample
     tags: list = field(default_factory=list)  # opaque, handed back with each result
-    constraint: object | None = (
-        None  # a compiled constraint (rlrec.llm.constrain): start() → a state per sample
-    )
+    constraint: object | None = None  # a compiled constraint (rlrec.llm.constrain): start() → a state per sample
 
 
 @dataclass
@@ -147,12 +145,7 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor, block: int = 256) -> torch
 
 
 def sample_from_logits(
-    logits: torch.Tensor,
-    temperature: float,
-    top_p: float,
-    seeds: np.ndarray,
-    steps: np.ndarray,
-    max_tries: int = 64,
+    logits: torch.Tensor, temperature: float, top_p: float, seeds: np.ndarray, steps: np.ndarray, max_tries: int = 64
 ) -> torch.Tensor:
     """Draw one token per row of logits (B, V) from softmax(logits / temperature) restricted to
     the top-p nucleus; temperature 0 means argmax. Draws come from `counter_uniforms(seeds,
@@ -282,12 +275,7 @@ class PrefixSharingSampler:
         max_prompt = max(len(j.prompt_ids) for j in jobs)
         if self.kv_cache_gb:  # keys + values of every layer for a slot's prompt and its n samples
             per_slot = (
-                self.n_layers
-                * 2
-                * self.n_kv
-                * self.head_dim
-                * dtype.itemsize
-                * (max_prompt + n * max_new_tokens)
+                self.n_layers * 2 * self.n_kv * self.head_dim * dtype.itemsize * (max_prompt + n * max_new_tokens)
             )
             slots = max(1, min(slots, int(self.kv_cache_gb * 2**30 // per_slot)))
         self._allocate(slots, n, max_prompt, max_new_tokens, dtype)
@@ -360,9 +348,7 @@ class PrefixSharingSampler:
         ids = job.prompt_ids
         if common is not None:
             c, cache = common
-            last, out = last_logits(
-                self.model, self._ids(ids[c:]), use_cache=True, **with_cache(copy.deepcopy(cache))
-            )
+            last, out = last_logits(self.model, self._ids(ids[c:]), use_cache=True, **with_cache(copy.deepcopy(cache)))
         else:
             last, out = last_logits(self.model, self._ids(ids), use_cache=True)
         self.forward_calls += 1
@@ -475,9 +461,7 @@ class PrefixSharingSampler:
         ks = self.k_suf[layer, a:b, :, :, :ls].reshape(P * N, Hkv, ls, D)  # (P·N, Hkv, S, D)
         vs = self.v_suf[layer, a:b, :, :, :ls].reshape(P * N, Hkv, ls, D)
         o1, l1 = _attend_part(qs, kp, vp, pre_mask, self.scaling)  # (P, Hkv, N·g, D), (P, Hkv, N·g)
-        o2, l2 = _attend_part(
-            grid.view(P * N, Hkv, g, D), ks, vs, suf_mask.view(P * N, 1, 1, ls), self.scaling
-        )
+        o2, l2 = _attend_part(grid.view(P * N, Hkv, g, D), ks, vs, suf_mask.view(P * N, 1, 1, ls), self.scaling)
         o2 = o2.view(P, N, Hkv, g, D).permute(0, 2, 1, 3, 4).reshape(P, Hkv, N * g, D)
         l2 = l2.view(P, N, Hkv, g).permute(0, 2, 1, 3).reshape(P, Hkv, N * g)
         m = torch.maximum(l1, l2)
@@ -527,9 +511,7 @@ def generate_fallback(
     from rlrec.llm.constrain import ConstraintLogitsProcessor
 
     rows = [
-        (j.prompt_ids, seed, j.tags[i] if j.tags else i, j.constraint)
-        for j in jobs
-        for i, seed in enumerate(j.seeds)
+        (j.prompt_ids, seed, j.tags[i] if j.tags else i, j.constraint) for j in jobs for i, seed in enumerate(j.seeds)
     ]
     stop = set(stop_ids)
     for start in range(0, len(rows), batch_size):
@@ -539,9 +521,7 @@ def generate_fallback(
         mask = torch.tensor([[0] * (width - len(r[0])) + [1] * len(r[0]) for r in chunk])
         torch.manual_seed(int(chunk[0][1]) % 2**63)
         # top_k=0: transformers would otherwise add its default top_k=50 truncation
-        kwargs = (
-            dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else {}
-        )
+        kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else {}
         if any(r[3] is not None for r in chunk):
             states = [r[3].start() if r[3] is not None else None for r in chunk]
             kwargs["logits_processor"] = LogitsProcessorList([ConstraintLogitsProcessor(states)])

@@ -47,14 +47,32 @@ def server_command(
 ) -> tuple[list[str], dict]:
     """(argv, environment) of a vLLM server on `folder` with runtime LoRA loading."""
     argv = [
-        str(python or vllm_python()), "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(folder), "--served-model-name", name, "--host", host, "--port", str(port),
-        "--dtype", "float32",  # the CPU has no fast bf16 path on every machine of this kind; fp32 is the reference
-        "--max-model-len", str(max_model_len),
-        "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max_model_len),  # see the module doc
-        "--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", str(max_loras),
-        "--seed", str(seed),
-    ]  # fmt: skip
+        str(python or vllm_python()),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(folder),
+        "--served-model-name",
+        name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",  # the CPU has no fast bf16 path on every machine of this kind; fp32 is the reference
+        "--max-model-len",
+        str(max_model_len),
+        "--no-enable-chunked-prefill",
+        "--max-num-batched-tokens",
+        str(max_model_len),  # see the module doc
+        "--enable-lora",
+        "--max-lora-rank",
+        str(max_lora_rank),
+        "--max-loras",
+        str(max_loras),
+        "--seed",
+        str(seed),
+    ]
     env = {
         **os.environ,
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",  # enables POST /v1/load_lora_adapter

@@ -39,9 +39,7 @@ class InitialRanking(nn.Module):
         return self.proj(feats).unsqueeze(2)  # (B, N, 1, D)
 
 
-def candidate_inputs(
-    embedding, initial: InitialRanking | None, batch: dict, personal_dim: int = 0
-) -> torch.Tensor:
+def candidate_inputs(embedding, initial: InitialRanking | None, batch: dict, personal_dim: int = 0) -> torch.Tensor:
     """(B, N, F·D [+ D + P]): every candidate's field embeddings (`FeatureEmbedding.list_fields`), then
     the initial ranking's field when the re-ranker takes it, then the initial ranker's personalised
     vector batch["initial_pv"] (B, N, P) when `personal_dim` P > 0 (PRM's pv_i: [x_i ; pv_i])."""

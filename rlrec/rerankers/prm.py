@@ -52,9 +52,7 @@ class PRM(nn.Module):
     def forward(self, batch: dict) -> torch.Tensor:
         mask = batch["mask"]  # (B, N)
         B, N = mask.shape
-        assert self.position.num_embeddings >= N, (
-            f"list length {N} > PRM max_len {self.position.num_embeddings}"
-        )
+        assert self.position.num_embeddings >= N, f"list length {N} > PRM max_len {self.position.num_embeddings}"
         x = self.proj(candidate_inputs(self.embedding, self.initial, batch, self.personal_dim))  # (B, N, M)
         x = x + self.position.weight[:N].unsqueeze(0)
         h = self.encoder(x, src_key_padding_mask=~mask)  # (B, N, M)

@@ -100,9 +100,7 @@ class DenseRetriever:
         assert len(corpus) > 0, "DenseRetriever needs a non-empty corpus"
         self.encode_fn = encode_fn
         self.vectors = l2_normalize(encode_fn(list(corpus)))  # (N, E)
-        assert len(self.vectors) == len(corpus), (
-            f"encode_fn gave {len(self.vectors)} rows for {len(corpus)} texts"
-        )
+        assert len(self.vectors) == len(corpus), f"encode_fn gave {len(self.vectors)} rows for {len(corpus)} texts"
         self.index = VectorIndex(self.vectors)
 
     def __len__(self) -> int:
@@ -110,9 +108,7 @@ class DenseRetriever:
 
     def _encode_query(self, query: str) -> np.ndarray:
         q = l2_normalize(self.encode_fn([query]))  # (1, E)
-        assert q.shape == (1, self.vectors.shape[1]), (
-            f"query vector {q.shape}, corpus dim {self.vectors.shape[1]}"
-        )
+        assert q.shape == (1, self.vectors.shape[1]), f"query vector {q.shape}, corpus dim {self.vectors.shape[1]}"
         return q
 
     def scores(self, query: str) -> np.ndarray:

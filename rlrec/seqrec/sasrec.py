@@ -50,10 +50,7 @@ class SASRecBlock(nn.Module):
         self.attn_norm, self.ffn_norm = nn.LayerNorm(embed_dim, eps=1e-8), nn.LayerNorm(embed_dim, eps=1e-8)
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
         self.ffn = nn.Sequential(
-            nn.Linear(embed_dim, embed_dim),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(embed_dim, embed_dim),
+            nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(embed_dim, embed_dim)
         )
         self.drop = nn.Dropout(dropout)
 
@@ -61,9 +58,7 @@ class SASRecBlock(nn.Module):
         """x (B, L, D), attend (B, 1, L, L) bool (True = query may attend key) → (B, L, D)."""
         B, L, D = x.shape
         q, k, v = (
-            self.qkv(self.attn_norm(x))
-            .view(B, L, 3, self.num_heads, D // self.num_heads)
-            .permute(2, 0, 3, 1, 4)
+            self.qkv(self.attn_norm(x)).view(B, L, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
         )  # each (B, H, L, d)
         att = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attend, dropout_p=self.dropout if self.training else 0.0
@@ -107,9 +102,7 @@ class SASRec(nn.Module):
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """seq (B, L) item ids, 0 = padding, left-padded, L ≤ max_len → hidden states F (B, L, D)."""
         B, L = seq.shape
-        assert self.max_len >= L, (
-            f"sequence length {L} > SASRec max_len {self.max_len}; keep the last max_len"
-        )
+        assert self.max_len >= L, f"sequence length {L} > SASRec max_len {self.max_len}; keep the last max_len"
         real = seq > 0  # (B, L)
         pos = self.position_embedding.weight[self.max_len - L :]  # (L, D)
         x = self.drop(self.item_embedding(seq) * self.embed_dim**0.5 + pos)  # (B, L, D)
@@ -137,9 +130,7 @@ class SASRec(nn.Module):
         return logits.index_fill(1, torch.tensor([0], device=logits.device), float("-inf"))
 
 
-def sample_negatives(
-    positive: torch.Tensor, exclude: torch.Tensor, num_items: int, rounds: int = 20
-) -> torch.Tensor:
+def sample_negatives(positive: torch.Tensor, exclude: torch.Tensor, num_items: int, rounds: int = 20) -> torch.Tensor:
     """positive (B, L), exclude (B, M) the rows' own items (0 = padding) → (B, L) uniform negatives
     from 1..num_items. A draw that hits one of its row's items is redrawn, up to `rounds` times; one
     still equal to its positive after that (tiny catalogues) moves to the next id, so a negative is
@@ -259,10 +250,7 @@ def training_tensors(sequences: Sequence[Sequence[int]], max_len: int) -> dict[s
     {'seq': [[0, 1, 2]], 'target': [[0, 2, 3]]}
     """
     windows = [list(s)[-(max_len + 1) :] for s in sequences if len(s) >= 2]
-    return {
-        "seq": pad_left([w[:-1] for w in windows], max_len),
-        "target": pad_left([w[1:] for w in windows], max_len),
-    }
+    return {"seq": pad_left([w[:-1] for w in windows], max_len), "target": pad_left([w[1:] for w in windows], max_len)}
 
 
 def _as_sequences(sequences, num_items: int) -> list[list[int]]:
@@ -316,8 +304,19 @@ def fit_sasrec(
     make = trainer or _plain_trainer
     train = TensorBatches(train, batch_size, shuffle=True, seed=seed)
     valid = TensorBatches(valid, max(batch_size, 1024)) if valid is not None else None
-    return launch.run(_fit, make, SASRecTask(model, optimizer), train, valid, monitor, patience, max_epochs,
-                      max_steps, enable_progress_bar, factory=make)  # fmt: skip
+    return launch.run(
+        _fit,
+        make,
+        SASRecTask(model, optimizer),
+        train,
+        valid,
+        monitor,
+        patience,
+        max_epochs,
+        max_steps,
+        enable_progress_bar,
+        factory=make,
+    )
 
 
 def _fit(make, task, train, valid, monitor, patience, max_epochs, max_steps, progress) -> SASRec:
@@ -332,9 +331,7 @@ def _fit(make, task, train, valid, monitor, patience, max_epochs, max_steps, pro
     fitter = make(max_epochs=max_epochs, callbacks=callbacks, progress=progress, max_steps=max_steps)
     fitter.fit(task, train, valid)
     if keep is not None:
-        assert keep.state is not None, (
-            f"{monitor!r} was never logged; SASRecTask logs val/{{hit,ndcg}}@{{1,3,10}}"
-        )
+        assert keep.state is not None, f"{monitor!r} was never logged; SASRecTask logs val/{{hit,ndcg}}@{{1,3,10}}"
         model.load_state_dict(keep.state)
     return model.eval()
 
@@ -342,17 +339,20 @@ def _fit(make, task, train, valid, monitor, patience, max_epochs, max_steps, pro
 def _plain_trainer(max_epochs: int, callbacks, progress: bool, **kw) -> pl.Trainer:
     """The Trainer of a standalone `fit_sasrec` call (library use, outside a run)."""
     return pl.Trainer(
-        max_epochs=max_epochs, callbacks=callbacks, enable_progress_bar=progress, logger=False,
-        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0, **kw,
-    )  # fmt: skip
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        enable_progress_bar=progress,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kw,
+    )
 
 
 @torch.no_grad()
 def rank_candidates(
-    model: SASRec,
-    histories: torch.Tensor | np.ndarray,
-    candidates: torch.Tensor | np.ndarray,
-    batch_size: int = 1024,
+    model: SASRec, histories: torch.Tensor | np.ndarray, candidates: torch.Tensor | np.ndarray, batch_size: int = 1024
 ) -> np.ndarray:
     """histories (B, L) left-padded item ids, candidates (B, N) → (B, N) int64 column indices into
     `candidates`, highest score first (ties keep candidate order). Ranked ids:

@@ -71,7 +71,11 @@ class MetricLog(pl.Callback):
 
     def means(self) -> dict:
         out = {k: float(np.mean(v)) for k, v in self.values.items()}
-        out.update({k.replace(self.prefix, f"{self.prefix}final_"): float(np.mean(v[-max(1, len(v) // 4) :]))
-                    for k, v in self.values.items()})  # fmt: skip
+        out.update(
+            {
+                k.replace(self.prefix, f"{self.prefix}final_"): float(np.mean(v[-max(1, len(v) // 4) :]))
+                for k, v in self.values.items()
+            }
+        )
         out.update({k.replace("val/", f"{self.prefix}heldout_"): v for k, v in self.val.items()})
         return out

@@ -19,9 +19,7 @@ class CTRTask(pl.LightningModule):
     """Metric keys `{stage}/{metric}`: val/auc, val/logloss, val/acc, val/uauc, test/…, train/loss.
     A backbone with `forward_with_aux` (DIEN) adds its auxiliary loss during training."""
 
-    def __init__(
-        self, model: nn.Module, optimizer: Callable[..., torch.optim.Optimizer], config: dict | None = None
-    ):
+    def __init__(self, model: nn.Module, optimizer: Callable[..., torch.optim.Optimizer], config: dict | None = None):
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
@@ -56,9 +54,7 @@ class CTRTask(pl.LightningModule):
         self._outputs[stage].append((batch["user"].cpu(), logits.detach().cpu(), y.cpu()))
 
     def _eval_end(self, stage: str) -> None:
-        users, logits, y = gather(
-            tuple(torch.cat(x) for x in zip(*self._outputs[stage]))
-        )  # every rank's shard
+        users, logits, y = gather(tuple(torch.cat(x) for x in zip(*self._outputs[stage])))  # every rank's shard
         logits, y = logits.float(), y.float()  # bf16-mixed precision gives bf16 logits
         self._outputs[stage].clear()
         self.log(f"{stage}/auc", self.auc[stage].compute(), prog_bar=True)

@@ -129,11 +129,7 @@ class LLMTask(pl.LightningModule):
     def completion_logps(self, batch: dict) -> torch.Tensor:
         """Summed completion log-probs, one per row of the batch."""
         return completion_logps(
-            self.model,
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["completion_mask"],
-            batch.get("labels"),
+            self.model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], batch.get("labels")
         )
 
     # --- Lightning ---------------------------------------------------------------------------
@@ -152,6 +148,4 @@ def frozen_weights_cast(task: nn.Module, trainer):
     for the block instead of on every forward and its recomputation (`low_precision_weights`; the
     same numerics). Elsewhere nothing changes (a GPU Trainer moves the module inside `fit`)."""
     on_cpu = trainer.strategy.root_device.type == "cpu"
-    return low_precision_weights(
-        task, autocast_dtype(str(trainer.precision)) if on_cpu else None, frozen_only=True
-    )
+    return low_precision_weights(task, autocast_dtype(str(trainer.precision)) if on_cpu else None, frozen_only=True)

@@ -49,9 +49,7 @@ class PreferenceTask(LLMTask):
         if reference not in ("current", "base"):
             raise ValueError(f"reference must be 'current' or 'base', got '{reference}'")
         if reference == "base" and lora is None:
-            raise ValueError(
-                "reference='base' needs LoRA (adapters off = base); full fine-tuning has no copy"
-            )
+            raise ValueError("reference='base' needs LoRA (adapters off = base); full fine-tuning has no copy")
         super().__init__(llm, lora, optimizer, adapter_path, tokenizer, config)
         self.loss_name = loss
         self.loss_fn = LOSSES[loss]
@@ -69,10 +67,13 @@ class PreferenceTask(LLMTask):
         """One forward over the concatenated batch → policy log-probs chosen (B,), rejected (B, K)."""
         if self.share_prompt:
             logps = shared_prompt_logps(
-                self.model, batch["prompt_input_ids"], batch["prompt_attention_mask"],
-                batch["completion_input_ids"], batch["completion_attention_mask"],
+                self.model,
+                batch["prompt_input_ids"],
+                batch["prompt_attention_mask"],
+                batch["completion_input_ids"],
+                batch["completion_attention_mask"],
                 checkpoint_prompt=self.checkpoint_prompt,
-            )  # fmt: skip
+            )
         else:
             logps = self.completion_logps(batch)  # ((1+K)·B,)
         if self.average_logps:
@@ -95,8 +96,11 @@ class PreferenceTask(LLMTask):
             from torch.utils.data import DataLoader, Subset
 
             ds = dataloader.dataset
-            dataloader = DataLoader(Subset(ds, range(rank, len(ds), size)), batch_size=dataloader.batch_size,
-                                    collate_fn=dataloader.collate_fn)  # fmt: skip
+            dataloader = DataLoader(
+                Subset(ds, range(rank, len(ds), size)),
+                batch_size=dataloader.batch_size,
+                collate_fn=dataloader.collate_fn,
+            )
         was_training = self.model.training
         self.model.eval()  # no dropout in the reference
         off = self.model.disable_adapter() if self.reference == "base" else nullcontext()
@@ -133,9 +137,7 @@ class PreferenceTask(LLMTask):
         ref_chosen, ref_rejected = self.refs[split]
         index = index.cpu()
         if int(index.max()) >= len(ref_chosen) or ref_chosen[index].isnan().any():
-            raise RuntimeError(
-                "reference log-probs missing for some examples: precompute on this very dataset"
-            )
+            raise RuntimeError("reference log-probs missing for some examples: precompute on this very dataset")
         return ref_chosen[index].to(self.device), ref_rejected[index].to(self.device)
 
     def step(self, batch: dict, split: str = "train") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -143,9 +145,7 @@ class PreferenceTask(LLMTask):
         chosen, rejected = self.logps(batch)
         ref_chosen, ref_rejected = self._reference(batch["index"], split)
         mask = batch["rejected_mask"]
-        loss, metrics = self.loss_fn(
-            chosen, rejected, ref_chosen, ref_rejected, self.beta, rejected_mask=mask
-        )
+        loss, metrics = self.loss_fn(chosen, rejected, ref_chosen, ref_rejected, self.beta, rejected_mask=mask)
         metrics["chosen_logp"] = chosen.detach().mean()
         metrics["rejected_logp"] = ((rejected.detach() * mask).sum(-1) / mask.sum(-1)).mean()
         return loss, metrics
@@ -170,9 +170,14 @@ class PreferenceTask(LLMTask):
 
 
 def fit_preference(
-    task: PreferenceTask, groups: list[dict], preference, make_trainer, seed: int, heldout: list[dict] | None = None,
+    task: PreferenceTask,
+    groups: list[dict],
+    preference,
+    make_trainer,
+    seed: int,
+    heldout: list[dict] | None = None,
     out: str | Path | None = None,
-) -> tuple[dict, list[dict]]:  # fmt: skip
+) -> tuple[dict, list[dict]]:
     """One preference-optimisation round of `task` on `groups` ({prompt, chosen, rejected: [..]}):
     the reference log-probs first (the model before the round), then `preference.max_epochs` over
     the groups in a seeded order. `heldout` groups (from users not trained on; at most
@@ -190,9 +195,13 @@ def fit_preference(
 
     def dataset(g):
         return PreferenceDataset(
-            g, task.tokenizer, int(P.max_prompt_len), int(P.max_completion_len), bool(P.chat_template),
+            g,
+            task.tokenizer,
+            int(P.max_prompt_len),
+            int(P.max_completion_len),
+            bool(P.chat_template),
             num_negatives=None if P.get("num_negatives") is None else int(P.num_negatives),
-        )  # fmt: skip
+        )
 
     ds = dataset(groups)
     rank, size = world()
@@ -215,10 +224,15 @@ def fit_preference(
             extra["val_check_interval"] = max(1, steps // checks)
     metrics = MetricLog()
     trainer = make_trainer(
-        max_epochs=int(P.max_epochs), callbacks=[metrics], progress=True,
-        accumulate_grad_batches=int(P.accumulate_grad_batches), gradient_clip_val=P.get("gradient_clip_val"),
-        limit_val_batches=1.0, use_distributed_sampler=False, **extra,
-    )  # fmt: skip
+        max_epochs=int(P.max_epochs),
+        callbacks=[metrics],
+        progress=True,
+        accumulate_grad_batches=int(P.accumulate_grad_batches),
+        gradient_clip_val=P.get("gradient_clip_val"),
+        limit_val_batches=1.0,
+        use_distributed_sampler=False,
+        **extra,
+    )
     # the reference is scored at the Trainer's precision (bf16 autocast under bf16-mixed), so the
     # policy's log-probs at step 0 equal it and the loss starts at its zero-margin value
     with frozen_weights_cast(task, trainer):
@@ -234,10 +248,7 @@ def fit_preference(
     return metrics.means(), metrics.curve
 
 
-def train_preference(
-    task: PreferenceTask, groups, preference, make_trainer, seed: int, heldout=None, out=None
-):
+def train_preference(task: PreferenceTask, groups, preference, make_trainer, seed: int, heldout=None, out=None):
     """`fit_preference` in this process, or on the ranks of a multi-process Trainer (the task is sent
     without its frozen weights; rank 0 saves the adapter to `out`)."""
-    return launch.run(fit_preference, task, groups, preference, make_trainer, seed, heldout, out,
-                      factory=make_trainer)  # fmt: skip
+    return launch.run(fit_preference, task, groups, preference, make_trainer, seed, heldout, out, factory=make_trainer)

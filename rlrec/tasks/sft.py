@@ -30,16 +30,12 @@ class SFTTask(LLMTask):
         self.log("val/sft_loss", self.loss(batch), prog_bar=True, batch_size=len(batch["input_ids"]))
 
 
-def fit_sft(
-    task: SFTTask, loader, make_trainer, max_epochs: int, prefix: str = "sft/", out=None, accumulate: int = 1
-):
+def fit_sft(task: SFTTask, loader, make_trainer, max_epochs: int, prefix: str = "sft/", out=None, accumulate: int = 1):
     """Fit `task` on `loader` for `max_epochs` with the Trainer `make_trainer` builds — in this process,
     or on every rank of a multi-process Trainer (`rlrec.launch`; only rank 0 saves the adapter to
     `out`); an update averages `accumulate` batches. Returns (the trained task, the per-step
     metrics' means under `prefix` (`MetricLog`), the Trainer's last logged metrics)."""
-    return launch.run(
-        _fit_sft, task, loader, make_trainer, max_epochs, prefix, out, accumulate, factory=make_trainer
-    )
+    return launch.run(_fit_sft, task, loader, make_trainer, max_epochs, prefix, out, accumulate, factory=make_trainer)
 
 
 def _fit_sft(task: SFTTask, loader, make_trainer, max_epochs: int, prefix: str, out, accumulate: int = 1):

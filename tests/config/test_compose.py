@@ -17,17 +17,13 @@ from tests.conftest import CONF
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 GROUPS = sorted(
-    p.name
-    for p in CONF.iterdir()
-    if p.is_dir() and p.name not in ("experiment", "hydra") and any(p.glob("*.yaml"))
+    p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra") and any(p.glob("*.yaml"))
 )
 
 
 def _compose(overrides, tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(
-            "train", overrides=[*overrides, f"output_dir={tmp_path}", f"cache_dir={tmp_path}/cache"]
-        )
+        return compose("train", overrides=[*overrides, f"output_dir={tmp_path}", f"cache_dir={tmp_path}/cache"])
 
 
 def _targets(node, path=""):
@@ -72,18 +68,14 @@ def _instantiate(group: str, cfg, tmp_path):
         if str(node.get("strategy")).startswith(("fsdp", "deepspeed")):  # GPU strategies: a registered name
             from pytorch_lightning.strategies import StrategyRegistry
 
-            assert node.strategy in StrategyRegistry, (
-                f"trainer.strategy={node.strategy} is not a Lightning strategy"
-            )
+            assert node.strategy in StrategyRegistry, f"trainer.strategy={node.strategy} is not a Lightning strategy"
             return node
         return instantiate(node, accelerator="cpu", devices=1, precision="32-true", sync_batchnorm=False)
     if group == "trainer":  # as Context.trainer_node builds it: precision=auto resolved for this machine
         from rlrec.precision import resolve
 
         return instantiate(node, precision=resolve(node.precision, "ctr", node.accelerator))
-    obj = (
-        instantiate(node) if group != "feedback" else None
-    )  # `ensemble` is build_feedback's, not the class's
+    obj = instantiate(node) if group != "feedback" else None  # `ensemble` is build_feedback's, not the class's
     if group in ("downstream", "feedback", "distill"):
         from rlrec.context import Context
 

@@ -63,8 +63,6 @@ def test_documented_command_composes(page, command, tmp_path):
     args = [a for a in shlex.split(command) if "<" not in a and "/data/" not in a]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for overrides in expand(args):
-            cfg = compose(
-                "train", overrides=[*overrides, f"output_dir={tmp_path}", f"cache_dir={tmp_path}/c"]
-            )
+            cfg = compose("train", overrides=[*overrides, f"output_dir={tmp_path}", f"cache_dir={tmp_path}/c"])
             OmegaConf.resolve(cfg)
             assert not OmegaConf.missing_keys(cfg), f"{page}: {command}: {overrides}: unresolved ??? values"

@@ -37,16 +37,10 @@ def _cfg(*overrides, experiment="trackrec_movielens"):
         ("preference.task.optimizer.lr=-1", r"preference.task.optimizer.lr=-1: expected a learning rate > 0"),
         ("preference.pairs=best_vs_median", r"preference.pairs='best_vs_median': expected best_vs_all"),
         ("feedback.ensemble=0", r"feedback.ensemble=0: expected an integer ≥ 1"),
-        (
-            "llm.source=/nonexistent/model",
-            r"llm.source='/nonexistent/model': expected an existing model folder",
-        ),
+        ("llm.source=/nonexistent/model", r"llm.source='/nonexistent/model': expected an existing model folder"),
         ("knowledge.source=/nonexistent", r"knowledge.source='/nonexistent': expected an existing path"),
         ("dataset.path=/nonexistent", r"dataset.path='/nonexistent': expected an existing path"),
-        (
-            "sampling.backend=openai",
-            r"sampling.base_url=None: expected the URL of an OpenAI-compatible server",
-        ),
+        ("sampling.backend=openai", r"sampling.base_url=None: expected the URL of an OpenAI-compatible server"),
     ],
 )
 def test_each_bad_value_is_named_with_what_was_expected(override, message):
@@ -76,9 +70,7 @@ def test_an_openai_endpoint_must_answer():
     try:
         up = f"http://127.0.0.1:{server.server_port}/v1"
         validate(_cfg("sampling.backend=openai", f"sampling.base_url={up}", "sampling.api_model=m"))
-        with pytest.raises(
-            ConfigError, match=r"sampling.base_url='http://127.0.0.1:9/v1': no OpenAI-compatible"
-        ):
+        with pytest.raises(ConfigError, match=r"sampling.base_url='http://127.0.0.1:9/v1': no OpenAI-compatible"):
             validate(_cfg("sampling.backend=openai", f"sampling.base_urls=[{up},http://127.0.0.1:9/v1]"))
     finally:
         server.shutdown()

@@ -42,10 +42,5 @@ def test_the_wheel_runs_from_any_directory_with_its_configs_and_a_users_own(tmp_
     assert script.is_file()
     job = py(str(script), "train", "--config-dir", str(tmp_path / "myconf"), "--cfg", "job",
              "+experiment=dpo4rec_movielens", "dataset=mydata")  # fmt: skip
-    assert (
-        "experiment_name: dpo4rec_movielens" in job and "name: mydata" in job and "name: smollm2_135m" in job
-    )
-    assert (
-        Path(target / "rlrec" / "conf" / "train.yaml").read_text()
-        == (ROOT / "conf" / "train.yaml").read_text()
-    )
+    assert "experiment_name: dpo4rec_movielens" in job and "name: mydata" in job and "name: smollm2_135m" in job
+    assert Path(target / "rlrec" / "conf" / "train.yaml").read_text() == (ROOT / "conf" / "train.yaml").read_text()

@@ -49,15 +49,7 @@ def stage(results: dict, name: str, which: int = -1) -> dict:
 def test_backbone_only_in_process_then_cached(tmp_path):
     res = run(_cfg(tmp_path), tmp_path / "run")
     m = res["metrics"]
-    for key in (
-        "val/auc",
-        "val/logloss",
-        "val/uauc",
-        "test/auc",
-        "test/logloss",
-        "test/acc",
-        "train/samples_per_s",
-    ):
+    for key in ("val/auc", "val/logloss", "val/uauc", "test/auc", "test/logloss", "test/acc", "train/samples_per_s"):
         assert key in m, key
     assert 0.0 <= m["test/auc"] <= 1.0 and m["test/logloss"] > 0
     assert stage(res, "fit/din")["cached"] is False
@@ -135,13 +127,7 @@ def test_rerank_only_both_list_styles(tmp_path):
     ):
         cfg = _cfg(tmp_path, f"rerank={style}", f"split={split}", *more, experiment="rerank_only")
         res = run(cfg, tmp_path / style)["metrics"]
-        for key in (
-            "test/ndcg@5",
-            "test/map@5",
-            "test/click@5",
-            "initial/test/ndcg@5",
-            "shuffled/test/ndcg@5",
-        ):
+        for key in ("test/ndcg@5", "test/map@5", "test/click@5", "initial/test/ndcg@5", "shuffled/test/ndcg@5"):
             assert key in res and np.isfinite(res[key]), (style, key)
         assert 0 <= res["test/ndcg@5"] <= 1 and res["lists/test"] > 0
         if style == "kar":  # no initial ranker: the given order is random
@@ -231,10 +217,7 @@ def test_dpo4rec_smoke_in_process(tmp_path):
     # whose knowledge differs from round 0's, and re-rankers whose rows differ
     assert m["iter1/reward/spread"] > 0 and m["iter1/pairs/groups"] > 0
     assert lora_b_norm(tmp_path / "run") > 0
-    klg = {
-        r: json.loads((tmp_path / "run" / "artifacts" / r / "user.klg").read_text())
-        for r in ("round0", "round1")
-    }
+    klg = {r: json.loads((tmp_path / "run" / "artifacts" / r / "user.klg").read_text()) for r in ("round0", "round1")}
     assert klg["round0"].keys() == klg["round1"].keys() and klg["round0"] != klg["round1"]
     assert rows["+ aligned knowledge (round 1)"] != rows["+ un-aligned knowledge (round 0, KAR-style)"]
     assert rows["initial order"]["test/ndcg@5"] != rows["shuffled order"]["test/ndcg@5"]
@@ -372,18 +355,7 @@ class _SeededOpenAI(JSONHandler, http.server.BaseHTTPRequestHandler):
 
     requests: list = []
     loads: list = []
-    WORDS = (
-        "drama",
-        "comedy",
-        "thriller",
-        "romance",
-        "western",
-        "horror",
-        "musical",
-        "war",
-        "crime",
-        "sci-fi",
-    )
+    WORDS = ("drama", "comedy", "thriller", "romance", "western", "horror", "musical", "war", "crime", "sci-fi")
 
     def do_POST(self):  # noqa: N802 (http.server's naming)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -455,9 +427,7 @@ def test_editing_a_prompt_template_or_a_data_file_never_reuses_stale_stages(tmp_
             ])  # fmt: skip
         calls: list = []
         original = generation.HFBackend.run
-        generation.HFBackend.run = lambda self, r, *a, **kw: (
-            calls.append(len(r)) or original(self, r, *a, **kw)
-        )
+        generation.HFBackend.run = lambda self, r, *a, **kw: calls.append(len(r)) or original(self, r, *a, **kw)
         try:
             return run(cfg, tmp_path / out), sum(calls)
         finally:
@@ -471,9 +441,7 @@ def test_editing_a_prompt_template_or_a_data_file_never_reuses_stale_stages(tmp_
     same, generated = job("b", copy)
     assert generated == 0 and all(e["cached"] for e in same["stages"])
     # an edited template: new prompts → new texts, new rewards, new knowledge fits
-    template.write_text(
-        "Describe the taste of this viewer: {% for h in history %}{{ h.title }}; {% endfor %}"
-    )
+    template.write_text("Describe the taste of this viewer: {% for h in history %}{{ h.title }}; {% endfor %}")
     edited, generated = job("c")
     assert generated > 0
     assert not stage(edited, "score")["cached"] and not stage(edited, "align")["cached"]
@@ -511,8 +479,7 @@ def test_a_run_prints_its_stages_and_no_library_noise(tmp_path, caplog):
     for noise in ("FutureWarning", "DeprecationWarning", "is deprecated", "Tip:", "AVX512", "GPU available", "it/s",
                   "TPU available", "Loading weights", "\r", "Epoch 0", "logging interval"):  # fmt: skip
         assert noise not in out, (
-            f"{noise!r} reached the console:\n"
-            + "\n".join(line for line in out.splitlines() if noise in line)[:2000]
+            f"{noise!r} reached the console:\n" + "\n".join(line for line in out.splitlines() if noise in line)[:2000]
         )
     assert "stage align: building" in out and "stage align: built in" in out
     assert "stage fit/din: building 3 of 3 shards on Joblib" in out and "stage fit/din: 3/3 shard in" in out

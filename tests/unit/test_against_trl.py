@@ -55,11 +55,7 @@ def run(tmp_path_factory):
             return {"prompt": [{"role": "user", "content": prompt}],
                     "chosen": [{"role": "assistant", "content": chosen}],
                     "rejected": [{"role": "assistant", "content": rejected}]}  # fmt: skip
-        return {
-            "prompt": format_prompt(tok, prompt, chat_template=True)[0],
-            "chosen": chosen,
-            "rejected": rejected,
-        }
+        return {"prompt": format_prompt(tok, prompt, chat_template=True)[0], "chosen": chosen, "rejected": rejected}
 
     plain = Dataset.from_list([as_trl(**p, conversational=False) for p in PAIRS])
     conversational = Dataset.from_list([as_trl(**p, conversational=True) for p in PAIRS])
@@ -117,9 +113,7 @@ def test_logps_and_dpo_loss_equal_trl(run, share_prompt):
     rlrec runs each prompt once (left-padded, KV cache) or whole right-padded sequences."""
     ds, policy = run["ds"], run["policy"]
     batch = ds.collate(list(ds))
-    reference = PreferenceTask(
-        run["reference"], loss="dpo", beta=BETA, tokenizer=run["tok"], share_prompt=share_prompt
-    )
+    reference = PreferenceTask(run["reference"], loss="dpo", beta=BETA, tokenizer=run["tok"], share_prompt=share_prompt)
     reference.precompute_reference(DataLoader(ds, batch_size=len(ds), collate_fn=ds.collate))
     task = PreferenceTask(policy, loss="dpo", beta=BETA, tokenizer=run["tok"], share_prompt=share_prompt)
     task.refs = reference.refs  # the reference's log-probs, as fit_preference precomputes them

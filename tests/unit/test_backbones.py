@@ -99,9 +99,7 @@ def test_overfits_tiny_batch(name, tiny_prep, tiny_batch):
         losses.append(loss.item())
         if loss.item() < losses[0] / 2:
             break
-    assert losses[-1] < losses[0] / 2, (
-        f"{name}: loss {losses[0]:.3f} → {losses[-1]:.3f} in {len(losses)} steps"
-    )
+    assert losses[-1] < losses[0] / 2, f"{name}: loss {losses[0]:.3f} → {losses[-1]:.3f} in {len(losses)} steps"
 
 
 def test_dien_without_auxiliary_loss_never_runs_its_net(tiny_prep, tiny_batch):
@@ -119,9 +117,7 @@ def test_fignn_without_self_attention_starts_the_graph_from_the_field_embeddings
     model = build("fignn", tiny_prep.spec, self_attention=False).train()
     assert not any("self_attention" in n for n, _ in model.named_parameters())
     D, F = 16, model.embedding.num_fields(pool_history=True)
-    assert (
-        model.w_in.shape == (F, D, D) and model.gru.hidden_size == D
-    )  # node states D wide, not heads x head_dim
+    assert model.w_in.shape == (F, D, D) and model.gru.hidden_size == D  # node states D wide, not heads x head_dim
     states = []
     model.gru.register_forward_hook(lambda m, args, out: states.append(args[1]))
     model(tiny_batch)
@@ -133,9 +129,7 @@ def test_fignn_without_self_attention_starts_the_graph_from_the_field_embeddings
 
 
 @pytest.mark.parametrize("name", BACKBONES)
-def test_plain_forms_equal_the_fused_kernels_and_run_under_bf16_autocast(
-    name, tiny_prep, tiny_batch, monkeypatch
-):
+def test_plain_forms_equal_the_fused_kernels_and_run_under_bf16_autocast(name, tiny_prep, tiny_batch, monkeypatch):
     """Under autocast (trainer.precision=bf16-mixed) every layer takes its plain form: in fp32 it
     must compute what the fused kernel computes (value and gradients), and under bf16 autocast the
     whole backbone must run forward and backward and give the fp32 logits to bf16's precision.
@@ -149,9 +143,7 @@ def test_plain_forms_equal_the_fused_kernels_and_run_under_bf16_autocast(
         model.zero_grad()
         out = model(tiny_batch)
         out.float().square().mean().backward()
-        return out.detach().float(), {
-            n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
-        }
+        return out.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     model = build(name, tiny_prep.spec).eval()
     g = torch.Generator().manual_seed(0)
@@ -165,11 +157,7 @@ def test_plain_forms_equal_the_fused_kernels_and_run_under_bf16_autocast(
     assert torch.allclose(plain, fused, atol=1e-5, rtol=1e-4), (plain - fused).abs().max()
     assert fused_grads.keys() == plain_grads.keys()
     for n, g in fused_grads.items():
-        assert torch.allclose(plain_grads[n], g, atol=1e-5, rtol=1e-3), (
-            name,
-            n,
-            (plain_grads[n] - g).abs().max(),
-        )
+        assert torch.allclose(plain_grads[n], g, atol=1e-5, rtol=1e-3), (name, n, (plain_grads[n] - g).abs().max())
     monkeypatch.undo()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low, low_grads = run(model)

@@ -87,11 +87,7 @@ def test_eval_ties_count_against_the_target():
     with torch.no_grad():
         model.item_embedding.weight.zero_()  # every candidate scores 0
     task = SASRecTask(model, ks=(1,))
-    batch = {
-        "seq": torch.tensor([[0, 1, 2, 3]]),
-        "target": torch.tensor([4]),
-        "candidates": torch.tensor([[4, 5, 6]]),
-    }
+    batch = {"seq": torch.tensor([[0, 1, 2, 3]]), "target": torch.tensor([4]), "candidates": torch.tensor([[4, 5, 6]])}
     task._eval_step(batch, "val")
     assert task._ranks["val"][0].tolist() == [2]
 
@@ -108,9 +104,7 @@ def test_sasrec_overfits_cycles():
     hist = pad_left([s[:-1] for s in seqs], 10)  # (8, 10): exactly the training inputs
     target = torch.tensor([s[-1] for s in seqs])  # (8,): the last training target
     # the paper's protocol: the true next item + negatives the user never interacted with (here all 9)
-    cand = torch.tensor(
-        [[s[-1]] + [i for i in range(1, NUM_ITEMS + 1) if i not in s] for s in seqs]
-    )  # (8, 10)
+    cand = torch.tensor([[s[-1]] + [i for i in range(1, NUM_ITEMS + 1) if i not in s] for s in seqs])  # (8, 10)
     model = fit_sasrec(
         {f"u{u}": s for u, s in enumerate(seqs)},
         NUM_ITEMS,

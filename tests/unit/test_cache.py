@@ -33,9 +33,7 @@ def test_the_code_version_follows_what_the_code_does_not_how_it_reads(tmp_path):
     v0 = version("v0")
     assert len(v0) == 12 and version("again") == v0
     # a comment, a docstring, a reformatting: the same code
-    assert (
-        version("doc", {"scale.py": '"""Scales by two."""\n# eq. 3\ndef scale( x ):\n    return 2*x\n'}) == v0
-    )
+    assert version("doc", {"scale.py": '"""Scales by two."""\n# eq. 3\ndef scale( x ):\n    return 2*x\n'}) == v0
     # presentation modules (tables, plots, CLIs) never compute a stage's output
     assert version("report", {"report.py": "def table():\n    return 'x'\n"}) == v0
     # what the code computes, in any module: a new version

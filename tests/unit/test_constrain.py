@@ -47,9 +47,7 @@ class MergeTokenizer:
         return {"input_ids": self.encode(text)}
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
-        return "".join(
-            "" if (i < 3 and skip_special_tokens) or i >= len(self) else self.vocab[i] for i in ids
-        )
+        return "".join("" if (i < 3 and skip_special_tokens) or i >= len(self) else self.vocab[i] for i in ids)
 
     def batch_decode(self, rows, skip_special_tokens: bool = False) -> list[str]:
         return [self.decode(r, skip_special_tokens) for r in rows]
@@ -100,9 +98,7 @@ def test_every_answer_is_a_valid_list_of_distinct_candidates(engine, temperature
             assert text.split(HEADER)[0].strip(), "the preamble is the model's own free text"
     forced = [t for t in answers if HEADER in t]
     assert len(forced) >= len(answers) // 2
-    reasons = {
-        line.split(" -", 1)[1] for t in forced for line in t.split(HEADER + "\n")[1].splitlines() if line
-    }
+    reasons = {line.split(" -", 1)[1] for t in forced for line in t.split(HEADER + "\n")[1].splitlines() if line}
     assert len(reasons) > 1  # reasons are written by the model, not forced
     free = gen.sample(PROMPTS, n=n, temperature=temperature, top_p=0.95, max_new_tokens=160, seed=3)
     assert not any(parse_recommendation(t, list(TITLES), 3).valid for row in free for t in row)
@@ -125,11 +121,7 @@ def test_a_short_budget_still_ends_in_a_valid_list():
 
 def feed(state, tok, text):
     for t in tok.encode(text):
-        assert state.allowed()[0] != "ids" or t in state.allowed()[1].tolist(), (
-            text,
-            tok.vocab[t],
-            state.mode,
-        )
+        assert state.allowed()[0] != "ids" or t in state.allowed()[1].tolist(), (text, tok.vocab[t], state.mode)
         state.advance(t)
 
 

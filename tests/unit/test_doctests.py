@@ -11,9 +11,7 @@ import pytest
 
 import rlrec
 
-MODULES = sorted(
-    m.name for m in pkgutil.walk_packages(rlrec.__path__, "rlrec.") if not m.name.endswith("__main__")
-)
+MODULES = sorted(m.name for m in pkgutil.walk_packages(rlrec.__path__, "rlrec.") if not m.name.endswith("__main__"))
 
 
 def _has_examples(name: str) -> bool:

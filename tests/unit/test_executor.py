@@ -70,9 +70,7 @@ def _events(ctx, stage):
 
 
 def test_rewards_are_bit_identical_in_process_and_in_worker_processes(tiny_prep, inputs, tmp_path):
-    as_configured = {
-        o: instantiate(OmegaConf.load(CONF / "executor" / f"{o}.yaml")) for o in ("serial", "joblib")
-    }
+    as_configured = {o: instantiate(OmegaConf.load(CONF / "executor" / f"{o}.yaml")) for o in ("serial", "joblib")}
     assert isinstance(as_configured["serial"], Serial) and isinstance(as_configured["joblib"], Joblib)
     serial = _context(tmp_path / "serial", tiny_prep, as_configured["serial"])
     workers = _context(tmp_path / "joblib", tiny_prep, as_configured["joblib"])
@@ -95,9 +93,7 @@ def test_rewards_are_bit_identical_through_submitit_local_processes(tiny_prep, i
     from rlrec.executor import Submitit
 
     serial = _context(tmp_path / "serial", tiny_prep, Serial(threads=1))
-    array = _context(
-        tmp_path / "submitit", tiny_prep, Submitit(folder=str(tmp_path / "jobs"), cluster="local")
-    )
+    array = _context(tmp_path / "submitit", tiny_prep, Submitit(folder=str(tmp_path / "jobs"), cluster="local"))
     assert np.array_equal(_score(serial, inputs), _score(array, inputs))
     assert [e["cached"] for e in _events(array, "feedback_fit/validator")] == [False] * 4
     assert len(list((tmp_path / "jobs").glob("*_log.out"))) == 4  # the shards ran as submitit jobs

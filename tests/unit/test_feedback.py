@@ -71,9 +71,7 @@ def test_validator_prefers_informative_text(world, tmp_path):
     texts = [[true[u - 1], wrong[u - 1]] for u in users]
     r = v.score(users, texts, vecs)
     assert r.shape == (len(users), 2) and np.isfinite(r).all() and ((r >= 0) & (r <= 1)).all()
-    assert (r[:, 0] > r[:, 1]).mean() >= 0.75, (
-        f"informative text won for only {(r[:, 0] > r[:, 1]).mean():.2f}"
-    )
+    assert (r[:, 0] > r[:, 1]).mean() >= 0.75, f"informative text won for only {(r[:, 0] > r[:, 1]).mean():.2f}"
 
 
 @pytest.mark.parametrize("reward", ["ndcg", "loglik"])
@@ -148,9 +146,7 @@ def test_list_loglik_is_the_mean_log_softmax_of_the_positives():
     assert np.isnan(out[1])  # no positive: no evidence
     assert out[2] == pytest.approx(np.log(0.25))
     with pytest.raises(ValueError, match="feedback.reward"):
-        RecommenderFeedback.__init__(
-            object.__new__(RecommenderFeedback), None, None, None, None, None, reward="auc"
-        )
+        RecommenderFeedback.__init__(object.__new__(RecommenderFeedback), None, None, None, None, None, reward="auc")
 
 
 def test_a_cross_fitted_validator_never_trains_on_a_user_it_scores(world, tmp_path):
@@ -168,9 +164,7 @@ def test_a_cross_fitted_validator_never_trains_on_a_user_it_scores(world, tmp_pa
         build = shard.make()
         users = {s: set(build.keywords[s].tensors["user"].tolist()) for s in ("train", "valid")}
         assert users["train"] and users["valid"]
-        assert not any(v.folds.of[u] == k for u in users["train"] | users["valid"]), (
-            f"fold {k} trains on its own"
-        )
+        assert not any(v.folds.of[u] == k for u in users["train"] | users["valid"]), f"fold {k} trains on its own"
         trained_on[k] = users["train"] | users["valid"]
 
     class Recorder(torch.nn.Module):  # stands in for fold k's fitted model and records whom it scores
@@ -178,9 +172,7 @@ def test_a_cross_fitted_validator_never_trains_on_a_user_it_scores(world, tmp_pa
             super().__init__()
             self.k, self.seen = k, set()
             self.embedding = torch.nn.Module()
-            self.embedding.register_buffer(
-                "user_knowledge", torch.zeros(prep.spec.num_users + 1, table.shape[1])
-            )
+            self.embedding.register_buffer("user_knowledge", torch.zeros(prep.spec.num_users + 1, table.shape[1]))
 
         def forward(self, batch):
             self.seen |= set(batch["user"].tolist())

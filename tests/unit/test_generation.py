@@ -57,12 +57,7 @@ def tiny_llama(vocab: int = V, heads: int = 4, kv_heads: int = 2, seed: int = 0,
     return model
 
 
-PROMPTS = [
-    "Alice likes noir films.",
-    "Bob",
-    "Carol watched Heat (1995) twice and loved it.",
-    "Dan hates musicals.",
-]
+PROMPTS = ["Alice likes noir films.", "Bob", "Carol watched Heat (1995) twice and loved it.", "Dan hates musicals."]
 
 
 def count_calls(model) -> list[int]:
@@ -132,9 +127,7 @@ def test_lora_merged_samples_the_adapted_model_and_restores_the_base_weights_exa
             merged = model(input_ids=ids).logits
             assert n == 8  # 2 layers x q, k, v, o
             base = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
-            assert not torch.equal(
-                base, before["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"]
-            )
+            assert not torch.equal(base, before["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"])
         after = model(input_ids=ids).logits
     torch.testing.assert_close(merged, adapted, rtol=1e-5, atol=1e-5)  # the same function, one matmul each
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # bit for bit
@@ -328,7 +321,5 @@ def test_prompts_sharing_a_long_prefix_prefill_it_once_and_still_match_hf():
     header = "Here is a list of movies that a user has watched: "  # > MIN_COMMON_PREFIX tokens
     prompts = [header + p for p in PROMPTS]
     gen = Generator(model, tok, progress=False, batch_size=4)
-    assert gen.greedy(prompts, max_new_tokens=8) == [
-        hf_greedy(model, tok, format_chat(tok, p), 8) for p in prompts
-    ]
+    assert gen.greedy(prompts, max_new_tokens=8) == [hf_greedy(model, tok, format_chat(tok, p), 8) for p in prompts]
     assert gen.last_stats.backend_calls == 1 + len(prompts) + 7  # common prefix, 4 prompts, 7 decode steps

@@ -13,9 +13,7 @@ class Encoder:
     key = "fake-encoder"
 
     def encode(self, texts):
-        return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=4) for t in texts]).astype(
-            np.float32
-        )
+        return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=4) for t in texts]).astype(np.float32)
 
 
 class Policy:

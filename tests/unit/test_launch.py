@@ -48,11 +48,7 @@ def new_task(llm) -> PreferenceTask:
 
 
 GROUPS = [
-    {
-        "prompt": f"user {i} likes",
-        "chosen": f"film {i} with dragons",
-        "rejected": [f"no {i}", f"maybe {i} later"],
-    }
+    {"prompt": f"user {i} likes", "chosen": f"film {i} with dragons", "rejected": [f"no {i}", f"maybe {i} later"]}
     for i in range(4)
 ]
 
@@ -73,9 +69,7 @@ def reference_job(task: PreferenceTask, groups, P):
 def test_two_ranks_write_one_adapter_equal_to_one_process_with_twice_the_batch(tmp_path):
     llm = tiny_random(tmp_path)
     two = tmp_path / "two" / "adapter"
-    metrics, curve = train_preference(
-        new_task(llm), GROUPS, preference(1), factory(tmp_path, 2), 0, None, two
-    )
+    metrics, curve = train_preference(new_task(llm), GROUPS, preference(1), factory(tmp_path, 2), 0, None, two)
     written = sorted(p.parent for p in tmp_path.rglob("adapter_config.json"))
     assert written == [two]  # rank 0 alone published it
     assert len(curve) == 2 and "align/sdpo_loss" in metrics  # 4 groups / (2 ranks × batch 1)

@@ -68,9 +68,7 @@ def test_field_self_attention_cpu_path_equals_sdpa(scale, residual):
     layer = FieldSelfAttention(6, head_dim=4, num_heads=2, residual=residual, scale=scale)
     x = torch.randn(7, 5, 6, requires_grad=True)  # (B, F, D_in)
     q, k, v = layer.qkv(x).view(7, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
-    ref = (
-        F.scaled_dot_product_attention(q, k, v, scale=None if scale else 1.0).transpose(1, 2).reshape(7, 5, 8)
-    )
+    ref = F.scaled_dot_product_attention(q, k, v, scale=None if scale else 1.0).transpose(1, 2).reshape(7, 5, 8)
     if residual:
         ref = ref + layer.residual(x)
     ref = torch.relu(ref)
@@ -215,8 +213,7 @@ def test_weighted_bag_and_gather_rows_match_torch_with_exact_gradients():
     torch.testing.assert_close(rows, F.embedding(idx, table))
     grad = torch.randn(3, 4, 3, dtype=torch.double, generator=g)
     torch.testing.assert_close(
-        torch.autograd.grad(rows, table, grad)[0],
-        torch.autograd.grad(F.embedding(idx, table), table, grad)[0],
+        torch.autograd.grad(rows, table, grad)[0], torch.autograd.grad(F.embedding(idx, table), table, grad)[0]
     )
     assert gradcheck(lambda t: GatherRows.apply(t, idx), (table,))
 
@@ -281,9 +278,7 @@ def test_compiled_kernels_equal_their_eager_form(compiling):
         bwd = dice_backward(grad, x, alpha, fwd[1], fwd[2], fwd[4])
         att = few_field_attention(qkv, 0.5)
         att_grad = few_field_attention_grad(out_grad, qkv, att[1], 0.5)
-        ws = tuple(
-            torch.randn(16, generator=g) * 0.1 for _ in range(3)
-        )  # gradients stay O(1): fp32 tolerances
+        ws = tuple(torch.randn(16, generator=g) * 0.1 for _ in range(3))  # gradients stay O(1): fp32 tolerances
         xs = tuple(torch.randn(300, 16, generator=g) for _ in range(3))
         ss = tuple(x @ w[:, None] for x, w in zip(xs, ws))
         cross = cross_v1_grad(grad, x, ws, xs, ss)

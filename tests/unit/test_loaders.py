@@ -76,24 +76,9 @@ def test_movielens1m_maps_every_field(tmp_path):
     assert data.interactions["timestamp"].dtype == np.int64
 
     users = data.users.set_index("user_id")
-    assert users.loc[1, ["gender", "age", "occupation", "zip"]].tolist() == [
-        "female",
-        "under 18",
-        "K-12 student",
-        "4",
-    ]
-    assert users.loc[2, ["gender", "age", "occupation", "zip"]].tolist() == [
-        "male",
-        "56+",
-        "self-employed",
-        "7",
-    ]
-    assert users.loc[3, ["gender", "age", "occupation", "zip"]].tolist() == [
-        "male",
-        "25-34",
-        "scientist",
-        "5",
-    ]
+    assert users.loc[1, ["gender", "age", "occupation", "zip"]].tolist() == ["female", "under 18", "K-12 student", "4"]
+    assert users.loc[2, ["gender", "age", "occupation", "zip"]].tolist() == ["male", "56+", "self-employed", "7"]
+    assert users.loc[3, ["gender", "age", "occupation", "zip"]].tolist() == ["male", "25-34", "scientist", "5"]
     assert data.user_features == ("gender", "age", "occupation", "zip")
 
     items = data.items.set_index("item_id")
@@ -177,12 +162,7 @@ def test_movielens100k_embedded_counts_and_features(ml100k):
     assert set(users["gender"]) == {"male", "female"}
     assert set(users["age"]) <= {"under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+"}
     # GroupLens u.user line 1: "1|24|M|technician|85711"
-    assert users.loc[1, ["gender", "age", "occupation", "zip"]].tolist() == [
-        "male",
-        "18-24",
-        "technician",
-        "8",
-    ]
+    assert users.loc[1, ["gender", "age", "occupation", "zip"]].tolist() == ["male", "18-24", "technician", "8"]
 
 
 def test_movielens100k_folder_without_files(tmp_path):
@@ -250,19 +230,9 @@ META = [
         "imageURL": [],
         "imageURLHigh": [],
     },
-    {
-        "category": ["Books"],
-        "title": "Mog's Christmas",
-        "brand": "",
-        "main_cat": "Books",
-        "asin": "0001061240",
-    },
+    {"category": ["Books"], "title": "Mog's Christmas", "brand": "", "main_cat": "Books", "asin": "0001061240"},
     {"category": ["Books", "Arts"], "title": "Unreviewed", "brand": "X", "asin": "9999999999"},
-    {
-        "category": ["Books", "Children's Books"],
-        "title": "The King, the Mice and the Cheese",
-        "asin": "0001713353",
-    },
+    {"category": ["Books", "Children's Books"], "title": "The King, the Mice and the Cheese", "asin": "0001713353"},
 ]
 
 
@@ -340,9 +310,7 @@ def test_amazon_non_utf8_names_file(tmp_path):
     folder = write_amazon(tmp_path / "amazon")
     with gzip.open(folder / "Books_5.json.gz", "wb") as fh:
         fh.write(json.dumps(REVIEWS[0]).encode() + b"\n")
-        fh.write(
-            b'{"reviewerID": "A", "asin": "B", "overall": 5.0, "unixReviewTime": 1, "reviewText": "caf\xe9"}\n'
-        )
+        fh.write(b'{"reviewerID": "A", "asin": "B", "overall": 5.0, "unixReviewTime": 1, "reviewText": "caf\xe9"}\n')
     with pytest.raises(DataError, match=r"Books_5\.json\.gz: cannot read .*UTF-8"):
         load_amazon(str(folder))
 
@@ -351,9 +319,7 @@ def test_amazon_missing_review_field(tmp_path):
     r = review("A", "0001713353", 5.0, 1)
     del r["unixReviewTime"]
     folder = write_amazon(tmp_path / "amazon", reviews=[r])
-    with pytest.raises(
-        DataError, match=r"Books_5\.json\.gz: line 1: missing field\(s\) \['unixReviewTime'\]"
-    ):
+    with pytest.raises(DataError, match=r"Books_5\.json\.gz: line 1: missing field\(s\) \['unixReviewTime'\]"):
         load_amazon(str(folder))
 
 
@@ -382,13 +348,7 @@ def test_amazon_missing_files_and_path(tmp_path):
 # --------------------------------------------------------------------------------- Last.fm
 
 LASTFM = {
-    "user_artists.dat": [
-        "userID\tartistID\tweight",
-        "2\t51\t13883",
-        "2\t52\t11690",
-        "3\t51\t100",
-        "3\t52\t7",
-    ],
+    "user_artists.dat": ["userID\tartistID\tweight", "2\t51\t13883", "2\t52\t11690", "3\t51\t100", "3\t52\t7"],
     "artists.dat": [
         "id\tname\turl\tpictureURL",
         "51\tDuran Duran\thttp://www.last.fm/music/Duran+Duran\thttp://userserve-ak.last.fm/serve/252/155668.jpg",
@@ -460,9 +420,7 @@ def test_lastfm_without_tags_file_uses_tag_ids(tmp_path):
 
 
 def test_lastfm_missing_column_names_file_and_column(tmp_path):
-    folder = write_lastfm(
-        tmp_path / "lastfm", **{"user_artists.dat": ["userID\tartistID\tplays", "2\t51\t1"]}
-    )
+    folder = write_lastfm(tmp_path / "lastfm", **{"user_artists.dat": ["userID\tartistID\tplays", "2\t51\t1"]})
     with pytest.raises(DataError) as e:
         load_lastfm(str(folder))
     assert "user_artists.dat" in str(e.value) and "'weight'" in str(e.value)
@@ -479,9 +437,7 @@ def test_lastfm_non_numeric_value_names_line(tmp_path):
     lines = list(LASTFM["user_artists.dat"])
     lines[3] = "3\t51\tlots"  # file line 4 (line 1 is the header)
     folder = write_lastfm(tmp_path / "lastfm", **{"user_artists.dat": lines})
-    with pytest.raises(
-        DataError, match=r"user_artists\.dat: line 4: field 'weight' must be numeric, got 'lots'"
-    ):
+    with pytest.raises(DataError, match=r"user_artists\.dat: line 4: field 'weight' must be numeric, got 'lots'"):
         load_lastfm(str(folder))
 
 
@@ -509,15 +465,7 @@ EXAMPLES = pd.DataFrame(
             "tv",
         ],
         "query_id": [0, 0, 0, 1, 1, 2, 3],
-        "product_id": [
-            "B000MOO21W",
-            "B07X3Y6B1V",
-            "B07WDM7MQQ",
-            "B075SCHMPY",
-            "B08L3B9B9P",
-            "B07ES1",
-            "B0TV01",
-        ],
+        "product_id": ["B000MOO21W", "B07X3Y6B1V", "B07WDM7MQQ", "B075SCHMPY", "B08L3B9B9P", "B07ES1", "B0TV01"],
         "product_locale": ["us", "us", "us", "us", "us", "es", "us"],
         "esci_label": ["I", "E", "S", "C", "E", "E", "E"],
         "small_version": [1, 1, 1, 1, 1, 1, 0],
@@ -527,15 +475,7 @@ EXAMPLES = pd.DataFrame(
 )
 PRODUCTS = pd.DataFrame(
     {
-        "product_id": [
-            "B000MOO21W",
-            "B07X3Y6B1V",
-            "B07WDM7MQQ",
-            "B075SCHMPY",
-            "B08L3B9B9P",
-            "B07ES1",
-            "B0TV01",
-        ],
+        "product_id": ["B000MOO21W", "B07X3Y6B1V", "B07WDM7MQQ", "B075SCHMPY", "B08L3B9B9P", "B07ES1", "B0TV01"],
         "product_title": [
             "Panasonic FV-20VQ3 Fan",
             "Homewerks 7141-80 Fan",

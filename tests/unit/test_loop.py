@@ -64,9 +64,7 @@ class StubDownstream:
 
     def probe(self, policy, name):
         self.probed.append(f"{name}:{policy.key}")
-        return Probe(
-            name, fingerprint(name, policy.key), {1: policy.key}, metrics={"probe/version": policy.version}
-        )
+        return Probe(name, fingerprint(name, policy.key), {1: policy.key}, metrics={"probe/version": policy.version})
 
 
 def encode(texts):
@@ -74,9 +72,7 @@ def encode(texts):
     return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8) for t in texts])
 
 
-def run(
-    tmp_path, rounds, feedback=None, downstream=None, users=3, pairs="best_vs_all", heldout=0, policy=None
-):
+def run(tmp_path, rounds, feedback=None, downstream=None, users=3, pairs="best_vs_all", heldout=0, policy=None):
     log: list = []
     feedback = feedback or ScriptedFeedback()
     downstream = downstream or StubDownstream()
@@ -111,9 +107,7 @@ def test_rewards_reach_the_pairs(tmp_path):
     for chosen, rejected in trained:  # best = the highest sample index, against all others
         assert chosen.endswith("|2") and sorted(r[-1] for r in rejected) == ["0", "1"]
     m = rounds[1].metrics
-    assert (
-        m["reward/mean"] == pytest.approx(1.0) and m["reward/best_mean"] == 2.0 and m["reward/spread"] == 2.0
-    )
+    assert m["reward/mean"] == pytest.approx(1.0) and m["reward/best_mean"] == 2.0 and m["reward/spread"] == 2.0
     assert m["pairs/groups"] == 2
 
 
@@ -193,9 +187,7 @@ def test_heldout_users_never_train_and_measure_the_round(tmp_path):
         m = r.metrics
         assert m["heldout/users"] == 3 and m["heldout/pairs"] == 3
         assert m["heldout/reward_gain"] == pytest.approx(np.mean([1 + u / 10 for u in held]))
-        assert m["heldout/reward_after"] - m["heldout/reward_before"] == pytest.approx(
-            m["heldout/reward_gain"]
-        )
+        assert m["heldout/reward_after"] - m["heldout/reward_before"] == pytest.approx(m["heldout/reward_gain"])
         assert m["heldout/p"] < 0.01
 
 
@@ -222,9 +214,7 @@ def test_a_user_nothing_could_score_is_left_out_silently():
 def test_each_round_reports_its_rewards_split_half_reliability(tmp_path):
     rounds, *_ = run(tmp_path, rounds=1, feedback=VersionFeedback(noise=0.0), users=4)
     m = rounds[1].metrics
-    assert (
-        m["reliability/spearman"] == 1.0 and m["reliability/same_best"] == 1.0 and m["reliability/users"] == 4
-    )
+    assert m["reliability/spearman"] == 1.0 and m["reliability/same_best"] == 1.0 and m["reliability/users"] == 4
     rounds, *_ = run(tmp_path / "noisy", rounds=1, feedback=VersionFeedback(noise=10.0), users=5)
     assert rounds[1].metrics["reliability/spearman"] < 0.9
 
@@ -242,9 +232,7 @@ class PairwiseFeedback(ScriptedFeedback):
     def score(self, users, texts, vectors):
         self.scored += 1
         self.widths.append(len(texts[0]))
-        v = np.array(
-            [[int(t.split("|")[1][1:]) + 0.1 * int(t.rsplit("|", 1)[1]) for t in row] for row in texts]
-        )
+        v = np.array([[int(t.split("|")[1][1:]) + 0.1 * int(t.rsplit("|", 1)[1]) for t in row] for row in texts])
         wins = (v[:, :, None] > v[:, None, :]).sum(-1) + 0.5 * ((v[:, :, None] == v[:, None, :]).sum(-1) - 1)
         return wins / (v.shape[1] - 1)
 

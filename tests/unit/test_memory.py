@@ -40,11 +40,7 @@ def test_importing_rlrec_bounds_the_onednn_shape_caches_unless_the_user_set_them
     import sys
 
     code = "import os, rlrec; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["128", "64"]
     env["LRU_CACHE_CAPACITY"] = "7"

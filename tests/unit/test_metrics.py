@@ -6,11 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torchmetrics.functional.retrieval import (
-    retrieval_auroc,
-    retrieval_average_precision,
-    retrieval_normalized_dcg,
-)
+from torchmetrics.functional.retrieval import retrieval_auroc, retrieval_average_precision, retrieval_normalized_dcg
 
 from rlrec.metrics import list_metrics, user_auc
 

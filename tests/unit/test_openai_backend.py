@@ -51,9 +51,7 @@ class FakeServer:
         if h.path == "/v1/load_lora_adapter":
             name = body["lora_name"]
             if name in self.loaded:  # vLLM's words
-                return self.send(
-                    h, 400, {"error": {"message": f"The lora adapter '{name}' has already been loaded."}}
-                )
+                return self.send(h, 400, {"error": {"message": f"The lora adapter '{name}' has already been loaded."}})
             self.loaded.add(name)
             return self.send(h, 200, f"Success: LoRA adapter '{name}' added successfully.")
         if body["model"] not in {self.base, *self.loaded}:
@@ -62,11 +60,7 @@ class FakeServer:
             text = f"{body['model']}|{body['messages'][-1]['content']}|{body['seed']}"
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
         else:
-            choice = {
-                "index": 0,
-                "text": f"{body['model']}|{body['prompt']}|{body['seed']}",
-                "finish_reason": "length",
-            }
+            choice = {"index": 0, "text": f"{body['model']}|{body['prompt']}|{body['seed']}", "finish_reason": "length"}
         h.send_json({"choices": [choice], "usage": {"completion_tokens": 3}})
 
     @staticmethod
@@ -135,9 +129,7 @@ def test_one_request_per_sample_with_its_own_seed_retried_and_cached(servers, tm
 
     assert gen.greedy(["u4"], max_new_tokens=4)[0].startswith("base|u4|")
     assert server.requests[-1]["body"]["temperature"] == 0.0
-    raw = Generator(
-        "base", None, backend="openai", base_url=server.url, chat=False, progress=False, api_key_env=""
-    )
+    raw = Generator("base", None, backend="openai", base_url=server.url, chat=False, progress=False, api_key_env="")
     assert raw.sample(["p"], n=2, max_new_tokens=4)[0][0].startswith("base|p|")
     assert server.requests[-1]["path"] == "/v1/completions" and server.requests[-1]["auth"] is None
 
@@ -205,9 +197,7 @@ def test_a_policy_adapter_is_loaded_once_per_server_and_named_in_requests(server
     aligned = base.with_adapter(folder, key="k1")
     aligned.progress = False
     after = aligned.sample(prompts, seed=3)
-    assert after == [
-        [t.replace("base|", "rlrec-k1|", 1) for t in row] for row in before
-    ]  # same seeds, adapter's texts
+    assert after == [[t.replace("base|", "rlrec-k1|", 1) for t in row] for row in before]  # same seeds, adapter's texts
     for s in (a, b):
         loads = [r["body"] for r in s.requests if r["path"] == "/v1/load_lora_adapter"]
         assert loads == [{"lora_name": "rlrec-k1", "lora_path": str(folder.resolve())}]  # once per server
@@ -236,9 +226,7 @@ def test_a_full_fine_tune_is_refused_by_the_served_backends(tmp_path):
 def test_a_server_without_runtime_lora_loading_says_how_to_start_it(servers, tmp_path):
     server = servers()
     server.fail_first = [404]
-    gen = Generator(
-        "base", backend=OpenAIBackend(server.url, "base", adapter=("x", str(tmp_path))), progress=False
-    )
+    gen = Generator("base", backend=OpenAIBackend(server.url, "base", adapter=("x", str(tmp_path))), progress=False)
     with pytest.raises(RuntimeError, match="VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"):
         gen.sample(["x"], n=1)
 
@@ -263,9 +251,7 @@ class FakeLLM:
         name = lora_request.lora_name if lora_request is not None else "base"
         out = types.SimpleNamespace(text=None, token_ids=[1, 2], finish_reason="stop")
         return [
-            types.SimpleNamespace(
-                outputs=[types.SimpleNamespace(**{**vars(out), "text": f"{name}|{p.seed}"})]
-            )
+            types.SimpleNamespace(outputs=[types.SimpleNamespace(**{**vars(out), "text": f"{name}|{p.seed}"})])
             for p in params
         ]
 
@@ -295,9 +281,7 @@ def test_in_process_vllm_gets_a_lora_request_per_adapter_on_one_engine(fake_vllm
         texts = gen.sample(["p", "q"], n=2, seed=7)
         call = gen.backend.llm.calls[-1]
         seen[key] = call["lora"]
-        assert [p.seed for p in call["params"]] == [
-            sample_seed(7, p, i) % 2**31 for p in ("p", "q") for i in (0, 1)
-        ]
+        assert [p.seed for p in call["params"]] == [sample_seed(7, p, i) % 2**31 for p in ("p", "q") for i in (0, 1)]
         assert texts[0][0] == f"{'base' if adapter is None else adapter[0]}|{call['params'][0].seed}"
     assert fake_vllm.built == [
         {"model": "/models/smol", "enable_prefix_caching": True, "enable_lora": True, "max_lora_rank": 8}
@@ -315,12 +299,8 @@ def test_in_process_vllm_on_cpu_prefills_each_prompt_in_one_step(fake_vllm, monk
     Generator("/models/smol", None, backend="vllm", chat=False, progress=False)
     Generator("/models/smol", None, backend="vllm", chat=False, progress=False, max_model_len=1024)
     assert [
-        (b["enable_chunked_prefill"], b["max_model_len"], b["max_num_batched_tokens"])
-        for b in fake_vllm.built
-    ] == [
-        (False, 4096, 4096),
-        (False, 1024, 1024),
-    ]
+        (b["enable_chunked_prefill"], b["max_model_len"], b["max_num_batched_tokens"]) for b in fake_vllm.built
+    ] == [(False, 4096, 4096), (False, 1024, 1024)]
 
 
 def test_a_policy_passes_its_engine_args_to_in_process_vllm(fake_vllm, tmp_path, monkeypatch):
@@ -337,6 +317,4 @@ def test_a_policy_passes_its_engine_args_to_in_process_vllm(fake_vllm, tmp_path,
     policy.progress = False
     policy.generator  # noqa: B018 (building it builds the engine)
     assert fake_vllm.built[-1]["gpu_memory_utilization"] == 0.4
-    assert fake_vllm.built[-1]["enable_lora"] is True and fake_vllm.built[-1]["model"] == str(
-        tmp_path / "weights"
-    )
+    assert fake_vllm.built[-1]["enable_lora"] is True and fake_vllm.built[-1]["model"] == str(tmp_path / "weights")

@@ -45,9 +45,7 @@ def test_auto_picks_bf16_per_workload_by_the_measured_speedup_and_caches_it(tmp_
 
 def test_auto_needs_a_clear_win_and_explicit_values_pass_through(tmp_path, monkeypatch):
     monkeypatch.delenv(precision.PINNED)  # the probe decides, as on a user's machine
-    monkeypatch.setattr(
-        precision, "measure", fake_measure({"llm": precision.MIN_SPEEDUP - 0.01, "ctr": 3.0})[0]
-    )
+    monkeypatch.setattr(precision, "measure", fake_measure({"llm": precision.MIN_SPEEDUP - 0.01, "ctr": 3.0})[0])
     assert precision.resolve("auto", "llm", "cpu", tmp_path) == "32-true"
     assert precision.resolve("auto", "ctr", "cpu", tmp_path) == "bf16-mixed"
     assert precision.resolve("32-true", "ctr", "cpu", tmp_path) == "32-true"
@@ -177,15 +175,10 @@ def test_sampler_under_bf16_autocast_keeps_the_next_token_distribution_and_its_o
 
     gens = {p: Generator(model, tok, "tiny", tmp_path / p, chat=False, progress=False, precision=p)
             for p in ("32-true", "bf16-mixed")}  # fmt: skip
-    out = {
-        p: g.sample(["user abc likes", "user xyz hates"], n=3, max_new_tokens=6, seed=1)
-        for p, g in gens.items()
-    }
+    out = {p: g.sample(["user abc likes", "user xyz hates"], n=3, max_new_tokens=6, seed=1) for p, g in gens.items()}
     assert {len(row) for rows in out.values() for row in rows} == {3}
     assert gens["bf16-mixed"].backend.name == "hf-bf16-mixed-kv16" and gens["32-true"].backend.name == "hf"
-    exact = Generator(
-        model, tok, "tiny", tmp_path / "x", progress=False, precision="bf16-mixed", kv_dtype="float32"
-    )
+    exact = Generator(model, tok, "tiny", tmp_path / "x", progress=False, precision="bf16-mixed", kv_dtype="float32")
     assert exact.backend.name == "hf-bf16-mixed"  # an fp32 cache's texts keep their earlier keys
 
 
@@ -227,9 +220,7 @@ def fit_auc(tiny_prep, precision_: str) -> float:
 
     t = ctr_tensors(tiny_prep, "train")
     t["label"] = (t["item"] % 2 == 0).float()
-    task = CTRTask(
-        build("deepfm", tiny_prep.spec, seed=0), optimizer=lambda ps: torch.optim.Adam(ps, lr=1e-2)
-    )
+    task = CTRTask(build("deepfm", tiny_prep.spec, seed=0), optimizer=lambda ps: torch.optim.Adam(ps, lr=1e-2))
     pl.seed_everything(0, verbose=False)
     pl.Trainer(max_epochs=15, accelerator="cpu", precision=precision_, logger=False, enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False).fit(task, TensorBatches(t, 64, shuffle=True))  # fmt: skip
@@ -293,10 +284,7 @@ def test_cast_linear_weights_gives_autocasts_outputs_and_restores_the_parameters
     with torch.inference_mode():
         with precision.autocast("bf16-mixed"):
             want, want_tied = model(input_ids=ids).logits, tied(x)
-        with (
-            precision.cast_linear_weights(model, "bf16-mixed"),
-            precision.cast_linear_weights(tied, "bf16-mixed"),
-        ):
+        with precision.cast_linear_weights(model, "bf16-mixed"), precision.cast_linear_weights(tied, "bf16-mixed"):
             assert model.lm_head.weight.dtype == torch.bfloat16
             assert model.model.embed_tokens.weight.dtype == torch.float32  # embeddings are not linears
             assert tied[0].weight is tied[1].weight and tied[0].bias.dtype == torch.bfloat16
@@ -333,9 +321,7 @@ def test_last_logits_are_the_last_positions_logits_with_left_padding_and_a_cache
 
     class Full(torch.nn.Module):  # a model that ignores logits_to_keep
         def forward(self, input_ids, logits_to_keep=None):
-            return type(
-                "Out", (), {"logits": torch.arange(input_ids.numel() * 3.0).view(*input_ids.shape, 3)}
-            )()
+            return type("Out", (), {"logits": torch.arange(input_ids.numel() * 3.0).view(*input_ids.shape, 3)})()
 
     got, _ = last_logits(Full(), torch.zeros(2, 4, dtype=torch.long))
     assert torch.equal(got, torch.tensor([[9.0, 10, 11], [21, 22, 23]]))

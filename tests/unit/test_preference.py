@@ -66,11 +66,7 @@ def pref_examples(n: int, seed: int, k: int = 2) -> list[dict]:
     rng = random.Random(seed)
     word = lambda m: "".join(rng.choice("abcdefgh") for _ in range(m))  # noqa: E731
     return [
-        {
-            "prompt": f"user {word(6)} likes",
-            "chosen": word(3) + "ZZ" + word(2),
-            "rejected": [word(7) for _ in range(k)],
-        }
+        {"prompt": f"user {word(6)} likes", "chosen": word(3) + "ZZ" + word(2), "rejected": [word(7) for _ in range(k)]}
         for _ in range(n)
     ]
 
@@ -120,9 +116,7 @@ def test_completion_logps_matches_full_logits():
 def test_shared_prompt_logps_equal_full_sequences_in_value_and_gradient(checkpoint_prompt):
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(
-        tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    )
+    model = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     examples = pref_examples(3, seed=7, k=3)
     examples[0]["prompt"] = "a much longer prompt than the others"  # uneven prompts: real left padding
     examples[1]["rejected"] = examples[1]["rejected"][:1]  # padded negatives: empty completion rows
@@ -148,8 +142,7 @@ def test_checkpointed_prompt_replays_dropout_and_frees_the_prompt_activations():
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(
-        tiny_llama(),
-        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.3, init_lora_weights=False),
+        tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.3, init_lora_weights=False)
     ).train()
     ds = PreferenceDataset(pref_examples(2, seed=3, k=2), CharTokenizer())
     b = ds.collate([ds[i] for i in range(2)])
@@ -158,9 +151,7 @@ def test_checkpointed_prompt_replays_dropout_and_frees_the_prompt_activations():
     for ckpt in (False, True):
         saved = []
         torch.manual_seed(11)
-        with torch.autograd.graph.saved_tensors_hooks(
-            lambda t, s=saved: s.append(t.numel()) or t, lambda t: t
-        ):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, s=saved: s.append(t.numel()) or t, lambda t: t):
             logps = shared_prompt_logps(
                 model, b["prompt_input_ids"], b["prompt_attention_mask"], b["completion_input_ids"],
                 b["completion_attention_mask"], checkpoint_prompt=ckpt,
@@ -209,13 +200,9 @@ def test_sdpo_masked_negatives_are_dropped_and_large_rewards_stay_finite():
     mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]).bool()
     loss, _ = sdpo_loss(pc, pr, rc, rr, 1.0, rejected_mask=mask)
     for b in range(3):
-        alone, _ = sdpo_loss(
-            pc[b : b + 1], pr[b : b + 1, mask[b]], rc[b : b + 1], rr[b : b + 1, mask[b]], 1.0
-        )
+        alone, _ = sdpo_loss(pc[b : b + 1], pr[b : b + 1, mask[b]], rc[b : b + 1], rr[b : b + 1, mask[b]], 1.0)
         assert torch.allclose(loss[b], alone[0])
-    big, _ = sdpo_loss(
-        torch.zeros(1), torch.tensor([[900.0, 1000.0]]), torch.zeros(1), torch.zeros(1, 2), 1.0
-    )
+    big, _ = sdpo_loss(torch.zeros(1), torch.tensor([[900.0, 1000.0]]), torch.zeros(1), torch.zeros(1, 2), 1.0)
     assert torch.isfinite(big).all()  # S-DPO's raw exp would overflow here
 
 
@@ -271,9 +258,7 @@ def test_preference_batch_layout_truncation_and_padding():
     ids, cm, am = b["input_ids"], b["completion_mask"], b["attention_mask"]
     # rows: [chosen_0, chosen_1, rejected1_0, rejected1_1, rejected2_0, rejected2_1]
     assert ids[0, 4:8].tolist() == ds[0]["chosen"] and ids[2, 4:8].tolist() == ds[0]["rejected"][0]
-    assert (
-        ids[5].tolist() == tok("ab")["input_ids"] + [0] * 6 and not cm[5].any()
-    )  # missing negative: prompt only
+    assert ids[5].tolist() == tok("ab")["input_ids"] + [0] * 6 and not cm[5].any()  # missing negative: prompt only
     assert cm.sum(-1).tolist() == [4, 2, 4, 2, 2, 0]
     assert (am.sum(-1) == torch.tensor([8, 4, 8, 4, 6, 2])).all() and (ids[am == 0] == tok.pad_token_id).all()
     assert not (cm & ~am.bool()).any()  # right padding: completion tokens are real tokens
@@ -282,10 +267,7 @@ def test_preference_batch_layout_truncation_and_padding():
 def test_chat_template_applied_to_raw_prompts():
     tok = CharTokenizer()
     assert encode_prompt(tok, "hi", 100, chat_template=True) == tok("<user>hi<assistant>")["input_ids"]
-    assert (
-        encode_prompt(tok, [{"role": "user", "content": "hi"}], 100)
-        == tok("<user>hi<assistant>")["input_ids"]
-    )
+    assert encode_prompt(tok, [{"role": "user", "content": "hi"}], 100) == tok("<user>hi<assistant>")["input_ids"]
     assert encode_prompt(tok, "hi", 100) == tok("hi")["input_ids"]
     assert encode_completion(tok, "ok", 10)[-1] == tok.eos_token_id
 
@@ -344,9 +326,7 @@ def test_reference_base_disables_the_adapter_and_current_does_not():
     current = task.refs["train"][0].clone()
     task.reference = "base"
     task.precompute_reference(loader(ds))
-    assert torch.allclose(task.refs["train"][0], base_ref, atol=1e-5) and not torch.allclose(
-        current, base_ref
-    )
+    assert torch.allclose(task.refs["train"][0], base_ref, atol=1e-5) and not torch.allclose(current, base_ref)
     with pytest.raises(ValueError, match="LoRA"):
         PreferenceTask(tiny_llama(), lora=None, reference="base")
 
@@ -401,9 +381,7 @@ def test_fit_preference_logs_a_curve_and_evaluates_held_out_pairs():
 
 def test_sft_lowers_completion_loss_and_ignores_prompt_labels():
     tok = CharTokenizer()
-    ds = SFTDataset(
-        [{"prompt": f"is {c} good?", "completion": "Yes" if c < "e" else "No"} for c in "abcdefgh"], tok
-    )
+    ds = SFTDataset([{"prompt": f"is {c} good?", "completion": "Yes" if c < "e" else "No"} for c in "abcdefgh"], tok)
     task = SFTTask(tiny_llama(), lora=None, optimizer=adamw(1e-2))  # full fine-tuning
     batch = ds.collate(list(ds))
     with torch.no_grad():

@@ -48,16 +48,9 @@ def test_doctests(obj):
 
 def test_parse_well_formed():
     p = parse_recommendation(WELL_FORMED, MOVIES, k=3)
-    assert p.preferences == [
-        "Preference 1: Crime thrillers with twists",
-        "Preference 2: Character-driven drama",
-    ]
+    assert p.preferences == ["Preference 1: Crime thrillers with twists", "Preference 2: Character-driven drama"]
     assert p.items == [2, 1, 6]
-    assert p.reasons == [
-        "A twisty crime thriller.",
-        "A tense heist drama.",
-        "Dark crime with memorable characters.",
-    ]
+    assert p.reasons == ["A twisty crime thriller.", "A tense heist drama.", "Dark crime with memorable characters."]
     assert (p.invalid, p.duplicates, p.extra, p.valid) == (0, 0, 0, True)
 
 
@@ -151,15 +144,10 @@ in the suggested bands. The top recommendation, *The Horrors*, strongly aligns w
 """
     p = parse_recommendation(text, LASTFM, k=3)
     assert len(p.preferences) == 3 and p.preferences[2] == "Preference 3: Female vocals"
-    assert (
-        p.items == [13, 17, 14]
-        and p.reasons[1] == "This alternative rock band has a moody and atmospheric sound."
-    )
+    assert p.items == [13, 17, 14] and p.reasons[1] == "This alternative rock band has a moody and atmospheric sound."
     assert p.valid
     # "and" for "&", and a lower-case non-candidate line without a list marker still counts
-    p = parse_recommendation(
-        "Recommended:\nAngus and Julia Stone - folk\nradiohead - not listed", LASTFM, k=3
-    )
+    p = parse_recommendation("Recommended:\nAngus and Julia Stone - folk\nradiohead - not listed", LASTFM, k=3)
     assert (p.items, p.invalid) == ([3], 1)
 
 
@@ -199,9 +187,7 @@ def verdict_text(a=(4, 3, 5), b=(2, 4, 1), choice="A", bold=False) -> str:
     b_, lines = ("**" if bold else ""), []
     for name, s in (("A", a), ("B", b)):
         lines += [f"{b_}Option {name} Evaluation:{b_}"]
-        lines += [
-            f"- {c} Score: {v} Explanation." for c, v in zip(("Relevance", "Diversity", "Explainability"), s)
-        ]
+        lines += [f"- {c} Score: {v} Explanation." for c, v in zip(("Relevance", "Diversity", "Explainability"), s)]
         lines += [""]
     if choice is not None:
         lines += [f"{b_}Decision:{b_}", f"- Chosen Option: {choice}", "- Reasoning: Option B is weaker."]
@@ -285,9 +271,7 @@ def scripted(prefer: str | None = None, always: str | None = None, answer: str |
                 continue
             choice = always or ("A" if prefer in a else "B")
             out.append(
-                verdict_text(
-                    a=(3, 3, 5 if "good" in a else 2), b=(3, 3, 5 if "good" in b else 2), choice=choice
-                )
+                verdict_text(a=(3, 3, 5 if "good" in a else 2), b=(3, 3, 5 if "good" in b else 2), choice=choice)
             )
         return out
 
@@ -333,23 +317,12 @@ def test_judge_pairs_batches_and_stats():
     pairs = [("good 1", "bad 1"), ("bad 2", "good 2"), ("bad 3", "bad 4")]  # last: no "good" → always B
     results = judge_pairs(fn, render, pairs)
     assert len(fn.calls) == 1 and len(fn.calls[0]) == 6
-    assert [(r.winner, r.reason) for r in results] == [
-        (0, "consistent"),
-        (1, "consistent"),
-        (None, "inconsistent"),
-    ]
+    assert [(r.winner, r.reason) for r in results] == [(0, "consistent"), (1, "consistent"), (None, "inconsistent")]
     stats = JudgeStats().update(results).update([judge_pair(scripted(answer="??"), render, "x", "y")])
     d = stats.as_dict()
     assert {
-        k: d[k]
-        for k in ("judge/pairs", "judge/consistent", "judge/inconsistent", "judge/malformed", "judge/ties")
-    } == {
-        "judge/pairs": 4,
-        "judge/consistent": 2,
-        "judge/inconsistent": 1,
-        "judge/malformed": 1,
-        "judge/ties": 0,
-    }
+        k: d[k] for k in ("judge/pairs", "judge/consistent", "judge/inconsistent", "judge/malformed", "judge/ties")
+    } == {"judge/pairs": 4, "judge/consistent": 2, "judge/inconsistent": 1, "judge/malformed": 1, "judge/ties": 0}
     assert d["judge/consistency"] == 0.5
     assert math.isnan(JudgeStats().as_dict()["judge/consistency"])
 

@@ -41,10 +41,7 @@ def tiny_llm(tmp_path_factory):
     return load_model(LLMConfig(**kwargs))
 
 
-PROMPTS = [
-    "Does the user like Heat? Answer:",
-    "A much longer prompt about a user who watched Fargo, Heat and Casino:",
-]
+PROMPTS = ["Does the user like Heat? Answer:", "A much longer prompt about a user who watched Fargo, Heat and Casino:"]
 
 
 def manual_choice_probs(model, tok, prompt: str, choices) -> torch.Tensor:
@@ -89,9 +86,7 @@ def test_choice_token_ids_reads_the_tokenizer_and_rejects_shared_first_tokens(ti
     with pytest.raises(ValueError, match="share a first token"):
         choice_token_ids(tok, ("Yes", "Yes"))
     # two different strings whose first tokens coincide: "Yes" vs "Yes, sure"
-    assert (
-        tok.encode("Yes, sure", add_special_tokens=False)[0] == tok.encode("Yes", add_special_tokens=False)[0]
-    )
+    assert tok.encode("Yes, sure", add_special_tokens=False)[0] == tok.encode("Yes", add_special_tokens=False)[0]
     with pytest.raises(ValueError, match="share a first token"):
         choice_token_ids(tok, ("Yes", "Yes, sure"))
 
@@ -172,10 +167,7 @@ def query_frame(num_queries: int = 30) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_query_instances():
     frame, users = query_frame()
-    out = {
-        s: query_instances(frame, users, s, num_exact=3, num_other=2, seed=0)
-        for s in ("train", "valid", "test")
-    }
+    out = {s: query_instances(frame, users, s, num_exact=3, num_other=2, seed=0) for s in ("train", "valid", "test")}
     eligible = {q for q in range(1, 31) if q % 2 == 0}
     placed = [q for inst in out.values() for q in inst]
     assert sorted(placed) == sorted(eligible)  # every eligible query in exactly one split; others skipped
@@ -282,9 +274,7 @@ def test_score_lists_hand_computed():
     qry = Instance(2, [], [1, 2, 3, 9], {1, 2}, query="q")
     m = task.score_lists([nxt, qry], [[4, 5, 6], [1, 3, 2]], encode=None)
     assert m["hit@1"] == 0.0 and m["hit@3"] == 1.0  # only the next-item instance has hit@k
-    assert m["ndcg@3"] == pytest.approx(
-        (1 / math.log2(3) + (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))) / 2
-    )
+    assert m["ndcg@3"] == pytest.approx((1 / math.log2(3) + (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))) / 2)
     assert m["precision@1"] == pytest.approx(0.5) and m["precision@3"] == pytest.approx((1 / 3 + 2 / 3) / 2)
     assert "diversity" not in m
 
@@ -327,9 +317,7 @@ def test_judge_logits_consistent_preference(monkeypatch):
     fb = judge_feedback()
     calls: list = []
     # prefers the answer with the smaller index, in either position
-    monkeypatch.setattr(
-        fb, "_choice", scripted_choice(lambda a, b: 0.8 if rank_of(a) < rank_of(b) else 0.2, calls)
-    )
+    monkeypatch.setattr(fb, "_choice", scripted_choice(lambda a, b: 0.8 if rank_of(a) < rank_of(b) else 0.2, calls))
     r = fb.score([1, 2], [["u1 answer #0", "u1 answer #1"], ["u2 answer #0", "u2 answer #1"]])
     np.testing.assert_allclose(r, [[1.0, 0.0], [1.0, 0.0]])
     # each pair in order, then swapped
@@ -417,9 +405,7 @@ def test_judge_generate_consistent_inconsistent_and_malformed(monkeypatch):
     np.testing.assert_allclose(fb.score([1, 2], texts), [[0.0, 1.0], [0.5, 0.5]])
     assert len(seen) == 1 and len(seen[0]) == 4  # one batched call: 2 pairs × 2 orders
     assert options(seen[0][1]) == ("u1 answer #1", "u1 answer #0")  # the swapped order
-    assert (
-        "Next Preferred Movie: Fargo (1996)" in seen[0][0]
-    )  # user 1's train target (its last train positive)
+    assert "Next Preferred Movie: Fargo (1996)" in seen[0][0]  # user 1's train target (its last train positive)
     assert (fb.stats.pairs, fb.stats.consistent, fb.stats.inconsistent, fb.stats.malformed) == (2, 1, 1, 0)
 
     monkeypatch.setattr(fb, "_generate", lambda prompts: ["I like both."] * len(prompts))
@@ -525,15 +511,11 @@ def test_table_markdown_renders_any_table():
                 "hit@1_std": 0.05},
     }  # fmt: skip
     cols = ["hit@1", "ndcg@3", "validity", "diversity", "explainability", "ndcg@5", "precision@5"]
-    paired = [
-        {"comparison": "sft-popularity", "metric": "hit@1", "mean_diff": 0.15, "n": 3, "t": 2.0, "p": 0.18}
-    ]
+    paired = [{"comparison": "sft-popularity", "metric": "hit@1", "mean_diff": 0.15, "n": 3, "t": 2.0, "p": 0.18}]
     md = table_markdown({"title": "Methods", "columns": cols, "rows": rows, "paired": paired,
                          "notes": ["10 test questions (next_item, top-3)"]})  # fmt: skip
     lines = md.splitlines()
-    assert (
-        lines[0] == "| row | hit@1 | ndcg@3 | validity | diversity | explainability | ndcg@5 | precision@5 |"
-    )
+    assert lines[0] == "| row | hit@1 | ndcg@3 | validity | diversity | explainability | ndcg@5 | precision@5 |"
     assert lines[1] == "|---|---|---|---|---|---|---|---|"
     assert lines[2] == "| popularity | 0.1000 | 0.1235 | 1.0000 | – | – | 0.2000 | 0.0500 |"
     assert lines[3] == "| sft | 0.2500 ± 0.0500 | – | 0.8750 | 0.3333 | 55.5556 | – | – |"
@@ -554,10 +536,7 @@ def test_judge_verdict_is_the_final_chosen_option_line():
     )
     assert parse_verdict(text).choice == "B"
     # a draft decision corrected later: the last line wins
-    assert (
-        parse_verdict(text.replace("- Chosen Option: B", "- Chosen Option: A\n- Chosen Option: B")).choice
-        == "B"
-    )
+    assert parse_verdict(text.replace("- Chosen Option: B", "- Chosen Option: A\n- Chosen Option: B")).choice == "B"
     # without the line, the old phrases still decide
     assert parse_verdict("Decision: the preferred option is B.").choice == "B"
 

@@ -28,10 +28,7 @@ def test_aggregate_rerank_runs_show_initial_and_shuffled_rows():
 def test_run_plots_and_rounds_table_show_reliability_heldout_gain_and_curves(tmp_path):
     from rlrec.report import rounds_table, write_plots
 
-    curve = [
-        {"step": i, "epoch": 0, "train/sdpo_loss": 1.4 - 0.1 * i, "train/reward_acc": 0.1 * i}
-        for i in range(6)
-    ]
+    curve = [{"step": i, "epoch": 0, "train/sdpo_loss": 1.4 - 0.1 * i, "train/reward_acc": 0.1 * i} for i in range(6)]
     curve[2].update({"val/sdpo_loss": 1.3, "val/reward_acc": 0.3})
     curve[5].update({"val/sdpo_loss": 1.2, "val/reward_acc": 0.4})
     results = {
@@ -40,9 +37,7 @@ def test_run_plots_and_rounds_table_show_reliability_heldout_gain_and_curves(tmp
         "curves": {"round1": curve},
     }  # fmt: skip
     written = write_plots(results, tmp_path)
-    assert [p.name for p in written] == ["rounds.png", "training.png"] and all(
-        p.stat().st_size > 0 for p in written
-    )
+    assert [p.name for p in written] == ["rounds.png", "training.png"] and all(p.stat().st_size > 0 for p in written)
     table = rounds_table(results)
     head, _, row = table.splitlines()
     assert "reliability/spearman" in head and "heldout/reward_gain" in head and "heldout/p" in head

@@ -31,9 +31,7 @@ def coarse(data: RecData, step: int = 2_000_000) -> RecData:
     """The same data with coarse timestamps, so users have many same-time interactions."""
     inter = data.interactions.copy()
     inter["timestamp"] = inter["timestamp"] // step
-    return RecData(
-        data.name, inter, data.users, data.items, data.user_features, data.item_features
-    ).validate()
+    return RecData(data.name, inter, data.users, data.items, data.user_features, data.item_features).validate()
 
 
 @pytest.fixture(scope="module")
@@ -270,9 +268,7 @@ def with_test_only_item(data: RecData) -> tuple[RecData, int]:
     items = pd.concat(
         [
             data.items,
-            pd.DataFrame(
-                {"item_id": [new_id], "title": ["The Late Arrival (2024)"], "format": ["alien-format"]}
-            ),
+            pd.DataFrame({"item_id": [new_id], "title": ["The Late Arrival (2024)"], "format": ["alien-format"]}),
         ],
         ignore_index=True,
     )
@@ -285,9 +281,7 @@ def with_test_only_item(data: RecData) -> tuple[RecData, int]:
         }
     )
     inter = pd.concat([data.interactions, late], ignore_index=True)
-    return RecData(
-        data.name, inter, data.users, items, data.user_features, data.item_features
-    ).validate(), new_id
+    return RecData(data.name, inter, data.users, items, data.user_features, data.item_features).validate(), new_id
 
 
 @pytest.mark.parametrize("guard", [True, False])
@@ -452,20 +446,14 @@ def test_ranked_lists_sorted_by_score(kar_prep, list_len, min_len):
         n = len(c)
         init = lists.initial[k]
         assert np.all(np.diff(init[:n]) <= 0), "sorted by score, highest first"
-        assert (
-            np.isneginf(init[n:]).all()
-            and (lists.items[k, n:] == PAD).all()
-            and (lists.labels[k, n:] == 0).all()
-        )
+        assert np.isneginf(init[n:]).all() and (lists.items[k, n:] == PAD).all() and (lists.labels[k, n:] == 0).all()
         assert (lists.items[k, :n] != PAD).all() and lists.mask[k].sum() == n
         order = sorted(c.tolist(), key=lambda r: -score_of[r])
         assert lists.items[k, :n].tolist() == f["i"].to_numpy()[order].tolist()
         assert lists.labels[k, :n].tolist() == f["label"].to_numpy()[order].tolist()
         assert np.allclose(init[:n], [score_of[r] for r in order])
     t = lists.tensors()
-    assert t["items"].shape == (len(chunks), list_len) and t["mask"].sum().item() == sum(
-        len(c) for _, c in chunks
-    )
+    assert t["items"].shape == (len(chunks), list_len) and t["mask"].sum().item() == sum(len(c) for _, c in chunks)
     with pytest.raises(AssertionError):
         ranked_lists(prep, "test", scores[:-1])
 

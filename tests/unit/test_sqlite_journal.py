@@ -72,11 +72,6 @@ def test_a_mode_that_cannot_be_applied_is_explained(tmp_path, monkeypatch):
 @pytest.mark.parametrize("value", ["wall", "memory", "off"])
 def test_an_unknown_mode_is_a_clear_error(value, tmp_path, monkeypatch):
     monkeypatch.setenv(SQLITE_JOURNAL_ENV, value)
-    for build in (
-        lambda: GenerationCache(tmp_path / "g.sqlite"),
-        lambda: _VectorStore(str(tmp_path / "v")).conn,
-    ):
-        with pytest.raises(
-            ValueError, match=rf"{SQLITE_JOURNAL_ENV}='{value}'.*wal, delete, truncate, persist"
-        ):
+    for build in (lambda: GenerationCache(tmp_path / "g.sqlite"), lambda: _VectorStore(str(tmp_path / "v")).conn):
+        with pytest.raises(ValueError, match=rf"{SQLITE_JOURNAL_ENV}='{value}'.*wal, delete, truncate, persist"):
             build()

@@ -96,12 +96,8 @@ def test_an_adapters_key_does_not_depend_on_where_the_cache_is(tmp_path):
     from rlrec.policy import preference_deps
 
     def pref(cache):
-        return OmegaConf.create(
-            {"task": {"llm": {"name": "m", "cache_dir": cache}, "beta": 0.1}, "max_epochs": 2}
-        )
+        return OmegaConf.create({"task": {"llm": {"name": "m", "cache_dir": cache}, "beta": 0.1}, "max_epochs": 2})
 
     assert preference_deps(pref("/a/models")) == preference_deps(pref("/b/models")) == {
         "task": {"beta": 0.1}, "max_epochs": 2}  # fmt: skip
-    assert preference_deps(pref("/a")) != preference_deps(
-        OmegaConf.create({"task": {"beta": 0.2}, "max_epochs": 2})
-    )
+    assert preference_deps(pref("/a")) != preference_deps(OmegaConf.create({"task": {"beta": 0.2}, "max_epochs": 2}))
