@@ -19,7 +19,7 @@ import numpy as np
 
 from rlrec.cache import fingerprint
 from rlrec.console import bar
-from rlrec.feedback.ensemble import Ensemble, split_half
+from rlrec.feedback.ensemble import split_half
 from rlrec.llm.pairs import build_groups
 from rlrec.metrics import nan_rows_ok
 from rlrec.results import Probe, Round
@@ -105,7 +105,7 @@ def align(
                 min_z=min_z,
             )
         policy = policy.train_on(groups, heldout=held_groups)
-        if before is not None and getattr(feedback, "pairwise", False):
+        if before is not None and feedback.pairwise:
             # a pairwise feedback (a judge) ranks a user's answers against each other, so each user's mean
             # reward is fixed: judge the answers after the round against those before it, head to head
             after = policy.sample(held_prompts, seed=seed * 1000)  # (U, N)
@@ -177,8 +177,7 @@ def sample_roles(users, prompts, texts, rewards, groups) -> list[dict]:
 
 def adapter_of(policy) -> str | None:
     """The folder of the policy's trained weights (None: the base weights, or a policy without files)."""
-    adapter = getattr(policy, "adapter", None)
-    return None if adapter is None else str(adapter)
+    return None if policy.adapter is None else str(policy.adapter)
 
 
 def split_users(train_users, heldout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -239,7 +238,7 @@ class Refit:
         self.fitted: list[str] = []  # probe keys, in the order they were fitted
 
     def __call__(self, probes: list[Probe]) -> dict:
-        todo = probes if getattr(self.feedback, "continues", False) else probes[-1:]
+        todo = probes if self.feedback.continues else probes[-1:]
         info: dict = {}
         for probe in todo:
             if probe.key not in self.fitted:
@@ -253,7 +252,7 @@ def score(store, refit: Refit, probes: list[Probe], users, texts, vectors):
     None): a stage keyed by the feedback, the probes it was fitted on (in order) and the scored
     texts themselves."""
     feedback = refit.feedback
-    ensemble = isinstance(feedback, Ensemble)
+    ensemble = feedback.ensemble
     deps = {
         "feedback": feedback.key,
         "fitted_on": [p.key for p in probes],
@@ -265,13 +264,13 @@ def score(store, refit: Refit, probes: list[Probe], users, texts, vectors):
     def build(work) -> dict:
         info = refit(probes)
         rewards = feedback.score(users, texts, vectors)
-        info.update(getattr(feedback, "score_info", dict)())
-        halves = getattr(feedback, "halves", lambda: None)()
+        info.update(feedback.score_info())
+        halves = feedback.halves()
         if halves is not None:  # the reward's own reliability (`feedback/ensemble.py`)
             info.update(split_half(*halves))
         np.save(work / "rewards.npy", rewards)
         if ensemble:
-            np.save(work / "members.npy", feedback.last)
+            np.save(work / "members.npy", feedback.member_rewards())
         return {"feedback": {k: float(v) for k, v in info.items()}}
 
     art = store.stage("score", deps, build)

@@ -16,7 +16,6 @@ from hydra.utils import instantiate
 
 from rlrec import artifacts, loop, memory
 from rlrec.context import Context
-from rlrec.data.schema import DataError
 from rlrec.feedback.ensemble import build_feedback
 from rlrec.policy import Policy
 from rlrec.results import Round, RunResult
@@ -32,15 +31,10 @@ def run(ctx: Context) -> RunResult:
     rounds: list[Round] = []
     source = (cfg.get("knowledge") or {}).get("source")
     if source:  # bring your own knowledge: files in the export format, no LLM
-        if not hasattr(downstream, "from_files"):
-            raise DataError(
-                f"knowledge.source={source!r}: downstream {cfg.downstream._target_} takes no knowledge "
-                "(knowledge.source feeds a CTR backbone or a re-ranker: downstream=ctr, rerank or kar)"
-            )
         rounds.append(Round(0, "source", "files", downstream.from_files(source)))
     elif downstream.uses_policy:
         policy = Policy.from_context(ctx)
-        policy.constrain = getattr(downstream, "constraint", None)  # e.g. RecLAIF: items from the candidates
+        policy.constrain = downstream.constraint  # e.g. RecLAIF: items from the candidates
         first = "round0"
         if cfg.get("distill") is not None:
             if downstream.zero_shot_row:  # the table shows the policy before distillation

@@ -12,14 +12,16 @@ CTR backbone or a re-ranker; `recommend` (recommend.py) asks the policy for reco
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 
+from rlrec.data.schema import DataError
 from rlrec.results import Probe, Round, Table
 
 
-class Downstream(Protocol):
+class Downstream:
+    """The base of every downstream: what the run and the loop may call. Optional capabilities are
+    declared here with the defaults of a downstream that lacks them, so nothing probes a plug-in."""
+
     uses_policy: bool  # False: the table needs no LLM (a backbone or re-ranker alone)
     zero_shot_row: bool  # True: with distillation, the table also shows the policy before it
     judge_template: str  # the judge prompt that compares two of this downstream's texts
@@ -37,3 +39,14 @@ class Downstream(Protocol):
 
     def evaluate(self, rounds: list[Round]) -> tuple[Table, dict]:
         """The final table and its flat metrics, from the rounds' probes."""
+
+    # a downstream whose answers have a format (RecLAIF: items from the candidate list) overrides this
+    # with `constraint(prompt)` → the policy's decoding constraint for that question
+    constraint = None
+
+    def from_files(self, source) -> Probe:
+        """Knowledge from files in the export format (`knowledge.source`) as a probe, with no LLM."""
+        raise DataError(
+            f"knowledge.source={str(source)!r}: downstream {type(self).__module__}.{type(self).__qualname__} takes no "
+            "knowledge (knowledge.source feeds a CTR backbone or a re-ranker: downstream=ctr, rerank or kar)"
+        )

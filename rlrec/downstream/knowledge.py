@@ -25,6 +25,7 @@ from rlrec.cache import _plain, fingerprint
 from rlrec.data.ctr import TensorBatches
 from rlrec.data.schema import DataError
 from rlrec.downstream import stats
+from rlrec.downstream.base import Downstream
 from rlrec.downstream.fit import build_model, fit
 from rlrec.downstream.lists import SPLITS, initial_scores, rerank_lists, reranker_factory
 from rlrec.executor import Shard, stages
@@ -49,7 +50,7 @@ PAIRS = [
 ]
 
 
-class KnowledgeDownstream:
+class KnowledgeDownstream(Downstream):
     zero_shot_row = False  # the table's variants are base / round 0 / aligned
     judge_template = "judge_knowledge"  # how a judge compares two knowledge texts of a user
     columns: tuple[str, ...] = ()

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from rlrec.cache import fingerprint
 from rlrec.data.prompts import DEFAULT_DOMAIN
+from rlrec.downstream.base import Downstream
 from rlrec.downstream.questions import RecommendationTask, next_item_instances
 from rlrec.results import Probe, Round, Table
 
@@ -23,7 +24,7 @@ COLUMNS = ("hit@1", "ndcg@3", "validity", "diversity", "explainability", "ndcg@5
 LABELS = {"zero_shot": "LLM zero-shot", "sft": "SFT", "round0": "LLM (round 0)"}
 
 
-class RecommendDownstream:
+class RecommendDownstream(Downstream):
     uses_policy = True
     zero_shot_row = True  # RecLAIF's table: zero-shot, SFT, DPO rounds
     judge_template = "reclaif_judge"

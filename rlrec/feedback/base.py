@@ -13,8 +13,6 @@ built by `rlrec.feedback.ensemble.build_feedback(cfg.feedback, ctx, downstream)`
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import numpy as np
 
 from rlrec.cache import fingerprint
@@ -22,15 +20,45 @@ from rlrec.knowledge.index import vector_table
 from rlrec.results import Probe
 
 
-class Feedback(Protocol):
-    key: str
-    continues: bool  # True: refit continues from the last fit (then every probe is fitted, in order)
+class Feedback:
+    """The base of every feedback strategy: what the loop may call. A strategy overrides `score` (and
+    `refit` when it trains); the optional capabilities below are declared here with the defaults of a
+    strategy that lacks them, so the loop never probes a plug-in for an attribute."""
+
+    key: str  # the identity of the scores besides the texts (`feedback_key`)
+    continues: bool = False  # True: refit continues from the last fit (then every probe is fitted, in order)
+    pairwise: bool = False  # True: a user's rewards rank its texts against each other (a judge), so the
+    # held-out gain judges the texts after a round against those before it, head to head
+    ensemble: bool = False  # True: `member_rewards()` holds each member's rewards of the last `score`
 
     def refit(self, probe: Probe) -> dict:
-        """Train on the current knowledge of every user; returns metrics of the fit."""
+        """Train on the current knowledge of every user; returns metrics of the fit ({}: nothing to train)."""
+        return {}
 
     def score(self, users: np.ndarray, texts: list[list[str]], vectors: np.ndarray) -> np.ndarray:
         """(U, N) rewards for N candidate texts of each user."""
+        raise NotImplementedError(f"{type(self).__name__}.score")
+
+    def shards(self, probe: Probe) -> list | None:
+        """The fits `refit` would run, as executor shards (`rlrec.executor.Shard`) that an ensemble
+        submits together with its other members'; None: `refit` does its own work."""
+        return None
+
+    def load(self, probe: Probe, fits: list) -> dict:
+        """Take the built `shards(probe)` as this strategy's fitted models; returns `refit`'s metrics."""
+        raise NotImplementedError(f"{type(self).__name__} has no shards")
+
+    def halves(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Two independent halves of the last `score`'s rewards (split-half reliability), or None."""
+        return None
+
+    def score_info(self) -> dict:
+        """Statistics of the last `score` call (a judge's consistency, say)."""
+        return {}
+
+    def member_rewards(self) -> np.ndarray | None:
+        """(K, U, N): each member's rewards of the last `score` (`ensemble` strategies), else None."""
+        return None
 
 
 def feedback_key(ctx, name: str, config, *weights, llm: bool = False) -> str:

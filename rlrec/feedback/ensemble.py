@@ -24,27 +24,30 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rlrec.cache import fingerprint
+from rlrec.feedback.base import Feedback
 from rlrec.metrics import nan_rows_ok
 
 
-class Ensemble:
+class Ensemble(Feedback):
     """K members of one feedback strategy behind the Feedback protocol: reward = the mean of the
     members' rewards; `halves()` = the means over the even and the odd members."""
+
+    ensemble = True
 
     def __init__(self, members: list):
         if len(members) < 2:
             raise ValueError("an Ensemble needs at least 2 members (feedback.ensemble >= 2)")
         self.members = members
         self.key = fingerprint("ensemble", [m.key for m in members])
-        self.continues = bool(getattr(members[0], "continues", False))
+        self.continues, self.pairwise = members[0].continues, members[0].pairwise
         self.last: np.ndarray | None = None  # (K, U, N) rewards of the last score call
 
     def refit(self, probe) -> dict:
-        if all(hasattr(m, "shards") for m in self.members):  # every (member, fold) fit submitted together
+        per = [m.shards(probe) for m in self.members]
+        if all(shards is not None for shards in per):  # every (member, fold) fit submitted together
             from rlrec.executor import stages
 
             ctx = self.members[0].ctx
-            per = [m.shards(probe) for m in self.members]
             fits = iter(stages(ctx.executor, ctx.store, [s for shards in per for s in shards]))
             infos = [m.load(probe, [next(fits) for _ in shards]) for m, shards in zip(self.members, per)]
         else:
@@ -55,13 +58,16 @@ class Ensemble:
         self.last = np.stack([m.score(users, texts, vectors) for m in self.members])
         return _nanmean(self.last)
 
+    def member_rewards(self) -> np.ndarray | None:
+        return self.last
+
     def halves(self) -> tuple[np.ndarray, np.ndarray] | None:
         if self.last is None:
             return None
         return _nanmean(self.last[0::2]), _nanmean(self.last[1::2])
 
     def score_info(self) -> dict:
-        infos = [m.score_info() for m in self.members if hasattr(m, "score_info")]
+        infos = [m.score_info() for m in self.members]
         return {k: float(np.mean([i[k] for i in infos])) for k in infos[0]} if infos else {}
 
 

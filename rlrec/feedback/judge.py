@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from rlrec.cache import fingerprint
-from rlrec.feedback.base import feedback_key
+from rlrec.feedback.base import Feedback, feedback_key
 from rlrec.llm.generation import SamplingConfig
 
 CRITERIA = ("relevance", "diversity", "explainability")
@@ -241,7 +241,7 @@ DECISION_PREFIX = "Chosen Option:"
 EXPLAIN_PREFIX = "Explainability Score:"
 
 
-class JudgeFeedback:
+class JudgeFeedback(Feedback):
     """`feedback=judge` (RecLAIF): rewards of a user's N sampled answers from pairwise judge verdicts
     (every pair i < j, both orders): reward_j = wins of j (a tie or an undecided pair gives each ½),
     so N = 2 gives the paper's DPO pair and all-equal groups (no decision) are dropped downstream.
@@ -260,9 +260,8 @@ class JudgeFeedback:
     on their own; ties = pairs left undecided (every inconsistent pair, and agreeing pairs within the
     margin)."""
 
-    pairwise = (
-        True  # a user's rewards rank its answers against each other (the loop's held-out gain judges head to head)
-    )
+    # a user's rewards rank its answers against each other: the loop's held-out gain judges head to head
+    pairwise = True
 
     def __init__(
         self,

@@ -18,13 +18,13 @@ import torch
 from hydra.utils import instantiate
 
 from rlrec.data.prompts import DEFAULT_DOMAIN, PromptTemplate, PromptView
-from rlrec.feedback.base import feedback_key
+from rlrec.feedback.base import Feedback, feedback_key
 from rlrec.feedback.crossfit import UserFolds
 from rlrec.feedback.validator import p_true
 from rlrec.results import Probe
 
 
-class LLMValidatorFeedback:
+class LLMValidatorFeedback(Feedback):
     def __init__(
         self,
         ctx,

@@ -16,9 +16,10 @@ import re
 import numpy as np
 
 from rlrec.cache import fingerprint
+from rlrec.feedback.base import Feedback
 
 
-class PlantedFeedback:
+class PlantedFeedback(Feedback):
     def __init__(
         self, ctx=None, downstream=None, phrase: str = "comedy", cap: int = 3, noise: float = 0.0, seed: int = 0
     ):

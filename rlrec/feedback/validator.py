@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from rlrec.data.ctr import TensorBatches, ctr_tensors
 from rlrec.downstream.fit import build_model, fit_shard, load_shard
 from rlrec.executor import Shard, stages
-from rlrec.feedback.base import feedback_key, knowledge_table
+from rlrec.feedback.base import Feedback, feedback_key, knowledge_table
 from rlrec.feedback.crossfit import UserFolds, mean_by_slot
 from rlrec.results import Probe
 from rlrec.tasks.ctr import CTRTask
@@ -37,7 +37,7 @@ def p_true(prob: np.ndarray, label: np.ndarray) -> np.ndarray:
     return np.where(label > 0, prob, 1.0 - prob)
 
 
-class ValidatorFeedback:
+class ValidatorFeedback(Feedback):
     def __init__(
         self,
         ctx,

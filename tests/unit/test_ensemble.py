@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rlrec.feedback import ensemble
+from rlrec.feedback.base import Feedback
 from rlrec.feedback.ensemble import Ensemble, build_feedback, split_half
 
 
@@ -17,7 +18,7 @@ def test_doctests():
     assert doctest.testmod(ensemble).failed == 0
 
 
-class Member:
+class Member(Feedback):
     """Reward = the text's true quality plus this member's own noise (seeded)."""
 
     def __init__(self, ctx=None, downstream=None, seed=0, noise=0.0):

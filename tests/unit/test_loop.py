@@ -11,6 +11,7 @@ import pytest
 
 from rlrec import loop
 from rlrec.cache import fingerprint
+from rlrec.feedback.base import Feedback
 from rlrec.results import Probe
 from rlrec.store import Store
 
@@ -19,6 +20,8 @@ N = 3
 
 class FakePolicy:
     """Sample j of a prompt is "<prompt>|v<version>|<j>"; training returns version + 1."""
+
+    adapter = None  # no weight files
 
     def __init__(self, version: int = 0, log: list | None = None):
         self.version, self.log = version, log if log is not None else []
@@ -36,7 +39,7 @@ class FakePolicy:
         return FakePolicy(self.version + 1, self.log)
 
 
-class ScriptedFeedback:
+class ScriptedFeedback(Feedback):
     """Reward of a text = its sample index j (so the last sample is always best), except users in
     `flat`, whose texts all score 0.5 (no informative pair)."""
 
