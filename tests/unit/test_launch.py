@@ -20,6 +20,7 @@ from rlrec.launch import TrainerFactory
 from rlrec.llm.data import PreferenceDataset
 from rlrec.tasks.preference import PreferenceTask, train_preference
 from tests.conftest import CONF
+from tests.unit.launch_jobs import failing_job
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 TRAINER = {"_target_": "pytorch_lightning.Trainer", "accelerator": "cpu", "max_epochs": 1,
@@ -128,15 +129,6 @@ def test_ctr_fit_on_two_ranks_trains_and_reports_whole_split_metrics(tmp_path, t
     here = factory(tmp_path, 1)(max_epochs=1).validate(check, TensorBatches(valid, 64), verbose=False)[0]
     assert here["val/auc"] == pytest.approx(fitted.metrics["val/auc"], abs=1e-5)
     assert here["val/logloss"] == pytest.approx(fitted.metrics["val/logloss"], abs=1e-5)
-
-
-def failing_job():
-    """Rank 1 raises before the collective; rank 0 then loses its peer inside it."""
-    import torch.distributed as dist
-
-    if launch.world()[0] == 1:
-        raise ValueError("no such column 'genre' on rank 1")
-    dist.all_gather_object([None, None], "x")
 
 
 @pytest.mark.parametrize("via", ["torchrun", "submitit"])
