@@ -14,6 +14,7 @@ the feedback was fitted on; adapters by the groups they learned from), so a kill
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -58,25 +59,21 @@ def align(
     pool, held = split_users(downstream.train_users, heldout, seed)
     held_prompts = [downstream.questions[int(u)] for u in held]
     progress = bar(int(rounds), "align", "round")  # a bar, or one line where stderr is a log
+
+    def groups_of(prompts: list[str], scored: Scored):  # the preference groups of scored samples
+        kw = {"dedup_threshold": dedup_threshold, "min_gap": min_gap, "min_z": min_z}
+        return build_groups(
+            prompts, scored.texts, scored.rewards, scored.vectors, mode=pairs, members=scored.members, **kw
+        )
+
     for t in range(1, int(rounds) + 1):
         chosen = pick_users(pool, users, seed, t)
         prompts = [downstream.questions[int(u)] for u in chosen]
         probes = [r.probe for r in history]
-        texts, vectors, rewards, info, members = sample_scored(
-            policy, store, refit, probes, encode, chosen, prompts, seed * 1000 + t
-        )
-        groups, stats = build_groups(
-            prompts,
-            texts,
-            rewards,
-            vectors,
-            mode=pairs,
-            dedup_threshold=dedup_threshold,
-            min_gap=min_gap,
-            members=members,
-            min_z=min_z,
-        )
-        metrics = {**reward_stats(rewards), **info, **stats.as_dict()}
+        scored = sample_scored(policy, store, refit, probes, encode, chosen, prompts, seed * 1000 + t)
+
+        groups, stats = groups_of(prompts, scored)
+        metrics = {**reward_stats(scored.rewards), **scored.info, **stats.as_dict()}
         log.info(
             "round %d/%d: %d users, mean reward %.4f, %d groups, split-half Spearman %.3f",
             t,
@@ -93,31 +90,21 @@ def align(
         held_groups, before = [], None
         if len(held):  # the same seed every round: this round's "before" texts are the last round's "after"
             before = sample_scored(policy, store, refit, probes, encode, held, held_prompts, seed * 1000)
-            held_groups, _ = build_groups(
-                held_prompts,
-                before[0],
-                before[2],
-                before[1],
-                mode=pairs,
-                dedup_threshold=dedup_threshold,
-                min_gap=min_gap,
-                members=before[4],
-                min_z=min_z,
-            )
+            held_groups, _ = groups_of(held_prompts, before)
         policy = policy.train_on(groups, heldout=held_groups)
         if before is not None and feedback.pairwise:
             # a pairwise feedback (a judge) ranks a user's answers against each other, so each user's mean
             # reward is fixed: judge the answers after the round against those before it, head to head
             after = policy.sample(held_prompts, seed=seed * 1000)  # (U, N)
-            joint = [b + a for b, a in zip(before[0], after)]  # (U, 2N): before's N, then after's N
+            joint = [b + a for b, a in zip(before.texts, after)]  # (U, 2N): before's N, then after's N
             vec = encode([x for row in joint for x in row]).reshape(len(held), len(joint[0]), -1)
             both, _, _ = score(store, refit, probes, held, joint, vec)
-            n = len(before[0][0])
+            n = len(before.texts[0])
             metrics.update(heldout_gain(both[:, :n], both[:, n:]))
             metrics["heldout/head_to_head"] = 1.0
         elif before is not None:
             after = sample_scored(policy, store, refit, probes, encode, held, held_prompts, seed * 1000)
-            metrics.update(heldout_gain(before[2], after[2]))
+            metrics.update(heldout_gain(before.rewards, after.rewards))
         if before is not None:
             metrics["heldout/pairs"] = float(len(held_groups))
             log.info(
@@ -141,7 +128,7 @@ def align(
                 curve=list(policy.curve),
                 pairs=[{"user": by_prompt[g["prompt"]], **g} for g in groups],
                 adapter=adapter_of(policy),
-                samples=sample_roles(chosen, prompts, texts, rewards, groups),
+                samples=sample_roles(chosen, prompts, scored.texts, scored.rewards, groups),
             )
         )
         progress.update(1)
@@ -187,12 +174,22 @@ def split_users(train_users, heldout: int, seed: int) -> tuple[np.ndarray, np.nd
     return np.setdiff1d(pool, held), held
 
 
-def sample_scored(policy, store, refit, probes, encode, users, prompts, seed):
-    """N texts sampled for each of `users`, their vectors (U, N, D), rewards (U, N), the score's info
-    and the ensemble members' rewards (K, U, N) or None."""
+@dataclass
+class Scored:
+    """N texts sampled for each of U users, with their encodings and the feedback's rewards."""
+
+    texts: list[list[str]]  # U lists of N
+    vectors: np.ndarray  # (U, N, D)
+    rewards: np.ndarray  # (U, N)
+    info: dict  # the score's statistics (reliability, a judge's consistency, the refit's metrics)
+    members: np.ndarray | None = None  # (K, U, N): an ensemble's members' rewards
+
+
+def sample_scored(policy, store, refit, probes, encode, users, prompts, seed) -> Scored:
+    """N texts sampled for each of `users` (seeded), encoded and scored (`score`)."""
     texts = policy.sample(prompts, seed=seed)  # (U, N)
     vectors = encode([s for row in texts for s in row]).reshape(len(users), len(texts[0]), -1)
-    return texts, vectors, *score(store, refit, probes, users, texts, vectors)
+    return Scored(texts, vectors, *score(store, refit, probes, users, texts, vectors))
 
 
 def heldout_gain(before: np.ndarray, after: np.ndarray) -> dict:
