@@ -14,6 +14,7 @@ the feedback was fitted on; adapters by the groups they learned from), so a kill
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,12 +67,12 @@ def align(
             prompts, scored.texts, scored.rewards, scored.vectors, mode=pairs, members=scored.members, **kw
         )
 
+    held_out = HeldOut(held, held_prompts, seed * 1000, feedback.pairwise)
     for t in range(1, int(rounds) + 1):
         chosen = pick_users(pool, users, seed, t)
         prompts = [downstream.questions[int(u)] for u in chosen]
-        probes = [r.probe for r in history]
-        scored = sample_scored(policy, store, refit, probes, encode, chosen, prompts, seed * 1000 + t)
-
+        scorer = Scorer(store, refit, [r.probe for r in history], encode)
+        scored = scorer.sample(policy, chosen, prompts, seed * 1000 + t)
         groups, stats = groups_of(prompts, scored)
         metrics = {**reward_stats(scored.rewards), **scored.info, **stats.as_dict()}
         log.info(
@@ -87,35 +88,10 @@ def align(
             log.warning("round %d: no informative preference groups; the loop stops with the policy unchanged", t)
             history.append(Round(t, f"round{t}", policy.key, history[-1].probe, {**metrics, "stopped": 1.0}))
             break
-        held_groups, before = [], None
-        if len(held):  # the same seed every round: this round's "before" texts are the last round's "after"
-            before = sample_scored(policy, store, refit, probes, encode, held, held_prompts, seed * 1000)
-            held_groups, _ = groups_of(held_prompts, before)
+        before = held_out.sample_before(policy, scorer)
+        held_groups = groups_of(held_prompts, before)[0] if before is not None else []
         policy = policy.train_on(groups, heldout=held_groups)
-        if before is not None and feedback.pairwise:
-            # a pairwise feedback (a judge) ranks a user's answers against each other, so each user's mean
-            # reward is fixed: judge the answers after the round against those before it, head to head
-            after = policy.sample(held_prompts, seed=seed * 1000)  # (U, N)
-            joint = [b + a for b, a in zip(before.texts, after)]  # (U, 2N): before's N, then after's N
-            vec = encode([x for row in joint for x in row]).reshape(len(held), len(joint[0]), -1)
-            both, _, _ = score(store, refit, probes, held, joint, vec)
-            n = len(before.texts[0])
-            metrics.update(heldout_gain(both[:, :n], both[:, n:]))
-            metrics["heldout/head_to_head"] = 1.0
-        elif before is not None:
-            after = sample_scored(policy, store, refit, probes, encode, held, held_prompts, seed * 1000)
-            metrics.update(heldout_gain(before.rewards, after.rewards))
-        if before is not None:
-            metrics["heldout/pairs"] = float(len(held_groups))
-            log.info(
-                "round %d: held-out reward %.4f → %.4f (gain %+.4f, p = %.3g, %d users)",
-                t,
-                metrics["heldout/reward_before"],
-                metrics["heldout/reward_after"],
-                metrics["heldout/reward_gain"],
-                metrics.get("heldout/p", np.nan),
-                len(held),
-            )
+        metrics.update(held_out.measure_after(policy, scorer, t, pairs=len(held_groups)))
         probe = downstream.probe(policy, f"round{t}")
         by_prompt = dict(zip(prompts, chosen.tolist()))
         history.append(
@@ -185,11 +161,65 @@ class Scored:
     members: np.ndarray | None = None  # (K, U, N): an ensemble's members' rewards
 
 
-def sample_scored(policy, store, refit, probes, encode, users, prompts, seed) -> Scored:
-    """N texts sampled for each of `users` (seeded), encoded and scored (`score`)."""
-    texts = policy.sample(prompts, seed=seed)  # (U, N)
-    vectors = encode([s for row in texts for s in row]).reshape(len(users), len(texts[0]), -1)
-    return Scored(texts, vectors, *score(store, refit, probes, users, texts, vectors))
+@dataclass
+class Scorer:
+    """A round's texts scored by the feedback fitted on the round's `probes` (`score`: through the store)."""
+
+    store: object
+    refit: Refit
+    probes: list[Probe]
+    encode: Callable
+
+    def score(self, users, texts: list[list[str]]) -> Scored:
+        vectors = self.encode([s for row in texts for s in row]).reshape(len(users), len(texts[0]), -1)
+        return Scored(texts, vectors, *score(self.store, self.refit, self.probes, users, texts, vectors))
+
+    def sample(self, policy, users, prompts: list[str], seed: int) -> Scored:
+        """N texts sampled for each of `users` (seeded), encoded and scored."""
+        return self.score(users, policy.sample(prompts, seed=seed))  # (U, N)
+
+
+@dataclass
+class HeldOut:
+    """The held-out users' measure of a round: N texts sampled with one seed before and after the
+    round, scored by the same feedback (`heldout_gain`); the "before" texts' groups are the preference
+    fit's held-out pairs. The seed is the same every round, so a round's "before" texts are the last
+    round's "after" ones. A pairwise feedback (a judge) ranks a user's texts against each other, so
+    each user's mean reward is fixed: it judges the texts after the round against those before it,
+    head to head."""
+
+    users: np.ndarray
+    prompts: list[str]
+    seed: int
+    pairwise: bool = False
+    before: Scored | None = None
+
+    def sample_before(self, policy, scorer: Scorer) -> Scored | None:
+        self.before = scorer.sample(policy, self.users, self.prompts, self.seed) if len(self.users) else None
+        return self.before
+
+    def measure_after(self, policy, scorer: Scorer, t: int, pairs: int) -> dict:
+        """The round's held-out metrics ({} without held-out users)."""
+        if self.before is None:
+            return {}
+        if self.pairwise:
+            after = policy.sample(self.prompts, seed=self.seed)  # (U, N)
+            joint = [b + a for b, a in zip(self.before.texts, after)]  # (U, 2N): before's N, then after's N
+            both, n = scorer.score(self.users, joint).rewards, len(self.before.texts[0])
+            out = {**heldout_gain(both[:, :n], both[:, n:]), "heldout/head_to_head": 1.0}
+        else:
+            out = heldout_gain(self.before.rewards, scorer.sample(policy, self.users, self.prompts, self.seed).rewards)
+        out["heldout/pairs"] = float(pairs)
+        log.info(
+            "round %d: held-out reward %.4f → %.4f (gain %+.4f, p = %.3g, %d users)",
+            t,
+            out["heldout/reward_before"],
+            out["heldout/reward_after"],
+            out["heldout/reward_gain"],
+            out.get("heldout/p", np.nan),
+            len(self.users),
+        )
+        return out
 
 
 def heldout_gain(before: np.ndarray, after: np.ndarray) -> dict:
