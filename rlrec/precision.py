@@ -231,8 +231,8 @@ def resolve(precision, workload: str = "llm", accelerator: str = "cpu", cache_di
         return BF16 if torch.cuda.is_bf16_supported() else "16-mixed"
     if str(accelerator) not in ("cpu", "auto"):
         return FP32  # mps and others: fp32, the safe default
-    if pinned(workload) is not None:
-        return pinned(workload)
+    if (fixed := pinned(workload)) is not None:
+        return fixed
     speed = probe(cache_dir)["workloads"][workload]["speedup"]
     return BF16 if speed >= MIN_SPEEDUP else FP32
 

@@ -27,11 +27,7 @@ class PlantedFeedback(Feedback):
             raise ValueError("feedback.phrase must be a non-empty string")
         self.phrase, self.cap, self.noise, self.seed = str(phrase), int(cap), float(noise), int(seed)
         self.pattern = re.compile(re.escape(self.phrase), re.I)
-        self.key = fingerprint("planted", self.phrase, self.cap, self.noise, self.seed)
-        self.continues = False
-
-    def refit(self, probe) -> dict:
-        return {}  # nothing to train
+        self.key = fingerprint("planted", self.phrase, self.cap, self.noise, self.seed)  # nothing to train: no refit
 
     def score(self, users, texts: list[list[str]], vectors=None) -> np.ndarray:
         counts = np.array([[min(len(self.pattern.findall(t)), self.cap) for t in row] for row in texts], float)
