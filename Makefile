@@ -65,7 +65,7 @@ train:  ## the main job on the embedded defaults (EXP=... to pick another experi
 
 sweep:  ## 7 backbones x 3 seeds on MovieLens-100K, then the report table
 	$(PYTHON) -m rlrec.train -m +experiment=backbone_only backbone=din,dien,deepfm,dcn,autoint,fibinet,fignn seed=1,2,3
-	$(PYTHON) -m rlrec.report multirun
+	$(PYTHON) -m rlrec.outputs.report multirun
 
 bench:  ## benchmarks (ratios against a baseline measured in the same run)
 	$(PYTHON) benchmarks/ctr_peer.py
@@ -74,7 +74,7 @@ describe:  ## dataset summary (DATASET=movielens100k)
 	$(PYTHON) -m rlrec.data describe dataset=$(or $(DATASET),movielens100k)
 
 report:  ## markdown table from every results.json under DIR (default multirun/)
-	$(PYTHON) -m rlrec.report $(or $(DIR),multirun)
+	$(PYTHON) -m rlrec.outputs.report $(or $(DIR),multirun)
 
 clean-logs:  ## remove Hydra outputs, multirun dirs and offline W&B runs
 	rm -rf outputs multirun wandb lightning_logs

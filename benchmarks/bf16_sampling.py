@@ -1,5 +1,5 @@
 """Greedy knowledge generation under bf16 autocast: rlrec's sampler as it runs (linear weights cast
-to bf16 once per pass, `rlrec.precision.cast_linear_weights`; each prefill's last-position logits
+to bf16 once per pass, `rlrec.runtime.precision.cast_linear_weights`; each prefill's last-position logits
 through a boolean `logits_to_keep`, `rlrec.llm.logps.last_logits`) against the same sampler with
 plain autocast (every forward re-casts each linear weight) and transformers' `logits_to_keep=1`
 (on torch's CPU bf16 linear, a (1, 1, H) view of the last position goes through a batched matmul
@@ -29,7 +29,7 @@ def plain_autocast():
     """The baseline: autocast's per-forward weight casts and `logits_to_keep=1` in the sampler."""
     import rlrec.llm.generation as generation
     import rlrec.llm.sampler as sampler
-    from rlrec import precision
+    from rlrec.runtime import precision
 
     def slice_last(model, input_ids, **kwargs):
         out = model(input_ids=input_ids, logits_to_keep=1, **kwargs)

@@ -7,7 +7,7 @@ against an fp32 cache (`float32`): time, peak RSS of the pass, and how many gree
 The embedded SmolLM2-135M on real MovieLens-100K TrackRec prompts (`trackrec_cot`, chat template),
 64 new tokens, the main job's batch size (128). Each run is `kv_dtype:kv_cache_gb`; the first run's
 texts are the reference the others are compared with. The peak is VmHWM, reset before each pass
-(`rlrec.memory.reset_peak`) after a short warm-up pass that pages the weights in; it includes what
+(`rlrec.runtime.memory.reset_peak`) after a short warm-up pass that pages the weights in; it includes what
 an earlier pass left resident. Precision is bf16-mixed, so this needs a CPU with native bf16 to mean
 anything. Run it alone (two busy processes on 2 cores distort both).
 """
@@ -35,8 +35,8 @@ def main() -> None:
     from ctr_peer import cpu_model  # lscpu's model name and its bf16 flags
     from generation import load_llm, user_prompts  # benchmarks/generation.py: the same model and prompts
 
-    from rlrec import memory
     from rlrec.llm.generation import Generator
+    from rlrec.runtime import memory
 
     cfg, model, tok = load_llm(args.llm)
     prompts = user_prompts(args.prompts)

@@ -96,7 +96,7 @@ def run_rlrec(pairs, args, share_prompt: bool = True, checkpoint_prompt: bool = 
         max_prompt_len=args.prompt_len + 16, max_completion_len=args.response_len + 1,
     )  # fmt: skip
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, collate_fn=ds.collate)
-    from rlrec.precision import resolve
+    from rlrec.runtime.precision import resolve
     from rlrec.tasks.llm import frozen_weights_cast
 
     precision = resolve(args.precision, "llm", "cpu")  # rlrec's default: auto, measured per machine

@@ -8,7 +8,7 @@ the reference pass at batch 1, then (with `--val-batch`) at the held-out evaluat
     python benchmarks/preference_memory.py --checkpoint-prompt true|false --val-batch 1 --prompt-tokens 700 --negatives 1
     python benchmarks/preference_memory.py --precision 32-true --val-batch 4
 
-Prints RSS and peak RSS (GiB, `rlrec.memory`) after loading, after each reference pass and after
+Prints RSS and peak RSS (GiB, `rlrec.runtime.memory`) after loading, after each reference pass and after
 training, and the training's own increment: the peak (VmHWM, reset just before `fit` on Linux)
 over the resident state before it — what the preference stage adds to a run's resident state.
 Run one at a time.
@@ -50,10 +50,10 @@ def main(argv=None) -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from rlrec import memory
     from rlrec.llm.data import PreferenceDataset
     from rlrec.llm.loading import load_model
-    from rlrec.precision import autocast
+    from rlrec.runtime import memory
+    from rlrec.runtime.precision import autocast
     from rlrec.tasks.preference import PreferenceTask
 
     torch.set_num_threads(args.threads)

@@ -1,9 +1,9 @@
 """The `rlrec` command (installed with the package): one front door to the entry points.
 
 rlrec train [+experiment=...] [overrides] [-m]    = python -m rlrec.train
-rlrec export <run dir> --out DIR [...]            = python -m rlrec.export
+rlrec export <run dir> --out DIR [...]            = python -m rlrec.outputs.export
 rlrec describe dataset=<name> [...]               = python -m rlrec.data describe
-rlrec report <dir>                                = python -m rlrec.report
+rlrec report <dir>                                = python -m rlrec.outputs.report
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ def main(argv: list[str] | None = None) -> int:
         train.main()
         return 0
     if command == "export":
-        from rlrec import export
+        from rlrec.outputs import export
 
         return export.main(rest)
     if command == "describe":
         from rlrec.data.__main__ import main as describe
 
         return describe(["describe", *rest])
-    from rlrec.report import main as report
+    from rlrec.outputs.report import main as report
 
     return report(rest) or 0
 

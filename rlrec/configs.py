@@ -79,12 +79,12 @@ def validate(cfg) -> None:
         )
     number("feedback.ensemble", 1, expected="an integer ≥ 1 (the feedback members a reward averages)")
     number("threads", 1, expected="an integer ≥ 1")
-    from rlrec.precision import CANONICAL
+    from rlrec.runtime.precision import CANONICAL
 
     need(
         str(get("trainer.precision", "auto")) in ("auto", *CANONICAL),
         "trainer.precision",
-        "auto (measured per machine: rlrec/precision.py) or a Lightning precision: " + ", ".join(CANONICAL),
+        "auto (measured per machine: rlrec/runtime/precision.py) or a Lightning precision: " + ", ".join(CANONICAL),
     )
     for key in ("dataset.path", "knowledge.source"):
         path = OmegaConf.select(cfg, key)

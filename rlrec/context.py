@@ -12,9 +12,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rlrec import precision
-from rlrec.launch import TrainerFactory
-from rlrec.store import Store
+from rlrec.runtime import precision
+from rlrec.runtime.launch import TrainerFactory
+from rlrec.runtime.store import Store
 
 DISPLAY = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "default_root_dir")
 
@@ -69,7 +69,7 @@ class Context:
     def trainer_node(self, workload: str = "ctr") -> dict:
         """`cfg.trainer` resolved for a workload (`ctr`: backbones, re-rankers, feedback models,
         SASRec; `llm`: preference and SFT fits): `precision: auto` becomes this machine's measured
-        choice for it (`rlrec.precision`)."""
+        choice for it (`rlrec.runtime.precision`)."""
         key = f"trainer_node/{workload}"
         if key not in self.memo:
             node = OmegaConf.to_container(self.cfg.trainer, resolve=True)
@@ -83,7 +83,7 @@ class Context:
     def trainer_key(self) -> dict:
         """What of `cfg.trainer` can change a CTR / re-rank fit's result (everything but display
         settings, precision resolved): part of every such fit's stage key. Under bf16 it also says
-        that the fit's validation and test forwards ran in fp32 (`rlrec.precision.full_precision`),
+        that the fit's validation and test forwards ran in fp32 (`rlrec.runtime.precision.full_precision`),
         so fits scored on bf16 outputs by earlier versions are not reused (fp32 keys are unchanged)."""
         key = {k: v for k, v in self.trainer_node("ctr").items() if k not in DISPLAY}
         if precision.is_bf16(key.get("precision", "")):
@@ -105,7 +105,7 @@ class Context:
         """Builds every CTR / re-rank Trainer of the run from `cfg.trainer`: `ctx.trainer(inner=True,
         max_epochs=, callbacks=, progress=, **kw)` (see `TrainerFactory`). Picklable, so a
         multi-process fit (`trainer.devices > 1`) takes it to its launched ranks (`cfg.launch`,
-        `rlrec.launch`). `ctx.llm_trainer` is the same for the LLM fits (their own precision)."""
+        `rlrec.runtime.launch`). `ctx.llm_trainer` is the same for the LLM fits (their own precision)."""
         return self._factory("ctr")
 
     @cached_property
@@ -123,9 +123,9 @@ class Context:
 
     @cached_property
     def executor(self):
-        """Where the many small independent fits run (`cfg.executor`, `rlrec.executor`): serial,
+        """Where the many small independent fits run (`cfg.executor`, `rlrec.runtime.executor`): serial,
         joblib, submitit."""
-        from rlrec.executor import Serial
+        from rlrec.runtime.executor import Serial
 
         node = self.cfg.get("executor")
         return instantiate(node) if node is not None else Serial()

@@ -17,9 +17,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rlrec.cache import fingerprint
 from rlrec.llm.generation import SamplingConfig
 from rlrec.policy import Policy, preference_deps
+from rlrec.runtime.cache import fingerprint
 
 
 class Distill:

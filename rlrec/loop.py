@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rlrec.cache import fingerprint
-from rlrec.console import bar
 from rlrec.feedback.ensemble import split_half
 from rlrec.llm.pairs import build_groups
 from rlrec.metrics import nan_rows_ok
-from rlrec.results import Probe, Round
+from rlrec.outputs.results import Probe, Round
+from rlrec.runtime.cache import fingerprint
+from rlrec.runtime.console import bar
 
 log = logging.getLogger("rlrec")
 

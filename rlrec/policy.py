@@ -21,10 +21,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rlrec.cache import fingerprint
-from rlrec.launch import factory_of
 from rlrec.llm.generation import SamplingConfig
-from rlrec.store import Store
+from rlrec.runtime.cache import fingerprint
+from rlrec.runtime.launch import factory_of
+from rlrec.runtime.store import Store
 from rlrec.tasks.preference import train_preference
 
 log = logging.getLogger("rlrec")
@@ -113,7 +113,7 @@ class Policy:
 
     @property
     def precision(self) -> str:
-        """The resolved precision of this policy's LLM work (its Trainer's; `rlrec.precision`): the hf
+        """The resolved precision of this policy's LLM work (its Trainer's; `rlrec.runtime.precision`): the hf
         sampler runs under bf16 autocast when it is `bf16-mixed`. Frozen policies (judge, teacher):
         fp32."""
         node = getattr(self.trainer, "trainer", None)  # a TrainerFactory's config; a plain callable has none

@@ -14,11 +14,12 @@ import logging
 import torch
 from hydra.utils import instantiate
 
-from rlrec import artifacts, loop, memory
+from rlrec import loop
 from rlrec.context import Context
 from rlrec.feedback.ensemble import build_feedback
+from rlrec.outputs.results import Round, RunResult
 from rlrec.policy import Policy
-from rlrec.results import Round, RunResult
+from rlrec.runtime import artifacts, memory
 
 log = logging.getLogger("rlrec")
 
@@ -101,7 +102,7 @@ def round_metrics(rounds: list[Round]) -> dict:
 
 
 def llm_identity(cfg) -> dict | None:
-    """The policy's LLM config, resolved, its cache folder absolute: what `rlrec.export --merge`
+    """The policy's LLM config, resolved, its cache folder absolute: what `rlrec.outputs.export --merge`
     loads the base weights of an adapter from, from any directory."""
     if cfg.get("llm") is None:
         return None

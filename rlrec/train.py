@@ -17,13 +17,13 @@ import hydra
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from rlrec import memory
-from rlrec.cache import atomic_write_json, atomic_write_text, sqlite_journal
 from rlrec.configs import conf_dir, user_errors, validate
-from rlrec.console import quiet_libraries
 from rlrec.context import Context
-from rlrec.report import run_markdown, write_plots
+from rlrec.outputs.report import run_markdown, write_plots
 from rlrec.run import run as run_shape
+from rlrec.runtime import memory
+from rlrec.runtime.cache import atomic_write_json, atomic_write_text, sqlite_journal
+from rlrec.runtime.console import quiet_libraries
 
 log = logging.getLogger("rlrec")
 

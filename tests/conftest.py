@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # rlrec.layers.compiled kernels run eagerly in tests (same values; compiling each test's shapes would
 # cost minutes): tests/unit/test_layers.py switches compilation on to check compiled == eager
 os.environ.setdefault("RLREC_COMPILE", "0")
-# precision=auto resolves by what this CPU runs faster (rlrec.precision): pinned to fp32 for the suite
+# precision=auto resolves by what this CPU runs faster (rlrec.runtime.precision): pinned to fp32 for the suite
 # (subprocesses inherit it), so every machine of the kind runs the same code paths; tests whose outcome
 # depends on the probe's answer take `auto_precision` and run once with each answer
 os.environ["RLREC_PRECISION_AUTO"] = "32-true"

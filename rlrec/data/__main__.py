@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from rlrec.configs import conf_dir
-from rlrec.console import quiet_libraries
 from rlrec.data.schema import DataError
+from rlrec.runtime.console import quiet_libraries
 
 
 def describe(overrides: list[str]) -> dict:

@@ -42,7 +42,7 @@ class TensorBatches:
         """This process's rows [lo, hi). Inside a multi-process fit (a launched DDP rank) every rank
         draws the same seeded order: for training each takes an equal share of it (DDP steps together,
         so every rank needs as many batches; `__iter__` picks the rows), for evaluation its slice."""
-        from rlrec.launch import world
+        from rlrec.runtime.launch import world
 
         rank, size = world()
         if size == 1:
@@ -64,7 +64,7 @@ class TensorBatches:
 
     def __iter__(self):
         if self.shuffle:
-            from rlrec.launch import world
+            from rlrec.runtime.launch import world
 
             perm = torch.randperm(self.n, generator=self.generator)
             rank, size = world()

@@ -11,12 +11,12 @@ import pandas as pd
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from rlrec.cache import fingerprint
 from rlrec.data.ctr import TensorBatches, ctr_tensors
 from rlrec.data.features import FeatureSpec, PreparedData, prepare
 from rlrec.data.prompts import PromptView
 from rlrec.data.schema import DataError, RecData
 from rlrec.data.splits import SplitConfig
+from rlrec.runtime.cache import fingerprint
 
 
 def _plain(x):

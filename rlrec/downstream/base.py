@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from rlrec.data.schema import DataError
-from rlrec.results import Probe, Round, Table
+from rlrec.outputs.results import Probe, Round, Table
 
 
 class Downstream:

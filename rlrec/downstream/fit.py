@@ -14,8 +14,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from rlrec import launch
 from rlrec.data.features import FeatureSpec
+from rlrec.runtime import launch
 from rlrec.tasks.callbacks import KeepBest, Throughput
 
 
@@ -39,7 +39,7 @@ def fit(
     """Train `task` (a CTRTask / RerankTask around `task.model`) on the `train` loader, early-stopping
     on `monitor` over `valid`; `make_trainer(callbacks=[...])` builds the Trainer from config.
     With a `test` loader, returns the best weights' val/* and test/* metrics too. A multi-process
-    Trainer (`trainer.devices > 1`) runs the whole fit on launched ranks (`rlrec.launch`)."""
+    Trainer (`trainer.devices > 1`) runs the whole fit on launched ranks (`rlrec.runtime.launch`)."""
     return launch.run(
         _fit, make_trainer, task, train, valid, test, monitor=monitor, patience=patience, factory=make_trainer
     )
@@ -75,7 +75,7 @@ def fit_shard(
     seed: int,
     after: str | None = None,
 ) -> dict:
-    """A feedback model's fit as a stage build (one shard, `rlrec.executor`), seeded here so it
+    """A feedback model's fit as a stage build (one shard, `rlrec.runtime.executor`), seeded here so it
     computes the same wherever it runs: `model()` builds it after `torch.manual_seed(seed)`; with
     `after` (a shard's `model.pt`) it continues from those weights with its own user knowledge.
     The best weights go to `work/model.pt`; returns {"best": the monitored validation metric}."""

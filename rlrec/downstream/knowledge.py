@@ -21,17 +21,17 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rlrec.cache import _plain, fingerprint
 from rlrec.data.ctr import TensorBatches
 from rlrec.data.schema import DataError
 from rlrec.downstream import stats
 from rlrec.downstream.base import Downstream
 from rlrec.downstream.fit import build_model, fit
 from rlrec.downstream.lists import SPLITS, initial_scores, rerank_lists, reranker_factory
-from rlrec.executor import Shard, stages
 from rlrec.knowledge.index import vector_table
 from rlrec.metrics import list_metrics, mean_list_metrics
-from rlrec.results import Probe, Round, Table
+from rlrec.outputs.results import Probe, Round, Table
+from rlrec.runtime.cache import _plain, fingerprint
+from rlrec.runtime.executor import Shard, stages
 
 LABELS = {
     "base": "base (no knowledge)",
@@ -152,14 +152,14 @@ class KnowledgeDownstream(Downstream):
 
     # ---- knowledge.source: the export format, read back (no LLM) -----------------------------------
     def from_files(self, source: str | Path) -> Probe:
-        """User (and item) knowledge from a folder in the export format (`rlrec/artifacts.py`): each
+        """User (and item) knowledge from a folder in the export format (`rlrec/runtime/artifacts.py`): each
         side's vectors where the folder has them, else its .klg texts encoded by the run's encoder.
         Ids are the dataset's raw ids; users without knowledge get the padding row (zeros)."""
         folder = Path(source)
         if not folder.is_dir():
             raise DataError(
                 f"knowledge.source={str(source)!r}: not a folder (expected user.klg and/or "
-                "user_vectors.npy + user_vectors.ids.json, e.g. from `python -m rlrec.export`)"
+                "user_vectors.npy + user_vectors.ids.json, e.g. from `python -m rlrec.outputs.export`)"
             )
         prep = self.ctx.prep
         user, texts = self._side(folder, "user", prep.user_ids, prep.spec.num_users)
@@ -178,7 +178,7 @@ class KnowledgeDownstream(Downstream):
 
     def _side(self, folder: Path, side: str, raw_ids, num: int):
         """(the side's vector table or None, {index: text}) from `folder`."""
-        from rlrec import artifacts
+        from rlrec.runtime import artifacts
 
         texts: dict[int, str] = {}
         klg = folder / f"{side}.klg"

@@ -14,11 +14,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from rlrec.cache import fingerprint
 from rlrec.data.prompts import DEFAULT_DOMAIN
 from rlrec.downstream.base import Downstream
 from rlrec.downstream.questions import RecommendationTask, next_item_instances
-from rlrec.results import Probe, Round, Table
+from rlrec.outputs.results import Probe, Round, Table
+from rlrec.runtime.cache import fingerprint
 
 COLUMNS = ("hit@1", "ndcg@3", "validity", "diversity", "explainability", "ndcg@5", "precision@5")
 LABELS = {"zero_shot": "LLM zero-shot", "sft": "SFT", "round0": "LLM (round 0)"}

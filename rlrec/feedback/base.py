@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from rlrec.cache import fingerprint
 from rlrec.knowledge.index import vector_table
-from rlrec.results import Probe
+from rlrec.outputs.results import Probe
+from rlrec.runtime.cache import fingerprint
 
 
 class Feedback:
@@ -40,7 +40,7 @@ class Feedback:
         raise NotImplementedError(f"{type(self).__name__}.score")
 
     def shards(self, probe: Probe) -> list | None:
-        """The fits `refit` would run, as executor shards (`rlrec.executor.Shard`) that an ensemble
+        """The fits `refit` would run, as executor shards (`rlrec.runtime.executor.Shard`) that an ensemble
         submits together with its other members'; None: `refit` does its own work."""
         return None
 

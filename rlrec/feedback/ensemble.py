@@ -23,9 +23,9 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rlrec.cache import fingerprint
 from rlrec.feedback.base import Feedback
 from rlrec.metrics import nan_rows_ok
+from rlrec.runtime.cache import fingerprint
 
 
 class Ensemble(Feedback):
@@ -45,7 +45,7 @@ class Ensemble(Feedback):
     def refit(self, probe) -> dict:
         per = [m.shards(probe) for m in self.members]
         if all(shards is not None for shards in per):  # every (member, fold) fit submitted together
-            from rlrec.executor import stages
+            from rlrec.runtime.executor import stages
 
             ctx = self.members[0].ctx
             fits = iter(stages(ctx.executor, ctx.store, [s for shards in per for s in shards]))

@@ -21,9 +21,9 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from rlrec.cache import fingerprint
 from rlrec.feedback.base import Feedback, feedback_key
 from rlrec.llm.generation import SamplingConfig
+from rlrec.runtime.cache import fingerprint
 
 CRITERIA = ("relevance", "diversity", "explainability")
 

@@ -21,7 +21,7 @@ from rlrec.data.prompts import DEFAULT_DOMAIN, PromptTemplate, PromptView
 from rlrec.feedback.base import Feedback, feedback_key
 from rlrec.feedback.crossfit import UserFolds
 from rlrec.feedback.validator import p_true
-from rlrec.results import Probe
+from rlrec.outputs.results import Probe
 
 
 class LLMValidatorFeedback(Feedback):

@@ -15,8 +15,8 @@ import re
 
 import numpy as np
 
-from rlrec.cache import fingerprint
 from rlrec.feedback.base import Feedback
+from rlrec.runtime.cache import fingerprint
 
 
 class PlantedFeedback(Feedback):

@@ -18,11 +18,11 @@ from omegaconf import DictConfig
 from rlrec.data.ctr import TensorBatches
 from rlrec.downstream.fit import build_model, fit_shard, load_shard
 from rlrec.downstream.lists import rerank_lists, reranker_factory
-from rlrec.executor import Shard, stages
 from rlrec.feedback.base import Feedback, feedback_key, knowledge_table
 from rlrec.feedback.crossfit import UserFolds, mean_by_slot
 from rlrec.metrics import list_loglik, list_metrics
-from rlrec.results import Probe
+from rlrec.outputs.results import Probe
+from rlrec.runtime.executor import Shard, stages
 from rlrec.tasks.rerank import RerankTask
 
 log = logging.getLogger("rlrec")

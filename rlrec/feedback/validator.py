@@ -19,10 +19,10 @@ from omegaconf import DictConfig
 
 from rlrec.data.ctr import TensorBatches, ctr_tensors
 from rlrec.downstream.fit import build_model, fit_shard, load_shard
-from rlrec.executor import Shard, stages
 from rlrec.feedback.base import Feedback, feedback_key, knowledge_table
 from rlrec.feedback.crossfit import UserFolds, mean_by_slot
-from rlrec.results import Probe
+from rlrec.outputs.results import Probe
+from rlrec.runtime.executor import Shard, stages
 from rlrec.tasks.ctr import CTRTask
 
 log = logging.getLogger("rlrec")

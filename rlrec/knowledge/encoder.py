@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlrec.cache import fingerprint, folder_identity, set_sqlite_journal
+from rlrec.runtime.cache import fingerprint, folder_identity, set_sqlite_journal
 
 log = logging.getLogger("rlrec")
 
@@ -327,7 +327,7 @@ class TextEncoder:
         found = self.store.get(list(unique), stored_dim) if stored_dim else {}
         todo = sorted((k for k in unique if k not in found), key=lambda k: -len(unique[k]))
         if todo:
-            from rlrec.console import LineBar, bar
+            from rlrec.runtime.console import LineBar, bar
 
             n_batches = -(-len(todo) // self.batch_size)
             few = n_batches < _PROGRESS_MIN_BATCHES  # a handful of texts: no bar, no line

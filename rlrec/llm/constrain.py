@@ -34,7 +34,7 @@ from math import perm
 
 import torch
 
-from rlrec.cache import fingerprint
+from rlrec.runtime.cache import fingerprint
 
 MAX_REGEX_BRANCHES = 5000  # ordered k-subsets spelled out in `regex()`; past that, repeats are allowed
 

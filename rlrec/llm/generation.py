@@ -44,9 +44,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlrec.cache import code_version, fingerprint, set_sqlite_journal
 from rlrec.llm.chat import chat_messages, format_chat
-from rlrec.precision import cast_linear_weights, is_bf16
+from rlrec.runtime.cache import code_version, fingerprint, set_sqlite_journal
+from rlrec.runtime.precision import cast_linear_weights, is_bf16
 
 log = logging.getLogger("rlrec")
 
@@ -262,7 +262,7 @@ class HFBackend:
     ):
         assert engine in ("auto", "prefix", "generate"), f"engine={engine!r}: auto | prefix | generate"
         self.model, self.tokenizer = model, tokenizer
-        # a resolved precision (rlrec.precision): bf16-* samples under bf16 autocast; the cache keys
+        # a resolved precision (rlrec.runtime.precision): bf16-* samples under bf16 autocast; the cache keys
         # of its texts differ from fp32's (the backend's name says so), fp32 keys stay as they were
         self.precision = str(precision)
         if kv_dtype not in ("auto", "float32"):
@@ -847,6 +847,6 @@ class Generator:
     def _bar(self, total: int):
         if not self.progress or total == 0:
             return None
-        from rlrec.console import bar
+        from rlrec.runtime.console import bar
 
         return bar(total, f"generate[{self.backend.name}]", "prompt")

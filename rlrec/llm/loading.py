@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from rlrec.cache import file_hash, file_lock, fingerprint, folder_identity
+from rlrec.runtime.cache import file_hash, file_lock, fingerprint, folder_identity
 
 log = logging.getLogger("rlrec")
 

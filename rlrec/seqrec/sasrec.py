@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlrec import launch
+from rlrec.runtime import launch
 from rlrec.tasks.callbacks import KeepBest
 
 
@@ -320,7 +320,7 @@ def fit_sasrec(
 
 
 def _fit(make, task, train, valid, monitor, patience, max_epochs, max_steps, progress) -> SASRec:
-    """The fit of `fit_sasrec`, in this process or on each launched rank (`rlrec.launch`)."""
+    """The fit of `fit_sasrec`, in this process or on each launched rank (`rlrec.runtime.launch`)."""
     model = task.model
     callbacks: list[pl.Callback] = []
     keep = KeepBest(monitor) if valid is not None else None

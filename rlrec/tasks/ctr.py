@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
-from rlrec.launch import gather
 from rlrec.metrics import user_auc
-from rlrec.precision import full_precision
+from rlrec.runtime.launch import gather
+from rlrec.runtime.precision import full_precision
 
 
 class CTRTask(pl.LightningModule):

@@ -13,7 +13,7 @@ from torch import nn
 
 from rlrec.llm.loading import LLMConfig, load_model, load_tokenizer
 from rlrec.llm.logps import completion_logps
-from rlrec.precision import autocast_dtype, low_precision_weights
+from rlrec.runtime.precision import autocast_dtype, low_precision_weights
 
 
 def _adamw(params):  # the default when no optimizer partial is given

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlrec import launch
 from rlrec.llm.loading import LLMConfig
 from rlrec.llm.logps import shared_prompt_logps
 from rlrec.llm.losses import LOSSES
+from rlrec.runtime import launch
 from rlrec.tasks.llm import LLMTask, frozen_weights_cast
 
 
@@ -88,7 +88,7 @@ class PreferenceTask(LLMTask):
         and keep the log-probs by example index. Call it once per round and split ("train", and
         "val" for held-out pairs), before `fit`. On launched ranks each rank scores its shard of the
         examples and every rank gathers all of them."""
-        from rlrec.launch import world
+        from rlrec.runtime.launch import world
 
         self.configure_model()
         rank, size = world()
@@ -187,8 +187,8 @@ def fit_preference(
     the last held-out ones, the per-step curve: one dict of metrics per optimiser step)."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from rlrec.launch import is_global_zero, rank_device, world
     from rlrec.llm.data import PreferenceDataset
+    from rlrec.runtime.launch import is_global_zero, rank_device, world
     from rlrec.tasks.callbacks import MetricLog
 
     P = preference

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlrec.launch import gather
 from rlrec.metrics import list_metrics, mean_list_metrics
-from rlrec.precision import full_precision
+from rlrec.runtime.launch import gather
+from rlrec.runtime.precision import full_precision
 
 
 def pointwise_bce(scores: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from rlrec import launch
+from rlrec.runtime import launch
 from rlrec.tasks.llm import LLMTask, frozen_weights_cast
 
 
@@ -32,7 +32,7 @@ class SFTTask(LLMTask):
 
 def fit_sft(task: SFTTask, loader, make_trainer, max_epochs: int, prefix: str = "sft/", out=None, accumulate: int = 1):
     """Fit `task` on `loader` for `max_epochs` with the Trainer `make_trainer` builds — in this process,
-    or on every rank of a multi-process Trainer (`rlrec.launch`; only rank 0 saves the adapter to
+    or on every rank of a multi-process Trainer (`rlrec.runtime.launch`; only rank 0 saves the adapter to
     `out`); an update averages `accumulate` batches. Returns (the trained task, the per-step
     metrics' means under `prefix` (`MetricLog`), the Trainer's last logged metrics)."""
     return launch.run(_fit_sft, task, loader, make_trainer, max_epochs, prefix, out, accumulate, factory=make_trainer)

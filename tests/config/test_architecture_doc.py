@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from rlrec import loop
 from rlrec.feedback.base import Feedback
 from rlrec.feedback.ensemble import build_feedback
-from rlrec.store import Store
+from rlrec.runtime.store import Store
 from tests.conftest import ROOT
 from tests.unit.test_loop import StubDownstream, encode
 

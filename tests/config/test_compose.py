@@ -72,7 +72,7 @@ def _instantiate(group: str, cfg, tmp_path):
             return node
         return instantiate(node, accelerator="cpu", devices=1, precision="32-true", sync_batchnorm=False)
     if group == "trainer":  # as Context.trainer_node builds it: precision=auto resolved for this machine
-        from rlrec.precision import resolve
+        from rlrec.runtime.precision import resolve
 
         return instantiate(node, precision=resolve(node.precision, "ctr", node.accelerator))
     obj = instantiate(node) if group != "feedback" else None  # `ensemble` is build_feedback's, not the class's

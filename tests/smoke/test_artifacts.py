@@ -1,5 +1,5 @@
 """Artifacts out and in: a run's knowledge, vectors, pairs and adapter in the export format,
-`python -m rlrec.export` (with `--merge`), and `knowledge.source=` feeding them back to a backbone."""
+`python -m rlrec.outputs.export` (with `--merge`), and `knowledge.source=` feeding them back to a backbone."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rlrec.data.schema import DataError
-from rlrec.export import export, main
+from rlrec.outputs.export import export, main
 from rlrec.train import run
 from tests.smoke.test_train import _cfg
 

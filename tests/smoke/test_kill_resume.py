@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from rlrec.cache import sqlite_journal
-from rlrec.store import Store
+from rlrec.runtime.cache import sqlite_journal
+from rlrec.runtime.store import Store
 from rlrec.train import run
 from tests.smoke.test_train import ENV, _paper_cfg
 

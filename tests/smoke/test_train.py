@@ -84,7 +84,7 @@ def test_multirun_subprocess_and_report(tmp_path):
     assert len(files) == 2
     assert {json.loads(f.read_text())["run"]["backbone"] for f in files} == {"din", "deepfm"}
     r = subprocess.run(
-        [sys.executable, "-m", "rlrec.report", str(sweep)],
+        [sys.executable, "-m", "rlrec.outputs.report", str(sweep)],
         cwd=ROOT,
         env=ENV,
         capture_output=True,

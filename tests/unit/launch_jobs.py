@@ -4,7 +4,7 @@ and Lightning)."""
 
 from __future__ import annotations
 
-from rlrec import launch
+from rlrec.runtime import launch
 
 
 def failing_job():

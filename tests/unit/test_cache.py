@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from rlrec.cache import fingerprint
+from rlrec.runtime.cache import fingerprint
 
 
 def test_nested_configs_hash_by_resolved_values():
@@ -19,7 +19,7 @@ def test_nested_configs_hash_by_resolved_values():
 
 
 def test_the_code_version_follows_what_the_code_does_not_how_it_reads(tmp_path):
-    from rlrec.cache import code_version
+    from rlrec.runtime.cache import code_version
 
     base = {"scale.py": '"""Scales."""\n\ndef scale(x):\n    """Twice x."""\n    return 2 * x\n',
             "data/load.py": "def load():\n    return []\n"}  # fmt: skip
@@ -35,15 +35,15 @@ def test_the_code_version_follows_what_the_code_does_not_how_it_reads(tmp_path):
     # a comment, a docstring, a reformatting: the same code
     assert version("doc", {"scale.py": '"""Scales by two."""\n# eq. 3\ndef scale( x ):\n    return 2*x\n'}) == v0
     # presentation modules (tables, plots, CLIs) never compute a stage's output
-    assert version("report", {"report.py": "def table():\n    return 'x'\n"}) == v0
+    assert version("report", {"outputs/report.py": "def table():\n    return 'x'\n"}) == v0
     # what the code computes, in any module: a new version
     assert version("scale", {"scale.py": "def scale(x):\n    return 3 * x\n"}) != v0
     assert version("load", {"data/load.py": "def load():\n    return [0]\n"}) != v0
 
 
 def test_changed_code_rebuilds_a_stage_and_a_pinned_version_reuses_it(tmp_path, monkeypatch):
-    from rlrec import cache
-    from rlrec.store import Store
+    from rlrec.runtime import cache
+    from rlrec.runtime.store import Store
 
     builds = []
 

@@ -14,12 +14,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rlrec import executor
-from rlrec.executor import Joblib, Serial
 from rlrec.feedback.ensemble import Ensemble
 from rlrec.feedback.validator import ValidatorFeedback
 from rlrec.loop import Refit, score
-from rlrec.results import Probe
+from rlrec.outputs.results import Probe
+from rlrec.runtime import executor
+from rlrec.runtime.executor import Joblib, Serial
 from tests.conftest import CONF, make_context
 
 D = 8  # knowledge vector size
@@ -90,7 +90,7 @@ def test_rewards_are_bit_identical_in_process_and_in_worker_processes(tiny_prep,
 def test_rewards_are_bit_identical_through_submitit_local_processes(tiny_prep, inputs, tmp_path):
     """The same through a submitit job array of local processes (~1.5 min on 2 cores: 4 process starts)."""
     pytest.importorskip("submitit")
-    from rlrec.executor import Submitit
+    from rlrec.runtime.executor import Submitit
 
     serial = _context(tmp_path / "serial", tiny_prep, Serial(threads=1))
     array = _context(tmp_path / "submitit", tiny_prep, Submitit(folder=str(tmp_path / "jobs"), cluster="local"))

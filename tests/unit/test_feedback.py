@@ -16,7 +16,7 @@ from rlrec.data.synthetic import THEMES, load_synthetic
 from rlrec.feedback.recommender import RecommenderFeedback
 from rlrec.feedback.validator import ValidatorFeedback
 from rlrec.llm.pairs import build_groups
-from rlrec.results import Probe
+from rlrec.outputs.results import Probe
 from tests.conftest import make_context
 
 

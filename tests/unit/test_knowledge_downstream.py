@@ -49,7 +49,7 @@ def test_item_text_names_a_missing_field_and_excludes_item_prompt(tmp_path):
 
 def test_items_only_keeps_the_item_side_and_gives_every_user_one_vector():
     from rlrec.downstream.knowledge import items_only
-    from rlrec.results import Probe
+    from rlrec.outputs.results import Probe
 
     users = np.zeros((4, 3), np.float32)
     users[1:] = [[1, 0, 0], [0, 1, 0], [0, 0, 4]]

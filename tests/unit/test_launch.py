@@ -1,5 +1,5 @@
 """Multi-process fits on this CPU with gloo: the pipeline process launches the ranks with
-`torchrun --standalone --nproc_per_node=2 -m rlrec.stage` (rlrec.launch), or as the tasks of a
+`torchrun --standalone --nproc_per_node=2 -m rlrec.runtime.stage` (rlrec.runtime.launch), or as the tasks of a
 submitit job (local processes here, SLURM tasks on a cluster), never with Lightning's own launcher. On `llm=tiny_random`: one adapter is written, 2 ranks × batch 1 train the same adapter as
 1 process × batch 2, and the reference log-probs each rank computes on its shard, once gathered,
 equal the single-process ones. A CTR fit on 2 ranks returns a trained model and whole-split metrics."""
@@ -15,9 +15,9 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from rlrec import launch
-from rlrec.launch import TrainerFactory
 from rlrec.llm.data import PreferenceDataset
+from rlrec.runtime import launch
+from rlrec.runtime.launch import TrainerFactory
 from rlrec.tasks.preference import PreferenceTask, train_preference
 from tests.conftest import CONF
 from tests.unit.launch_jobs import failing_job
@@ -159,8 +159,8 @@ def test_table_fits_log_under_their_own_version(tmp_path):
 
 
 def test_ranks_interleave_one_shuffled_order_so_their_batches_make_one_processs_batch(monkeypatch):
-    from rlrec import launch as where
     from rlrec.data.ctr import TensorBatches
+    from rlrec.runtime import launch as where
 
     rows = {"x": torch.arange(22)}
     one = [b["x"] for b in TensorBatches(rows, 6, shuffle=True, seed=5)]  # 1 process, batch 2 × 3

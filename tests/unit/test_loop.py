@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from rlrec import loop
-from rlrec.cache import fingerprint
 from rlrec.feedback.base import Feedback
-from rlrec.results import Probe
-from rlrec.store import Store
+from rlrec.outputs.results import Probe
+from rlrec.runtime.cache import fingerprint
+from rlrec.runtime.store import Store
 
 N = 3
 

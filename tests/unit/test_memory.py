@@ -1,4 +1,4 @@
-"""rlrec.memory: the RSS numbers a run prints and writes to results.json."""
+"""rlrec.runtime.memory: the RSS numbers a run prints and writes to results.json."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from rlrec import memory
+from rlrec.runtime import memory
 
 
 def test_rss_and_peak_see_a_touched_buffer():

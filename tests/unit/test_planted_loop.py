@@ -16,12 +16,12 @@ import torch
 from omegaconf import OmegaConf
 
 from rlrec import loop
-from rlrec.cache import fingerprint
 from rlrec.feedback.planted import PlantedFeedback
 from rlrec.llm.generation import SamplingConfig
+from rlrec.outputs.results import Probe
 from rlrec.policy import Policy
-from rlrec.results import Probe
-from rlrec.store import Store
+from rlrec.runtime.cache import fingerprint
+from rlrec.runtime.store import Store
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .?"
 

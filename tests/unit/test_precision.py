@@ -1,4 +1,4 @@
-"""`trainer.precision=auto` (rlrec.precision): the probe's decision and cache, and bf16 autocast
+"""`trainer.precision=auto` (rlrec.runtime.precision): the probe's decision and cache, and bf16 autocast
 staying within tolerance of fp32 where rlrec uses it — the S-DPO loss and its LoRA gradients,
 the sampler's next-token distribution, and a CTR backbone's AUC."""
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlrec import precision
 from rlrec.llm.data import PreferenceDataset
+from rlrec.runtime import precision
 from rlrec.tasks.preference import PreferenceTask
 from tests.unit.test_preference import LORA, CharTokenizer, loader, pref_examples, tiny_llama
 

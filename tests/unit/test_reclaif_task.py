@@ -22,7 +22,7 @@ from rlrec.feedback.judge import DECISION_PREFIX, EXPLAIN_PREFIX, JudgeFeedback
 from rlrec.feedback.llm_validator import LLMValidatorFeedback
 from rlrec.feedback.validator import p_true
 from rlrec.llm.logps import choice_probs, choice_token_ids
-from rlrec.report import table_markdown
+from rlrec.outputs.report import table_markdown
 from tests.conftest import CONF
 
 
@@ -582,7 +582,7 @@ def test_llm_validator_p_yes_and_rec_tuning_on_a_real_tiny_model(tiny_prep, tmp_
     import dataclasses
 
     from rlrec.llm.chat import format_chat
-    from rlrec.results import Probe
+    from rlrec.outputs.results import Probe
     from tests.conftest import make_context
 
     prep = dataclasses.replace(tiny_prep, frame=tiny_prep.frame.assign(label=1))  # every sample a Yes

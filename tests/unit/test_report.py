@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlrec.report import aggregate
+from rlrec.outputs.report import aggregate
 
 
 def _run(backbone, seed, **metrics):
@@ -26,7 +26,7 @@ def test_aggregate_rerank_runs_show_initial_and_shuffled_rows():
 
 
 def test_run_plots_and_rounds_table_show_reliability_heldout_gain_and_curves(tmp_path):
-    from rlrec.report import rounds_table, write_plots
+    from rlrec.outputs.report import rounds_table, write_plots
 
     curve = [{"step": i, "epoch": 0, "train/sdpo_loss": 1.4 - 0.1 * i, "train/reward_acc": 0.1 * i} for i in range(6)]
     curve[2].update({"val/sdpo_loss": 1.3, "val/reward_acc": 0.3})

@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
-from rlrec.cache import SQLITE_JOURNAL_ENV, SQLiteJournalError, sqlite_journal
 from rlrec.knowledge.encoder import _VectorStore
 from rlrec.llm.generation import GenerationCache, Sample
+from rlrec.runtime.cache import SQLITE_JOURNAL_ENV, SQLiteJournalError, sqlite_journal
 
 
 def _file_mode(path) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rlrec.store import Store
+from rlrec.runtime.store import Store
 
 
 def _build(counter: Path, value: int, seconds: float = 0.0):

@@ -1,4 +1,4 @@
-"""Results → markdown. `python -m rlrec.report <dir> [--out report.md]` collects every
+"""Results → markdown. `python -m rlrec.outputs.report <dir> [--out report.md]` collects every
 `results.json` under <dir> (e.g. a multirun) into one table: mean ± std over seeds per
 (experiment, dataset, split, backbone)."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlrec.cache import atomic_write_text
+from rlrec.runtime.cache import atomic_write_text
 
 DEFAULT_METRICS = (
     "test/auc",
@@ -72,7 +72,7 @@ LOSSES = ("align/sdpo_loss", "align/dpo_loss", "align/ipo_loss")
 
 
 def table_markdown(table: dict) -> str:
-    """Any `rlrec.results.Table` (as a dict): a row per method / variant with its columns (± std
+    """Any `rlrec.outputs.results.Table` (as a dict): a row per method / variant with its columns (± std
     over seeds where present), the paired comparisons, then the notes."""
     if not table or not table.get("rows"):
         return ""
@@ -246,7 +246,7 @@ def aggregate(runs: list[dict], metrics=DEFAULT_METRICS) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rlrec.report", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m rlrec.outputs.report", description=__doc__)
     ap.add_argument("root", nargs="?", default="multirun", help="folder searched recursively for results.json")
     ap.add_argument("--out", default=None, help="write the table here too (default: <root>/report.md)")
     ap.add_argument("--metrics", nargs="*", default=list(DEFAULT_METRICS))

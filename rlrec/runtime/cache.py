@@ -36,9 +36,9 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]
 # modules that only present results (tables, plots, the console, exports, CLIs): never a stage's output
-PRESENTATION = ("report.py", "console.py", "cli.py", "export.py", "data/__main__.py")
+PRESENTATION = ("outputs/report.py", "outputs/export.py", "runtime/console.py", "cli.py", "data/__main__.py")
 CODE_VERSION = "RLREC_CODE_VERSION"  # set: every stage key takes this instead of the code's hash
 
 
@@ -46,7 +46,7 @@ def code_version(root: str | Path = PACKAGE) -> str:
     """The version of the code under `root` (default: the rlrec package) that computes stage outputs:
     a hash of every module's syntax tree, docstrings dropped, so a comment, a docstring or a
     reformatting keeps it and any change to what the code does gives a new one. Part of every
-    stage key (`rlrec.store`) and of every cached text's key (`rlrec/llm` only), so changed code never
+    stage key (`rlrec.runtime.store`) and of every cached text's key (`rlrec/llm` only), so changed code never
     reuses an old output. Presentation modules (`PRESENTATION`) do not count. `$RLREC_CODE_VERSION`
     pins it for a developer who knows an edit cannot change results (a new plug-in file, say).
 

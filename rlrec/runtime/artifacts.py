@@ -1,5 +1,5 @@
 """The files a run's knowledge, preference data and adapters travel in. One format, three uses: a
-run writes it into its output dir (`artifacts/`), `python -m rlrec.export` copies what a user asks
+run writes it into its output dir (`artifacts/`), `python -m rlrec.outputs.export` copies what a user asks
 for (and merges adapters), and `knowledge.source=<dir>` reads it back into any CTR backbone or
 re-ranker with no LLM loaded.
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rlrec.cache import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from rlrec.data.schema import DataError
+from rlrec.runtime.cache import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 MANIFEST = "manifest.json"
 KINDS = {  # what `--what` selects → the files of a round it covers

@@ -1,10 +1,10 @@
-"""The stage entry point a launcher starts on every rank: `python -m rlrec.stage <job.pt>`.
+"""The stage entry point a launcher starts on every rank: `python -m rlrec.runtime.stage <job.pt>`.
 
-    torchrun --standalone --nproc_per_node=2 -m rlrec.stage job.pt    # this machine
-    srun --nodes=2 --ntasks-per-node=4 python -m rlrec.stage job.pt   # a SLURM allocation
-    (submitit calls `rlrec.stage.main(job)` on every task)
+    torchrun --standalone --nproc_per_node=2 -m rlrec.runtime.stage job.pt    # this machine
+    srun --nodes=2 --ntasks-per-node=4 python -m rlrec.runtime.stage job.pt   # a SLURM allocation
+    (submitit calls `rlrec.runtime.stage.main(job)` on every task)
 
-A job (written by `rlrec.launch.run`) is a module-level function with its arguments. Each rank joins
+A job (written by `rlrec.runtime.launch.run`) is a module-level function with its arguments. Each rank joins
 the process group (gloo on CPU, nccl on GPU) from the launcher's environment, runs the function —
 its Lightning Trainer sees that environment and starts no process itself — and rank 0 writes the
 return value to `result.pt` beside the job, atomically.
@@ -36,7 +36,7 @@ def _environment() -> None:
 
         if not SLURMEnvironment.detect():
             raise RuntimeError(
-                "rlrec.stage runs under a launcher (torchrun, srun, submitit): none of their environments is set"
+                "rlrec.runtime.stage runs under a launcher (torchrun, srun, submitit): none of their environments is set"
             ) from None
         env = SLURMEnvironment()
         os.environ.update(
@@ -75,5 +75,5 @@ def main(path: str | Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m rlrec.stage <job.pt>  (started by torchrun / srun / submitit)")
+        sys.exit("usage: python -m rlrec.runtime.stage <job.pt>  (started by torchrun / srun / submitit)")
     main(sys.argv[1])

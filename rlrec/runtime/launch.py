@@ -4,7 +4,7 @@ Lightning's own DDP launcher starts each extra rank by re-executing the command 
 `python -m rlrec.train …` that is the whole pipeline once per rank. Instead, one pipeline process
 drives the ranks: a fit that wants more than one process (`trainer.devices × trainer.num_nodes > 1`)
 is pickled as a job — a module-level function and its arguments (the task, its data) — and started
-on every rank by the stage entry point `python -m rlrec.stage <job>`, through
+on every rank by the stage entry point `python -m rlrec.runtime.stage <job>`, through
 
     launch.via=torchrun   torchrun --standalone --nproc_per_node=D on this machine (CPU: gloo; GPU: nccl)
     launch.via=srun       srun inside a SLURM allocation (nodes × tasks per node)
@@ -34,17 +34,17 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rlrec.console import interactive
+from rlrec.runtime.console import interactive
 
 log = logging.getLogger("rlrec")
 
-IN_RANK = "RLREC_IN_RANK"  # set by `rlrec.stage` on every rank it runs
+IN_RANK = "RLREC_IN_RANK"  # set by `rlrec.runtime.stage` on every rank it runs
 VIAS = ("torchrun", "srun", "submitit")
 SPAWNING = ("ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_spawn_find_unused_parameters_false")
 
 
 def in_rank() -> bool:
-    """True inside a rank started by `rlrec.stage` (a launched multi-process fit)."""
+    """True inside a rank started by `rlrec.runtime.stage` (a launched multi-process fit)."""
     return os.environ.get(IN_RANK) == "1"
 
 
@@ -134,7 +134,7 @@ class TrainerFactory:
             if not in_rank():
                 raise RuntimeError(
                     f"trainer.devices={node.get('devices')} × trainer.num_nodes={self.num_nodes} is a "
-                    "multi-process fit: it runs through rlrec.launch.run (one pipeline process drives the "
+                    "multi-process fit: it runs through rlrec.runtime.launch.run (one pipeline process drives the "
                     "ranks), never as a Trainer of the pipeline process"
                 )
             local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE", 1))
@@ -211,7 +211,7 @@ def launch(factory: TrainerFactory, fn, args: tuple, kwargs: dict):
     )
     name = getattr(fn, "__qualname__", str(fn))
     log.info("launching %s on %d × %d ranks via %s (%s)", name, N, D, via, job)
-    entry = [sys.executable, "-m", "rlrec.stage", str(job / "job.pt")]
+    entry = [sys.executable, "-m", "rlrec.runtime.stage", str(job / "job.pt")]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, factory.threads // D))}
     try:
         if via == "torchrun":
@@ -257,7 +257,7 @@ def _submitit(L: dict, D: int, N: int, accelerator: str, job: Path) -> None:
         import submitit
     except ImportError as e:
         raise ImportError("launch.via=submitit needs submitit (a dependency of rlrec): pip install submitit") from e
-    from rlrec import stage
+    from rlrec.runtime import stage
 
     executor = submitit.AutoExecutor(folder=str(job / "submitit"), cluster=L.get("cluster"))
     params = {"nodes": N, "tasks_per_node": D, "timeout_min": int(L.get("timeout_min", 60))}

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlrec import memory
-from rlrec.cache import atomic_write_json, code_version, file_lock, fingerprint, read_json
+from rlrec.runtime import memory
+from rlrec.runtime.cache import atomic_write_json, code_version, file_lock, fingerprint, read_json
 
 log = logging.getLogger("rlrec")
 
@@ -122,7 +122,7 @@ class Store:
         return reuse and (self.root / name / key / "result.json").exists()
 
     def fork(self) -> Store:
-        """A copy for a job that builds stages elsewhere (`rlrec.executor`): the same folder and
+        """A copy for a job that builds stages elsewhere (`rlrec.runtime.executor`): the same folder and
         reuse rule, its own `events`, which `join` brings back."""
         return Store(self.root, self.reuse, [], set(self._seen))
 

@@ -1,5 +1,5 @@
-"""`python -m rlrec.export <run dir> [--what knowledge,vectors,pairs,adapter] [--rounds round0,round1]
-[--merge] --out DIR`: a run's artifacts in formats other tools read (`rlrec/artifacts.py`).
+"""`python -m rlrec.outputs.export <run dir> [--what knowledge,vectors,pairs,adapter] [--rounds round0,round1]
+[--merge] --out DIR`: a run's artifacts in formats other tools read (`rlrec/runtime/artifacts.py`).
 
     DIR/<round>/user.klg, item.klg          KAR's knowledge files: JSON {raw id: text}
     DIR/<round>/user_vectors.npy + .ids.json the knowledge vectors and their raw ids
@@ -20,9 +20,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from rlrec import artifacts
-from rlrec.cache import atomic_write_json
-from rlrec.console import quiet_libraries
+from rlrec.runtime import artifacts
+from rlrec.runtime.cache import atomic_write_json
+from rlrec.runtime.console import quiet_libraries
 from rlrec.data.schema import DataError
 
 WHAT = ("knowledge", "vectors", "pairs", "adapter")
@@ -116,7 +116,7 @@ def merged(adapter: Path, dst: Path, man: dict) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rlrec.export", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rlrec.outputs.export", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="a run's output dir (it holds artifacts/manifest.json)")
     p.add_argument("--out", required=True, help="the folder to write")
     p.add_argument("--what", default=",".join(WHAT), help=f"comma list of {','.join(WHAT)} (default: all)")

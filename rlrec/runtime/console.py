@@ -1,4 +1,4 @@
-"""What a run prints. The entry points (`rlrec.train`, `rlrec.export`, `rlrec.data`, the `rlrec`
+"""What a run prints. The entry points (`rlrec.train`, `rlrec.outputs.export`, `rlrec.data`, the `rlrec`
 command) call `quiet_libraries()`: library noise a user would have to learn to ignore (faiss's
 loader lines, deprecation warnings raised inside transformers / torch / Lightning, Lightning's tips
 and device banners, weight-loading bars) stays off the console. The library code itself filters

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import torch
 
-from rlrec.store import Artifact, Store
+from rlrec.runtime.store import Artifact, Store
 
 log = logging.getLogger("rlrec")
 
@@ -44,7 +44,7 @@ def call(fn: Callable, job, threads: int):
     and thread count left as they were (a job seeds itself; in this process it must not shift the
     RNG the caller continues with, as a job in another process cannot)."""
     if os.environ.get("RLREC_QUIET") == "1":  # a worker of a quiet entry point is quiet too
-        from rlrec.console import quiet_libraries
+        from rlrec.runtime.console import quiet_libraries
 
         quiet_libraries()
     before = torch.get_num_threads()
@@ -149,7 +149,7 @@ def stages(executor: Executor, store: Store, shards: list[Shard]) -> list[Artifa
             todo.append(i)
     names = ", ".join(sorted({s.name for s in shards}))
     if todo:
-        from rlrec.console import bar
+        from rlrec.runtime.console import bar
 
         log.info("stage %s: building %d of %d shards on %s", names, len(todo), len(shards), type(executor).__name__)
         jobs = [(store.fork(), shards[i].name, shards[i].deps, shards[i].make()) for i in todo]

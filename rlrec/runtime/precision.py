@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-from rlrec.cache import atomic_write_json, fingerprint
 from rlrec.layers import compiled
+from rlrec.runtime.cache import atomic_write_json, fingerprint
 
 log = logging.getLogger("rlrec")
 

@@ -76,7 +76,7 @@ class RunResult:
     data: dict | None = None
     examples: dict = field(default_factory=dict)
     curves: dict = field(default_factory=dict)  # round name → the preference fit's per-step metrics
-    memory: dict = field(default_factory=dict)  # rlrec.memory.summary() at the end of the run
+    memory: dict = field(default_factory=dict)  # rlrec.runtime.memory.summary() at the end of the run
 
     def as_dict(self) -> dict:
         out = asdict(self)
