@@ -57,18 +57,27 @@ def main() -> None:
     from ctr_peer import cpu_model  # lscpu's model name and its bf16 flags
     from generation import load_llm, user_prompts  # benchmarks/generation.py: the same model and prompts
 
-    from rlrec.llm.generation import Generator
+    from rlrec.llm.generation import Generator, SamplingConfig
 
     cfg, model, tok = load_llm(args.llm)
     model.requires_grad_(False)
     prompts = user_prompts(args.prompts)
     print(f"cpu={cpu_model()!r} threads={torch.get_num_threads()} prompts={len(prompts)} "
           f"max_new_tokens={args.max_new_tokens} precision=bf16-mixed batch_size=128 kv_dtype=auto kv_cache_gb=1.0")  # fmt: skip
-    Generator(model, tok, progress=False, precision="bf16-mixed").greedy(prompts[:2], 4)  # page the weights in
+    Generator(SamplingConfig.preset(), model, tok, progress=False, precision="bf16-mixed").greedy(
+        prompts[:2], 4
+    )  # page the weights in
     runs = {}
     for name, ctx in (("baseline", plain_autocast), ("rlrec", None)):
-        gen = Generator(model, tok, cfg.fingerprint, cache_dir=None, batch_size=128, precision="bf16-mixed",
-                        kv_cache_gb=1.0, progress=False)  # fmt: skip
+        gen = Generator(
+            SamplingConfig.preset(batch_size=128, kv_cache_gb=1.0),
+            model,
+            tok,
+            cfg.fingerprint,
+            cache_dir=None,
+            precision="bf16-mixed",
+            progress=False,
+        )
         t0 = time.perf_counter()
         if ctx is None:
             texts = gen.greedy(prompts, args.max_new_tokens)

@@ -54,7 +54,7 @@ def main() -> None:
 
     from rlrec.context import Context
     from rlrec.llm.constrain import apply_constraints
-    from rlrec.llm.generation import Generator
+    from rlrec.llm.generation import Generator, SamplingConfig
     from rlrec.policy import Policy
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -66,14 +66,16 @@ def main() -> None:
     specs = [down.constraint(p) for p in prompts]
     policy = Policy.from_context(ctx)
     tok = policy.tokenizer
-    gen = Generator(policy.task.policy.eval(), tok, progress=False)  # no cache: every sample is generated
+    gen = Generator(
+        SamplingConfig.preset(), policy.task.policy.eval(), tok, progress=False
+    )  # no cache: every sample is generated
     V = policy.task.policy.get_output_embeddings().weight.shape[0]
     stop = gen.backend.stop_ids
 
     def valid(u: int, text: str) -> bool:
         return down.valid_answer(u, text)
 
-    kw = dict(n=args.samples, temperature=1.0, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=7)
+    kw = dict(num_samples=args.samples, temperature=1.0, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=7)
     rows = {}
     for name, cons in (("free", None), ("constrained", specs)):
         t0 = time.perf_counter()

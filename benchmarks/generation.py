@@ -150,7 +150,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from rlrec.llm.chat import format_chat
-    from rlrec.llm.generation import Generator
+    from rlrec.llm.generation import Generator, SamplingConfig
     from rlrec.llm.loading import model_folder
 
     cfg, model, tok = load_llm(args.llm)
@@ -191,8 +191,22 @@ def main() -> None:
               f"{vllm['tokens']} tokens in {vllm['seconds']:.1f}s = {vllm['tokens_per_s']:.1f} tok/s "
               f"(engine start {vllm['startup_seconds']:.0f}s, not timed)")  # fmt: skip
 
-    gen = Generator(model, tok, cfg.fingerprint, cache_dir=None, batch_size=args.batch_size, engine=args.engine)
-    gen.sample(prompts, args.samples, args.temperature, args.top_p, args.max_new_tokens, seed=0)
+    gen = Generator(
+        SamplingConfig.preset(batch_size=args.batch_size),
+        model,
+        tok,
+        cfg.fingerprint,
+        cache_dir=None,
+        engine=args.engine,
+    )
+    gen.sample(
+        prompts,
+        num_samples=args.samples,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=0,
+    )
     s = gen.last_stats
     print(f"ours (Generator.sample, engine={args.engine}, batch_size={args.batch_size}, {s.generated} samples): "
           f"{s.new_tokens} tokens in {s.seconds:.1f}s = {s.tokens_per_s:.1f} tok/s {s.detail}")  # fmt: skip

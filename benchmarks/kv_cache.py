@@ -35,7 +35,7 @@ def main() -> None:
     from ctr_peer import cpu_model  # lscpu's model name and its bf16 flags
     from generation import load_llm, user_prompts  # benchmarks/generation.py: the same model and prompts
 
-    from rlrec.llm.generation import Generator
+    from rlrec.llm.generation import Generator, SamplingConfig
     from rlrec.runtime import memory
 
     cfg, model, tok = load_llm(args.llm)
@@ -44,15 +44,22 @@ def main() -> None:
           f"threads={torch.get_num_threads()} prompts={len(prompts)} max_new_tokens={args.max_new_tokens} "
           f"precision=bf16-mixed batch_size=128")  # fmt: skip
     # page the weights in (a safetensors file is mapped lazily) so that each pass's peak is its own
-    Generator(model, tok, progress=False, precision="bf16-mixed").greedy(prompts[:2], 4)
+    Generator(SamplingConfig.preset(), model, tok, progress=False, precision="bf16-mixed").greedy(prompts[:2], 4)
     reference = None
     for run in args.runs.split(","):
         kv_dtype, cap = run.split(":")
         memory.release()
         memory.reset_peak()
         before = memory.rss_gb()
-        gen = Generator(model, tok, cfg.fingerprint, cache_dir=None, batch_size=128, precision="bf16-mixed",
-                        kv_cache_gb=float(cap), kv_dtype=kv_dtype, progress=False)  # fmt: skip
+        gen = Generator(
+            SamplingConfig.preset(batch_size=128, kv_cache_gb=float(cap), kv_dtype=kv_dtype),
+            model,
+            tok,
+            cfg.fingerprint,
+            cache_dir=None,
+            precision="bf16-mixed",
+            progress=False,
+        )
         t0 = time.perf_counter()
         texts = gen.greedy(prompts, args.max_new_tokens)
         secs = time.perf_counter() - t0

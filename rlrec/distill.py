@@ -49,7 +49,7 @@ class Distill:
     def teacher(self, policy: Policy) -> Policy:
         ctx = self.ctx
         if self.base_url:
-            sampling = SamplingConfig(backend="openai", base_url=self.base_url, api_model=self.api_model)
+            sampling = SamplingConfig.preset(backend="openai", base_url=self.base_url, api_model=self.api_model)
             return Policy.frozen(None, sampling, ctx.generation_cache, ctx.device)
         if self.teacher_cfg is not None:  # a local model: sampled in this process whatever sampling.backend is
             sampling = instantiate(ctx.cfg.sampling, backend="hf")
@@ -103,13 +103,10 @@ class Distill:
 
         redo = [k for k, (u, a) in enumerate(zip(users, answers)) if not ok(u, a)]
         if self.require_valid and self.num_samples and redo:  # try the teacher's samples, keep the first usable
-            s = teacher.sampling
             extra = teacher.generator.sample(
                 [prompts[k] for k in redo],
-                self.num_samples,
-                float(s.temperature),
-                float(s.top_p),
-                int(self.max_new_tokens or s.max_new_tokens),
+                num_samples=self.num_samples,
+                max_new_tokens=int(self.max_new_tokens or teacher.sampling.max_new_tokens),
                 seed=self.ctx.seed,
                 adapter_fingerprint=teacher.key,
                 constraints=teacher.constraints([prompts[k] for k in redo]),

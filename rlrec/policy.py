@@ -21,7 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from rlrec.llm.generation import SamplingConfig
+from rlrec.llm.generation import Generator, SamplingConfig
 from rlrec.runtime.cache import fingerprint
 from rlrec.runtime.launch import factory_of
 from rlrec.runtime.store import Store
@@ -207,34 +207,23 @@ class Policy:
             model, tok = str(model_folder(self.llm)), None
             lora = None if self.preference is None else OmegaConf.select(self.preference, "task.lora")
             # a trainable policy's engine has LoRA on from the base round, so later rounds reuse it
-            kw = {
-                "adapter": self.served_adapter(),
-                "enable_lora": lora is not None or self.adapter is not None,
-                "max_lora_rank": s.max_lora_rank,
-                **dict(s.engine_args or {}),
-            }
-        return s.generator(
-            model, tok, self.base_key, self.cache_dir, adapter_fingerprint=self.key, progress=self.progress, **kw
+            kw = {"adapter": self.served_adapter(), "enable_lora": lora is not None or self.adapter is not None}
+        return Generator(
+            s, model, tok, self.base_key, self.cache_dir, adapter_fingerprint=self.key, progress=self.progress, **kw
         )
 
     # ---- texts --------------------------------------------------------------------------------
     def sample(self, prompts: list[str], seed: int | None = None) -> list[list[str]]:
         """(len(prompts), N) sampled texts, N = sampling.num_samples."""
-        s = self.sampling
+        seeded = {} if seed is None else {"seed": int(seed)}
         return self.generator.sample(
-            prompts,
-            int(s.num_samples),
-            float(s.temperature),
-            float(s.top_p),
-            int(s.max_new_tokens),
-            seed=int(s.seed if seed is None else seed),
-            adapter_fingerprint=self.key,
-            constraints=self.constraints(prompts),
+            prompts, adapter_fingerprint=self.key, constraints=self.constraints(prompts), **seeded
         )
 
     def greedy(self, prompts: list[str], max_new_tokens: int | None = None) -> list[str]:
-        n = int(self.sampling.max_new_tokens if max_new_tokens is None else max_new_tokens)
-        return self.generator.greedy(prompts, n, adapter_fingerprint=self.key, constraints=self.constraints(prompts))
+        return self.generator.greedy(
+            prompts, max_new_tokens, adapter_fingerprint=self.key, constraints=self.constraints(prompts)
+        )
 
     def constraints(self, prompts: list[str]) -> list | None:
         """One decoding constraint per prompt (`constrain`), or None when the policy writes freely."""

@@ -314,9 +314,9 @@ class JudgeFeedback(Feedback):
     def judge(self):
         from rlrec.policy import Policy
 
-        sampling = SamplingConfig(batch_size=self.batch_size)
+        sampling = SamplingConfig.preset(batch_size=self.batch_size)
         if self.base_url:
-            sampling = SamplingConfig(backend="openai", base_url=self.base_url, api_model=self.api_model)
+            sampling = SamplingConfig.preset(backend="openai", base_url=self.base_url, api_model=self.api_model)
         device = self.ctx.device if self.ctx is not None else "cpu"
         return Policy.frozen(self.llm_cfg, sampling, self.cache_dir, device, progress=self.progress)
 

@@ -142,7 +142,7 @@ def _paper_cfg(tmp_path, experiment, *overrides):
 
 @pytest.mark.xdist_group("trackrec_smoke")  # one worker builds the shared run
 def test_trackrec_smoke_in_process_and_resume_without_regenerating(trackrec_smoke, tmp_path):
-    from rlrec.llm import generation
+    from rlrec.llm.backends.hf import HFBackend
 
     res, first = trackrec_smoke.results, trackrec_smoke.run
     m = res["metrics"]
@@ -167,20 +167,20 @@ def test_trackrec_smoke_in_process_and_resume_without_regenerating(trackrec_smok
     assert m["round0/test/auc"] != m["aligned/test/auc"] and m["iter1/pairs/groups"] > 0
     # the same command again: every generation comes from the cache, every stage is reused
     calls = []
-    original = generation.HFBackend.run
+    original = HFBackend.run
 
     def counting(self, requests, *a, **kw):
         calls.append(len(requests))
         return original(self, requests, *a, **kw)
 
-    generation.HFBackend.run = counting
+    HFBackend.run = counting
     try:
         shared = (trackrec_smoke.dir, "trackrec_movielens", *trackrec_smoke.overrides, "logger=csv")
         again = run(_paper_cfg(*shared), tmp_path / "b")
         # a sweep's second backbone (same cache): the LLM side is reused, only the backbone trains
         other = run(_paper_cfg(*shared, "backbone=deepfm"), tmp_path / "c")
     finally:
-        generation.HFBackend.run = original
+        HFBackend.run = original
     assert sum(calls) == 0, f"regenerated {sum(calls)} requests on a rerun / second backbone"
     assert again["metrics"]["aligned/test/auc"] == m["aligned/test/auc"]
     assert stage(again, "align")["cached"] and stage(again, "score")["cached"]
@@ -324,7 +324,7 @@ def test_reclaif_query_setting_with_retrieval_baselines(tmp_path):
 def test_kar_smoke_generates_user_and_item_knowledge_once(tmp_path):
     """KAR: user + item knowledge from the un-aligned LLM → the re-ranker with and without it; a
     rerun regenerates nothing."""
-    from rlrec.llm import generation
+    from rlrec.llm.backends.hf import HFBackend
 
     overrides = ("downstream.item_max_new_tokens=8", "reranker=dlcm")
     res = run(_paper_cfg(tmp_path, "kar_movielens", *overrides), tmp_path / "a")
@@ -338,14 +338,12 @@ def test_kar_smoke_generates_user_and_item_knowledge_once(tmp_path):
     assert kar["test/ndcg@5"] != base["test/ndcg@5"]  # the knowledge reached the model
     assert "+ un-aligned knowledge" in (tmp_path / "a" / "results.md").read_text()
     calls = []
-    original = generation.HFBackend.run
-    generation.HFBackend.run = lambda self, requests, *a, **kw: (
-        calls.append(len(requests)) or original(self, requests, *a, **kw)
-    )
+    original = HFBackend.run
+    HFBackend.run = lambda self, requests, *a, **kw: calls.append(len(requests)) or original(self, requests, *a, **kw)
     try:
         again = run(_paper_cfg(tmp_path, "kar_movielens", *overrides), tmp_path / "b")
     finally:
-        generation.HFBackend.run = original
+        HFBackend.run = original
     assert sum(calls) == 0 and again["table"]["rows"] == rows
 
 
@@ -403,7 +401,7 @@ def test_editing_a_prompt_template_or_a_data_file_never_reuses_stale_stages(tmp_
     import pandas as pd
 
     from rlrec.data.movielens import embedded_movielens100k_dir
-    from rlrec.llm import generation
+    from rlrec.llm.backends.hf import HFBackend
 
     src = embedded_movielens100k_dir()
     data = tmp_path / "ml"
@@ -426,12 +424,12 @@ def test_editing_a_prompt_template_or_a_data_file_never_reuses_stale_stages(tmp_
                 f"downstream.prompt={template}", f"output_dir={tmp_path}/{out}", f"cache_dir={tmp_path}/cache",
             ])  # fmt: skip
         calls: list = []
-        original = generation.HFBackend.run
-        generation.HFBackend.run = lambda self, r, *a, **kw: calls.append(len(r)) or original(self, r, *a, **kw)
+        original = HFBackend.run
+        HFBackend.run = lambda self, r, *a, **kw: calls.append(len(r)) or original(self, r, *a, **kw)
         try:
             return run(cfg, tmp_path / out), sum(calls)
         finally:
-            generation.HFBackend.run = original
+            HFBackend.run = original
 
     first, generated = job("a")
     assert generated > 0 and not stage(first, "score")["cached"]

@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from rlrec.llm.generation import Generator, OpenAIBackend
+from rlrec.llm.backends.openai import OpenAIBackend
+from rlrec.llm.generation import Generator, SamplingConfig
 from rlrec.llm.serve import embedded_folder, server_command, vllm_python
 from rlrec.train import run
 from tests.conftest import CONF, ROOT
@@ -113,8 +114,10 @@ def test_one_round_samples_the_aligned_adapter_through_vllm(vllm_server, tmp_pat
 
     def sample(adapter):
         backend = OpenAIBackend(urls, "smollm2", api_key_env="", adapter=adapter, backoff=0.5)
-        gen = Generator("smollm2", None, backend=backend, progress=False)  # no cache: every text is asked for
-        return gen.sample(PROMPTS, n=4, temperature=1.0, top_p=0.95, max_new_tokens=48, seed=11)
+        gen = Generator(
+            SamplingConfig.preset(), "smollm2", None, backend=backend, progress=False
+        )  # no cache: every text is asked for
+        return gen.sample(PROMPTS, num_samples=4, temperature=1.0, top_p=0.95, max_new_tokens=48, seed=11)
 
     t1 = time.perf_counter()
     base, aligned = sample(None), sample((name, path))

@@ -13,7 +13,7 @@ import torch
 
 from rlrec.downstream.parse import is_list_header, parse_recommendation
 from rlrec.llm.constrain import CandidateList, apply_constraints
-from rlrec.llm.generation import Generator
+from rlrec.llm.generation import Generator, SamplingConfig
 
 EOS, PAD = 1, 0
 MERGES = ["Recommended", " -", ".\n", "\n\n", "a\nb", "Heat", " (199", "ing "]  # multi-character tokens
@@ -83,10 +83,10 @@ PROMPTS = ["Alice likes noir films. Recommend.", "Bob", "Carol watched Heat (199
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_every_answer_is_a_valid_list_of_distinct_candidates(engine, temperature):
     tok = MergeTokenizer()
-    gen = Generator(tiny_llama(len(tok)), tok, chat=False, progress=False, engine=engine)
+    gen = Generator(SamplingConfig.preset(chat=False), tiny_llama(len(tok)), tok, progress=False, engine=engine)
     c = spec()
     n = 1 if temperature == 0 else 6
-    texts = gen.sample(PROMPTS, n=n, temperature=temperature, top_p=0.95, max_new_tokens=160, seed=3,
+    texts = gen.sample(PROMPTS, num_samples=n, temperature=temperature, top_p=0.95, max_new_tokens=160, seed=3,
                        constraints=[c] * len(PROMPTS))  # fmt: skip
     answers = [t for row in texts for t in row]
     for text in answers:
@@ -100,7 +100,7 @@ def test_every_answer_is_a_valid_list_of_distinct_candidates(engine, temperature
     assert len(forced) >= len(answers) // 2
     reasons = {line.split(" -", 1)[1] for t in forced for line in t.split(HEADER + "\n")[1].splitlines() if line}
     assert len(reasons) > 1  # reasons are written by the model, not forced
-    free = gen.sample(PROMPTS, n=n, temperature=temperature, top_p=0.95, max_new_tokens=160, seed=3)
+    free = gen.sample(PROMPTS, num_samples=n, temperature=temperature, top_p=0.95, max_new_tokens=160, seed=3)
     assert not any(parse_recommendation(t, list(TITLES), 3).valid for row in free for t in row)
 
 
@@ -108,10 +108,18 @@ def test_a_short_budget_still_ends_in_a_valid_list():
     """max_new_tokens leaves room for the header and two lines only: the preamble shrinks to fit,
     reasons are cut, and the answer is valid (fewer than k items)."""
     tok = MergeTokenizer()
-    gen = Generator(tiny_llama(len(tok)), tok, chat=False, progress=False)
+    gen = Generator(SamplingConfig.preset(chat=False), tiny_llama(len(tok)), tok, progress=False)
     header = len(tok.encode("\n" + HEADER + "\n"))
     budget = header + 2 * (len(tok.encode("Heat Wave (1990)")) + 3) + 2
-    records = gen.sample_records(PROMPTS, 4, 1.0, 1.0, budget, 0, constraints=[spec()] * len(PROMPTS))
+    records = gen.sample_records(
+        PROMPTS,
+        num_samples=4,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=budget,
+        seed=0,
+        constraints=[spec()] * len(PROMPTS),
+    )
     for row in records:
         for s in row:
             parsed = parse_recommendation(s.text, list(TITLES), 3)
@@ -202,14 +210,14 @@ def test_bad_specs_are_rejected_with_a_message():
 
 def test_constrained_samples_are_cached_apart_from_free_ones(tmp_path):
     tok = MergeTokenizer()
-    gen = Generator(tiny_llama(len(tok)), tok, "tiny", tmp_path, chat=False, progress=False)
+    gen = Generator(SamplingConfig.preset(chat=False), tiny_llama(len(tok)), tok, "tiny", tmp_path, progress=False)
     c = [spec()] * len(PROMPTS)
-    first = gen.sample(PROMPTS, n=2, max_new_tokens=120, seed=1, constraints=c)
-    free = gen.sample(PROMPTS, n=2, max_new_tokens=120, seed=1)
+    first = gen.sample(PROMPTS, num_samples=2, max_new_tokens=120, seed=1, constraints=c)
+    free = gen.sample(PROMPTS, num_samples=2, max_new_tokens=120, seed=1)
     assert first != free and gen.last_stats.cached == 0
-    again = gen.sample(PROMPTS, n=2, max_new_tokens=120, seed=1, constraints=c)
+    again = gen.sample(PROMPTS, num_samples=2, max_new_tokens=120, seed=1, constraints=c)
     assert again == first and gen.last_stats.cached == len(PROMPTS) * 2
-    other = gen.sample(PROMPTS, n=2, max_new_tokens=120, seed=1, constraints=[spec(max_reason_tokens=3)] * 3)
+    other = gen.sample(PROMPTS, num_samples=2, max_new_tokens=120, seed=1, constraints=[spec(max_reason_tokens=3)] * 3)
     assert gen.last_stats.cached == 0 and other != first
     with pytest.raises(ValueError, match="one per prompt"):
-        gen.sample(PROMPTS, n=2, constraints=c[:1])
+        gen.sample(PROMPTS, num_samples=2, constraints=c[:1])

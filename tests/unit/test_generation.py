@@ -14,8 +14,10 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from rlrec.llm.backends import lora_merged
 from rlrec.llm.chat import format_chat
-from rlrec.llm.generation import GenerationCache, Generator, SamplingConfig, lora_merged
+from rlrec.llm.gencache import GenerationCache
+from rlrec.llm.generation import Generator, SamplingConfig
 from rlrec.llm.sampler import Job, PrefixSharingSampler, top_p_keep
 
 V = 64
@@ -94,11 +96,11 @@ def test_format_chat_uses_template_or_falls_back_to_raw_text():
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])
 def test_greedy_matches_hf_generate_and_is_deterministic(kv_heads):
     model, tok = tiny_llama(kv_heads=kv_heads, sharpen=4.0), CharTokenizer()
-    gen = Generator(model, tok, progress=False, batch_size=2)  # 2 slots: refills mid-run
+    gen = Generator(SamplingConfig.preset(batch_size=2), model, tok, progress=False)  # 2 slots: refills mid-run
     a = gen.greedy(PROMPTS, max_new_tokens=12)
     assert a == gen.greedy(PROMPTS, max_new_tokens=12)
     assert a == [hf_greedy(model, tok, format_chat(tok, p), 12) for p in PROMPTS]
-    fallback = Generator(model, tok, progress=False, engine="generate")
+    fallback = Generator(SamplingConfig.preset(), model, tok, progress=False, engine="generate")
     assert fallback.greedy(PROMPTS, max_new_tokens=12) == a
 
 
@@ -108,8 +110,10 @@ def test_greedy_with_a_lora_adapter_matches_hf_generate():
     tok = CharTokenizer()
     lora = LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False)
     model = get_peft_model(tiny_llama(sharpen=4.0), lora).eval()
-    plain = Generator(tiny_llama(sharpen=4.0), tok, progress=False).greedy(PROMPTS[:2], max_new_tokens=10)
-    ours = Generator(model, tok, progress=False).greedy(PROMPTS[:2], max_new_tokens=10)
+    plain = Generator(SamplingConfig.preset(), tiny_llama(sharpen=4.0), tok, progress=False).greedy(
+        PROMPTS[:2], max_new_tokens=10
+    )
+    ours = Generator(SamplingConfig.preset(), model, tok, progress=False).greedy(PROMPTS[:2], max_new_tokens=10)
     assert ours == [hf_greedy(model, tok, format_chat(tok, p), 10) for p in PROMPTS[:2]]
     assert ours != plain  # the adapter is live in the fast decode path
 
@@ -140,22 +144,24 @@ def test_lora_merged_samples_the_adapted_model_and_restores_the_base_weights_exa
 
 def test_samples_do_not_depend_on_batch_composition():
     model, tok = tiny_llama(), CharTokenizer()
-    kw = dict(n=3, temperature=1.0, top_p=0.9, max_new_tokens=10, seed=7)
-    big = Generator(model, tok, progress=False, batch_size=64).sample(PROMPTS, **kw)
-    small = Generator(model, tok, progress=False, batch_size=3).sample(PROMPTS, **kw)  # one prompt at a time
+    kw = dict(num_samples=3, temperature=1.0, top_p=0.9, max_new_tokens=10, seed=7)
+    big = Generator(SamplingConfig.preset(batch_size=64), model, tok, progress=False).sample(PROMPTS, **kw)
+    small = Generator(SamplingConfig.preset(batch_size=3), model, tok, progress=False).sample(
+        PROMPTS, **kw
+    )  # one prompt at a time
     assert big == small
     assert len(big) == len(PROMPTS) and all(len(row) == 3 for row in big)
     assert len({t for row in big for t in row}) > len(PROMPTS)  # samples differ from each other
-    assert Generator(model, tok, progress=False).sample(PROMPTS, **{**kw, "seed": 8}) != big
+    assert Generator(SamplingConfig.preset(), model, tok, progress=False).sample(PROMPTS, **{**kw, "seed": 8}) != big
 
 
 def test_kv_cache_cap_keeps_fewer_prompts_in_flight_and_the_same_texts():
     from rlrec.llm.sampler import Job, PrefixSharingSampler
 
     model, tok = tiny_llama(), CharTokenizer()
-    kw = dict(n=2, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=3)
-    free = Generator(model, tok, progress=False, kv_cache_gb=None).sample(PROMPTS, **kw)
-    capped = Generator(model, tok, progress=False, kv_cache_gb=1e-5).sample(PROMPTS, **kw)
+    kw = dict(num_samples=2, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=3)
+    free = Generator(SamplingConfig.preset(kv_cache_gb=None), model, tok, progress=False).sample(PROMPTS, **kw)
+    capped = Generator(SamplingConfig.preset(kv_cache_gb=1e-5), model, tok, progress=False).sample(PROMPTS, **kw)
     assert capped == free
     ids = [tok(format_chat(tok, p))["input_ids"] for p in PROMPTS]
     for cap, slots in ((None, 64), (1e-5, None)):
@@ -226,19 +232,23 @@ def test_sampled_tokens_follow_the_policy_distribution(temperature, top_p):
 def test_cache_rerun_calls_no_model_and_keys_on_the_adapter(tmp_path):
     model, tok = tiny_llama(), CharTokenizer()
     calls = count_calls(model)
-    kw = dict(n=3, temperature=1.0, top_p=0.95, max_new_tokens=8, seed=1)
-    gen = Generator(model, tok, "tiny-fp", tmp_path, progress=True)  # the bar must not break anything
+    kw = dict(num_samples=3, temperature=1.0, top_p=0.95, max_new_tokens=8, seed=1)
+    gen = Generator(
+        SamplingConfig.preset(), model, tok, "tiny-fp", tmp_path, progress=True
+    )  # the bar must not break anything
     first = gen.sample(PROMPTS, **kw)
     assert calls[0] > 0 and gen.last_stats.generated == 12 and gen.last_stats.new_tokens > 0
     before = calls[0]
 
-    again = Generator(model, tok, "tiny-fp", tmp_path, progress=False)  # a fresh process, same cache
+    again = Generator(
+        SamplingConfig.preset(), model, tok, "tiny-fp", tmp_path, progress=False
+    )  # a fresh process, same cache
     assert again.sample(PROMPTS, **kw) == first
     assert calls[0] == before and again.last_stats.cached == 12 and again.last_stats.generated == 0
-    assert again.sample(PROMPTS[:2], **{**kw, "n": 2}) == [row[:2] for row in first[:2]]  # a prefix of N
+    assert again.sample(PROMPTS[:2], **{**kw, "num_samples": 2}) == [row[:2] for row in first[:2]]  # a prefix of N
     assert calls[0] == before
 
-    again.set_adapter_fingerprint("round1")  # new weights: new samples
+    again.adapter_fingerprint = "round1"  # new weights: new samples
     again.sample(PROMPTS, **kw)
     assert calls[0] > before and again.last_stats.generated == 12
     after = calls[0]
@@ -253,13 +263,15 @@ class Killed(Exception):
 
 def test_killed_run_resumes_with_only_the_missing_samples(tmp_path):
     model, tok = tiny_llama(), CharTokenizer()
-    kw = dict(n=2, temperature=1.0, top_p=0.95, max_new_tokens=6, seed=3)
-    reference = Generator(model, tok, progress=False).sample(PROMPTS, **kw)
+    kw = dict(num_samples=2, temperature=1.0, top_p=0.95, max_new_tokens=6, seed=3)
+    reference = Generator(SamplingConfig.preset(), model, tok, progress=False).sample(PROMPTS, **kw)
 
     def kill(done, total):
         raise Killed(f"killed after {done}/{total}")
 
-    gen = Generator(model, tok, "tiny-fp", tmp_path, progress=False, batch_size=2)  # one prompt at a time
+    gen = Generator(
+        SamplingConfig.preset(batch_size=2), model, tok, "tiny-fp", tmp_path, progress=False
+    )  # one prompt at a time
     with pytest.raises(Killed):
         gen.sample(PROMPTS, **kw, callback=kill)
     committed = gen.last_stats.generated
@@ -267,7 +279,7 @@ def test_killed_run_resumes_with_only_the_missing_samples(tmp_path):
     assert len(GenerationCache(tmp_path / "generations.sqlite")) == committed
 
     calls = count_calls(model)
-    resumed = Generator(model, tok, "tiny-fp", tmp_path, progress=False, batch_size=2)
+    resumed = Generator(SamplingConfig.preset(batch_size=2), model, tok, "tiny-fp", tmp_path, progress=False)
     assert resumed.sample(PROMPTS, **kw) == reference  # same texts as one uninterrupted run
     assert resumed.last_stats.cached == committed and resumed.last_stats.generated == 8 - committed
     assert calls[0] > 0
@@ -275,7 +287,7 @@ def test_killed_run_resumes_with_only_the_missing_samples(tmp_path):
 
 def test_cache_needs_a_model_fingerprint(tmp_path):
     with pytest.raises(ValueError, match="model_fingerprint"):
-        Generator(tiny_llama(), CharTokenizer(), None, tmp_path)
+        Generator(SamplingConfig.preset(), tiny_llama(), CharTokenizer(), None, tmp_path)
 
 
 # openai backend: tests/unit/test_openai_backend.py
@@ -287,27 +299,34 @@ def test_cache_needs_a_model_fingerprint(tmp_path):
 def test_vllm_missing_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
     with pytest.raises(ImportError, match=r"pip install rlrec\[vllm\]"):
-        Generator("some/model", None, backend="vllm")
+        Generator(SamplingConfig.preset(backend="vllm"), "some/model", None)
 
 
 def test_unknown_backend_lists_the_valid_ones():
     with pytest.raises(ValueError, match="hf"):
-        Generator(tiny_llama(), CharTokenizer(), backend="nope")
+        Generator(SamplingConfig.preset(backend="nope"), tiny_llama(), CharTokenizer())
 
 
-def test_sampling_config_builds_a_generator(tmp_path):
+def test_the_yaml_declares_the_sampling_defaults_and_a_generator_follows_them(tmp_path):
+    """One declaration: `preset()` is conf/sampling/default.yaml as a run instantiates it (seed aside),
+    and a Generator takes N, the length and the seed from its config unless a call overrides them."""
+    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from tests.conftest import CONF
 
-    tree = OmegaConf.create({"seed": 0, "sampling": OmegaConf.load(CONF / "sampling" / "default.yaml")})
-    raw = OmegaConf.to_container(tree.sampling, resolve=True)
-    assert raw.pop("_target_") == "rlrec.llm.generation.SamplingConfig"
-    cfg = SamplingConfig(**raw)
-    assert (cfg.temperature, cfg.top_p, cfg.backend) == (1.0, 0.95, "hf")
-    gen = cfg.generator(tiny_llama(), CharTokenizer(), "fp", tmp_path, progress=False)
-    out = gen.sample(PROMPTS[:1], **{**cfg.sample_kwargs(), "max_new_tokens": 4})
-    assert len(out) == 1 and len(out[0]) == cfg.num_samples
+    tree = OmegaConf.create({"seed": 5, "sampling": OmegaConf.load(CONF / "sampling" / "default.yaml")})
+    assert instantiate(tree.sampling) == SamplingConfig.preset(seed=5)
+    with pytest.raises(TypeError):
+        SamplingConfig(temperature=1.0)  # no second set of defaults in the code
+    cfg = SamplingConfig.preset(num_samples=3, max_new_tokens=4)
+    gen = Generator(cfg, tiny_llama(), CharTokenizer(), "fp", tmp_path, progress=False)
+    out = gen.sample_records(PROMPTS[:1])
+    assert len(out) == 1 and len(out[0]) == 3 and all(s.n_tokens <= 4 for s in out[0])
+    assert [s.text for s in out[0]] == gen.sample(PROMPTS[:1], seed=0)[0]  # the config's seed is 0
+    assert gen.sample(PROMPTS[:1], num_samples=2)[0] == [s.text for s in out[0][:2]]  # a prefix of N
+    with pytest.raises(TypeError):
+        gen.sample(PROMPTS[:1], n=2)  # a typo is not silently ignored
 
 
 @pytest.mark.parametrize("module", ["rlrec.llm.sampler", "rlrec.llm.chat", "rlrec.llm.generation"])
@@ -320,6 +339,6 @@ def test_prompts_sharing_a_long_prefix_prefill_it_once_and_still_match_hf():
     model, tok = tiny_llama(sharpen=4.0), CharTokenizer()
     header = "Here is a list of movies that a user has watched: "  # > MIN_COMMON_PREFIX tokens
     prompts = [header + p for p in PROMPTS]
-    gen = Generator(model, tok, progress=False, batch_size=4)
+    gen = Generator(SamplingConfig.preset(batch_size=4), model, tok, progress=False)
     assert gen.greedy(prompts, max_new_tokens=8) == [hf_greedy(model, tok, format_chat(tok, p), 8) for p in prompts]
     assert gen.last_stats.backend_calls == 1 + len(prompts) + 7  # common prefix, 4 prompts, 7 decode steps

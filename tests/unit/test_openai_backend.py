@@ -16,9 +16,11 @@ import types
 
 import pytest
 
-from rlrec.llm import generation
+from rlrec.llm.backends import vllm as vllm_backend
+from rlrec.llm.backends.openai import OpenAIBackend
 from rlrec.llm.chat import chat_messages
-from rlrec.llm.generation import Generator, OpenAIBackend, SamplingConfig, sample_seed
+from rlrec.llm.gencache import sample_seed
+from rlrec.llm.generation import Generator, SamplingConfig
 from rlrec.policy import Policy
 from tests.conftest import JSONHandler
 
@@ -98,10 +100,15 @@ def test_one_request_per_sample_with_its_own_seed_retried_and_cached(servers, tm
     monkeypatch.setenv("RLREC_TEST_KEY", "sk-test")
     server.fail_first = [503]  # retried with backoff
     gen = Generator(
-        "base", None, "base@fake", tmp_path, backend="openai", base_url=server.url,
-        api_key_env="RLREC_TEST_KEY", backoff=0.01, system="Be brief.", progress=False,
-    )  # fmt: skip
-    out = gen.sample(["u1", "u2"], n=3, temperature=0.8, top_p=0.9, max_new_tokens=32, seed=5)
+        SamplingConfig.preset(backend="openai", base_url=server.url, api_key_env="RLREC_TEST_KEY", system="Be brief."),
+        "base",
+        None,
+        "base@fake",
+        tmp_path,
+        backoff=0.01,
+        progress=False,
+    )
+    out = gen.sample(["u1", "u2"], num_samples=3, temperature=0.8, top_p=0.9, max_new_tokens=32, seed=5)
     assert out == [[f"base|{u}|{s}" for s in seeds_of(u, 5, 3, "Be brief.")] for u in ("u1", "u2")]
     assert len({s for row in out for s in row}) == 6  # six distinct seeds
     bodies = server.sampled()
@@ -115,13 +122,19 @@ def test_one_request_per_sample_with_its_own_seed_retried_and_cached(servers, tm
     assert gen.last_stats.new_tokens == 18 and gen.last_stats.backend_calls == 6
 
     before = len(server.requests)
-    again = Generator("base", None, "base@fake", tmp_path, backend="openai", base_url=server.url,
-                      api_key_env="", system="Be brief.", progress=False)  # fmt: skip
-    assert again.sample(["u1", "u2"], n=3, temperature=0.8, top_p=0.9, max_new_tokens=32, seed=5) == out
+    again = Generator(
+        SamplingConfig.preset(backend="openai", base_url=server.url, api_key_env="", system="Be brief."),
+        "base",
+        None,
+        "base@fake",
+        tmp_path,
+        progress=False,
+    )
+    assert again.sample(["u1", "u2"], num_samples=3, temperature=0.8, top_p=0.9, max_new_tokens=32, seed=5) == out
     assert len(server.requests) == before and again.last_stats.cached == 6  # a rerun asks nothing
 
     # a rerun that lost two samples asks for exactly those, with the same seeds
-    assert again.sample(["u1", "u3"], n=2, temperature=0.8, top_p=0.9, max_new_tokens=32, seed=5) == [
+    assert again.sample(["u1", "u3"], num_samples=2, temperature=0.8, top_p=0.9, max_new_tokens=32, seed=5) == [
         out[0][:2],
         [f"base|u3|{s}" for s in seeds_of("u3", 5, 2, "Be brief.")],
     ]
@@ -129,29 +142,34 @@ def test_one_request_per_sample_with_its_own_seed_retried_and_cached(servers, tm
 
     assert gen.greedy(["u4"], max_new_tokens=4)[0].startswith("base|u4|")
     assert server.requests[-1]["body"]["temperature"] == 0.0
-    raw = Generator("base", None, backend="openai", base_url=server.url, chat=False, progress=False, api_key_env="")
-    assert raw.sample(["p"], n=2, max_new_tokens=4)[0][0].startswith("base|p|")
+    raw = Generator(
+        SamplingConfig.preset(backend="openai", base_url=server.url, chat=False, api_key_env=""),
+        "base",
+        None,
+        progress=False,
+    )
+    assert raw.sample(["p"], num_samples=2, max_new_tokens=4)[0][0].startswith("base|p|")
     assert server.requests[-1]["path"] == "/v1/completions" and server.requests[-1]["auth"] is None
 
 
 def test_prompts_are_spread_over_servers_and_the_cache_ignores_which_served(servers, tmp_path):
     a, b = servers(), servers()
-    cfg = SamplingConfig(backend="openai", base_urls=[a.url, b.url], api_model="base", api_key_env="")
+    cfg = SamplingConfig.preset(backend="openai", base_urls=[a.url, b.url], api_model="base", api_key_env="")
     prompts = [f"user {i}" for i in range(6)]
-    gen = cfg.generator(model_fingerprint="served", cache_dir=tmp_path, progress=False)
-    texts = gen.sample(prompts, n=2, seed=1)
+    gen = Generator(cfg, model_fingerprint="served", cache_dir=tmp_path, progress=False)
+    texts = gen.sample(prompts, num_samples=2, seed=1)
     assert texts == [[f"base|{p}|{s}" for s in seeds_of(p, 1, 2)] for p in prompts]
     per_server = [{r["messages"][-1]["content"] for r in s.sampled()} for s in (a, b)]
     assert per_server == [set(prompts[0::2]), set(prompts[1::2])]  # a prompt's samples stay on one server
     assert len(a.sampled()) == len(b.sampled()) == 6
 
-    swapped = SamplingConfig(backend="openai", base_urls=[b.url, a.url], api_model="base", api_key_env="")
+    swapped = SamplingConfig.preset(backend="openai", base_urls=[b.url, a.url], api_model="base", api_key_env="")
     policies = [Policy.frozen(None, c) for c in (cfg, swapped)]
     assert policies[0].base_key == policies[1].base_key  # the same servers in another order
-    single = Policy.frozen(None, SamplingConfig(backend="openai", base_url=a.url + "/", api_model="base"))
+    single = Policy.frozen(None, SamplingConfig.preset(backend="openai", base_url=a.url + "/", api_model="base"))
     assert single.base_key == f"openai:base@{a.url}"  # base_url stays a one-server shorthand
-    again = swapped.generator(model_fingerprint="served", cache_dir=tmp_path, progress=False)
-    assert again.sample(prompts, n=2, seed=1) == texts
+    again = Generator(swapped, model_fingerprint="served", cache_dir=tmp_path, progress=False)
+    assert again.sample(prompts, num_samples=2, seed=1) == texts
     assert len(a.sampled()) + len(b.sampled()) == 12  # all cached
 
 
@@ -160,18 +178,26 @@ def test_a_server_that_is_down_fails_with_its_url_after_retries(servers):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
-    gen = Generator("base", None, backend="openai", base_url=[up.url, down], backoff=0.001, max_retries=2,
-                    progress=False, api_key_env="")  # fmt: skip
+    gen = Generator(
+        SamplingConfig.preset(backend="openai", base_urls=[up.url, down], api_key_env=""),
+        "base",
+        None,
+        backoff=0.001,
+        max_retries=2,
+        progress=False,
+    )
     with pytest.raises(RuntimeError, match=rf"server at {down} did not answer .* after 3 tries"):
-        gen.sample(["x", "y"], n=1)
+        gen.sample(["x", "y"], num_samples=1)
 
 
 def test_client_errors_are_not_retried(servers):
     server = servers()
     server.fail_first = [400]
-    gen = Generator("base", backend=OpenAIBackend(server.url, "base", backoff=0.01), progress=False)
+    gen = Generator(
+        SamplingConfig.preset(), "base", backend=OpenAIBackend(server.url, "base", backoff=0.01), progress=False
+    )
     with pytest.raises(RuntimeError, match=rf"{server.url}/chat/completions → 400"):
-        gen.sample(["x"], n=1)
+        gen.sample(["x"], num_samples=1)
     assert len(server.requests) == 1
 
 
@@ -183,7 +209,7 @@ def adapter_folder(path):
 
 def test_a_policy_adapter_is_loaded_once_per_server_and_named_in_requests(servers, tmp_path):
     a, b = servers(), servers()
-    cfg = SamplingConfig(backend="openai", base_urls=[a.url, b.url], api_model="base", api_key_env="",
+    cfg = SamplingConfig.preset(backend="openai", base_urls=[a.url, b.url], api_model="base", api_key_env="",
                          num_samples=2, max_new_tokens=8)  # fmt: skip
     base = Policy(None, cfg, None, None, None, cache_dir=tmp_path / "gen")
     base.progress = False
@@ -214,7 +240,7 @@ def test_a_policy_adapter_is_loaded_once_per_server_and_named_in_requests(server
 
 
 def test_a_full_fine_tune_is_refused_by_the_served_backends(tmp_path):
-    cfg = SamplingConfig(backend="openai", base_url="http://127.0.0.1:9/v1", api_model="base")
+    cfg = SamplingConfig.preset(backend="openai", base_url="http://127.0.0.1:9/v1", api_model="base")
     folder = tmp_path / "full"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
@@ -226,9 +252,14 @@ def test_a_full_fine_tune_is_refused_by_the_served_backends(tmp_path):
 def test_a_server_without_runtime_lora_loading_says_how_to_start_it(servers, tmp_path):
     server = servers()
     server.fail_first = [404]
-    gen = Generator("base", backend=OpenAIBackend(server.url, "base", adapter=("x", str(tmp_path))), progress=False)
+    gen = Generator(
+        SamplingConfig.preset(),
+        "base",
+        backend=OpenAIBackend(server.url, "base", adapter=("x", str(tmp_path))),
+        progress=False,
+    )
     with pytest.raises(RuntimeError, match="VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"):
-        gen.sample(["x"], n=1)
+        gen.sample(["x"], num_samples=1)
 
 
 # ----------------------------------------------------------------------------- vllm in process
@@ -266,8 +297,8 @@ def fake_vllm(monkeypatch):
                                                                             lora_path=path)  # fmt: skip
     for mod in (vllm, lora, request):
         monkeypatch.setitem(sys.modules, mod.__name__, mod)
-    monkeypatch.setattr(generation, "_ENGINES", {})
-    monkeypatch.setattr(generation, "_LORA_IDS", {})
+    monkeypatch.setattr(vllm_backend, "_ENGINES", {})
+    monkeypatch.setattr(vllm_backend, "_LORA_IDS", {})
     FakeLLM.built = []
     return FakeLLM
 
@@ -276,9 +307,15 @@ def test_in_process_vllm_gets_a_lora_request_per_adapter_on_one_engine(fake_vllm
     seen = {}
     for key in ("base", "k1", "k2"):
         adapter = None if key == "base" else (f"rlrec-{key}", str(adapter_folder(tmp_path / key)))
-        gen = Generator("/models/smol", None, backend="vllm", adapter=adapter, enable_lora=True,
-                        max_lora_rank=8, chat=False, progress=False)  # fmt: skip
-        texts = gen.sample(["p", "q"], n=2, seed=7)
+        gen = Generator(
+            SamplingConfig.preset(backend="vllm", max_lora_rank=8, chat=False),
+            "/models/smol",
+            None,
+            adapter=adapter,
+            enable_lora=True,
+            progress=False,
+        )
+        texts = gen.sample(["p", "q"], num_samples=2, seed=7)
         call = gen.backend.llm.calls[-1]
         seen[key] = call["lora"]
         assert [p.seed for p in call["params"]] == [sample_seed(7, p, i) % 2**31 for p in ("p", "q") for i in (0, 1)]
@@ -296,8 +333,10 @@ def test_in_process_vllm_on_cpu_prefills_each_prompt_in_one_step(fake_vllm, monk
     platforms = types.ModuleType("vllm.platforms")
     platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: True)
     monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
-    Generator("/models/smol", None, backend="vllm", chat=False, progress=False)
-    Generator("/models/smol", None, backend="vllm", chat=False, progress=False, max_model_len=1024)
+    Generator(SamplingConfig.preset(backend="vllm", chat=False), "/models/smol", None, progress=False)
+    Generator(
+        SamplingConfig.preset(backend="vllm", chat=False), "/models/smol", None, progress=False, max_model_len=1024
+    )
     assert [
         (b["enable_chunked_prefill"], b["max_model_len"], b["max_num_batched_tokens"]) for b in fake_vllm.built
     ] == [(False, 4096, 4096), (False, 1024, 1024)]
@@ -311,7 +350,7 @@ def test_a_policy_passes_its_engine_args_to_in_process_vllm(fake_vllm, tmp_path,
 
     monkeypatch.setattr(loading, "model_folder", lambda llm: tmp_path / "weights")
     llm = types.SimpleNamespace(fingerprint="w")
-    cfg = SamplingConfig(backend="vllm", engine_args={"gpu_memory_utilization": 0.4}, max_lora_rank=8)
+    cfg = SamplingConfig.preset(backend="vllm", engine_args={"gpu_memory_utilization": 0.4}, max_lora_rank=8)
     preference = OmegaConf.create({"task": {"lora": {"r": 8}}})
     policy = Policy(llm, cfg, preference, None, None, cache_dir=tmp_path / "gen")
     policy.progress = False

@@ -93,8 +93,9 @@ def test_the_loop_learns_to_write_the_planted_phrase_for_held_out_users(tmp_path
     task = PreferenceTask(tiny_llama(), loss="sdpo", beta=0.5, lora=None, tokenizer=CharTokenizer(),
                           optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))  # fmt: skip
     task.configure_model()
-    sampling = SamplingConfig(num_samples=8, temperature=1.0, top_p=1.0, max_new_tokens=12, batch_size=64,
-                              chat=False, seed=0)  # fmt: skip
+    sampling = SamplingConfig.preset(
+        num_samples=8, temperature=1.0, top_p=1.0, max_new_tokens=12, batch_size=64, chat=False, seed=0
+    )
     policy = Policy(SimpleNamespace(fingerprint="tiny-char-llama"), sampling, PREFERENCE, Store(tmp_path),
                     make_trainer, task=task, seed=0)  # fmt: skip
     policy.progress = False

@@ -162,7 +162,7 @@ def test_sdpo_loss_and_lora_gradients_under_bf16_autocast_match_fp32():
 
 
 def test_sampler_under_bf16_autocast_keeps_the_next_token_distribution_and_its_own_cache_keys(tmp_path):
-    from rlrec.llm.generation import Generator
+    from rlrec.llm.generation import Generator, SamplingConfig
 
     model, tok = tiny_llama(seed=4), CharTokenizer()
     tok.decode = lambda ids, skip_special_tokens=True: "".join(chr(97 + i % 26) for i in ids)
@@ -173,12 +173,23 @@ def test_sampler_under_bf16_autocast_keeps_the_next_token_distribution_and_its_o
             p16 = model(input_ids=ids).logits[0, -1].float().softmax(-1)
     assert (p16 - p32).abs().sum() < 0.05  # total variation of the next-token distribution
 
-    gens = {p: Generator(model, tok, "tiny", tmp_path / p, chat=False, progress=False, precision=p)
+    gens = {p: Generator(SamplingConfig.preset(chat=False), model, tok, "tiny", tmp_path / p, progress=False, precision=p)
             for p in ("32-true", "bf16-mixed")}  # fmt: skip
-    out = {p: g.sample(["user abc likes", "user xyz hates"], n=3, max_new_tokens=6, seed=1) for p, g in gens.items()}
+    out = {
+        p: g.sample(["user abc likes", "user xyz hates"], num_samples=3, max_new_tokens=6, seed=1)
+        for p, g in gens.items()
+    }
     assert {len(row) for rows in out.values() for row in rows} == {3}
     assert gens["bf16-mixed"].backend.name == "hf-bf16-mixed-kv16" and gens["32-true"].backend.name == "hf"
-    exact = Generator(model, tok, "tiny", tmp_path / "x", progress=False, precision="bf16-mixed", kv_dtype="float32")
+    exact = Generator(
+        SamplingConfig.preset(kv_dtype="float32"),
+        model,
+        tok,
+        "tiny",
+        tmp_path / "x",
+        progress=False,
+        precision="bf16-mixed",
+    )
     assert exact.backend.name == "hf-bf16-mixed"  # an fp32 cache's texts keep their earlier keys
 
 

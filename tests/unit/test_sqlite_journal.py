@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from rlrec.knowledge.encoder import _VectorStore
-from rlrec.llm.generation import GenerationCache, Sample
+from rlrec.llm.gencache import GenerationCache, Sample
 from rlrec.runtime.cache import SQLITE_JOURNAL_ENV, SQLiteJournalError, sqlite_journal
 
 
