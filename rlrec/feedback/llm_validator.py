@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from rlrec.data.prompts import DEFAULT_DOMAIN, PromptTemplate, PromptView
 from rlrec.feedback.base import Feedback, feedback_key
@@ -46,7 +47,7 @@ class LLMValidatorFeedback(Feedback):
         seed: int = 0,
     ):
         self.ctx, self.prep = ctx, ctx.prep
-        self.llm_cfg = instantiate(llm) if not hasattr(llm, "fingerprint") else llm
+        self.llm_cfg = instantiate(llm) if isinstance(llm, DictConfig) else llm
         self.tune, self.samples_per_user, self.tune_samples = tune, samples_per_user, tune_samples
         self.view = PromptView(self.prep, {**DEFAULT_DOMAIN, **(dict(domain or {}))}, history_len)
         self.template = PromptTemplate(template)
@@ -141,13 +142,12 @@ class LLMValidatorFeedback(Feedback):
         return {"validator/sft_loss": float(np.mean(losses))} if losses else {}
 
     def p_yes(self, k: int, prompts: list[str]) -> np.ndarray:
-        from rlrec.llm.chat import format_chat
-        from rlrec.llm.logps import choice_probs
+        from rlrec.llm.logps import chat_choice_probs
 
         task = self._task(k) if len(self.tasks) <= k else self.tasks[k]
-        tok = task.tokenizer
-        formatted = [format_chat(tok, p) for p in prompts]
-        return choice_probs(task.policy.eval(), tok, formatted, ("Yes", "No"), self.batch_size).numpy()[:, 0]
+        return chat_choice_probs(task.policy.eval(), task.tokenizer, prompts, ("Yes", "No"), self.batch_size)[
+            :, 0
+        ].numpy()
 
     def score(self, users: np.ndarray, texts: list[list[str]], vectors=None) -> np.ndarray:
         users = np.asarray(users)

@@ -281,3 +281,14 @@ def choice_probs(model, tokenizer, prompts: Sequence[str], choices: Sequence[str
         per_choice = torch.stack([logp[:, v].logsumexp(-1) for v in ids], dim=-1)  # (B, C)
         out.append(per_choice.softmax(-1).cpu())
     return torch.cat(out) if out else torch.zeros(0, len(choices))
+
+
+def chat_choice_probs(
+    model, tokenizer, questions: Sequence[str], choices: Sequence[str], batch_size: int = 8, answer_prefix: str = ""
+) -> torch.Tensor:
+    """`choice_probs` of questions asked in the chat template, the assistant's answer starting with
+    `answer_prefix`: the LLM validator's P(Yes) and the judge's "Chosen Option:" A/B."""
+    from rlrec.llm.chat import format_chat
+
+    prompts = [format_chat(tokenizer, q) + answer_prefix for q in questions]
+    return choice_probs(model, tokenizer, prompts, choices, batch_size)

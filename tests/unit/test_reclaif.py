@@ -13,8 +13,8 @@ import pytest
 from rlrec import metrics
 from rlrec.downstream import parse
 from rlrec.downstream.parse import parse_recommendation
-from rlrec.feedback import judge
-from rlrec.feedback.judge import JudgeStats, explainability_score, judge_pair, judge_pairs, parse_verdict
+from rlrec.feedback import verdict
+from rlrec.feedback.verdict import JudgeStats, explainability_score, judge_pair, judge_pairs, parse_verdict
 from rlrec.metrics import diversity, hit_at_k, ndcg_at_k_single, precision_at_k
 
 MOVIES = [
@@ -38,7 +38,7 @@ Fargo (1996) - Dark crime with memorable characters.
 """
 
 
-@pytest.mark.parametrize("obj", [parse, judge, hit_at_k, ndcg_at_k_single, precision_at_k, diversity])
+@pytest.mark.parametrize("obj", [parse, verdict, hit_at_k, ndcg_at_k_single, precision_at_k, diversity])
 def test_doctests(obj):
     runner = doctest.DocTestRunner()
     for test in doctest.DocTestFinder().find(obj, globs=vars(metrics) if callable(obj) else None):

@@ -527,7 +527,7 @@ def test_table_markdown_renders_any_table():
 def test_judge_verdict_is_the_final_chosen_option_line():
     """A "preferred option" phrase in the reasoning does not decide; the template's last
     "Chosen Option:" line does."""
-    from rlrec.feedback.judge import parse_verdict
+    from rlrec.feedback.verdict import parse_verdict
 
     text = (
         "Option A Evaluation:\n- Relevance Score: 3\nOption B Evaluation:\n- Relevance Score: 4\n"
