@@ -12,9 +12,19 @@ array([ 2., nan,  5.])
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
+from functools import partial
 
 import numpy as np
+import torch
+
+from rlrec.downstream.fit import load_shard
+from rlrec.feedback.base import Feedback, knowledge_table
+from rlrec.outputs.results import Probe
+from rlrec.runtime.executor import Shard, stages
+
+log = logging.getLogger("rlrec")
 
 
 def user_folds(num_users: int, folds: int, seed: int) -> np.ndarray:
@@ -50,3 +60,53 @@ def mean_by_slot(values: np.ndarray, slot: np.ndarray, n: int) -> np.ndarray:
     sums = np.bincount(slot, weights=values, minlength=n)
     counts = np.bincount(slot, minlength=n)
     return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+class CrossFitted(Feedback):
+    """A feedback strategy scored by per-fold models (the CTR validator, the recommender): it owns
+    the skeleton once — user folds → one fit stage per fold on the probe's knowledge → the fitted
+    models — and a subclass keeps only its model and its score:
+
+    - `stage`: the fits' stage name; `metric`: the name of the fold fits' mean validation score;
+    - `model(probe, vectors)`: a factory of the untrained model on that knowledge;
+    - `fit(k, probe, vectors, after)`: the fit of fold k (`rlrec.downstream.fit.fit_shard` partial),
+      continued from artifact `after` when `continues`;
+    - `score(users, texts, vectors)`, with `self.models[k]` for the users of fold k."""
+
+    stage: str
+    metric: str
+
+    def __init__(self, ctx, folds: int, seed: int):
+        self.ctx, self.prep = ctx, ctx.prep
+        self.folds = UserFolds(self.prep.spec.num_users, folds, seed)
+        self.models: list = []
+        self.fits: list = []  # the fold shards' artifacts the models were loaded from
+
+    def model(self, probe: Probe, vectors) -> Callable:
+        raise NotImplementedError(f"{type(self).__name__}.model")
+
+    def fit(self, k: int, probe: Probe, vectors: torch.Tensor, after) -> Callable:
+        raise NotImplementedError(f"{type(self).__name__}.fit")
+
+    def refit(self, probe: Probe) -> dict:
+        return self.load(probe, stages(self.ctx.executor, self.ctx.store, self.shards(probe)))
+
+    def shards(self, probe: Probe) -> list[Shard]:
+        """One stage per fold: fold k's model fitted on this probe's knowledge (continued from fold
+        k's last fit when `continues`, so the chain of probes is in its key)."""
+        vectors = torch.as_tensor(knowledge_table(self.ctx, probe), dtype=torch.float32)
+        out = []
+        for k in range(self.folds.folds):
+            after = self.fits[k] if self.continues and len(self.fits) > k else None
+            deps = {"feedback": self.key, "fold": k, "probe": probe.key, "after": after and after.key}
+            out.append(Shard(self.stage, deps, partial(self.fit, k, probe, vectors, after)))
+        return out
+
+    def load(self, probe: Probe, fits: list) -> dict:
+        """The folds' fitted weights (the shards' artifacts) as the models `score` uses."""
+        factory = self.model(probe, knowledge_table(self.ctx, probe))
+        self.models = [load_shard(factory, f) for f in fits]
+        self.fits = list(fits)
+        best = [f.data["best"] for f in fits]
+        log.info("%s refit: fold %s %s", self.stage.rsplit("/", 1)[-1], self.metric, [round(b, 4) for b in best])
+        return {self.metric: float(np.mean(best))}

@@ -7,7 +7,6 @@ otherwise the reward would pay for what the re-ranker memorised about u, not for
 
 from __future__ import annotations
 
-import logging
 from functools import partial
 
 import numpy as np
@@ -16,19 +15,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from rlrec.data.ctr import TensorBatches
-from rlrec.downstream.fit import build_model, fit_shard, load_shard
+from rlrec.downstream.fit import build_model, fit_shard
 from rlrec.downstream.lists import rerank_lists, reranker_factory
-from rlrec.feedback.base import Feedback, feedback_key, knowledge_table
-from rlrec.feedback.crossfit import UserFolds, mean_by_slot
+from rlrec.feedback.base import feedback_key
+from rlrec.feedback.crossfit import CrossFitted, mean_by_slot
 from rlrec.metrics import list_loglik, list_metrics
 from rlrec.outputs.results import Probe
-from rlrec.runtime.executor import Shard, stages
 from rlrec.tasks.rerank import RerankTask
 
-log = logging.getLogger("rlrec")
 
+class RecommenderFeedback(CrossFitted):
+    stage = "feedback_fit/recommender"  # every refit starts from fresh re-rankers (not `continues`)
 
-class RecommenderFeedback(Feedback):
     def __init__(
         self,
         ctx,
@@ -47,82 +45,37 @@ class RecommenderFeedback(Feedback):
     ):
         if reward not in ("ndcg", "loglik"):
             raise ValueError(f"feedback.reward must be 'ndcg' (DPO4Rec) or 'loglik', got {reward!r}")
-        self.reward = reward
-        self.ctx, self.prep = ctx, ctx.prep
+        super().__init__(ctx, folds, seed)
+        self.reward, self.metric = reward, f"recommender/val_ndcg@{int(k)}"
         lists = rerank_lists(ctx)
         self.lists, self.valid_lists = lists["train"], lists["valid"]
         self.reranker, self.adapter, self.optimizer = reranker, adapter, optimizer
         self.k, self.loss, self.max_epochs, self.patience = int(k), loss, int(max_epochs), int(patience)
         self.batch_size, self.seed = int(batch_size), int(seed)
-        self.folds = UserFolds(self.prep.spec.num_users, folds, seed)
-        self.key = feedback_key(
-            ctx,
-            "recommender",
-            [
-                reranker,
-                adapter,
-                optimizer,
-                k,
-                folds,
-                loss,
-                max_epochs,
-                patience,
-                batch_size,
-                seed,
-                ctx.cfg.rerank,
-                reward,
-            ],
+        config = [reranker, adapter, optimizer, k, folds, loss, max_epochs, patience, batch_size, seed, ctx.cfg.rerank]
+        self.key = feedback_key(ctx, "recommender", [*config, reward])
+
+    def model(self, probe: Probe, vectors) -> partial:
+        reranker, adapter = reranker_factory(self.ctx, self.reranker), instantiate(self.adapter)
+        return partial(build_model, reranker, self.prep.spec, adapter, vectors, probe.item_vectors)
+
+    def fit(self, k: int, probe: Probe, vectors: torch.Tensor, after) -> partial:
+        """Fold k's re-ranker fitted from a fresh init on this probe's knowledge."""
+        train = self.lists.tensors()
+        rows = torch.as_tensor(self.folds.train_rows(self.lists.user, k))
+        return partial(
+            fit_shard,
+            task=partial(RerankTask, optimizer=instantiate(self.optimizer), loss=self.loss),
+            model=self.model(probe, vectors),
+            seed=self.seed + k,
+            make_trainer=partial(self.ctx.trainer, max_epochs=self.max_epochs),
+            train=TensorBatches(
+                {key: v[rows] for key, v in train.items()}, self.batch_size, shuffle=True, seed=self.seed + k
+            ),
+            valid=TensorBatches(self.valid_lists.tensors(), 4096),
+            monitor=f"val/ndcg@{self.k}",
+            patience=self.patience,
         )
-        self.models: list = []
-        self.continues = False  # every refit starts from fresh re-rankers
-
-    def refit(self, probe: Probe) -> dict:
-        return self.load(probe, stages(self.ctx.executor, self.ctx.store, self.shards(probe)))
-
-    def shards(self, probe: Probe) -> list[Shard]:
-        """One stage per fold: fold k's re-ranker fitted from a fresh init on this probe's knowledge."""
-        vec = torch.as_tensor(knowledge_table(self.ctx, probe), dtype=torch.float32)
-        out = []
-        for k in range(self.folds.folds):
-
-            def make(k=k):
-                train = self.lists.tensors()
-                rows = torch.as_tensor(self.folds.train_rows(self.lists.user, k))
-                return partial(
-                    fit_shard,
-                    task=partial(RerankTask, optimizer=instantiate(self.optimizer), loss=self.loss),
-                    model=partial(
-                        build_model,
-                        reranker_factory(self.ctx, self.reranker),
-                        self.prep.spec,
-                        instantiate(self.adapter),
-                        vec,
-                        probe.item_vectors,
-                    ),
-                    seed=self.seed + k,
-                    make_trainer=partial(self.ctx.trainer, max_epochs=self.max_epochs),
-                    train=TensorBatches(
-                        {key: v[rows] for key, v in train.items()}, self.batch_size, shuffle=True, seed=self.seed + k
-                    ),
-                    valid=TensorBatches(self.valid_lists.tensors(), 4096),
-                    monitor=f"val/ndcg@{self.k}",
-                    patience=self.patience,
-                )
-
-            deps = {"feedback": self.key, "fold": k, "probe": probe.key}
-            out.append(Shard("feedback_fit/recommender", deps, make))
-        return out
-
-    def load(self, probe: Probe, fits: list) -> dict:
-        """The folds' fitted weights (the shards' artifacts) as the re-rankers `score` uses."""
-        vec = knowledge_table(self.ctx, probe)
-        spec, reranker, adapter = (self.prep.spec, reranker_factory(self.ctx, self.reranker), instantiate(self.adapter))
-        self.models = [
-            load_shard(partial(build_model, reranker, spec, adapter, vec, probe.item_vectors), f) for f in fits
-        ]
-        scores = [f.data["best"] for f in fits]
-        log.info("recommender refit: fold val NDCG@%d %s", self.k, [round(s, 4) for s in scores])
-        return {f"recommender/val_ndcg@{self.k}": float(np.mean(scores))}
 
     @torch.no_grad()
     def score(self, users: np.ndarray, texts: list[list[str]], vectors: np.ndarray) -> np.ndarray:

@@ -9,7 +9,6 @@ code does, or continued from the last weights).
 
 from __future__ import annotations
 
-import logging
 from functools import partial
 
 import numpy as np
@@ -18,14 +17,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from rlrec.data.ctr import TensorBatches, ctr_tensors
-from rlrec.downstream.fit import build_model, fit_shard, load_shard
-from rlrec.feedback.base import Feedback, feedback_key, knowledge_table
-from rlrec.feedback.crossfit import UserFolds, mean_by_slot
+from rlrec.downstream.fit import build_model, fit_shard
+from rlrec.feedback.base import feedback_key
+from rlrec.feedback.crossfit import CrossFitted, mean_by_slot
 from rlrec.outputs.results import Probe
-from rlrec.runtime.executor import Shard, stages
 from rlrec.tasks.ctr import CTRTask
-
-log = logging.getLogger("rlrec")
 
 
 def p_true(prob: np.ndarray, label: np.ndarray) -> np.ndarray:
@@ -37,7 +33,9 @@ def p_true(prob: np.ndarray, label: np.ndarray) -> np.ndarray:
     return np.where(label > 0, prob, 1.0 - prob)
 
 
-class ValidatorFeedback(Feedback):
+class ValidatorFeedback(CrossFitted):
+    stage, metric = "feedback_fit/validator", "validator/val_auc"
+
     def __init__(
         self,
         ctx,
@@ -53,81 +51,43 @@ class ValidatorFeedback(Feedback):
         restart: bool = True,
         seed: int = 0,
     ):
-        self.ctx, self.prep = ctx, ctx.prep
+        super().__init__(ctx, folds, seed)
         self.backbone, self.adapter, self.optimizer = backbone, adapter, optimizer
         self.max_epochs, self.patience, self.batch_size = int(max_epochs), int(patience), int(batch_size)
         self.limit_batches, self.restart, self.seed = limit_batches, restart, int(seed)
         self.continues = not restart
-        self.folds = UserFolds(self.prep.spec.num_users, folds, seed)
         self.key = feedback_key(
             ctx,
             "validator",
             [backbone, adapter, optimizer, folds, max_epochs, patience, batch_size, limit_batches, restart, seed],
         )
         self.train, self.valid = ctr_tensors(self.prep, "train"), ctr_tensors(self.prep, "valid")
-        self.models: list = []
-        self.fits: list = []  # the fold shards' artifacts the models were loaded from
 
-    def refit(self, probe: Probe) -> dict:
-        return self.load(probe, stages(self.ctx.executor, self.ctx.store, self.shards(probe)))
+    def model(self, probe: Probe, vectors) -> partial:
+        adapter = instantiate(self.adapter)
+        return partial(build_model, instantiate(self.backbone), self.prep.spec, adapter, vectors, probe.item_vectors)
 
-    def shards(self, probe: Probe) -> list[Shard]:
-        """One stage per fold: fold k's model fitted on this probe's knowledge (continued from fold
-        k's last shard when `continues`, so the chain of probes is in its key)."""
-        vec = torch.as_tensor(knowledge_table(self.ctx, probe), dtype=torch.float32)
-        out = []
-        for k in range(self.folds.folds):
-            after = self.fits[k] if self.continues and len(self.fits) > k else None
-            deps = {"feedback": self.key, "fold": k, "probe": probe.key, "after": after and after.key}
-
-            def make(k=k, after=after):
-                rows = {
-                    s: torch.as_tensor(self.folds.train_rows(t["user"], k))
-                    for s, t in (("train", self.train), ("valid", self.valid))
-                }
-                return partial(
-                    fit_shard,
-                    task=partial(CTRTask, optimizer=instantiate(self.optimizer)),
-                    model=partial(
-                        build_model,
-                        instantiate(self.backbone),
-                        self.prep.spec,
-                        instantiate(self.adapter),
-                        vec,
-                        probe.item_vectors,
-                    ),
-                    after=after and str(after.path("model.pt")),
-                    seed=self.seed + k,
-                    make_trainer=partial(
-                        self.ctx.trainer, max_epochs=self.max_epochs, limit_train_batches=self.limit_batches or 1.0
-                    ),
-                    train=TensorBatches(
-                        {key: v[rows["train"]] for key, v in self.train.items()},
-                        self.batch_size,
-                        shuffle=True,
-                        seed=self.seed + k,
-                    ),
-                    valid=TensorBatches(
-                        {key: v[rows["valid"]] for key, v in self.valid.items()}, max(self.batch_size, 4096)
-                    ),
-                    monitor="val/auc",
-                    patience=self.patience,
-                )
-
-            out.append(Shard("feedback_fit/validator", deps, make))
-        return out
-
-    def load(self, probe: Probe, fits: list) -> dict:
-        """The folds' fitted weights (the shards' artifacts) as the models `score` uses."""
-        vec = knowledge_table(self.ctx, probe)
-        spec, backbone, adapter = self.prep.spec, instantiate(self.backbone), instantiate(self.adapter)
-        self.models = [
-            load_shard(partial(build_model, backbone, spec, adapter, vec, probe.item_vectors), f) for f in fits
-        ]
-        self.fits = list(fits)
-        aucs = [f.data["best"] for f in fits]
-        log.info("validator refit: fold val AUC %s", [round(a, 4) for a in aucs])
-        return {"validator/val_auc": float(np.mean(aucs))}
+    def fit(self, k: int, probe: Probe, vectors: torch.Tensor, after) -> partial:
+        rows = {
+            s: torch.as_tensor(self.folds.train_rows(t["user"], k))
+            for s, t in (("train", self.train), ("valid", self.valid))
+        }
+        train = {key: v[rows["train"]] for key, v in self.train.items()}
+        valid = {key: v[rows["valid"]] for key, v in self.valid.items()}
+        return partial(
+            fit_shard,
+            task=partial(CTRTask, optimizer=instantiate(self.optimizer)),
+            model=self.model(probe, vectors),
+            after=after and str(after.path("model.pt")),
+            seed=self.seed + k,
+            make_trainer=partial(
+                self.ctx.trainer, max_epochs=self.max_epochs, limit_train_batches=self.limit_batches or 1.0
+            ),
+            train=TensorBatches(train, self.batch_size, shuffle=True, seed=self.seed + k),
+            valid=TensorBatches(valid, max(self.batch_size, 4096)),
+            monitor="val/auc",
+            patience=self.patience,
+        )
 
     @torch.no_grad()
     def score(self, users: np.ndarray, texts: list[list[str]], vectors: np.ndarray) -> np.ndarray:
