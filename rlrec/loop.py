@@ -29,87 +29,89 @@ from rlrec.runtime.console import bar
 log = logging.getLogger("rlrec")
 
 
-def align(
-    policy,
-    feedback,
-    downstream,
-    store,
-    encode,
-    *,
-    rounds: int,
-    users: int,
-    seed: int,
-    pairs: str = "best_vs_all",
-    dedup_threshold: float | None = 0.98,
-    min_gap: float = 0.0,
-    min_z: float = 0.0,
-    first: str = "round0",
-    heldout: int = 0,
-) -> list[Round]:
-    """T = `rounds` preference rounds on `users` users each; returns [round 0, round 1, …]. A round
-    whose samples give no informative group ends the loop with the policy unchanged.
+@dataclass
+class AlignConfig:
+    """How the loop runs: conf/align/default.yaml, the one node `align` reads."""
 
-    `heldout` users (a seeded subset of the training users, never in any training pair) measure
-    each round: N texts sampled for them before and after the round, scored by the same feedback,
-    give `heldout/reward_gain` with a paired t-test over users; the pairs of their "before" texts
-    are the preference fit's held-out pairs. `min_z` > 0 keeps only groups whose best text an
-    ensemble feedback ranks first with confidence (`build_groups`)."""
-    history = [Round(0, first, policy.key, downstream.probe(policy, first), adapter=adapter_of(policy))]
-    history[0].metrics.update(history[0].probe.metrics)
-    refit = Refit(feedback)
-    pool, held = split_users(downstream.train_users, heldout, seed)
-    held_prompts = [downstream.questions[int(u)] for u in held]
-    progress = bar(int(rounds), "align", "round")  # a bar, or one line where stderr is a log
+    rounds: int  # T preference rounds (0: the un-aligned policy only)
+    users: int  # training users whose N samples are scored per round
+    heldout_users: int  # users never trained on: the held-out reward gain and pairs (0 = off)
+    dedup_threshold: float | None  # drop near-duplicate samples before pairing (None = keep all)
+    min_gap: float  # a rejected text scores below best − min_gap
+    min_z: float  # > 0: keep a group only if an ensemble is confident in its best text
+    pairs: str  # best_vs_all | best_vs_worst (the preference loss's groups)
+    seed: int
 
-    def groups_of(prompts: list[str], scored: Scored):  # the preference groups of scored samples
-        kw = {"dedup_threshold": dedup_threshold, "min_gap": min_gap, "min_z": min_z}
-        return build_groups(
-            prompts, scored.texts, scored.rewards, scored.vectors, mode=pairs, members=scored.members, **kw
-        )
 
-    held_out = HeldOut(held, held_prompts, seed * 1000, feedback.pairwise)
-    for t in range(1, int(rounds) + 1):
-        chosen = pick_users(pool, users, seed, t)
-        prompts = [downstream.questions[int(u)] for u in chosen]
-        scorer = Scorer(store, refit, [r.probe for r in history], encode)
-        scored = scorer.sample(policy, chosen, prompts, seed * 1000 + t)
-        groups, stats = groups_of(prompts, scored)
-        metrics = {**reward_stats(scored.rewards), **scored.info, **stats.as_dict()}
-        log.info(
-            "round %d/%d: %d users, mean reward %.4f, %d groups, split-half Spearman %.3f",
-            t,
-            rounds,
-            len(chosen),
-            metrics["reward/mean"],
-            len(groups),
-            metrics.get("reliability/spearman", np.nan),
-        )
+def align(policy, feedback, downstream, store, encode, cfg: AlignConfig, first: str = "round0") -> list[Round]:
+    """T = `cfg.rounds` preference rounds; returns [round 0, round 1, …]. A round whose samples give
+    no informative group ends the loop with the policy unchanged. `cfg.heldout_users` users (never in
+    a training pair) measure each round (`HeldOut`); `first` names round 0 (round0, or sft after
+    distillation)."""
+    history = [first_round(first, policy, downstream.probe(policy, first))]
+    pool, held = split_users(downstream.train_users, cfg.heldout_users, cfg.seed)
+    heldout = HeldOut(held, [downstream.questions[int(u)] for u in held], cfg.seed * 1000, feedback.pairwise)
+    refit, progress = Refit(feedback), bar(int(cfg.rounds), "align", "round")
+    for t in range(1, int(cfg.rounds) + 1):
+        scorer = Scorer(store, refit, [r.probe for r in history], encode)  # refits on the last probe when it scores
+        users = pick_users(pool, cfg.users, cfg.seed, t)
+        prompts = [downstream.questions[int(u)] for u in users]
+        scored = scorer.sample(policy, users, prompts, cfg.seed * 1000 + t)  # (U, N) texts and rewards
+        groups, metrics = preference_groups(prompts, scored, cfg, t)
         if not groups:
             log.warning("round %d: no informative preference groups; the loop stops with the policy unchanged", t)
             history.append(Round(t, f"round{t}", policy.key, history[-1].probe, {**metrics, "stopped": 1.0}))
             break
-        before = held_out.sample_before(policy, scorer)
-        held_groups = groups_of(held_prompts, before)[0] if before is not None else []
+        held_groups = heldout.before(policy, scorer, lambda p, s: preference_groups(p, s, cfg)[0])
         policy = policy.train_on(groups, heldout=held_groups)
-        metrics.update(held_out.measure_after(policy, scorer, t, pairs=len(held_groups)))
+        metrics.update(heldout.after(policy, scorer, t))
         probe = downstream.probe(policy, f"round{t}")
-        by_prompt = dict(zip(prompts, chosen.tolist()))
-        history.append(
-            Round(
-                t,
-                f"round{t}",
-                policy.key,
-                probe,
-                {**metrics, **policy.training, **probe.metrics},
-                curve=list(policy.curve),
-                pairs=[{"user": by_prompt[g["prompt"]], **g} for g in groups],
-                adapter=adapter_of(policy),
-                samples=sample_roles(chosen, prompts, scored.texts, scored.rewards, groups),
-            )
-        )
+        history.append(trained_round(t, policy, probe, metrics, users, prompts, scored, groups))
         progress.update(1)
     progress.close()
     return history
+
+
+def preference_groups(prompts: list[str], scored: Scored, cfg: AlignConfig, t: int | None = None):
+    """(the preference groups of scored samples, the round's reward and pairing metrics); logs the
+    round's summary when `t` is given."""
+    kw = {"dedup_threshold": cfg.dedup_threshold, "min_gap": float(cfg.min_gap), "min_z": float(cfg.min_z or 0.0)}
+    groups, stats = build_groups(
+        prompts, scored.texts, scored.rewards, scored.vectors, mode=cfg.pairs, members=scored.members, **kw
+    )
+    metrics = {**reward_stats(scored.rewards), **scored.info, **stats.as_dict()}
+    if t is not None:
+        log.info(
+            "round %d/%d: %d users, mean reward %.4f, %d groups, split-half Spearman %.3f",
+            t,
+            cfg.rounds,
+            len(prompts),
+            metrics["reward/mean"],
+            len(groups),
+            metrics.get("reliability/spearman", np.nan),
+        )
+    return groups, metrics
+
+
+def first_round(name: str, policy, probe: Probe) -> Round:
+    """Round 0: the policy before any preference round (its probe's metrics are the round's)."""
+    return Round(0, name, policy.key, probe, dict(probe.metrics), adapter=adapter_of(policy))
+
+
+def trained_round(t: int, policy, probe: Probe, metrics: dict, users, prompts, scored: Scored, groups) -> Round:
+    """Round t after training: its metrics, the fit's curve, its pairs and every sample's role."""
+    by_prompt = dict(zip(prompts, np.asarray(users).tolist()))
+    return Round(
+        t,
+        f"round{t}",
+        policy.key,
+        probe,
+        {**metrics, **policy.training, **probe.metrics},
+        curve=list(policy.curve),
+        pairs=[{"user": by_prompt[g["prompt"]], **g} for g in groups],
+        adapter=adapter_of(policy),
+        samples=sample_roles(users, prompts, scored.texts, scored.rewards, groups),
+    )
 
 
 def sample_roles(users, prompts, texts, rewards, groups) -> list[dict]:
@@ -192,24 +194,30 @@ class HeldOut:
     prompts: list[str]
     seed: int
     pairwise: bool = False
-    before: Scored | None = None
+    scored: Scored | None = None  # the texts before the round
+    pairs: int = 0
 
-    def sample_before(self, policy, scorer: Scorer) -> Scored | None:
-        self.before = scorer.sample(policy, self.users, self.prompts, self.seed) if len(self.users) else None
-        return self.before
+    def before(self, policy, scorer: Scorer, grouping: Callable) -> list[dict]:
+        """Sample and score the texts before the round; their preference groups (`grouping`)."""
+        if not len(self.users):
+            return []
+        self.scored = scorer.sample(policy, self.users, self.prompts, self.seed)
+        groups = grouping(self.prompts, self.scored)
+        self.pairs = len(groups)
+        return groups
 
-    def measure_after(self, policy, scorer: Scorer, t: int, pairs: int) -> dict:
+    def after(self, policy, scorer: Scorer, t: int) -> dict:
         """The round's held-out metrics ({} without held-out users)."""
-        if self.before is None:
+        if self.scored is None:
             return {}
         if self.pairwise:
             after = policy.sample(self.prompts, seed=self.seed)  # (U, N)
-            joint = [b + a for b, a in zip(self.before.texts, after)]  # (U, 2N): before's N, then after's N
-            both, n = scorer.score(self.users, joint).rewards, len(self.before.texts[0])
+            joint = [b + a for b, a in zip(self.scored.texts, after)]  # (U, 2N): before's N, then after's N
+            both, n = scorer.score(self.users, joint).rewards, len(self.scored.texts[0])
             out = {**heldout_gain(both[:, :n], both[:, n:]), "heldout/head_to_head": 1.0}
         else:
-            out = heldout_gain(self.before.rewards, scorer.sample(policy, self.users, self.prompts, self.seed).rewards)
-        out["heldout/pairs"] = float(pairs)
+            out = heldout_gain(self.scored.rewards, scorer.sample(policy, self.users, self.prompts, self.seed).rewards)
+        out["heldout/pairs"] = float(self.pairs)
         log.info(
             "round %d: held-out reward %.4f → %.4f (gain %+.4f, p = %.3g, %d users)",
             t,

@@ -44,23 +44,7 @@ def run(ctx: Context) -> RunResult:
             policy = instantiate(cfg.distill)(ctx=ctx)(policy, downstream)
             first = "sft"
         feedback = build_feedback(cfg.feedback, ctx, downstream)
-        A = cfg.align
-        rounds += loop.align(
-            policy,
-            feedback,
-            downstream,
-            ctx.store,
-            ctx.encoder.encode,
-            rounds=int(A.rounds),
-            users=int(A.users),
-            seed=ctx.seed,
-            pairs=str(cfg.preference.pairs),
-            dedup_threshold=A.get("dedup_threshold"),
-            min_gap=float(A.get("min_gap", 0.0)),
-            min_z=float(A.get("min_z") or 0.0),
-            first=first,
-            heldout=int(A.get("heldout_users") or 0),
-        )
+        rounds += loop.align(policy, feedback, downstream, ctx.store, ctx.encoder.encode, instantiate(cfg.align), first)
         if first == "sft":
             next(r for r in rounds if r.t == 0).metrics.update(policy.training)
     table, metrics = downstream.evaluate(rounds)  # evaluate

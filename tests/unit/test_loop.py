@@ -79,8 +79,8 @@ def run(tmp_path, rounds, feedback=None, downstream=None, users=3, pairs="best_v
     log: list = []
     feedback = feedback or ScriptedFeedback()
     downstream = downstream or StubDownstream()
-    out = loop.align(policy or FakePolicy(0, log), feedback, downstream, Store(tmp_path), encode, rounds=rounds,
-                     users=users, seed=7, pairs=pairs, heldout=heldout)  # fmt: skip
+    cfg = loop.AlignConfig(rounds, users, heldout, dedup_threshold=0.98, min_gap=0.0, min_z=0.0, pairs=pairs, seed=7)
+    out = loop.align(policy or FakePolicy(0, log), feedback, downstream, Store(tmp_path), encode, cfg)
     return out, log, feedback, downstream
 
 
