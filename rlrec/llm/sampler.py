@@ -29,7 +29,7 @@ Randomness is counter-based: the uniform that picks token t of a sample is a has
 own seed only, not on batch size, order or on which other samples were cached already (up to
 float rounding differences between batched kernels).
 
-`generate_fallback` uses `model.generate` for architectures the fast path does not know.
+Architectures the fast path does not know use `model.generate` (`rlrec.llm.backends.hf.generate_fallback`).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import torch
 
 from rlrec.llm.constrain import apply_constraints
 from rlrec.llm.logps import cache_of, last_logits, with_cache
+from rlrec.llm.nucleus import sample_from_logits
 
 log = logging.getLogger("rlrec")
 
@@ -71,114 +72,6 @@ class Finished:
 
 
 # ----------------------------------------------------------------------------- sampling maths
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-
-
-def counter_uniforms(seeds: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Uniforms in [0, 1) from (seed, step) pairs with splitmix64: stateless, so a sample's t-th
-    draw is the same whatever else is in the batch.
-
-    >>> u = counter_uniforms(np.array([1, 1, 2], dtype=np.uint64), np.array([0, 1, 0]))
-    >>> bool(((0 <= u) & (u < 1)).all()) and len(set(u.tolist())) == 3
-    True
-    """
-    with np.errstate(over="ignore"):
-        z = seeds.astype(np.uint64) + (steps.astype(np.uint64) + np.uint64(1)) * _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-def top_p_keep(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Mask of the nucleus over probabilities sorted in descending order: keep a token while the
-    mass strictly before it is < top_p (HF's TopPLogitsWarper; the top token is always kept).
-    Reference implementation for tests; sampling uses the sort-free `in_nucleus`.
-
-    >>> top_p_keep(torch.tensor([[0.5, 0.3, 0.15, 0.05]]), 0.8).tolist()
-    [[True, True, False, False]]
-    """
-    before = sorted_probs.cumsum(-1) - sorted_probs
-    keep = before < top_p
-    keep[..., 0] = True
-    return keep
-
-
-def in_nucleus(probs: torch.Tensor, tokens: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Whether each row's token is in its top-p nucleus, without sorting: a token is in iff the
-    mass of strictly more likely tokens is < top_p. probs (B, V), tokens (B,) → (B,) bool.
-
-    >>> p = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
-    >>> [bool(in_nucleus(p, torch.tensor([t]), 0.8)) for t in range(4)]
-    [True, True, False, False]
-    """
-    p_tok = probs.gather(-1, tokens[:, None])  # (B, 1)
-    ok = (1.0 - p_tok[:, 0]) < top_p  # all other mass < top_p: in, no pass over V needed
-    rows = (~ok).nonzero().squeeze(-1)
-    if len(rows):
-        p = probs[rows]
-        ok[rows] = torch.where(p > p_tok[rows], p, 0.0).sum(-1) < top_p
-    return ok
-
-
-def inverse_cdf(probs: torch.Tensor, u: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """The token whose CDF interval holds u: probs (B, V) (need not sum to 1), u (B,) float64 in
-    [0, 1) → (B,). Two levels (block sums, then one block) instead of a (B, V) float64 cumsum."""
-    B, V = probs.shape
-    nb = -(-V // block)
-    p = probs if nb * block == V else torch.nn.functional.pad(probs, (0, nb * block - V))
-    p = p.view(B, nb, block)  # (B, nb, blk)
-    csum = p.sum(-1).double().cumsum(-1)  # (B, nb); float32 sums of 256 terms are exact enough
-    target = u * csum[:, -1]  # (B,)
-    j = torch.searchsorted(csum, target[:, None], right=True).squeeze(-1)  # first block past target
-    last_block = (csum < csum[:, -1:]).sum(-1)  # the last block with mass (guards float rounding)
-    j = torch.minimum(j, last_block)
-    before = torch.where(j > 0, csum.gather(-1, (j - 1).clamp(min=0)[:, None]).squeeze(-1), 0.0)
-    inner = p[torch.arange(B), j]  # (B, blk)
-    icdf = inner.double().cumsum(-1)
-    k = torch.searchsorted(icdf, (target - before)[:, None], right=True).squeeze(-1)
-    k = torch.minimum(k, (icdf < icdf[:, -1:]).sum(-1))  # never past the block's last nonzero token
-    return j * block + k
-
-
-def sample_from_logits(
-    logits: torch.Tensor, temperature: float, top_p: float, seeds: np.ndarray, steps: np.ndarray, max_tries: int = 64
-) -> torch.Tensor:
-    """Draw one token per row of logits (B, V) from softmax(logits / temperature) restricted to
-    the top-p nucleus; temperature 0 means argmax. Draws come from `counter_uniforms(seeds,
-    steps)`. The nucleus is enforced by rejection (redraw while the token falls outside it): exact
-    for p restricted to the nucleus, needs no (B, V) sort, and rejects with probability < 1 - top_p."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
-    probs = torch.softmax(logits, dim=-1)  # (B, V)
-    seeds = np.asarray(seeds, dtype=np.uint64)
-    steps = np.asarray(steps, dtype=np.uint64)
-    tokens = inverse_cdf(probs, torch.from_numpy(counter_uniforms(seeds, steps)))
-    if top_p >= 1.0:
-        return tokens
-    rows = torch.arange(probs.shape[0])
-    for attempt in range(1, max_tries + 1):
-        bad = ~in_nucleus(probs[rows], tokens[rows], top_p)
-        if not bad.any():
-            return tokens
-        rows = rows[bad]
-        r = rows.numpy()
-        u = counter_uniforms(seeds[r], steps[r] + np.uint64(attempt << 32))  # a fresh draw per attempt
-        tokens[rows] = inverse_cdf(probs[rows], torch.from_numpy(u))
-    # practically unreachable (needs 64 straight rejections): sort the stragglers
-    vals, ids = probs[rows].sort(-1, descending=True)
-    kept = vals * top_p_keep(vals, top_p)
-    tokens[rows] = ids.gather(
-        -1, inverse_cdf(kept, torch.from_numpy(counter_uniforms(seeds[r], steps[r])))[:, None]
-    ).squeeze(-1)
-    return tokens
-
-
-# ----------------------------------------------------------------------------- fast path
 
 
 def base_model(model):
@@ -490,52 +383,3 @@ def _attend_part(q, k, v, mask, scale) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- fallback
-
-
-@torch.inference_mode()
-def generate_fallback(
-    model,
-    pad_id: int,
-    stop_ids: Sequence[int],
-    jobs: list[Job],
-    temperature: float,
-    top_p: float,
-    max_new_tokens: int,
-    batch_size: int,
-    on_finished: Callable[[list[Finished]], None],
-) -> None:
-    """`model.generate` on left-padded batches of sample rows; seeded per batch from the rows'
-    seeds, so deterministic for the same call (not independent of batch composition)."""
-    from transformers import LogitsProcessorList
-
-    from rlrec.llm.constrain import ConstraintLogitsProcessor
-
-    rows = [
-        (j.prompt_ids, seed, j.tags[i] if j.tags else i, j.constraint) for j in jobs for i, seed in enumerate(j.seeds)
-    ]
-    stop = set(stop_ids)
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        width = max(len(r[0]) for r in chunk)
-        ids = torch.tensor([[pad_id] * (width - len(r[0])) + r[0] for r in chunk])
-        mask = torch.tensor([[0] * (width - len(r[0])) + [1] * len(r[0]) for r in chunk])
-        torch.manual_seed(int(chunk[0][1]) % 2**63)
-        # top_k=0: transformers would otherwise add its default top_k=50 truncation
-        kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else {}
-        if any(r[3] is not None for r in chunk):
-            states = [r[3].start() if r[3] is not None else None for r in chunk]
-            kwargs["logits_processor"] = LogitsProcessorList([ConstraintLogitsProcessor(states)])
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad_id,
-            eos_token_id=list(stop),
-            **({"do_sample": False} | kwargs),
-        )
-        done = []
-        for r, seq in zip(chunk, out[:, width:].tolist()):
-            cut = next((i for i, t in enumerate(seq) if t in stop), None)
-            toks = seq if cut is None else seq[: cut + 1]
-            done.append(Finished(r[2], toks, "length" if cut is None else "stop"))
-        on_finished(done)

@@ -18,7 +18,8 @@ from rlrec.llm.backends import lora_merged
 from rlrec.llm.chat import format_chat
 from rlrec.llm.gencache import GenerationCache
 from rlrec.llm.generation import Generator, SamplingConfig
-from rlrec.llm.sampler import Job, PrefixSharingSampler, top_p_keep
+from rlrec.llm.nucleus import top_p_keep
+from rlrec.llm.sampler import Job, PrefixSharingSampler
 
 V = 64
 EOS, PAD = 1, 0
@@ -329,10 +330,10 @@ def test_the_yaml_declares_the_sampling_defaults_and_a_generator_follows_them(tm
         gen.sample(PROMPTS[:1], n=2)  # a typo is not silently ignored
 
 
-@pytest.mark.parametrize("module", ["rlrec.llm.sampler", "rlrec.llm.chat", "rlrec.llm.generation"])
+@pytest.mark.parametrize("module", ["rlrec.llm.nucleus", "rlrec.llm.chat"])
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module))
-    assert result.failed == 0
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_prompts_sharing_a_long_prefix_prefill_it_once_and_still_match_hf():

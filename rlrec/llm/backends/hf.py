@@ -5,11 +5,17 @@ one `generate` call per prompt on CPU, see `benchmarks/generation.py`); other ar
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import torch
 
 from rlrec.llm.backends.base import Backend, Request, Result
 from rlrec.runtime.precision import cast_linear_weights, is_bf16
+
+if TYPE_CHECKING:
+    from rlrec.llm.sampler import Finished, Job
 
 
 @contextmanager
@@ -134,7 +140,7 @@ class HFBackend(Backend):
             self.model.train(was_training)
 
     def _run(self, jobs, fast: bool, temperature, top_p, max_new_tokens, finished) -> None:
-        from rlrec.llm.sampler import PrefixSharingSampler, generate_fallback
+        from rlrec.llm.sampler import PrefixSharingSampler
 
         if fast:
             sampler = PrefixSharingSampler(self.model, self.stop_ids, self.batch_size, self.kv_cache_gb, self.kv_dtype)
@@ -155,3 +161,53 @@ class HFBackend(Backend):
                 self.batch_size,
                 finished,
             )
+
+
+@torch.inference_mode()
+def generate_fallback(
+    model,
+    pad_id: int,
+    stop_ids: Sequence[int],
+    jobs: list[Job],
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    batch_size: int,
+    on_finished: Callable[[list[Finished]], None],
+) -> None:
+    """`model.generate` on left-padded batches of sample rows; seeded per batch from the rows'
+    seeds, so deterministic for the same call (not independent of batch composition)."""
+    from transformers import LogitsProcessorList
+
+    from rlrec.llm.constrain import ConstraintLogitsProcessor
+    from rlrec.llm.sampler import Finished
+
+    rows = [
+        (j.prompt_ids, seed, j.tags[i] if j.tags else i, j.constraint) for j in jobs for i, seed in enumerate(j.seeds)
+    ]
+    stop = set(stop_ids)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        width = max(len(r[0]) for r in chunk)
+        ids = torch.tensor([[pad_id] * (width - len(r[0])) + r[0] for r in chunk])
+        mask = torch.tensor([[0] * (width - len(r[0])) + [1] * len(r[0]) for r in chunk])
+        torch.manual_seed(int(chunk[0][1]) % 2**63)
+        # top_k=0: transformers would otherwise add its default top_k=50 truncation
+        kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else {}
+        if any(r[3] is not None for r in chunk):
+            states = [r[3].start() if r[3] is not None else None for r in chunk]
+            kwargs["logits_processor"] = LogitsProcessorList([ConstraintLogitsProcessor(states)])
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=list(stop),
+            **({"do_sample": False} | kwargs),
+        )
+        done = []
+        for r, seq in zip(chunk, out[:, width:].tolist()):
+            cut = next((i for i, t in enumerate(seq) if t in stop), None)
+            toks = seq if cut is None else seq[: cut + 1]
+            done.append(Finished(r[2], toks, "length" if cut is None else "stop"))
+        on_finished(done)
