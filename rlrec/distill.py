@@ -5,7 +5,7 @@ The teacher is the policy itself (`distill=self`: self-distillation), another co
 (`distill=teacher`, `llm@distill.teacher=qwen2_5_7b`) or an OpenAI-compatible endpoint
 (`distill=endpoint`, `distill.base_url=… distill.api_model=…`). With `require_valid`, only answers
 the downstream accepts are kept (rejection sampling on the format: a RecLAIF answer must name
-candidates only); `num_samples` extra samples per question are tried when the greedy answer fails.
+candidates only); `retry_samples` extra samples per question are tried when the greedy answer fails.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Distill:
         optimizer: DictConfig | None = None,
         accumulate_grad_batches: int = 1,
         max_new_tokens: int | None = None,
-        num_samples: int = 0,
+        retry_samples: int = 0,
         require_valid: bool = False,
         teacher: DictConfig | None = None,
         base_url: str | None = None,
@@ -41,7 +41,7 @@ class Distill:
         self.ctx, self.users, self.epochs, self.batch_size = ctx, int(users), int(epochs), int(batch_size)
         self.optimizer, self.max_new_tokens = optimizer, max_new_tokens
         self.accumulate = int(accumulate_grad_batches or 1)
-        self.num_samples, self.require_valid = int(num_samples or 0), bool(require_valid)
+        self.retry_samples, self.require_valid = int(retry_samples or 0), bool(require_valid)
         self.teacher_cfg, self.base_url, self.api_model = teacher, base_url, api_model
         if base_url and not api_model:
             raise ValueError("distill.base_url needs distill.api_model (the served model's name)")
@@ -75,7 +75,7 @@ class Distill:
                 self.batch_size,
                 self.optimizer,
                 self.max_new_tokens,
-                self.num_samples,
+                self.retry_samples,
                 self.require_valid,
                 *([self.accumulate] if self.accumulate > 1 else []),
             ],
@@ -102,10 +102,10 @@ class Distill:
             return bool(a.strip()) and (not self.require_valid or downstream.valid_answer(u, a))
 
         redo = [k for k, (u, a) in enumerate(zip(users, answers)) if not ok(u, a)]
-        if self.require_valid and self.num_samples and redo:  # try the teacher's samples, keep the first usable
+        if self.require_valid and self.retry_samples and redo:  # try the teacher's samples, keep the first usable
             extra = teacher.generator.sample(
                 [prompts[k] for k in redo],
-                num_samples=self.num_samples,
+                num_samples=self.retry_samples,
                 max_new_tokens=int(self.max_new_tokens or teacher.sampling.max_new_tokens),
                 seed=self.ctx.seed,
                 adapter_fingerprint=teacher.key,

@@ -104,7 +104,7 @@ def summary(cfg) -> dict:
     """The run's identity (the report groups runs by these)."""
     target = (cfg.downstream.get("model") or {}).get("_target_", "")
     return {
-        "experiment": cfg.get("experiment_name", cfg.task_name),
+        "experiment": cfg.task_name,
         "dataset": cfg.dataset.name,
         "split": cfg.split.protocol + ("+guard" if cfg.split.leakage_guard else ""),
         "backbone": target.rsplit(".", 1)[-1].lower() if target else "llm",

@@ -339,7 +339,9 @@ class RerankDownstream(KnowledgeDownstream):
     paired_metrics = ("test/map@5", "test/ndcg@5")
 
     def __init__(self, ctx, *args, **kwargs):
-        super().__init__(ctx, *args, **kwargs)
+        if "patience" in kwargs:
+            raise ValueError("downstream.patience: a re-ranker's patience is rerank.patience (it depends on the lists)")
+        super().__init__(ctx, *args, patience=int(ctx.cfg.rerank.patience), **kwargs)
         self.rr = ctx.cfg.rerank
         self.monitor = f"val/{self.rr.monitor}"
 

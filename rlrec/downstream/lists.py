@@ -129,10 +129,10 @@ def initial_ranker(ctx):
     deps = {
         "data": ctx.data_key,
         "ranker": node,
-        "optimizer": ctx.cfg.optimizer,
+        "optimizer": rr.ranker_fit.optimizer,
         "seed": ctx.seed,
         "trainer": ctx.trainer_key,
-        "patience": ctx.cfg.early_stopping_patience,
+        "patience": rr.ranker_fit.patience,
         "outputs": ["score", "pv", "model"],
         **({"ranker_period": period} if period is not None else {}),
     }
@@ -140,7 +140,7 @@ def initial_ranker(ctx):
 
     def build(work) -> dict:
         pl.seed_everything(ctx.seed, workers=True)
-        task = CTRTask(build_model(instantiate(node), dm.feature_spec), instantiate(ctx.cfg.optimizer))
+        task = CTRTask(build_model(instantiate(node), dm.feature_spec), instantiate(rr.ranker_fit.optimizer))
         train = dm.train_dataloader()
         if period is not None:
             keep = torch.from_numpy(ranker_rows(ctx))
@@ -154,7 +154,7 @@ def initial_ranker(ctx):
             dm.val_dataloader(),
             dm.test_dataloader(),
             monitor="val/auc",
-            patience=ctx.cfg.early_stopping_patience,
+            patience=int(rr.ranker_fit.patience),
         )
         for split in splits:
             scores, vectors = score_rows(fitted.model, TensorBatches(dm.tensors(split), 8192))

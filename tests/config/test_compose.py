@@ -49,7 +49,7 @@ def test_experiment_composes_and_resolves(experiment, tmp_path):
     OmegaConf.resolve(cfg)
     missing = OmegaConf.missing_keys(cfg)
     assert not missing, f"{experiment}: unresolved ??? at {sorted(missing)}"
-    assert cfg.experiment_name == experiment
+    assert cfg.experiment_name == cfg.task_name == experiment  # the run's name is derived, never set twice
     for path, target in _targets(cfg):
         assert callable(_import(target)), f"{experiment}: {path}._target_={target} does not import"
 
@@ -216,3 +216,19 @@ def test_teacher_and_judge_llms_are_group_overrides(tmp_path):
     assert cfg.downstream.rater.llm.name == "llama3_1_8b"  # explainability is rated by the judge's LLM
     judge = instantiate(cfg.feedback)  # a partial: the downstream comes from the run
     assert judge.keywords["mode"] == "logits" and judge.keywords["llm"].name == "llama3_1_8b"
+
+
+def test_every_knob_has_one_name(tmp_path):
+    """No knob is an alias of another: a downstream's early-stopping patience is its own value (a
+    re-ranker's is `rerank.patience`), the initial ranker trains by `rerank.ranker_fit` (not the
+    table's optimizer unless an experiment says so), the run's name is the experiment's."""
+    for experiment in EXPERIMENTS:
+        assert "task_name" not in (CONF / "experiment" / f"{experiment}.yaml").read_text()
+    ctr = _compose(["+experiment=trackrec_movielens"], tmp_path)
+    assert ctr.downstream.patience == 2 and not OmegaConf.is_interpolation(ctr.downstream, "patience")
+    assert "early_stopping_patience" not in ctr
+    for rerank in _options("rerank"):
+        cfg = _compose(["+experiment=dpo4rec_movielens", f"rerank={rerank}"], tmp_path)
+        assert "patience" not in cfg.downstream and cfg.rerank.patience >= 1
+        assert cfg.rerank.ranker_fit.optimizer.lr == 1e-3 and cfg.optimizer.lr == 5e-4  # two optimisers, two nodes
+    assert "retry_samples" in _compose(["+experiment=reclaif_movielens"], tmp_path).distill
