@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rlrec.feedback.ensemble import split_half
+from rlrec.llm.length import LENGTH_CONTROLS, length_adjusted_gain, residualise, round_lengths, within_user_slope, words
 from rlrec.llm.pairs import build_groups
 from rlrec.metrics import nan_rows_ok
 from rlrec.outputs.results import Probe, Round
@@ -41,6 +42,13 @@ class AlignConfig:
     min_z: float  # > 0: keep a group only if an ensemble is confident in its best text
     pairs: str  # best_vs_all | best_vs_worst (the preference loss's groups)
     seed: int
+    length_control: str  # none | residual: pairs chosen on rewards with their length effect removed
+
+    def __post_init__(self):
+        if self.length_control not in LENGTH_CONTROLS:
+            raise ValueError(
+                f"align.length_control={self.length_control!r}: expected one of {', '.join(LENGTH_CONTROLS)}"
+            )
 
 
 def align(policy, feedback, downstream, store, encode, cfg: AlignConfig, first: str = "round0") -> list[Round]:
@@ -76,10 +84,14 @@ def preference_groups(prompts: list[str], scored: Scored, cfg: AlignConfig, t: i
     """(the preference groups of scored samples, the round's reward and pairing metrics); logs the
     round's summary when `t` is given."""
     kw = {"dedup_threshold": cfg.dedup_threshold, "min_gap": float(cfg.min_gap), "min_z": float(cfg.min_z or 0.0)}
-    groups, stats = build_groups(
-        prompts, scored.texts, scored.rewards, scored.vectors, mode=cfg.pairs, members=scored.members, **kw
-    )
+    rewards, members, lengths = scored.rewards, scored.members, words(scored.texts)
+    if cfg.length_control == "residual":  # the same slope for the mean and every member
+        slope = within_user_slope(rewards, lengths)
+        rewards = residualise(rewards, lengths, slope)
+        members = None if members is None else np.stack([residualise(m, lengths, slope) for m in members])
+    groups, stats = build_groups(prompts, scored.texts, rewards, scored.vectors, mode=cfg.pairs, members=members, **kw)
     metrics = {**reward_stats(scored.rewards), **scored.info, **stats.as_dict()}
+    metrics.update(round_lengths(scored.texts, scored.rewards, groups))
     if t is not None:
         log.info(
             "round %d/%d: %d users, mean reward %.4f, %d groups, split-half Spearman %.3f",
@@ -211,12 +223,17 @@ class HeldOut:
         if self.scored is None:
             return {}
         if self.pairwise:
-            after = policy.sample(self.prompts, seed=self.seed)  # (U, N)
-            joint = [b + a for b, a in zip(self.scored.texts, after)]  # (U, 2N): before's N, then after's N
+            after_texts = policy.sample(self.prompts, seed=self.seed)  # (U, N)
+            joint = [b + a for b, a in zip(self.scored.texts, after_texts)]  # (U, 2N): before's N, then after's N
             both, n = scorer.score(self.users, joint).rewards, len(self.scored.texts[0])
-            out = {**heldout_gain(both[:, :n], both[:, n:]), "heldout/head_to_head": 1.0}
+            before, after = both[:, :n], both[:, n:]
+            out = {**heldout_gain(before, after), "heldout/head_to_head": 1.0}
         else:
-            out = heldout_gain(self.scored.rewards, scorer.sample(policy, self.users, self.prompts, self.seed).rewards)
+            sampled = scorer.sample(policy, self.users, self.prompts, self.seed)
+            before, after = self.scored.rewards, sampled.rewards
+            out = heldout_gain(before, after)
+            after_texts = sampled.texts
+        out.update(length_adjusted_gain(before, after, words(self.scored.texts), words(after_texts)))
         out["heldout/pairs"] = float(self.pairs)
         log.info(
             "round %d: held-out reward %.4f → %.4f (gain %+.4f, p = %.3g, %d users)",

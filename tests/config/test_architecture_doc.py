@@ -50,7 +50,9 @@ def test_the_documented_feedback_builds_from_its_yaml_and_aligns_a_policy(tmp_pa
     assert isinstance(feedback, Feedback) and not feedback.pairwise and feedback.halves() is None
     np.testing.assert_array_equal(feedback.score([1], [["a b c", "a"]], None), [[-3.0, -1.0]])
     policy = WordsPolicy()
-    cfg = loop.AlignConfig(2, 3, 2, dedup_threshold=0.98, min_gap=0.0, min_z=0.0, pairs="best_vs_all", seed=1)
+    cfg = loop.AlignConfig(
+        2, 3, 2, dedup_threshold=0.98, min_gap=0.0, min_z=0.0, pairs="best_vs_all", seed=1, length_control="none"
+    )
     rounds = loop.align(policy, feedback, StubDownstream(), Store(tmp_path / "cache"), encode, cfg)
     assert [r.name for r in rounds] == ["round0", "round1", "round2"] and len(policy.trained) == 6
     for g in policy.trained:  # best vs all: the one-word sample beats the longer ones

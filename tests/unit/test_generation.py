@@ -330,7 +330,7 @@ def test_the_yaml_declares_the_sampling_defaults_and_a_generator_follows_them(tm
         gen.sample(PROMPTS[:1], n=2)  # a typo is not silently ignored
 
 
-@pytest.mark.parametrize("module", ["rlrec.llm.nucleus", "rlrec.llm.chat"])
+@pytest.mark.parametrize("module", ["rlrec.llm.nucleus", "rlrec.llm.chat", "rlrec.llm.length"])
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0

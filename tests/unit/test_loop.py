@@ -79,7 +79,9 @@ def run(tmp_path, rounds, feedback=None, downstream=None, users=3, pairs="best_v
     log: list = []
     feedback = feedback or ScriptedFeedback()
     downstream = downstream or StubDownstream()
-    cfg = loop.AlignConfig(rounds, users, heldout, dedup_threshold=0.98, min_gap=0.0, min_z=0.0, pairs=pairs, seed=7)
+    cfg = loop.AlignConfig(
+        rounds, users, heldout, dedup_threshold=0.98, min_gap=0.0, min_z=0.0, pairs=pairs, seed=7, length_control="none"
+    )
     out = loop.align(policy or FakePolicy(0, log), feedback, downstream, Store(tmp_path), encode, cfg)
     return out, log, feedback, downstream
 
@@ -249,3 +251,48 @@ def test_a_pairwise_feedback_judges_heldout_answers_head_to_head(tmp_path):
     assert m["heldout/head_to_head"] == 1.0 and m["heldout/users"] == 4
     assert m["heldout/reward_after"] > m["heldout/reward_before"] and m["heldout/reward_gain"] > 0.4
     assert 2 * N in fb.widths  # the before and after answers of a user in one judged set
+
+
+class WordyPolicy(FakePolicy):
+    """Sample j has j + 1 + version filler words: later samples and later versions write longer."""
+
+    def sample(self, prompts, seed=None):
+        self.log.append(("sample", self.version, len(prompts)))
+        return [[" ".join([p] + ["w"] * (j + 1 + self.version)) for j in range(N)] for p in prompts]
+
+    def train_on(self, groups, heldout=None):
+        self.log.append(("train", self.version, [(g["chosen"], list(g["rejected"])) for g in groups]))
+        return WordyPolicy(self.version + 1, self.log)
+
+
+class LengthFeedback(Feedback):
+    """Reward = words / 100 + a content bonus of 0.5 for texts whose user id is even: only length
+    varies within a user, so every within-user preference is a length preference."""
+
+    key = "length"
+
+    def score(self, users, texts, vectors):
+        return np.array([[len(t.split()) / 100 + 0.5 * (int(u) % 2 == 0) for t in row] for u, row in zip(users, texts)])
+
+
+def test_rounds_report_length_and_a_gain_that_is_only_length_adjusts_to_zero(tmp_path):
+    cfg = loop.AlignConfig(1, 3, 2, 0.98, 0.0, 0.0, pairs="best_vs_all", seed=7, length_control="none")
+    rounds = loop.align(WordyPolicy(0), LengthFeedback(), StubDownstream(), Store(tmp_path), encode, cfg)
+    m = rounds[1].metrics
+    # sampled texts have 2, 3, 4 words; the longest is chosen against the other two
+    assert m["length/sampled"] == 3.0 and m["length/chosen"] == 4.0 and m["length/rejected"] == 2.5
+    assert m["length/reward_corr"] == pytest.approx(1.0) and m["length/reward_slope"] == pytest.approx(0.01)
+    # the trained policy writes one word more: the raw held-out gain is 0.01, all of it length
+    assert m["heldout/reward_gain"] == pytest.approx(0.01)
+    assert (m["heldout/length_before"], m["heldout/length_after"]) == (3.0, 4.0)
+    assert m["heldout/reward_gain_length_adjusted"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_length_control_removes_a_preference_that_is_only_length(tmp_path):
+    cfg = loop.AlignConfig(1, 3, 0, 0.98, 0.0, 0.0, pairs="best_vs_all", seed=7, length_control="residual")
+    log: list = []
+    rounds = loop.align(WordyPolicy(0, log), LengthFeedback(), StubDownstream(), Store(tmp_path), encode, cfg)
+    assert rounds[1].metrics["stopped"] == 1.0 and not any(e[0] == "train" for e in log)  # nothing left to learn
+    assert rounds[1].metrics["reward/spread"] == pytest.approx(0.02)  # the reported rewards stay the feedback's
+    with pytest.raises(ValueError, match="align.length_control='tokens'"):
+        loop.AlignConfig(1, 3, 0, 0.98, 0.0, 0.0, pairs="best_vs_all", seed=7, length_control="tokens")

@@ -102,7 +102,9 @@ def test_the_loop_learns_to_write_the_planted_phrase_for_held_out_users(tmp_path
     feedback = PlantedFeedback(phrase="z")
     _, held = loop.split_users(Prompts.train_users, 16, seed=3)  # never trained on
     before, chars_before = phrase_rate(policy, held, feedback)
-    cfg = loop.AlignConfig(2, 24, 16, dedup_threshold=0.98, min_gap=0.0, min_z=0.0, pairs="best_vs_all", seed=3)
+    cfg = loop.AlignConfig(
+        2, 24, 16, dedup_threshold=0.98, min_gap=0.0, min_z=0.0, pairs="best_vs_all", seed=3, length_control="none"
+    )
     rounds = loop.align(policy, feedback, Prompts(), Store(tmp_path), encode, cfg)
     trained = policy.with_adapter(None, rounds[-1].policy_key)  # the last round's weights, by key
     trained.__dict__["task"] = task  # trained in place: the object the rounds handed on
