@@ -51,15 +51,18 @@ class AlignConfig:
             )
 
 
-def align(policy, feedback, downstream, store, encode, cfg: AlignConfig, first: str = "round0") -> list[Round]:
+def align(
+    policy, feedback, downstream, store, encode, cfg: AlignConfig, first: str = "round0", gold=None
+) -> list[Round]:
     """T = `cfg.rounds` preference rounds; returns [round 0, round 1, …]. A round whose samples give
     no informative group ends the loop with the policy unchanged. `cfg.heldout_users` users (never in
-    a training pair) measure each round (`HeldOut`); `first` names round 0 (round0, or sft after
-    distillation)."""
+    a training pair) measure each round (`HeldOut`), by the feedback and by the `gold` judge (a
+    feedback that never chose a pair); `first` names round 0 (round0, or sft after distillation)."""
     history = [first_round(first, policy, downstream.probe(policy, first))]
     pool, held = split_users(downstream.train_users, cfg.heldout_users, cfg.seed)
     heldout = HeldOut(held, [downstream.questions[int(u)] for u in held], cfg.seed * 1000, feedback.pairwise)
     refit, progress = Refit(feedback), bar(int(cfg.rounds), "align", "round")
+    gold_refit = Refit(gold) if gold is not None else None
     for t in range(1, int(cfg.rounds) + 1):
         scorer = Scorer(store, refit, [r.probe for r in history], encode)  # refits on the last probe when it scores
         users = pick_users(pool, cfg.users, cfg.seed, t)
@@ -72,7 +75,8 @@ def align(policy, feedback, downstream, store, encode, cfg: AlignConfig, first: 
             break
         held_groups = heldout.before(policy, scorer, lambda p, s: preference_groups(p, s, cfg)[0])
         policy = policy.train_on(groups, heldout=held_groups)
-        metrics.update(heldout.after(policy, scorer, t))
+        judge = gold_refit and Scorer(store, gold_refit, [r.probe for r in history], encode)
+        metrics.update(heldout.after(policy, scorer, t, gold=judge))
         probe = downstream.probe(policy, f"round{t}")
         history.append(trained_round(t, policy, probe, metrics, users, prompts, scored, groups))
         progress.update(1)
@@ -218,8 +222,9 @@ class HeldOut:
         self.pairs = len(groups)
         return groups
 
-    def after(self, policy, scorer: Scorer, t: int) -> dict:
-        """The round's held-out metrics ({} without held-out users)."""
+    def after(self, policy, scorer: Scorer, t: int, gold: Scorer | None = None) -> dict:
+        """The round's held-out metrics ({} without held-out users); with a `gold` scorer, the same
+        texts before and after scored by it too (`heldout/gold_*`)."""
         if self.scored is None:
             return {}
         if self.pairwise:
@@ -234,17 +239,33 @@ class HeldOut:
             out = heldout_gain(before, after)
             after_texts = sampled.texts
         out.update(length_adjusted_gain(before, after, words(self.scored.texts), words(after_texts)))
+        if gold is not None:
+            out.update(gold_gain(gold, self.users, self.scored.texts, after_texts))
         out["heldout/pairs"] = float(self.pairs)
         log.info(
-            "round %d: held-out reward %.4f → %.4f (gain %+.4f, p = %.3g, %d users)",
+            "round %d: held-out reward %.4f → %.4f (gain %+.4f, p = %.3g, %d users)%s",
             t,
             out["heldout/reward_before"],
             out["heldout/reward_after"],
             out["heldout/reward_gain"],
             out.get("heldout/p", np.nan),
             len(self.users),
+            ""
+            if gold is None
+            else f"; gold judge: gain {out['heldout/gold_reward_gain']:+.4f}, p = {out.get('heldout/gold_p', np.nan):.3g}",
         )
         return out
+
+
+def gold_gain(gold: Scorer, users, before: list[list[str]], after: list[list[str]]) -> dict:
+    """The held-out gain as the gold judge sees it: the texts before and after the round, scored by a
+    feedback that chose no training pair (`heldout/gold_*`, with its paired t-test and the gain
+    adjusted for length)."""
+    if gold.refit.feedback.pairwise:
+        raise ValueError("gold: a pairwise judge cannot be the gold judge (its rewards rank a user's texts)")
+    b, a = gold.score(users, before).rewards, gold.score(users, after).rewards
+    out = {**heldout_gain(b, a), **length_adjusted_gain(b, a, words(before), words(after))}
+    return {k.replace("heldout/", "heldout/gold_", 1): v for k, v in out.items() if not k.startswith("heldout/length_")}
 
 
 def heldout_gain(before: np.ndarray, after: np.ndarray) -> dict:

@@ -44,7 +44,9 @@ def run(ctx: Context) -> RunResult:
             policy = instantiate(cfg.distill)(ctx=ctx)(policy, downstream)
             first = "sft"
         feedback = build_feedback(cfg.feedback, ctx, downstream)
-        rounds += loop.align(policy, feedback, downstream, ctx.store, ctx.encoder.encode, instantiate(cfg.align), first)
+        gold = build_feedback(cfg.gold, ctx, downstream) if cfg.get("gold") is not None else None
+        A = instantiate(cfg.align)
+        rounds += loop.align(policy, feedback, downstream, ctx.store, ctx.encoder.encode, A, first, gold=gold)
         if first == "sft":
             next(r for r in rounds if r.t == 0).metrics.update(policy.training)
     table, metrics = downstream.evaluate(rounds)  # evaluate

@@ -62,6 +62,8 @@ ROUND_COLUMNS = (
     "heldout/p",
     "heldout/reward_gain_length_adjusted",
     "heldout/p_length_adjusted",
+    "heldout/gold_reward_gain",
+    "heldout/gold_p",
     "length/sampled",
     "length/chosen",
     "length/rejected",

@@ -75,14 +75,14 @@ def _instantiate(group: str, cfg, tmp_path):
         from rlrec.runtime.precision import resolve
 
         return instantiate(node, precision=resolve(node.precision, "ctr", node.accelerator))
-    obj = instantiate(node) if group != "feedback" else None  # `ensemble` is build_feedback's, not the class's
-    if group in ("downstream", "feedback", "distill"):
+    obj = instantiate(node) if group not in ("feedback", "gold") else None  # `ensemble` is build_feedback's
+    if group in ("downstream", "feedback", "distill", "gold"):
         from rlrec.context import Context
 
         ctx = Context(cfg, tmp_path / "run")
         downstream = instantiate(cfg.downstream)(ctx=ctx)
-        if group == "feedback":  # as run.py builds it: one member or an ensemble
-            return build_feedback(cfg.feedback, ctx, downstream)
+        if group in ("feedback", "gold"):  # as run.py builds it: one member or an ensemble
+            return build_feedback(cfg[group], ctx, downstream)
         obj = downstream if group == "downstream" else obj(ctx=ctx)
     return obj
 
@@ -97,7 +97,7 @@ def test_every_option_of_every_group_composes_and_instantiates(group, tmp_path):
         for path, target in _targets(cfg):
             assert callable(_import(target)), f"{group}={option}: {path}._target_={target} does not import"
         obj = _instantiate(group, cfg, tmp_path)
-        assert obj is not None or group in ("distill", "profile"), f"{group}={option} built nothing"
+        assert obj is not None or group in ("distill", "profile") or option == "none", f"{group}={option} built nothing"
 
 
 @pytest.mark.parametrize("axis", ["downstream", "feedback"])

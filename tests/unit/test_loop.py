@@ -296,3 +296,38 @@ def test_length_control_removes_a_preference_that_is_only_length(tmp_path):
     assert rounds[1].metrics["reward/spread"] == pytest.approx(0.02)  # the reported rewards stay the feedback's
     with pytest.raises(ValueError, match="align.length_control='tokens'"):
         loop.AlignConfig(1, 3, 0, 0.98, 0.0, 0.0, pairs="best_vs_all", seed=7, length_control="tokens")
+
+
+class ShortFeedback(LengthFeedback):
+    """A gold judge that disagrees with the proxy: shorter is better."""
+
+    key = "short"
+
+    def __init__(self):
+        self.refits = 0
+
+    def refit(self, probe):
+        self.refits += 1
+        return {}
+
+    def score(self, users, texts, vectors):
+        return -super().score(users, texts, vectors)
+
+
+def test_the_gold_judge_scores_the_same_held_out_texts_and_can_disagree(tmp_path):
+    cfg = loop.AlignConfig(2, 3, 2, 0.98, 0.0, 0.0, pairs="best_vs_all", seed=7, length_control="none")
+    gold, log = ShortFeedback(), []
+    rounds = loop.align(
+        WordyPolicy(0, log), LengthFeedback(), StubDownstream(), Store(tmp_path), encode, cfg, gold=gold
+    )
+    for r in rounds[1:]:  # the proxy sees a gain, the gold judge the same texts' loss
+        m = r.metrics
+        assert m["heldout/reward_gain"] == pytest.approx(0.01) and m["heldout/gold_reward_gain"] == pytest.approx(-0.01)
+        assert m["heldout/gold_users"] == 2 and m["heldout/gold_reward_gain_length_adjusted"] == pytest.approx(0.0)
+    assert gold.refits == 2  # refit on each round's latest probe, never on a training pair
+    trained = [g for e in log if e[0] == "train" for g in e[2]]
+    assert trained and all(len(c.split()) > max(len(x.split()) for x in rej) for c, rej in trained)  # the proxy's pairs
+    with pytest.raises(ValueError, match="pairwise judge cannot be the gold"):
+        judge = ShortFeedback()
+        judge.pairwise = True
+        loop.align(WordyPolicy(0), LengthFeedback(), StubDownstream(), Store(tmp_path / "j"), encode, cfg, gold=judge)
