@@ -11,7 +11,6 @@ round) knowledge, once per seed, with paired t-tests across the seeds.
 
 from __future__ import annotations
 
-import hashlib
 from functools import cached_property, partial
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rlrec.data.ctr import TensorBatches
-from rlrec.data.schema import DataError
 from rlrec.downstream import stats
 from rlrec.downstream.base import Downstream
 from rlrec.downstream.fit import build_model, fit
@@ -39,6 +37,7 @@ LABELS = {
     "round0": "+ un-aligned knowledge (round 0, KAR-style)",
     "aligned": "+ aligned knowledge (round {t})",
     "source": "+ knowledge from files (knowledge.source)",
+    "oracle": "+ oracle knowledge (written from the user's training rows, no LLM)",
 }
 PAIRS = [
     ("round0", "base"),
@@ -47,6 +46,8 @@ PAIRS = [
     ("round0", "items"),
     ("aligned", "items"),
     ("source", "base"),
+    ("oracle", "base"),
+    ("aligned", "oracle"),
 ]
 
 
@@ -82,7 +83,12 @@ class KnowledgeDownstream(Downstream):
         self.prompt, self.history_len, self.max_new_tokens = prompt, history_len, max_new_tokens
         self.item_prompt, self.item_max_new_tokens, self.item_text = (item_prompt, item_max_new_tokens, item_text)
         self.variants, self.seeds, self.patience = tuple(variants), [int(s) for s in seeds], int(patience)
-        self.uses_policy = any(v != "base" for v in self.variants)
+        unknown = set(self.variants) - {"base", "items", "round0", "aligned", "oracle"}
+        if unknown:
+            raise ValueError(
+                f"downstream.variants: unknown {sorted(unknown)}; choose from base, items, round0, aligned, oracle"
+            )
+        self.uses_policy = any(v not in ("base", "oracle") for v in self.variants)
         self.name = (model.get("_target_") or "model").rsplit(".", 1)[-1].lower()
 
     # ---- what the policy is asked ----------------------------------------------------------------
@@ -147,56 +153,30 @@ class KnowledgeDownstream(Downstream):
         item_texts = dict(zip(items, item_texts)) if item_texts else {}
         return Probe(name, key, dict(zip(users, texts)), user, item, metrics, item_texts)
 
+    def oracle(self) -> Probe:
+        """Oracle knowledge (`rlrec.knowledge.oracle`): user texts from each user's training rows and
+        item texts from the items' fields, encoded; no LLM."""
+        from rlrec.knowledge import oracle
+
+        encoder, spec, items = self.ctx.encoder, self.ctx.prep.spec, self.knowledge_items()
+        users = oracle.user_texts(self.ctx.prep.frame, self.view.item)
+        rows = sorted(users)
+        user = vector_table(spec.num_users, rows, encoder.encode([users[u] for u in rows]))
+        item_texts = oracle.item_texts(items, self.view.item)
+        item = vector_table(spec.num_items, items, encoder.encode(item_texts))
+        key = fingerprint("oracle", users, item_texts, encoder.key)
+        metrics = {"knowledge_tokens": oracle.mean_words(list(users.values()))}
+        return Probe("oracle", key, users, user, item, metrics, dict(zip(items, item_texts)))
+
     def knowledge_items(self) -> list[int]:
         return list(range(1, self.ctx.prep.spec.num_items + 1))
 
     # ---- knowledge.source: the export format, read back (no LLM) -----------------------------------
     def from_files(self, source: str | Path) -> Probe:
-        """User (and item) knowledge from a folder in the export format (`rlrec/runtime/artifacts.py`): each
-        side's vectors where the folder has them, else its .klg texts encoded by the run's encoder.
-        Ids are the dataset's raw ids; users without knowledge get the padding row (zeros)."""
-        folder = Path(source)
-        if not folder.is_dir():
-            raise DataError(
-                f"knowledge.source={str(source)!r}: not a folder (expected user.klg and/or "
-                "user_vectors.npy + user_vectors.ids.json, e.g. from `python -m rlrec.outputs.export`)"
-            )
-        prep = self.ctx.prep
-        user, texts = self._side(folder, "user", prep.user_ids, prep.spec.num_users)
-        if user is None:
-            raise DataError(
-                f"knowledge.source={str(source)!r}: holds neither user_vectors.npy nor user.klg "
-                "(the user side of the knowledge is required; item.klg / item_vectors.npy are optional)"
-            )
-        item, item_texts = self._side(folder, "item", prep.item_ids, prep.spec.num_items)
-        key = fingerprint(
-            "files",
-            hashlib.sha256(user.tobytes()).hexdigest(),
-            None if item is None else hashlib.sha256(item.tobytes()).hexdigest(),
-        )
-        return Probe("source", key, texts, user, item, {"knowledge/source_users": float(len(texts))}, item_texts)
+        """User (and item) knowledge from a folder in the export format (`rlrec.knowledge.files`)."""
+        from rlrec.knowledge.files import probe_from_files
 
-    def _side(self, folder: Path, side: str, raw_ids, num: int):
-        """(the side's vector table or None, {index: text}) from `folder`."""
-        from rlrec.runtime import artifacts
-
-        texts: dict[int, str] = {}
-        klg = folder / f"{side}.klg"
-        if klg.is_file():
-            data = artifacts.read_klg(klg)
-            rows, values = artifacts.indexed(list(data), list(data.values()), raw_ids, side, klg)
-            texts = dict(zip(rows, values))
-        npy = folder / f"{side}_vectors.npy"
-        if npy.is_file():
-            ids, vectors = artifacts.read_vectors(npy)
-            rows, values = artifacts.indexed(ids, list(vectors), raw_ids, side, npy)
-            if not texts:  # the vectors' users, for the count (no texts to show)
-                texts = dict.fromkeys(rows, "")
-            return vector_table(num, rows, np.stack(values)), texts
-        if texts:
-            rows = sorted(texts)
-            return vector_table(num, rows, self.ctx.encoder.encode([texts[r] for r in rows])), texts
-        return None, {}
+        return probe_from_files(self.ctx, source)
 
     # ---- the table ---------------------------------------------------------------------------------
     def evaluate(self, rounds: list[Round]) -> tuple[Table, dict]:
@@ -211,6 +191,8 @@ class KnowledgeDownstream(Downstream):
         trained = [r for r in rounds if r.trained]  # a stopped round changed nothing
         if "aligned" in self.variants and trained:
             probes["aligned"] = trained[-1].probe
+        if "oracle" in self.variants:
+            probes["oracle"] = self.oracle()
         # every (variant, seed) fit is its own stage, submitted together through the run's executor
         keys = [(label, seed) for label in probes for seed in self.seeds]
         fits = stages(self.ctx.executor, self.ctx.store, [self.shard(probes[label], seed) for label, seed in keys])
@@ -351,6 +333,21 @@ class RerankDownstream(KnowledgeDownstream):
 
     def factory(self):
         return reranker_factory(self.ctx, self.model_cfg)
+
+    def oracle(self) -> Probe:
+        """Oracle knowledge (`rlrec.knowledge.oracle`): user texts from each user's training rows and
+        item texts from the items' fields, encoded; no LLM."""
+        from rlrec.knowledge import oracle
+
+        encoder, spec, items = self.ctx.encoder, self.ctx.prep.spec, self.knowledge_items()
+        users = oracle.user_texts(self.ctx.prep.frame, self.view.item)
+        rows = sorted(users)
+        user = vector_table(spec.num_users, rows, encoder.encode([users[u] for u in rows]))
+        item_texts = oracle.item_texts(items, self.view.item)
+        item = vector_table(spec.num_items, items, encoder.encode(item_texts))
+        key = fingerprint("oracle", users, item_texts, encoder.key)
+        metrics = {"knowledge_tokens": oracle.mean_words(list(users.values()))}
+        return Probe("oracle", key, users, user, item, metrics, dict(zip(items, item_texts)))
 
     def knowledge_items(self) -> list[int]:
         return sorted({int(i) for s in SPLITS for i in np.unique(self.lists[s].items) if i > 0})

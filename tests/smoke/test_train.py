@@ -526,3 +526,22 @@ def test_wandb_offline_run_holds_the_rounds_samples_table_and_plots(trackrec_smo
     for key in ("iter1/heldout/reward_gain", "aligned/test/auc", "round/reliability/spearman",
                 "round/heldout/reward_gain", *[f"round1/{k}" for k in curve]):  # fmt: skip
         assert key.encode() in blob, key
+
+
+def test_oracle_knowledge_needs_no_llm_and_is_paired_against_the_base(tmp_path, monkeypatch):
+    """`downstream.variants=[base,oracle]`: texts written from each user's training rows, encoded
+    into the knowledge field, fitted beside the base with the same seeds; the policy is never built."""
+    from rlrec.knowledge import oracle
+    from rlrec.policy import Policy
+
+    monkeypatch.setattr(Policy, "from_context", lambda *a, **k: pytest.fail("the oracle variant built an LLM policy"))
+    written = []
+    original = oracle.user_texts
+    monkeypatch.setattr(oracle, "user_texts", lambda *a, **k: written.append(original(*a, **k)) or written[-1])
+    cfg = _cfg(tmp_path, "downstream.variants=[base,oracle]", "downstream.seeds=[1,2]", experiment="trackrec_movielens")
+    res = run(cfg, tmp_path / "oracle")
+    m = res["metrics"]
+    assert np.isfinite(m["oracle/test/auc"]) and np.isfinite(m["base/test/auc"])
+    assert m["paired/oracle-base/test/auc/mean_diff"] == pytest.approx(m["oracle/test/auc"] - m["base/test/auc"])
+    texts = written[0]
+    assert len(texts) > 10 and all(t.startswith("Rated ") and "liked" in t for t in texts.values())
