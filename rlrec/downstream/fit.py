@@ -110,9 +110,15 @@ def build_model(
     `adapter`, loaded with those vectors. Without, exactly the base model."""
     if user is None:
         return factory(features=spec)
-    user = torch.as_tensor(user, dtype=torch.float32)
-    item = None if item is None else torch.as_tensor(item, dtype=torch.float32)
+    user = _table(user)
+    item = None if item is None else _table(item)
     dims = (user.shape[1],) + ((item.shape[1],) if item is not None else ())
     model = factory(features=spec.with_knowledge(dims), adapter=adapter)
     model.embedding.set_knowledge(user=user, item=item)
     return model
+
+
+def _table(x) -> torch.Tensor:
+    """A float32 tensor of a vector table; a numpy table is copied (a worker process may hold it as a
+    read-only memory map, which torch must not share)."""
+    return x.float() if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, dtype=np.float32))
