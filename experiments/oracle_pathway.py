@@ -10,7 +10,7 @@ Each is fitted beside the base backbone (no knowledge) with the same seeds, as t
 are (one stage per fit, cached), and compared with a paired t-test over seeds.
 
     python experiments/oracle_pathway.py                                  # DIN, trackrec_movielens, profile=cpu
-    python experiments/oracle_pathway.py --modes full backbone=deepfm adapter.dropout=0.5
+    python experiments/oracle_pathway.py --modes full,user backbone=deepfm adapter.dropout=0.5
 
 Prints a markdown table with the date, commit and CPU.
 """
@@ -55,24 +55,25 @@ def variant(probe: Probe, mode: str) -> Probe:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--modes", nargs="+", default=["full", "user", "item", "const"])
+    ap.add_argument("--modes", default="full,user,item,const", help="comma-separated: full, user, item, const")
     ap.add_argument("--seeds", default="1,2,3,4,5")
     ap.add_argument("--out", default="outputs/oracle_pathway")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. backbone=deepfm adapter.dropout=0.5")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    modes = [m for m in args.modes.split(",") if m]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=["+experiment=trackrec_movielens", f"output_dir={args.out}", *args.overrides])
     ctx = Context(cfg, args.out)
     down = instantiate(cfg.downstream)(ctx=ctx, variants=["base", "oracle"], seeds=seeds)
     oracle = down.oracle()
-    probes = {"base": None, **{m: variant(oracle, m) for m in args.modes}}
+    probes = {"base": None, **{m: variant(oracle, m) for m in modes}}
     keys = [(label, seed) for label in probes for seed in seeds]
     fits = stages(ctx.executor, ctx.store, [down.shard(probes[label], seed) for label, seed in keys])
     runs: dict[str, list[dict]] = {label: [] for label in probes}
     for (label, _), art in zip(keys, fits):
         runs[label].append(art.data["metrics"])
-    pairs = [(m, "base") for m in args.modes]
+    pairs = [(m, "base") for m in modes]
     paired = {(e["comparison"], e["metric"]): e for e in stats.paired(runs, pairs, ["test/auc"])}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
