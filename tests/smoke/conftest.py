@@ -34,6 +34,6 @@ def trackrec_smoke(tmp_path_factory):
         mp.setattr(pl.Trainer, "__init__", spy)
         mp.setenv("WANDB_MODE", "offline")
         mp.setenv("WANDB_SILENT", "true")
-        results = run(_paper_cfg(tmp, "trackrec_movielens", *overrides), tmp / "run")
+        results = run(_paper_cfg(tmp, "trackrec_movielens", *overrides, gold="validator"), tmp / "run")
     return SimpleNamespace(dir=tmp, run=tmp / "run", results=results, trainers=seen, overrides=overrides,
                            marker=str(tmp / "marker"))  # fmt: skip

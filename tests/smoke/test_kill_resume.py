@@ -24,6 +24,7 @@ from tests.smoke.test_train import ENV, _paper_cfg
 
 OVERRIDES = (
     "trainer.enable_progress_bar=false",
+    "gold=none",  # the same on both sides (in-process `_paper_cfg` turns it off by default)
     # 4 samples decoded together: a generation commits its texts a few rows at a time, so the kill
     # lands between two commits of one generation (the default 128 commits a smoke probe at once)
     "sampling.batch_size=4",

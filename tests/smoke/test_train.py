@@ -23,7 +23,9 @@ from tests.conftest import CONF, ROOT, JSONHandler
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
 
 
-def _cfg(tmp_path, *overrides, experiment="backbone_only"):
+def _cfg(tmp_path, *overrides, experiment="backbone_only", gold: str = "none"):
+    """A smoke config; the gold judge is off unless `gold` names it (the shared trackrec run has it)."""
+    overrides = (*overrides, *([f"gold={gold}"] if not any(o.startswith("gold=") for o in overrides) else []))
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(
             "train",
@@ -136,8 +138,8 @@ def test_rerank_only_both_list_styles(tmp_path):
             assert "initial_ranker/test/auc" in res
 
 
-def _paper_cfg(tmp_path, experiment, *overrides):
-    return _cfg(tmp_path, "llm=tiny_random", "sampling.max_new_tokens=12", *overrides, experiment=experiment)
+def _paper_cfg(tmp_path, experiment, *overrides, gold: str = "none"):
+    return _cfg(tmp_path, "llm=tiny_random", "sampling.max_new_tokens=12", *overrides, experiment=experiment, gold=gold)
 
 
 @pytest.mark.xdist_group("trackrec_smoke")  # one worker builds the shared run
@@ -154,6 +156,9 @@ def test_trackrec_smoke_in_process_and_resume_without_regenerating(trackrec_smok
         "iter1/pairs/groups",
         "iter1/reliability/spearman",  # the smoke profile's two-member validator ensemble
         "iter1/heldout/reward_gain",
+        "iter1/heldout/gold_reward_gain",  # the gold judge beside the proxy
+        "iter1/heldout/reward_gain_length_adjusted",
+        "iter1/length/chosen",
         "iter1/align/heldout_reward_acc",
     ):
         assert key in m, key
@@ -176,9 +181,9 @@ def test_trackrec_smoke_in_process_and_resume_without_regenerating(trackrec_smok
     HFBackend.run = counting
     try:
         shared = (trackrec_smoke.dir, "trackrec_movielens", *trackrec_smoke.overrides, "logger=csv")
-        again = run(_paper_cfg(*shared), tmp_path / "b")
+        again = run(_paper_cfg(*shared, gold="validator"), tmp_path / "b")
         # a sweep's second backbone (same cache): the LLM side is reused, only the backbone trains
-        other = run(_paper_cfg(*shared, "backbone=deepfm"), tmp_path / "c")
+        other = run(_paper_cfg(*shared, "backbone=deepfm", gold="validator"), tmp_path / "c")
     finally:
         HFBackend.run = original
     assert sum(calls) == 0, f"regenerated {sum(calls)} requests on a rerun / second backbone"
@@ -421,6 +426,7 @@ def test_editing_a_prompt_template_or_a_data_file_never_reuses_stale_stages(tmp_
             cfg = compose("train", overrides=[
                 "+experiment=trackrec_movielens", "profile=smoke", "threads=1", "llm=tiny_random",
                 "sampling.max_new_tokens=8", "dataset=movielens100k", f"dataset.path={where}", "dataset.max_users=null",
+                "gold=none",
                 f"downstream.prompt={template}", f"output_dir={tmp_path}/{out}", f"cache_dir={tmp_path}/cache",
             ])  # fmt: skip
         calls: list = []
