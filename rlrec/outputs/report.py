@@ -1,12 +1,16 @@
-"""Results → markdown. `python -m rlrec.outputs.report <dir> [--out report.md]` collects every
-`results.json` under <dir> (e.g. a multirun) into one table: mean ± std over seeds per
-(experiment, dataset, split, backbone)."""
+"""Results → markdown. `rlrec report <dir> [--out report.md]` collects every `results.json` under
+<dir> (e.g. a multirun) into one table: mean ± std over seeds per (experiment, dataset, split,
+backbone); and, where the runs aligned a policy, a second table that takes each run (one alignment
+seed) as the unit: the mean over runs of each run's effects (aligned − round 0 downstream, the
+held-out gains under the proxy and the gold judge), a t-test over runs, and how many runs agree in
+sign (one lucky adapter cannot pass it)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -253,8 +257,50 @@ def aggregate(runs: list[dict], metrics=DEFAULT_METRICS) -> str:
     return "\n".join(lines) + "\n"
 
 
+# a run's effects, each one number per alignment run: downstream paired differences, held-out gains
+REPLICATED = re.compile(
+    r"^(paired/(aligned-round0|aligned-base|oracle-base)/.+/mean_diff"
+    r"|iter\d+/heldout/(reward_gain|gold_reward_gain|reward_gain_length_adjusted|gold_reward_gain_length_adjusted))$"
+)
+
+
+def replicates(runs: list[dict]) -> str:
+    """Markdown: per group and effect, the runs as the unit — n runs, mean ± std of the run-level
+    values, a one-sample t-test of them against 0, and how many runs share the mean's sign. Empty
+    when no group has two runs with an effect.
+
+    >>> runs = [{"run": {"experiment": "e"}, "metrics": {"iter1/heldout/reward_gain": g}} for g in (0.01, 0.02, 0.03)]
+    >>> print(replicates(runs).splitlines()[2])
+    | e |  |  |  | iter1/heldout/reward_gain | 3 | 0.0200 ± 0.0100 | 0.0742 | 3/3 |
+    """
+    from scipy.stats import ttest_1samp
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r.get("run", {}).get(k, "") for k in GROUP_KEYS), []).append(r)
+    lines = []
+    for key in sorted(groups, key=lambda k: tuple(map(str, k))):
+        rs = groups[key]
+        effects = sorted({m for r in rs for m in r.get("metrics", {}) if REPLICATED.match(m)})
+        for m in effects:
+            vals = np.array([r["metrics"][m] for r in rs if m in r.get("metrics", {})], dtype=float)
+            vals = vals[np.isfinite(vals)]
+            if len(vals) < 2:
+                continue
+            p = ttest_1samp(vals, 0.0).pvalue if np.ptp(vals) > 0 else float("nan")
+            sign = np.sign(vals.mean())
+            lines.append(
+                f"| {' | '.join(map(str, key))} | {m} | {len(vals)} | {_fmt(vals.mean())} ± {_fmt(vals.std(ddof=1))} "
+                f"| {_fmt(float(p))} | {int((np.sign(vals) == sign).sum())}/{len(vals)} |"
+            )
+    if not lines:
+        return ""
+    head = [*GROUP_KEYS, "effect", "runs", "mean ± std over runs", "p (runs)", "same sign"]
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines]) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rlrec.outputs.report", description=__doc__)
+    ap = argparse.ArgumentParser(prog="rlrec report", description=__doc__)
     ap.add_argument("root", nargs="?", default="multirun", help="folder searched recursively for results.json")
     ap.add_argument("--out", default=None, help="write the table here too (default: <root>/report.md)")
     ap.add_argument("--metrics", nargs="*", default=list(DEFAULT_METRICS))
@@ -264,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no results.json under {a.root!r}", file=sys.stderr)
         return 1
     table = aggregate(runs, a.metrics)
+    unit = replicates(runs)
+    if unit:
+        table += "\n### Each run (one alignment seed) as the unit\n\n" + unit
     print(table)
     atomic_write_text(a.out or Path(a.root) / "report.md", table)
     return 0

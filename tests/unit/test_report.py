@@ -42,3 +42,27 @@ def test_run_plots_and_rounds_table_show_reliability_heldout_gain_and_curves(tmp
     head, _, row = table.splitlines()
     assert "reliability/spearman" in head and "heldout/reward_gain" in head and "heldout/p" in head
     assert "0.7200" in row and "0.0040" in row
+
+
+def test_the_report_takes_each_alignment_run_as_the_unit(tmp_path, capsys):
+    """Three alignment seeds: each run's aligned − round 0 difference and held-out gains are one value;
+    the report tests their mean over runs and counts the runs that agree in sign."""
+    import json
+
+    from rlrec.outputs.report import main
+
+    diffs, gold = (0.010, 0.020, -0.006), (0.004, 0.002, 0.003)
+    for seed, (d, g) in enumerate(zip(diffs, gold), 1):
+        m = {"paired/aligned-round0/test/auc/mean_diff": d, "iter1/heldout/gold_reward_gain": g, "test/auc": 0.7}
+        (tmp_path / str(seed)).mkdir()
+        (tmp_path / str(seed) / "results.json").write_text(json.dumps(_run("din", seed, **m)))
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "### Each run (one alignment seed) as the unit" in out
+    row = next(line for line in out.splitlines() if "aligned-round0/test/auc/mean_diff" in line)
+    assert "| 3 | 0.0080 ± 0.0131 | 0.4" in row and row.endswith("| 2/3 |")  # t = 0.008 / (0.0131 / √3): p 0.40
+    gold_row = next(line for line in out.splitlines() if "gold_reward_gain" in line)
+    assert "| 3 | 0.0030 ± 0.0010 | 0.0" in gold_row and gold_row.endswith("| 3/3 |")
+    assert (tmp_path / "report.md").read_text() == out.rstrip("\n") + "\n" or "Each run" in (
+        tmp_path / "report.md"
+    ).read_text()
