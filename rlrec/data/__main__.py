@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
@@ -22,6 +23,9 @@ from rlrec.runtime.console import quiet_libraries
 def describe(overrides: list[str]) -> dict:
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("train", overrides=["dataset.max_users=null", *overrides], return_hydra_config=False)
+    path = cfg.dataset.get("path")
+    if path and not Path(str(path)).expanduser().exists():  # before the data layer (and Lightning) is imported
+        raise DataError(f"{cfg.dataset.name}: dataset.path={str(path)!r} does not exist; pass the folder of its files")
     # `cache_dir` interpolates hydra:runtime, which compose() outside a run does not set
     dm = instantiate(cfg.dataset)
     return dm.describe()
