@@ -47,10 +47,10 @@ def main() -> None:
     if not any(o.startswith("+experiment=") for o in overrides):
         overrides = ["+experiment=trackrec_movielens", *overrides]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["output_dir=/tmp/reward_reliability", *overrides])
+        cfg = compose("train", overrides=["output_dir=outputs/reward_reliability", *overrides])
     with open_dict(cfg):
         cfg.feedback.ensemble = 1
-    ctx = Context(cfg, "/tmp/reward_reliability")
+    ctx = Context(cfg, "outputs/reward_reliability")
     from hydra.utils import instantiate
 
     downstream = instantiate(cfg.downstream)(ctx=ctx)

@@ -334,21 +334,6 @@ class RerankDownstream(KnowledgeDownstream):
     def factory(self):
         return reranker_factory(self.ctx, self.model_cfg)
 
-    def oracle(self) -> Probe:
-        """Oracle knowledge (`rlrec.knowledge.oracle`): user texts from each user's training rows and
-        item texts from the items' fields, encoded; no LLM."""
-        from rlrec.knowledge import oracle
-
-        encoder, spec, items = self.ctx.encoder, self.ctx.prep.spec, self.knowledge_items()
-        users = oracle.user_texts(self.ctx.prep.frame, self.view.item)
-        rows = sorted(users)
-        user = vector_table(spec.num_users, rows, encoder.encode([users[u] for u in rows]))
-        item_texts = oracle.item_texts(items, self.view.item)
-        item = vector_table(spec.num_items, items, encoder.encode(item_texts))
-        key = fingerprint("oracle", users, item_texts, encoder.key)
-        metrics = {"knowledge_tokens": oracle.mean_words(list(users.values()))}
-        return Probe("oracle", key, users, user, item, metrics, dict(zip(items, item_texts)))
-
     def knowledge_items(self) -> list[int]:
         return sorted({int(i) for s in SPLITS for i in np.unique(self.lists[s].items) if i > 0})
 
