@@ -69,6 +69,12 @@ class RecDataModule(pl.LightningDataModule):
             return
         t0 = time.perf_counter()
         data = self.loader().subsample_users(self.max_users, self.seed)
+        label = data.extra.get("label_column")
+        if label is not None and self.label_threshold != 1:
+            raise DataError(
+                f"{self.name}: labels come from the 0/1 column '{label}', so dataset.label_threshold must be 1 "
+                f"(got {self.label_threshold}); add `label_threshold: 1` to the dataset's YAML"
+            )
         self.prep = prepare(data, self.label_threshold, self.split_cfg, self.history_len, self.history_positive_only)
         self.setup_seconds = time.perf_counter() - t0
 
@@ -129,7 +135,11 @@ class RecDataModule(pl.LightningDataModule):
         return {
             **p.raw.summary(),
             "source": p.raw.source,
-            "label_rule": f"rating >= {self.label_threshold}",
+            "label_rule": (
+                f"label column '{p.raw.extra['label_column']}'"
+                if p.raw.extra.get("label_column")
+                else f"rating >= {self.label_threshold}"
+            ),
             "positive_rate": round(float(p.frame["label"].mean()), 4),
             "split": {
                 "protocol": self.split_cfg.protocol,

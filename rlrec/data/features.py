@@ -137,9 +137,20 @@ def prepare(
     if history_len < 1:
         raise DataError(f"dataset.history_len must be >= 1, got {history_len}")
     df = assign_splits(add_labels(data.interactions, label_threshold), split)
+    counts = df["split"].value_counts()
+    for name, ratio in zip(("train", "valid", "test"), split.ratios):
+        if ratio > 0 and not counts.get(name, 0):
+            guard = (
+                f" after the leakage guard kept {int(counts.get('prompt', 0))} of {len(df)} rows for prompts"
+                if split.leakage_guard
+                else ""
+            )
+            raise DataError(
+                f"{data.name}: the {name} split is empty{guard} ({split.protocol} split, ratios {list(split.ratios)}): "
+                "the data has too few interactions per user or too few users for it; "
+                "use split.leakage_guard=false, other split.ratios, or more data"
+            )
     train = df["split"].to_numpy() == "train"
-    if not train.any():
-        raise DataError(f"{data.name}: the split left no training rows (split={split})")
 
     user_ids = np.sort(df["user_id"].unique())
     item_ids = data.items["item_id"].to_numpy()

@@ -128,9 +128,76 @@ def read_klg(path: Path) -> dict[str, str]:
     return {str(k): v for k, v in data.items()}
 
 
-def read_vectors(path: Path) -> tuple[list[str], np.ndarray]:
-    """(raw ids as str, (n, D) float32) from `<name>.npy` + `<name>.ids.json`, checked."""
+TEXT_FILES = ("{side}.klg", "{side}.jsonl", "{side}.parquet")  # knowledge.source reads the first present
+VECTOR_FILES = ("{side}_vectors.npy", "{side}_vectors.parquet")
+
+
+def read_texts(path: Path) -> dict[str, str]:
+    """{raw id (str): text} from a KAR .klg JSON object, a JSONL file of {"id", "text"} objects, or a
+    parquet file with columns id and text; checked, naming the line or row."""
     path = Path(path)
+    if path.suffix == ".klg":
+        return read_klg(path)
+    if path.suffix == ".parquet":
+        frame = _parquet(path, ("id", "text"))
+        bad = ~frame["text"].map(lambda t: isinstance(t, str)).to_numpy()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"{path}: row {i + 1}: text must be a string, got {frame['text'].iloc[i]!r}")
+        return dict(zip(frame["id"].astype(str), frame["text"]))
+    out = {}
+    with open(path) as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f'{path}: line {n}: not valid JSON ({e.msg}); expected {{"id": .., "text": ..}}') from e
+            if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("text"), str):
+                raise DataError(
+                    f"{path}: line {n}: expected an object with an id and a text (string), got {line.strip()[:80]!r}"
+                )
+            out[str(row["id"])] = row["text"]
+    return out
+
+
+def _parquet(path: Path, columns: tuple[str, ...]):
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except Exception as e:  # noqa: BLE001 -- pyarrow raises several types for a corrupt file
+        raise DataError(f"{path}: not a parquet file ({e})") from e
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; the file has {names}")
+    return pq.read_table(path).to_pandas()
+
+
+def read_vectors(path: Path) -> tuple[list[str], np.ndarray]:
+    """(raw ids as str, (n, D) float32) from `<name>.npy` + `<name>.ids.json`, or from a parquet file
+    with an `id` column and either a `vector` column of lists or one float column per dimension."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        frame = _parquet(path, ("id",))
+        if "vector" in frame.columns:
+            lengths = frame["vector"].map(len)
+            if lengths.nunique() > 1:
+                i = int(np.flatnonzero((lengths != lengths.iloc[0]).to_numpy())[0])
+                raise DataError(
+                    f"{path}: row {i + 1}: vector of length {lengths.iloc[i]}, row 1's is {lengths.iloc[0]}"
+                )
+            vectors = np.stack(frame["vector"].map(lambda v: np.asarray(v, np.float32)).to_list())
+        else:
+            dims = [c for c in frame.columns if c != "id"]
+            if not dims:
+                raise DataError(f"{path}: no vector columns (expected `vector` or one float column per dimension)")
+            vectors = frame[dims].to_numpy(np.float32)
+        ids = frame["id"].astype(str).tolist()
+        if not np.isfinite(vectors).all():
+            raise DataError(f"{path}: row {int(np.flatnonzero(~np.isfinite(vectors).all(1))[0]) + 1} is not finite")
+        return ids, vectors
     index = path.with_name(path.stem + ".ids.json")
     for p in (path, index):
         if not p.is_file():
