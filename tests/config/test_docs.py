@@ -13,7 +13,13 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONF, ROOT
 
-PAGES = [ROOT / "README.md", ROOT / "sweeps" / "README.md", *sorted((ROOT / "experiments").glob("*.md"))]
+PAGES = [
+    ROOT / "README.md",
+    ROOT / "sweeps" / "README.md",
+    *sorted((ROOT / "experiments").glob("*.md")),
+    ROOT / "docs" / "data.md",
+]
+EXAMPLES = "hydra.searchpath=[file://examples/conf]"  # docs/data.md's worked example, relative to the repository
 
 
 def commands() -> list[tuple[str, str]]:
@@ -31,7 +37,11 @@ def expand(args: list[str]) -> list[list[str]]:
     expanded), each beside the other sweeps' first values: every option a sweep names is composed,
     without composing the whole product (7 backbones × 3 seeds differ in the backbone only)."""
     multirun = "-m" in args or "--multirun" in args
-    args = [a for a in args if a not in ("-m", "--multirun") and not a.startswith("hydra.")]
+    args = [
+        a
+        for a in args
+        if a not in ("-m", "--multirun") and (a.startswith("hydra.searchpath=") or not a.startswith("hydra."))
+    ]
     if not multirun:
         return [args]
     choices = []
@@ -62,6 +72,7 @@ def test_the_pages_have_commands():
 @pytest.mark.parametrize(("page", "command"), CASES, ids=[f"{p}:{c[:60]}" for p, c in CASES])
 def test_documented_command_composes(page, command, tmp_path):
     args = [a for a in shlex.split(command) if "<" not in a and "/data/" not in a]
+    args = [f"hydra.searchpath=[file://{ROOT / 'examples' / 'conf'}]" if a == EXAMPLES else a for a in args]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for overrides in expand(args):
             if tuple(overrides) in COMPOSED:

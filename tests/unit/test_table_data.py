@@ -73,18 +73,29 @@ def test_ml100k_through_every_form_is_the_same_data_and_split(ml100k, written, e
     assert [f.vocab_size for f in ours.spec.fields] == [f.vocab_size for f in theirs.spec.fields]
 
 
-def test_the_cli_writes_and_describes_the_worked_example(tmp_path, capsys):
-    out = tmp_path / "ml100k_csv"
-    assert data_main(["write", "dataset=movielens100k", "--format", "csv", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["interactions.csv", "items.csv", "users.csv"]
-    capsys.readouterr()
-    code = data_main(
-        ["describe", "dataset=ml100k_csv", f"hydra.searchpath=[file://{EXAMPLES}]", f"dataset.path={out}", "--json"]
-    )
-    assert code == 0
-    info = __import__("json").loads(capsys.readouterr().out)
+def test_the_worked_example_of_docs_data_runs_as_written(tmp_path, monkeypatch, capsys):
+    """docs/data.md's `python -m rlrec.data` commands, in order, from a checkout (here a folder that
+    links the repository's examples/conf): the files are written, each form describes ML-100K."""
+    import json
+    import shlex
+
+    page = (EXAMPLES.parents[1] / "docs" / "data.md").read_text().split("## Worked example")[1].split("\n## ")[0]
+    commands = [ln.strip() for ln in page.splitlines() if ln.startswith("python -m rlrec.data ")]
+    assert [c.split()[3] for c in commands] == ["write"] * 3 + ["describe"] * 3
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "conf").symlink_to(EXAMPLES)
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        capsys.readouterr()
+        assert data_main(shlex.split(command)[3:]) == 0, command
+        out = " ".join(capsys.readouterr().out.split())
+        if "describe" in command:
+            assert "users 943 · items 1,682 (catalogue 1,682) · interactions 100,000" in out, out
+            assert "│ prompt │ 22,723 │ 943 │" in out and "│ test │ 7,727 │ 164 │" in out, out
+    assert data_main(["describe", "dataset=ml100k_parquet", f"hydra.searchpath=[file://{EXAMPLES}]", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
     assert (info["users"], info["items"], info["interactions"]) == (943, 1682, 100_000)
-    assert info["peak_rss_gb"] > 0 and info["load_seconds"] > 0
+    assert info["peak_rss_gb"] > 0 and 0 < info["load_seconds"] <= info["seconds"]
 
 
 # ---- types, time, labels ---------------------------------------------------------------------------
