@@ -55,7 +55,8 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
     print(json.dumps({"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-                      "startup_seconds": startup, "settings": {**settings, "sampling": repr(params)},
+                      "startup_seconds": startup, "settings": {**settings, "sampling": repr(params),
+                      "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")},
                       "vllm": __import__("vllm").__version__}), flush=True)  # fmt: skip
 
 

@@ -2,7 +2,7 @@
 same pairs, the embedded SmolLM2-135M, LoRA r=8 on q,k,v,o, reference log-probs precomputed on
 both sides, prompt ~256 + responses ~128 tokens, 2 pairs per step.
 
-    python benchmarks/preference.py --steps 20            # the measurement (machine otherwise idle): rlrec, rlrec_kept, trl, trl_fp32
+    python benchmarks/preference.py --steps 20            # the measurement (machine otherwise idle): every side
     python benchmarks/preference.py --steps 3             # a smoke check that both sides run
     python benchmarks/preference.py --sides rlrec,rlrec_unshared   # what running each prompt once buys
 
@@ -13,9 +13,10 @@ apart; per-step process CPU seconds are printed too (steadier than wall time whe
 share the cores). Sides: `rlrec` (its defaults: `precision=auto`, the prompt pass checkpointed,
 `preference.task.checkpoint_prompt`), `rlrec_kept` (the prompt's activations kept: no recompute, more
 memory), `trl` (trl's DPOTrainer with its own defaults: gradient checkpointing, bf16 where the CPU has
-it), `trl_fp32` (fp32, gradient checkpointing off); each prints its settings. The last lines are
-`ratio_trl: X`, `ratio_trl_fp32: X` (rlrec pairs/s ÷ that side's) and `ratio: X` against the faster trl
-configuration (with `rlrec_kept` run too: `ratio_kept: X`, the same for it).
+it), `trl_fp32` (fp32, gradient checkpointing off), `trl_bf16` (bf16 autocast, gradient checkpointing
+off) and `trl_bf16_base` (the same with the frozen base loaded in bf16 for LoRA); each prints its
+settings. The last lines are `ratio_<side>: X` (rlrec pairs/s ÷ that trl side's) and `ratio: X`
+against the fastest trl configuration measured (with `rlrec_kept` run too: `ratio_kept: X`).
 
 rlrec's step runs each prompt once and reuses its KV cache for the chosen and rejected
 responses, and applies the LM head only where a response token is predicted; trl runs both
@@ -25,6 +26,7 @@ full sequences. `--sides rlrec_unshared` isolates the first of these.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -129,15 +131,27 @@ def run_rlrec(pairs, args, share_prompt: bool = True, checkpoint_prompt: bool = 
             "loss": float(trainer.logged_metrics["train/dpo_loss"]), "settings": settings}  # fmt: skip
 
 
-def run_trl(pairs, args, plain: bool = False) -> dict:
-    """trl's DPOTrainer with its own defaults (`trl`: gradient checkpointing and bf16 autocast where
-    trl turns them on), or `plain=True` (`trl_fp32`): fp32, no gradient checkpointing."""
+TRL_SIDES = {  # name → DPOConfig overrides (None: trl's defaults) and whether the base is loaded in bf16
+    "trl": (None, False),  # trl's defaults: gradient checkpointing, bf16 autocast where the CPU has it
+    "trl_fp32": ({"gradient_checkpointing": False, "bf16": False, "fp16": False}, False),
+    "trl_bf16": ({"gradient_checkpointing": False, "bf16": True, "fp16": False}, False),  # autocast, no recompute
+    "trl_bf16_base": ({"gradient_checkpointing": False, "bf16": True, "fp16": False}, True),  # + base weights bf16
+}
+
+
+def run_trl(pairs, args, name: str = "trl") -> dict:
+    """trl's DPOTrainer in one of `TRL_SIDES`' configurations: its defaults, fp32 without gradient
+    checkpointing, bf16 autocast without gradient checkpointing, and the same with the frozen base
+    loaded in bf16 for LoRA (the LoRA weights stay fp32, as peft keeps them)."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
+    overrides, base_bf16 = TRL_SIDES[name]
     model, tok = load_model(LLM)
+    if base_bf16:
+        model = model.to(torch.bfloat16)
     model.train()
     times: list[float] = []
     cpu: list[float] = []
@@ -157,10 +171,11 @@ def run_trl(pairs, args, plain: bool = False) -> dict:
             max_length=args.prompt_len + args.response_len + 32, use_cpu=True, report_to="none",
             save_strategy="no", logging_steps=max(1, args.steps), dataloader_num_workers=0,
             disable_dropout=True, seed=0, lr_scheduler_type="constant", warmup_steps=0,
-            **({"gradient_checkpointing": False, "bf16": False, "fp16": False} if plain else {}),
+            **(overrides or {}),
         )  # fmt: skip
         settings = {k: getattr(config, k) for k in ("gradient_checkpointing", "bf16", "fp16", "tf32",
                                                     "per_device_train_batch_size", "max_length", "beta")}  # fmt: skip
+        settings["base_dtype"] = str(next(model.parameters()).dtype)
         lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM")
         t0 = time.perf_counter()
         trainer = DPOTrainer(
@@ -183,11 +198,13 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--precision", default="auto", help="rlrec's side: auto (measured) | 32-true | bf16-mixed")
     ap.add_argument(
-        "--sides", default="rlrec,rlrec_kept,trl,trl_fp32",
+        "--sides", default="rlrec,rlrec_kept,trl,trl_fp32,trl_bf16,trl_bf16_base",
         help="comma list of rlrec (its defaults: prompt run once per pair, its pass checkpointed), rlrec_kept "
         "(prompt activations kept), rlrec_unshared (whole sequences), trl (its defaults), trl_fp32 (fp32, no "
-        "gradient checkpointing)",
+        "gradient checkpointing), trl_bf16 (bf16 autocast, no gradient checkpointing), trl_bf16_base (the same "
+        "with the base model in bf16)",
     )  # fmt: skip
+    ap.add_argument("--skip-peak", action="store_true", help="skip the GEMM peak and the fraction-of-peak lines")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -199,8 +216,7 @@ def main() -> None:
         "rlrec": run_rlrec,
         "rlrec_kept": lambda p, a: run_rlrec(p, a, checkpoint_prompt=False),
         "rlrec_unshared": lambda p, a: run_rlrec(p, a, share_prompt=False),
-        "trl": run_trl,
-        "trl_fp32": lambda p, a: run_trl(p, a, plain=True),
+        **{name: functools.partial(run_trl, name=name) for name in TRL_SIDES},
     }
     for name in args.sides.split(","):
         torch.manual_seed(0)
@@ -209,15 +225,31 @@ def main() -> None:
               f"{[round(s, 1) for s in r['step_s']]}, CPU s {[round(s, 1) for s in r['step_cpu_s']]}"
               + (f"; settings {r['settings']}" if "settings" in r else ""), flush=True)  # fmt: skip
     print(json.dumps({"config": vars(args), **results}))
-    trls = [k for k in ("trl", "trl_fp32") if k in results]
+    trls = [k for k in TRL_SIDES if k in results]
     if "rlrec" in results and trls:
         for k in trls:
             print(f"ratio_{k}: {results['rlrec']['pairs_per_s'] / results[k]['pairs_per_s']:.2f}")
         fastest = max(trls, key=lambda k: results[k]["pairs_per_s"])
         print(f"ratio: {results['rlrec']['pairs_per_s'] / results[fastest]['pairs_per_s']:.2f}  (against {fastest}, "
-              "trl's faster configuration here)")  # fmt: skip
+              "trl's fastest configuration measured here)")  # fmt: skip
         if "rlrec_kept" in results:
             print(f"ratio_kept: {results['rlrec_kept']['pairs_per_s'] / results[fastest]['pairs_per_s']:.2f}")
+    if not args.skip_peak:  # how far from the machine: a pair's model FLOPs over the GEMM peak
+        import sys
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from gemm_peak import fraction_line, llm_shapes, peaks
+
+        shapes, peak = llm_shapes(load_model(LLM)[0]), peaks(args.threads)
+        per_pair = shapes.preference_pair(args.prompt_len, args.response_len, negatives=1)
+        for name, r in results.items():
+            settings = r.get("settings", {})
+            bf16 = "bf16" in str(settings.get("precision", "")) or bool(settings.get("bf16"))
+            print(
+                fraction_line(
+                    f"{name} preference step", per_pair * r["pairs_per_s"], 1.0, peak, "bf16" if bf16 else "fp32"
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ and device banners, weight-loading bars) stays off the console. The library code
 nothing, so a program importing rlrec keeps its own warning settings.
 
 `bar(total, desc, unit)` is the one progress bar: tqdm on a terminal, and where stderr is not a
-terminal (SLURM logs, CI, `| tee`) a single log line when the work ends, with its count, time and
-rate. `RLREC_PROGRESS=1` / `0` forces either.
+terminal (SLURM logs, CI, `nohup`, `| tee`) log lines: one at least every `EVERY` seconds while the
+work runs (count, time, rate, time left) and one when it ends. A Lightning fit (a preference or SFT
+round, a feedback model) gets the same from `FitLines` (`rlrec/runtime/launch.py`, in every Trainer
+when stderr is not a terminal). `RLREC_PROGRESS=1` / `0` forces either.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import warnings
 log = logging.getLogger("rlrec")
 
 _QUIET = False  # quiet_libraries() ran in this process
+EVERY = float(os.environ.get("RLREC_PROGRESS_SECONDS", 60))  # a log file's progress line at least this often
 _LIBRARIES = r"(transformers|torch|pytorch_lightning|lightning_fabric|lightning|peft|trl|accelerate|faiss|hydra)(\.|$)"
 
 
@@ -72,12 +75,19 @@ class LineBar:
     """tqdm's interface (update, set_postfix_str, close, context manager) for logs: one line at the
     end, `desc: n/total unit in 12.3s (4.5 unit/s) postfix`."""
 
-    def __init__(self, total: int, desc: str, unit: str = "it"):
+    def __init__(self, total: int, desc: str, unit: str = "it", every: float | None = None):
         self.total, self.desc, self.unit = int(total), desc, unit
         self.n, self.postfix, self.t0, self.closed = 0, "", time.perf_counter(), False
+        self.every, self.last = EVERY if every is None else every, self.t0
 
     def update(self, n: int = 1) -> None:
         self.n += int(n)
+        now = time.perf_counter()
+        if now - self.last >= self.every and self.n < self.total:  # long work: a line at least every `every` s
+            self.last = now
+            seconds = now - self.t0
+            left = seconds / self.n * (self.total - self.n) if self.n else float("nan")
+            log.info("%s, ~%.0fs left", self.line(seconds), left)
 
     def set_postfix_str(self, s: str, refresh: bool = True) -> None:
         self.postfix = s

@@ -26,14 +26,17 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from rlrec.runtime import console
 from rlrec.runtime.console import interactive
 
 log = logging.getLogger("rlrec")
@@ -81,6 +84,38 @@ def _count_devices(devices, accelerator: str) -> int:
         gpu = str(accelerator) in ("gpu", "cuda", "auto")
         return max(1, torch.cuda.device_count()) if gpu and torch.cuda.is_available() else 1
     return int(devices)
+
+
+class FitLines(pl.Callback):
+    """For a log file: while a fit trains, a line at least every `every` seconds (default
+    `console.EVERY`, 60) — `fit[PreferenceTask]: epoch 1/2, step 40/116, 61s, ~116s left,
+    train/sdpo_loss 0.912` — so a long preference round is never silent."""
+
+    def __init__(self, every: float | None = None):
+        self.every = console.EVERY if every is None else every
+
+    def on_train_start(self, trainer, pl_module):
+        self.t0 = self.last = time.perf_counter()
+        self.name = type(pl_module).__name__
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            log.info("%s", self.line(trainer, now - self.t0))
+
+    def line(self, trainer, seconds: float) -> str:
+        total, step = trainer.estimated_stepping_batches, trainer.global_step
+        known = total != float("inf")
+        left = f", ~{seconds / step * (total - step):.0f}s left" if step and known else ""
+        loss = next(
+            (f", {k} {float(v):.4g}" for k, v in trainer.callback_metrics.items() if k.startswith("train/")), ""
+        )
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+        return (
+            f"fit[{self.name}]: epoch {trainer.current_epoch + 1}/{epochs}, step {step}/{int(total) if known else '?'}, "
+            f"{seconds:.0f}s{left}{loss}"
+        )
 
 
 @dataclass
@@ -169,6 +204,7 @@ class TrainerFactory:
             args["enable_progress_bar"] = bool(progress)
         if not interactive():  # a log file (SLURM, CI, a pipe) gets the stage lines, not redrawn bars
             args["enable_progress_bar"] = False
+            args["callbacks"].append(FitLines())  # ... and a line at least once a minute in a long fit
         args.update(kw)
         return instantiate(OmegaConf.create(node), **args)
 

@@ -7,6 +7,7 @@ equal the single-process ones. A CTR fit on 2 ranks returns a trained model and 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import pytest
@@ -172,3 +173,50 @@ def test_ranks_interleave_one_shuffled_order_so_their_batches_make_one_processs_
     for k in range(4):  # the k-th batches of the two ranks are the single process's k-th batch
         assert sorted(torch.cat([ranks[0][k], ranks[1][k]]).tolist()) == sorted(one[k].tolist())
     assert not set(torch.cat(ranks[0]).tolist()) & set(torch.cat(ranks[1]).tolist())  # disjoint shares
+
+
+def test_a_log_file_gets_progress_lines_while_long_work_runs(caplog, monkeypatch):
+    """Where stderr is not a terminal, a bar logs while the work runs (not only at its end) and a
+    Lightning fit logs its epoch, step, time left and loss: `every=0` makes every update long."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from rlrec.runtime.console import LineBar
+    from rlrec.runtime.launch import FitLines, TrainerFactory
+
+    caplog.set_level(logging.INFO, logger="rlrec")
+    bar = LineBar(4, "generate[hf]", "prompt", every=0)
+    for _ in range(4):
+        bar.update(1)
+    bar.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert [ln.split(" in ")[0] for ln in lines] == [f"generate[hf]: {k}/4 prompt" for k in (1, 2, 3, 4)]
+    assert all("s left" in ln for ln in lines[:3]) and "left" not in lines[3]
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, _):
+            loss = self.layer(batch[0]).pow(2).mean()
+            self.log("train/loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    caplog.clear()
+    monkeypatch.setenv("RLREC_PROGRESS", "0")  # a log file
+    trainer = TrainerFactory(trainer={"_target_": "pytorch_lightning.Trainer", "accelerator": "cpu"})(max_epochs=2)
+    fit_lines = [c for c in trainer.callbacks if isinstance(c, FitLines)]
+    assert len(fit_lines) == 1
+    fit_lines[0].every = 0
+    data = DataLoader(TensorDataset(torch.randn(6, 2)), batch_size=2)
+    trainer.fit(Tiny(), data)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fit[Tiny]")]
+    assert lines[0].startswith("fit[Tiny]: epoch 1/2, step 1/6, ") and "s left, train/loss " in lines[0]
+    assert lines[-1].startswith("fit[Tiny]: epoch 2/2, step 6/6, ")
+    monkeypatch.setenv("RLREC_PROGRESS", "1")  # a terminal: tqdm's bar, no lines
+    trainer = TrainerFactory(trainer={"_target_": "pytorch_lightning.Trainer", "accelerator": "cpu"})(max_epochs=1)
+    assert not [c for c in trainer.callbacks if isinstance(c, FitLines)]
