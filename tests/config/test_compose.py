@@ -200,10 +200,12 @@ def test_dataset_needing_a_path_says_so(dataset, tmp_path):
 
 
 def test_synthetic_builds_feature_spec_before_models(tmp_path):
-    cfg = _compose(["dataset=synthetic"], tmp_path)
+    cfg = _compose(["dataset=synthetic", "profile=smoke"], tmp_path)
     dm = instantiate(cfg.dataset)
     spec = dm.feature_spec
-    assert spec.num_users == 200 and spec.num_items == 300
+    assert spec.num_users == 60 and spec.num_items == 300  # the smoke profile keeps 60 of the 200 users
+    cpu = _compose(["dataset=synthetic"], tmp_path)  # profile=cpu: the positive control's scale
+    assert (cpu.dataset.loader.num_users, cpu.dataset.loader.num_items, cpu.align.users) == (400, 600, 288)
     assert [f.name for f in spec.fields][:1] == ["user_id"]
 
 

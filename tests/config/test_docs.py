@@ -1,5 +1,5 @@
-"""Every `python -m rlrec.train …` command in the README, the sweeps page and the experiment pages
-composes as written (each value of a multirun sweep), so a documented command never names a
+"""Every `python -m rlrec.train …` command in the README, the docs, the sweeps page and the experiment
+pages composes as written (each value of a multirun sweep), so a documented command never names a
 config key or option that does not exist."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ PAGES = [
     ROOT / "README.md",
     ROOT / "sweeps" / "README.md",
     *sorted((ROOT / "experiments").glob("*.md")),
-    ROOT / "docs" / "data.md",
+    *sorted((ROOT / "docs").glob("*.md")),
 ]
 EXAMPLES = "hydra.searchpath=[file://examples/conf]"  # docs/data.md's worked example, relative to the repository
 
@@ -30,6 +30,42 @@ def commands() -> list[tuple[str, str]]:
             if m:
                 out.append((page.name, m.group(1).strip()))
     return out
+
+
+def arguments(command: str) -> list[str]:
+    """A documented command's overrides, as far as they can be composed here: a `<placeholder>` (even
+    one with spaces) and a `/data/...` path are dropped with the argument they sit in. A user's config
+    folder (`--config-dir DIR`) is not on this machine, so it goes, and with it the options it adds:
+    a `group=option` whose group is in conf/ but whose option is not (the user's `dataset=mydata`).
+
+    >>> arguments("--config-dir <your conf dir> +experiment=trackrec_movielens feedback=concise seed=1")
+    ['+experiment=trackrec_movielens', 'seed=1']
+    >>> arguments("+experiment=x sampling.api_model=<served name> dataset.path=/data/ml-100k")
+    ['+experiment=x']
+    """
+    command = re.sub(r"<[^<>]*>", "<placeholder>", command)  # `<your conf dir>` is one argument
+    args, out = shlex.split(command), []
+    user_conf = False
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in ("--config-dir", "-cd"):
+            user_conf, i = True, i + 2
+            continue
+        if a.startswith("--config-dir="):
+            user_conf = True
+        elif "<" not in a and "/data/" not in a:
+            out.append(a)
+        i += 1
+    if user_conf:
+        out = [a for a in out if not _user_option(a)]
+    return out
+
+
+def _user_option(arg: str) -> bool:
+    """`group=option` naming a group of conf/ and an option that only a user's config folder has."""
+    key, sep, value = arg.lstrip("+").partition("=")
+    return bool(sep) and (CONF / key).is_dir() and "," not in value and not (CONF / key / f"{value}.yaml").exists()
 
 
 def expand(args: list[str]) -> list[list[str]]:
@@ -55,6 +91,14 @@ def expand(args: list[str]) -> list[list[str]]:
     return jobs
 
 
+def test_placeholders_and_a_user_config_folder_are_dropped():
+    command = "--config-dir <your conf dir> +experiment=trackrec_movielens feedback=concise seed=1"
+    assert arguments(command) == ["+experiment=trackrec_movielens", "seed=1"]
+    assert arguments("--config-dir ~/my_conf dataset=mydata backbone=dcn") == ["backbone=dcn"]
+    assert arguments("dataset=mydata") == ["dataset=mydata"]  # without a user folder, an unknown option must fail
+    assert arguments("+experiment=x sampling.api_model=<served name> dataset.path=/data/ml-100k") == ["+experiment=x"]
+
+
 def test_a_sweep_composes_each_of_its_values():
     jobs = expand(["-m", "backbone=din,dcn", "seed=1,2,3", "profile=cpu"])
     assert jobs == [["backbone=din", "seed=1", "profile=cpu"], ["backbone=dcn", "seed=1", "profile=cpu"],
@@ -71,7 +115,7 @@ def test_the_pages_have_commands():
 
 @pytest.mark.parametrize(("page", "command"), CASES, ids=[f"{p}:{c[:60]}" for p, c in CASES])
 def test_documented_command_composes(page, command, tmp_path):
-    args = [a for a in shlex.split(command) if "<" not in a and "/data/" not in a]
+    args = arguments(command)
     args = [f"hydra.searchpath=[file://{ROOT / 'examples' / 'conf'}]" if a == EXAMPLES else a for a in args]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for overrides in expand(args):
