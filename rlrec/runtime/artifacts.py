@@ -146,20 +146,25 @@ def read_texts(path: Path) -> dict[str, str]:
             raise DataError(f"{path}: row {i + 1}: text must be a string, got {frame['text'].iloc[i]!r}")
         return dict(zip(frame["id"].astype(str), frame["text"]))
     out = {}
+    for n, row, line in jsonl_rows(path, 'expected {"id": .., "text": ..}'):
+        if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("text"), str):
+            raise DataError(f"{path}: line {n}: expected an object with an id and a text (string), got {line[:80]!r}")
+        out[str(row["id"])] = row["text"]
+    return out
+
+
+def jsonl_rows(path: Path, expected: str = ""):
+    """(line number, parsed object, the line) of each non-empty line of a JSONL file; a line that is
+    not JSON is a DataError naming it (and, when given, what was `expected`)."""
     with open(path) as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield n, json.loads(line), line.strip()
             except json.JSONDecodeError as e:
-                raise DataError(f'{path}: line {n}: not valid JSON ({e.msg}); expected {{"id": .., "text": ..}}') from e
-            if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("text"), str):
-                raise DataError(
-                    f"{path}: line {n}: expected an object with an id and a text (string), got {line.strip()[:80]!r}"
-                )
-            out[str(row["id"])] = row["text"]
-    return out
+                hint = f"; {expected}" if expected else ""
+                raise DataError(f"{path}: line {n}: not valid JSON ({e.msg}){hint}") from e
 
 
 def _parquet(path: Path, columns: tuple[str, ...]):
@@ -224,21 +229,14 @@ def read_pairs(path: Path) -> list[dict]:
     """The groups of a pairs.jsonl, checked line by line."""
     path = Path(path)
     groups = []
-    with open(path) as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                g = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {n}: not valid JSON ({e.msg})") from e
-            missing = [k for k in ("prompt", "chosen", "rejected") if k not in g]
-            if missing or not isinstance(g.get("rejected"), list):
-                raise DataError(
-                    f"{path}: line {n}: expected prompt, chosen and rejected [list of texts]; "
-                    f"missing {missing or 'a list in rejected'}"
-                )
-            groups.append(g)
+    for n, g, _ in jsonl_rows(path):
+        missing = [k for k in ("prompt", "chosen", "rejected") if k not in g]
+        if missing or not isinstance(g.get("rejected"), list):
+            raise DataError(
+                f"{path}: line {n}: expected prompt, chosen and rejected [list of texts]; "
+                f"missing {missing or 'a list in rejected'}"
+            )
+        groups.append(g)
     return groups
 
 
