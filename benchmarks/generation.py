@@ -248,12 +248,13 @@ def main() -> None:
         lens = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
         context = statistics.mean(lens) + args.max_new_tokens / 2
         detail = s.detail or {}
+        dtype = "bf16" if "bf16" in gen.backend.name else "fp32"  # precision=auto picks bf16 where it measured faster
         if detail.get("prefill_seconds"):
-            print(fraction_line("rlrec prefill", shapes.prefill(lens), detail["prefill_seconds"], peak, "fp32"))
+            print(fraction_line("rlrec prefill", shapes.prefill(lens), detail["prefill_seconds"], peak, dtype))
         if detail.get("decode_seconds"):
             print(
                 fraction_line(
-                    "rlrec decode", shapes.decode(s.new_tokens, context), detail["decode_seconds"], peak, "fp32"
+                    "rlrec decode", shapes.decode(s.new_tokens, context), detail["decode_seconds"], peak, dtype
                 )
             )
 
