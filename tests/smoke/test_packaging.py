@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -17,6 +18,12 @@ def test_the_wheel_runs_from_any_directory_with_its_configs_and_a_users_own(tmp_
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(wheels)], check=True,
                    cwd=tmp_path)  # fmt: skip
     wheel = next(wheels.glob("rlrec-*.whl"))
+    # every source folder is a package in the wheel (a folder without __init__.py imports from a
+    # checkout as a namespace package, then is missing from the wheel)
+    with zipfile.ZipFile(wheel) as z:
+        shipped = {name.rsplit("/", 1)[0] for name in z.namelist() if name.endswith("/__init__.py")}
+    sources = {str(f.parent.relative_to(ROOT)) for f in (ROOT / "rlrec").rglob("*.py") if "__pycache__" not in f.parts}
+    assert sources <= shipped, f"not in the wheel (no __init__.py?): {sorted(sources - shipped)}"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1"}
