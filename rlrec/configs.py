@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlrec.errors import ConfigError
+
 _HERE = Path(__file__).resolve().parent
 
 
@@ -19,19 +21,6 @@ def conf_dir() -> Path:
         f"rlrec's config tree is missing: neither {_HERE / 'conf'} (an installed wheel) nor {_HERE.parent / 'conf'} "
         "(a checkout) holds train.yaml; reinstall rlrec"
     )
-
-
-class ConfigError(ValueError):
-    """A composed config that cannot run: the message names the key, the value and what is expected."""
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """The errors that mean bad input (a config, a file, a model path), not a bug: entry points print
-    them as one line and exit with code 2."""
-    from rlrec.data.schema import DataError
-    from rlrec.llm.loading import LLMNotFoundError
-
-    return (ConfigError, DataError, LLMNotFoundError)
 
 
 def validate(cfg) -> None:

@@ -17,11 +17,8 @@ import hydra
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from rlrec.configs import conf_dir, user_errors, validate
-from rlrec.context import Context
-from rlrec.outputs.report import run_markdown, write_plots
-from rlrec.run import run as run_shape
-from rlrec.runtime import memory
+from rlrec.configs import conf_dir, validate
+from rlrec.errors import USER_ERRORS
 from rlrec.runtime.cache import atomic_write_json, atomic_write_text, sqlite_journal
 from rlrec.runtime.console import quiet_libraries
 
@@ -30,6 +27,15 @@ log = logging.getLogger("rlrec")
 
 def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Run the configured job and write its results into `output_dir` (atomically)."""
+    # torch, Lightning and transformers load here, after the config is validated: `--cfg job`,
+    # `--help` and a config error answer in about a second
+    from rlrec.context import Context
+    from rlrec.outputs.report import run_markdown, write_plots
+    from rlrec.run import run as run_shape
+    from rlrec.runtime import memory
+    from rlrec.runtime.console import quiet_loggers
+
+    quiet_loggers()  # Lightning, just imported, set its loggers to INFO
     sqlite_journal()  # a bad RLREC_SQLITE_JOURNAL fails now, not when a cache first opens
     memory.settle_imports()
     output_dir = Path(output_dir)
@@ -176,7 +182,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         validate(cfg)
         results = run(cfg, hc.runtime.output_dir)
-    except user_errors() as e:  # the user's input: one line, no traceback, exit code 2
+    except USER_ERRORS as e:  # the user's input: one line, no traceback, exit code 2
         log.error("%s: %s", type(e).__name__, e)
         sys.exit(2)
     metric = cfg.get("optimized_metric")

@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rlrec.errors import DataError
+
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
-
-
-class DataError(ValueError):
-    """Malformed input: the message names the file, the line or field, and what was expected."""
 
 
 @dataclass

@@ -18,13 +18,10 @@ from pathlib import Path
 
 import torch
 
+from rlrec.errors import LLMNotFoundError
 from rlrec.runtime.cache import file_hash, file_lock, fingerprint, folder_identity
 
 log = logging.getLogger("rlrec")
-
-
-class LLMNotFoundError(FileNotFoundError):
-    """The configured model could not be found; the message says what was tried and how to fix it."""
 
 
 @dataclass

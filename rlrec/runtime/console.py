@@ -44,8 +44,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*`?past_key_values`? is deprecated")
     # Lightning's advice on tiny fits (a feedback shard of a few batches logs less often than it steps)
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
-    for name in ("faiss", "faiss.loader", "pytorch_lightning", "lightning", "lightning_fabric", "lightning.pytorch"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_loggers()
     try:
         from transformers.utils import logging as hf_logging
 
@@ -53,6 +52,13 @@ def quiet_libraries() -> None:
         hf_logging.disable_progress_bar()  # "Loading weights: 100%|…" per model load
     except ImportError:
         pass
+
+
+def quiet_loggers() -> None:
+    """Library loggers at WARNING. Lightning sets its loggers to INFO when it is imported, so an
+    entry point that imports it after `quiet_libraries` calls this again."""
+    for name in ("faiss", "faiss.loader", "pytorch_lightning", "lightning", "lightning_fabric", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def interactive() -> bool:
