@@ -599,6 +599,17 @@ def cpu_model() -> str:
     return f"{name} ({', '.join(has) if has else 'no avx512_bf16, no AMX'})"
 
 
+def run_line(threads: int) -> str:
+    """The first line of a benchmark's output: UTC date and time, commit, CPU with its bf16 flags,
+    threads, torch."""
+    import torch
+
+    head = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip() or "?"  # fmt: skip
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"run: {now} · commit {head} · {cpu_model()} · {threads} threads · torch {torch.__version__}"
+
+
 def run_rlrec(cfg: dict, prep, seed: int, protocol: dict) -> dict:
     import _protocol
 

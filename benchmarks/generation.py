@@ -161,6 +161,9 @@ def main() -> None:
     ap.add_argument("--llm", default="smollm2_135m", help="conf/llm/<name>.yaml")
     ap.add_argument("--skip-peak", action="store_true", help="skip the GEMM peak and the fraction-of-peak lines")
     args = ap.parse_args()
+    from ctr_peer import run_line
+
+    print(run_line(args.threads), flush=True)
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

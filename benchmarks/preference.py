@@ -206,6 +206,9 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--skip-peak", action="store_true", help="skip the GEMM peak and the fraction-of-peak lines")
     args = ap.parse_args()
+    from ctr_peer import run_line
+
+    print(run_line(args.threads), flush=True)
     torch.set_num_threads(args.threads)
 
     from rlrec.llm.loading import load_tokenizer
