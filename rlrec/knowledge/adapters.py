@@ -12,19 +12,33 @@ from rlrec.layers.mlp import MLP
 
 class MLPConnector(nn.Module):
     """TrackRec's connector: one MLP per knowledge vector, each → one D-dim field.
-    Input: list of (B, Dk_j); output (B, K, D)."""
+    Input: list of (B, Dk_j); output (B, K, D).
+
+    `gate=True` multiplies each field by a learned scalar that starts at 0 (ReZero, Bachlechner et al.
+    2020): the backbone starts as if it had no knowledge field, and the field opens only as far as
+    the training loss pays for it, instead of a dense per-entity vector being fitted from the first
+    step."""
 
     def __init__(
-        self, in_dims: tuple[int, ...], embed_dim: int, hidden: tuple[int, ...] = (128,), dropout: float = 0.0
+        self,
+        in_dims: tuple[int, ...],
+        embed_dim: int,
+        hidden: tuple[int, ...] = (128,),
+        dropout: float = 0.0,
+        gate: bool = False,
     ):
         super().__init__()
         self.nets = nn.ModuleList(MLP(d, hidden, embed_dim, dropout) for d in in_dims if d)
         self.num_fields = len(self.nets)
+        self.gates = nn.Parameter(torch.zeros(self.num_fields)) if gate else None
 
     def towers(self, vectors: list[torch.Tensor]) -> list[torch.Tensor]:
         """One (B_j, D) field per knowledge vector (B_j, Dk_j); the towers may differ in rows."""
         assert len(vectors) == len(self.nets), f"expected {len(self.nets)} knowledge vectors, got {len(vectors)}"
-        return [net(v) for net, v in zip(self.nets, vectors)]
+        out = [net(v) for net, v in zip(self.nets, vectors)]
+        if self.gates is not None:
+            out = [g * f for g, f in zip(self.gates, out)]
+        return out
 
     def forward(self, vectors: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(self.towers(vectors), dim=1)  # (B, K, D)

@@ -85,6 +85,27 @@ def test_knowledge_changes_output_and_null_is_base(name, tiny_prep, tiny_batch):
     assert not torch.allclose(a, b), f"{name}: knowledge vectors do not reach the output"
 
 
+def test_a_gated_connector_starts_shut_and_learns_its_gate_first():
+    """`gate=True`: every field is exactly zero at init, whatever the vectors; the first gradient
+    reaches the gates only (the MLPs behind a shut gate get none); one step opens the gates."""
+    torch.manual_seed(0)
+    conn = MLPConnector((6, 4), embed_dim=3, hidden=(5,), gate=True)
+    vectors = [torch.randn(8, 6), torch.randn(8, 4)]
+    out = conn(vectors)
+    assert out.shape == (8, 2, 3) and torch.equal(out, torch.zeros_like(out))
+    target = torch.randn(8, 2, 3)
+    ((out - target) ** 2).sum().backward()
+    assert conn.gates.grad is not None and bool((conn.gates.grad != 0).all())
+    assert all(p.grad is None or not p.grad.any() for p in conn.nets.parameters())
+    with torch.no_grad():
+        conn.gates -= 0.1 * conn.gates.grad
+    # opened: field j is gate_j × MLP_j(vector_j), the ungated connector's field scaled
+    ungated = MLPConnector((6, 4), embed_dim=3, hidden=(5,))
+    ungated.nets.load_state_dict(conn.nets.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(conn(vectors), ungated(vectors) * conn.gates.view(1, 2, 1))
+
+
 @pytest.mark.parametrize("name", BACKBONES)
 def test_overfits_tiny_batch(name, tiny_prep, tiny_batch):
     model = build(name, tiny_prep.spec).train()
