@@ -599,6 +599,14 @@ def cpu_model() -> str:
     return f"{name} ({', '.join(has) if has else 'no avx512_bf16, no AMX'})"
 
 
+def _relative(path) -> str:
+    """A path inside the repository as a relative one (result files name no machine's folders)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return Path(str(path)).name
+
+
 def run_line(threads: int) -> str:
     """The first line of a benchmark's output: UTC date and time, commit, CPU with its bf16 flags,
     threads, torch."""
@@ -836,14 +844,14 @@ def report(results: dict, args, sizes: dict, meta: dict) -> str:
         "",
         "## Run",
         "",
-        f"- date: {meta['date']}; wall time {meta['wall']:.0f} s",
+        f"- date: {meta['date']}; wall time {meta['wall']:.0f} s; {run_line(args.threads).split(' · ')[1]}",
         f"- threads: {args.threads} per side (torch.set_num_threads, OMP_NUM_THREADS); sides run one after the other, "
         "rlrec first for the 1st, 3rd, … seed and the peer first for the others",
         f"- max epochs {args.max_epochs}, patience {args.patience}, "
         f"limit-batches {args.limit_batches if args.limit_batches is not None else 'none (full epochs)'}",
         f"- rlrec {meta['rlrec']} (torch {meta['torch']}, Python {meta['python']})",
         f"- peer: {peer.package} {meta.get('peer_version', 'n/a')} "
-        f"(torch {meta.get('peer_torch', 'n/a')}){source}, virtualenv {args.peer_python}",
+        f"(torch {meta.get('peer_torch', 'n/a')}){source}, virtualenv {_relative(args.peer_python)}",
         "- settings: conf/backbone/<model>.yaml"
         + (f", overridden on both sides ({flags}): {overrides}" if overrides else ""),
         "- optimiser: rlrec fused Adam (conf/train.yaml); peer "
