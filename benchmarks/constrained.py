@@ -18,8 +18,6 @@ Prints the date, commit and CPU model with the numbers.
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import time
 from datetime import date
@@ -32,14 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / ".xgrammar"))
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:  # noqa: BLE001 - informational only
-        return platform.processor() or "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -47,6 +37,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=160)
     args = ap.parse_args()
+    from ctr_peer import cpu_model, git_commit  # lscpu's model with its bf16 flags; the commit
+
     torch.set_num_threads(args.threads)
 
     from hydra import compose, initialize_config_dir
@@ -143,8 +135,7 @@ def main() -> None:
         accepted += good
     print(f"xgrammar    setup {xg_setup * 1e3:7.1f} ms/question   {t_xg / max(steps, 1) * 1e6:7.1f} µs/token   "
           f"samples with the forced header it accepts: {accepted}/{eligible}")  # fmt: skip
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    print(f"{date.today()} commit {head.stdout.strip()} · {cpu_model()} · {args.threads} threads · "
+    print(f"{date.today()} commit {git_commit()} · {cpu_model()} · {args.threads} threads · "
           f"{len(prompts)} questions × {args.samples} samples × ≤ {args.max_new_tokens} tokens")  # fmt: skip
 
 

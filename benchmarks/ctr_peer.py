@@ -607,15 +607,20 @@ def _relative(path) -> str:
         return Path(str(path)).name
 
 
+def git_commit() -> str:
+    """The checkout's short commit hash, or "?" outside a git checkout."""
+    out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True)  # fmt: skip
+    return out.stdout.strip() or "?"
+
+
 def run_line(threads: int) -> str:
     """The first line of a benchmark's output: UTC date and time, commit, CPU with its bf16 flags,
     threads, torch."""
     import torch
 
-    head = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True).stdout.strip() or "?"  # fmt: skip
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"run: {now} · commit {head} · {cpu_model()} · {threads} threads · torch {torch.__version__}"
+    return f"run: {now} · commit {git_commit()} · {cpu_model()} · {threads} threads · torch {torch.__version__}"
 
 
 def run_rlrec(cfg: dict, prep, seed: int, protocol: dict) -> dict:
@@ -844,7 +849,7 @@ def report(results: dict, args, sizes: dict, meta: dict) -> str:
         "",
         "## Run",
         "",
-        f"- date: {meta['date']}; wall time {meta['wall']:.0f} s; {run_line(args.threads).split(' · ')[1]}",
+        f"- date: {meta['date']}; wall time {meta['wall']:.0f} s; commit {git_commit()}",
         f"- threads: {args.threads} per side (torch.set_num_threads, OMP_NUM_THREADS); sides run one after the other, "
         "rlrec first for the 1st, 3rd, … seed and the peer first for the others",
         f"- max epochs {args.max_epochs}, patience {args.patience}, "

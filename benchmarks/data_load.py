@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=10_000)
     ap.add_argument("--out", type=Path, default=None, help="write a markdown result file here")
     args = ap.parse_args()
-    from ctr_peer import cpu_model
+    from ctr_peer import cpu_model, git_commit
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -121,9 +121,7 @@ def main() -> None:
         print(f"wrote {args.rows:,} rows in {time.perf_counter() - t0:.1f} s", flush=True)
         base = pandas_read(folder)
         results = {form: describe(folder, form) for form in ("csv", "parquet")}
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    commit = git_commit()
     head = (
         f"{datetime.date.today()}, commit {commit}, {cpu_model()}, {os.cpu_count()} cores, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '2')}"

@@ -5,7 +5,7 @@ how far a stage is from what the CPU can do (not only how far from a peer).
 
 Peak: per dtype, the fastest single `torch.mm` on square n × n matrices (2·n³ FLOPs each), n in
 `--sizes`, each size called for at least `--seconds` (and `--reps` times) after a warm-up: on this
-virtual machine one short burst of calls reads anywhere from 0.6 to 1.6 TFLOP/s in bf16 (AMX), so the
+virtual machine one short burst of calls reads anywhere from 0.6 to 2.2 TFLOP/s in bf16 (AMX), so the
 peak is the best of a longer window. bf16 is measured where lscpu lists avx512_bf16 or amx_bf16 (elsewhere torch
 emulates it, and its "peak" would be no peak). `generation.py` and `preference.py` import
 `gemm_peak` and the FLOP counts below and print `fraction of peak` lines.
